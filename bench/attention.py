@@ -1,0 +1,245 @@
+"""Attention kernel throughput: our Triton FlashAttention vs SDPA (flash, cuDNN) and flash_attn.
+
+    python bench/attention.py                         # seq 4k,16k,64k,128k; writes docs/benchmarks/attention_<gpu>.json
+    python bench/attention.py --seqs 4096 --impls triton,sdpa_flash --out /tmp/a.json
+    python bench/attention.py --sweep                 # first tune Triton block configs at --sweep-seq
+    python bench/attention.py --dry-run               # print the plan, touch no GPU
+
+Causal, bf16, head dim 128, layout [b, s, h, d]. FLOPs count only the unmasked half:
+fwd = 4*b*h*s*s*d / 2, fwd+bwd = 3.5 * fwd. Times are triton.testing.do_bench medians (ms).
+"""
+
+import argparse
+import json
+import math
+import os
+import re
+import sys
+import time
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from megatron.model import flash_attn_triton as fat  # noqa: E402
+
+IMPLS = ("triton", "sdpa_flash", "sdpa_cudnn", "flash_attn")
+
+
+def causal_flops(bsz, heads, seq, head_dim, backward):
+    fwd = 4 * bsz * heads * seq * seq * head_dim / 2
+    return fwd * 3.5 if backward else fwd
+
+
+def make_attention(impl):
+    """Returns f(q_bshd, k_bshd, v_bshd) -> out_bshd, or raises if the impl is unavailable."""
+    if impl == "triton":
+        ok, why = fat.is_available()
+        if not ok:
+            raise RuntimeError(why)
+        return lambda q, k, v: fat.flash_attn_triton(q, k, v, causal=True)
+    if impl in ("sdpa_flash", "sdpa_cudnn"):
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        backend = SDPBackend.FLASH_ATTENTION if impl == "sdpa_flash" else SDPBackend.CUDNN_ATTENTION
+
+        def sdpa(q, k, v):
+            with sdpa_kernel(backend):
+                out = torch.nn.functional.scaled_dot_product_attention(
+                    q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=True
+                )
+            return out.transpose(1, 2)
+
+        return sdpa
+    if impl == "flash_attn":
+        from flash_attn import flash_attn_func
+
+        return lambda q, k, v: flash_attn_func(q, k, v, causal=True)
+    raise ValueError(f"unknown impl {impl!r}; choose from {IMPLS}")
+
+
+def make_inputs(bsz, seq, heads, head_dim, seed=0):
+    gen = torch.Generator(device="cuda").manual_seed(seed)
+    shape = (bsz, seq, heads, head_dim)
+    q, k, v, dout = (torch.randn(shape, device="cuda", dtype=torch.bfloat16, generator=gen) for _ in range(4))
+    for t in (q, k, v):
+        t.requires_grad_()
+    return q, k, v, dout
+
+
+def time_impl(attn, q, k, v, dout):
+    from triton.testing import do_bench
+
+    def fwd():
+        with torch.no_grad():
+            attn(q, k, v)
+
+    def fwd_bwd():
+        attn(q, k, v).backward(dout)
+
+    fwd_ms = do_bench(fwd, warmup=50, rep=200, return_mode="median")
+    fwd_bwd_ms = do_bench(fwd_bwd, warmup=50, rep=200, grad_to_none=[q, k, v], return_mode="median")
+    return fwd_ms, fwd_bwd_ms
+
+
+def batch_for(seq, tokens):
+    return max(1, tokens // seq)
+
+
+def kernel_report():
+    """Registers, spills, shared memory and wgmma count of the latest Triton launches."""
+    report = {}
+    for name, compiled in fat.LAST_COMPILED.items():
+        ptx = compiled.asm.get("ptx", "")
+        report[name] = {
+            "n_regs": getattr(compiled, "n_regs", None),
+            "n_spills": getattr(compiled, "n_spills", None),
+            "shared_bytes": compiled.metadata.shared,
+            "num_warps": compiled.metadata.num_warps,
+            "num_stages": compiled.metadata.num_stages,
+            "wgmma_in_ptx": len(re.findall(r"wgmma\.mma_async", ptx)),
+            "mma_sync_in_ptx": len(re.findall(r"\bmma\.sync", ptx)),
+        }
+    return report
+
+
+def sweep(args, log):
+    """Coordinate search over block configs: fwd alone, then dkdv, then dq (fwd+bwd time)."""
+    d = args.head_dim
+    bsz = batch_for(args.sweep_seq, args.tokens)
+    q, k, v, dout = make_inputs(bsz, args.sweep_seq, args.heads, d)
+    attn = make_attention("triton")
+    candidates = {
+        "fwd": [(128, 64, 8, 3), (128, 128, 8, 2), (128, 64, 4, 3), (128, 128, 8, 3), (128, 64, 8, 4), (64, 64, 4, 3)],
+        "dkdv": [(64, 128, 8, 2), (32, 128, 4, 2), (64, 128, 8, 3), (32, 128, 8, 3), (64, 64, 4, 2), (128, 128, 8, 2)],
+        "dq": [(128, 64, 8, 2), (64, 64, 4, 2), (128, 64, 8, 3), (128, 32, 4, 2), (64, 128, 8, 2)],
+    }
+    results = []
+    for kernel in ("fwd", "dkdv", "dq"):
+        best = None
+        for cfg in candidates[kernel]:
+            fat.GPU_CONFIGS[kernel][d] = cfg
+            try:
+                fwd_ms, fwd_bwd_ms = time_impl(attn, q, k, v, dout)
+                metric = fwd_ms if kernel == "fwd" else fwd_bwd_ms
+                row = {"kernel": kernel, "config": cfg, "fwd_ms": fwd_ms, "fwd_bwd_ms": fwd_bwd_ms,
+                       "compiled": kernel_report().get(kernel)}
+            except Exception as e:  # out of shared memory etc.
+                metric = math.inf
+                row = {"kernel": kernel, "config": cfg, "error": f"{type(e).__name__}: {str(e)[:200]}"}
+            results.append(row)
+            log(f"sweep {kernel} {cfg}: {row.get('fwd_ms', float('nan')):.3f} / {row.get('fwd_bwd_ms', float('nan')):.3f} ms "
+                f"{row.get('compiled') or row.get('error')}")
+            if best is None or metric < best[0]:
+                best = (metric, cfg)
+        fat.GPU_CONFIGS[kernel][d] = best[1]
+        log(f"sweep {kernel}: best {best[1]} ({best[0]:.3f} ms)")
+    del q, k, v, dout
+    torch.cuda.empty_cache()
+    return results
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--seqs", default="4096,16384,65536,131072")
+    p.add_argument("--heads", type=int, default=16)
+    p.add_argument("--head-dim", type=int, default=128)
+    p.add_argument("--tokens", type=int, default=16384, help="batch = max(1, tokens // seq)")
+    p.add_argument("--impls", default=",".join(IMPLS))
+    p.add_argument("--sweep", action="store_true", help="tune Triton block configs first")
+    p.add_argument("--sweep-seq", type=int, default=16384)
+    p.add_argument("--out", default=None, help="JSON path (default docs/benchmarks/attention_<gpu>.json)")
+    p.add_argument("--dry-run", action="store_true")
+    args = p.parse_args()
+    seqs = [int(s) for s in args.seqs.split(",")]
+    impls = args.impls.split(",")
+
+    if args.dry_run:
+        for seq in seqs:
+            bsz = batch_for(seq, args.tokens)
+            print(f"seq {seq}: batch {bsz}, heads {args.heads}, fwd {causal_flops(bsz, args.heads, seq, args.head_dim, False) / 1e12:.2f} TFLOP; impls {impls}")
+        return
+    if not torch.cuda.is_available():
+        sys.exit("bench/attention.py needs a CUDA GPU (use --dry-run to see the plan)")
+
+    def log(msg):
+        print(msg, flush=True)
+
+    import triton
+
+    device = torch.cuda.get_device_name()
+    slug = (re.search(r"(H100|H200|A100|B200|GB200|L40S?|RTX\s*\d+)", device) or re.search(r"\w+$", device)).group(0)
+    slug = slug.lower().replace(" ", "")
+    out_path = args.out or os.path.join("docs", "benchmarks", f"attention_{slug}.json")
+
+    record = {
+        "command": " ".join(["python"] + sys.argv),
+        "device": device,
+        "torch": torch.__version__,
+        "triton": triton.__version__,
+        "cuda": torch.version.cuda,
+        "cudnn": torch.backends.cudnn.version(),
+        "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "dtype": "bfloat16",
+        "causal": True,
+        "head_dim": args.head_dim,
+        "heads": args.heads,
+        "flops": "fwd = 4*b*h*s*s*d/2 (causal half); fwd+bwd = 3.5*fwd",
+        "timer": "triton.testing.do_bench median, warmup 50 ms, rep 200 ms",
+    }
+    if args.sweep:
+        record["sweep_seq"] = args.sweep_seq
+        record["sweep"] = sweep(args, log)
+    record["triton_configs"] = {k: {str(d): list(c) for d, c in v.items()} for k, v in fat.GPU_CONFIGS.items()}
+
+    rows = []
+    for seq in seqs:
+        bsz = batch_for(seq, args.tokens)
+        q, k, v, dout = make_inputs(bsz, seq, args.heads, args.head_dim, seed=seq)
+        reference_out = None
+        for impl in impls:
+            row = {"impl": impl, "seq": seq, "batch": bsz, "heads": args.heads, "head_dim": args.head_dim}
+            try:
+                attn = make_attention(impl)
+                with torch.no_grad():
+                    out = attn(q, k, v).float()
+                if reference_out is None:
+                    reference_out = out
+                else:  # each impl's output against the first impl's (a sanity check, not a test)
+                    row["rel_diff_vs_" + impls[0]] = ((out - reference_out).norm() / reference_out.norm()).item()
+                del out
+                fwd_ms, fwd_bwd_ms = time_impl(attn, q, k, v, dout)
+                row.update(
+                    fwd_ms=fwd_ms,
+                    fwd_bwd_ms=fwd_bwd_ms,
+                    fwd_tflops=causal_flops(bsz, args.heads, seq, args.head_dim, False) / fwd_ms / 1e9,
+                    fwd_bwd_tflops=causal_flops(bsz, args.heads, seq, args.head_dim, True) / fwd_bwd_ms / 1e9,
+                )
+                if impl == "triton":
+                    row["compiled"] = kernel_report()
+            except Exception as e:
+                row["error"] = f"{type(e).__name__}: {str(e)[:300]}"
+            rows.append(row)
+            log(json.dumps({k: v for k, v in row.items() if k != "compiled"}))
+            torch.cuda.empty_cache()
+        del q, k, v, dout, reference_out
+        torch.cuda.empty_cache()
+    record["results"] = rows
+
+    os.makedirs(os.path.dirname(out_path) or ".", exist_ok=True)
+    with open(out_path, "w") as f:
+        json.dump(record, f, indent=1)
+    print(f"\n{device} | torch {torch.__version__} | triton {triton.__version__} | CUDA {torch.version.cuda}")
+    print("| impl | seq | batch x heads | fwd ms | fwd TFLOP/s | fwd+bwd ms | fwd+bwd TFLOP/s |")
+    print("|---|---|---|---|---|---|---|")
+    for r in rows:
+        if "error" in r:
+            print(f"| {r['impl']} | {r['seq']} | {r['batch']}x{r['heads']} | error: {r['error'][:60]} | | | |")
+        else:
+            print(f"| {r['impl']} | {r['seq']} | {r['batch']}x{r['heads']} | {r['fwd_ms']:.3f} | {r['fwd_tflops']:.0f} "
+                  f"| {r['fwd_bwd_ms']:.3f} | {r['fwd_bwd_tflops']:.0f} |")
+    print(f"wrote {out_path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,161 @@
+"""flash_attn_triton against an fp64 explicit-softmax reference: forward, dq, dk, dv.
+
+On CPU the kernels run in Triton's interpreter (conftest sets TRITON_INTERPRET=1), so shapes
+are tiny but still cross block edges (interpreter blocks are 16) and end on odd lengths.
+Legend: b batch, s seq, h query heads, g kv heads, d head dim.
+"""
+
+import math
+
+import pytest
+import torch
+
+triton = pytest.importorskip("triton")
+
+from megatron.model.flash_attn_triton import flash_attn_triton, is_available  # noqa: E402
+
+AVAILABLE, WHY = is_available()
+pytestmark = pytest.mark.skipif(not AVAILABLE, reason=WHY)
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def reference_attention(q_bshd, k_bsgd, v_bsgd, causal, scale, document_ids_bs=None):
+    """Explicit softmax in the inputs' dtype (call with fp64 tensors)."""
+    heads, kv_heads = q_bshd.shape[2], k_bsgd.shape[2]
+    k_bshd = k_bsgd.repeat_interleave(heads // kv_heads, dim=2)
+    v_bshd = v_bsgd.repeat_interleave(heads // kv_heads, dim=2)
+    scores_bhqk = torch.einsum("bqhd,bkhd->bhqk", q_bshd, k_bshd) * scale
+    seq = q_bshd.shape[1]
+    keep_bqk = torch.ones(1, seq, seq, dtype=torch.bool, device=q_bshd.device)
+    if causal:
+        keep_bqk = keep_bqk & torch.ones(seq, seq, dtype=torch.bool, device=q_bshd.device).tril()
+    if document_ids_bs is not None:
+        keep_bqk = keep_bqk & (document_ids_bs[:, :, None] == document_ids_bs[:, None, :])
+    scores_bhqk = scores_bhqk.masked_fill(~keep_bqk[:, None], float("-inf"))
+    probs_bhqk = torch.softmax(scores_bhqk, dim=-1)
+    return torch.einsum("bhqk,bkhd->bqhd", probs_bhqk, v_bshd)
+
+
+def random_document_ids(bsz, seq, gen):
+    """Contiguous runs of increasing ids, as sequence packing produces."""
+    ids = torch.zeros(bsz, seq, dtype=torch.long)
+    for b in range(bsz):
+        n_cuts = int(torch.randint(1, 4, (1,), generator=gen))
+        cuts = torch.randint(1, seq, (n_cuts,), generator=gen)
+        ids[b, cuts] = 1
+        ids[b] = ids[b].cumsum(0) + 7 * b
+    return ids
+
+
+def rel_err(x, ref):
+    return ((x.double() - ref).norm() / ref.norm().clamp_min(1e-30)).item()
+
+
+def check(bsz, seq, heads, kv_heads, head_dim, causal, dtype, use_docs, seed, tol, device=DEVICE, scale=None):
+    gen = torch.Generator().manual_seed(seed)
+    q = torch.randn(bsz, seq, heads, head_dim, generator=gen)
+    k = torch.randn(bsz, seq, kv_heads, head_dim, generator=gen)
+    v = torch.randn(bsz, seq, kv_heads, head_dim, generator=gen)
+    dout = torch.randn(bsz, seq, heads, head_dim, generator=gen)
+    docs = random_document_ids(bsz, seq, gen) if use_docs else None
+    scale_used = scale if scale is not None else 1.0 / math.sqrt(head_dim)
+
+    q64, k64, v64 = (t.double().requires_grad_() for t in (q, k, v))
+    ref = reference_attention(q64, k64, v64, causal, scale_used, docs)
+    ref.backward(dout.double())
+
+    qx, kx, vx = (t.to(device=device, dtype=dtype).requires_grad_() for t in (q, k, v))
+    out = flash_attn_triton(
+        qx, kx, vx, causal=causal, softmax_scale=scale,
+        document_ids=None if docs is None else docs.to(device),
+    )
+    assert out.dtype == dtype and out.shape == q.shape
+    out.backward(dout.to(device=device, dtype=dtype))
+    for name, got, want in (("out", out, ref), ("dq", qx.grad, q64.grad), ("dk", kx.grad, k64.grad),
+                            ("dv", vx.grad, v64.grad)):
+        got = got.detach().cpu()
+        assert torch.isfinite(got).all(), f"{name} has non-finite values"
+        err = rel_err(got, want.detach())
+        assert err < tol, f"{name}: rel err {err:.2e} >= {tol}"
+
+
+# (bsz, seq, heads, kv_heads, head_dim, causal, use_docs)
+CASES = [
+    (1, 16, 1, 1, 16, False, False),   # exactly one block
+    (2, 37, 2, 2, 16, True, False),    # odd length, causal
+    (1, 45, 4, 2, 32, False, False),   # odd length, GQA group 2, full
+    (2, 33, 4, 1, 16, True, False),    # multi-query attention (group 4), causal
+    (1, 50, 2, 1, 16, True, True),     # documents + causal + GQA
+    (2, 41, 2, 2, 32, False, True),    # documents, not causal, odd length
+    (1, 7, 2, 2, 16, True, False),     # shorter than one block
+]
+
+
+@pytest.mark.parametrize("bsz,seq,heads,kv_heads,head_dim,causal,use_docs", CASES)
+def test_matches_fp64_reference_fp32(bsz, seq, heads, kv_heads, head_dim, causal, use_docs):
+    # fp32 on CPU (interpreter); on GPU fp32 dots run in tf32, hence the looser bound there.
+    tol = 1e-4 if DEVICE == "cpu" else 5e-3
+    check(bsz, seq, heads, kv_heads, head_dim, causal, torch.float32, use_docs, seed=seq * 31 + heads, tol=tol)
+
+
+BF16_ON_CPU = pytest.mark.skipif(
+    DEVICE == "cpu", reason="Triton's interpreter gets bf16 tl.dot wrong (seen with triton 3.9); GPU tests cover bf16"
+)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, pytest.param(torch.bfloat16, marks=BF16_ON_CPU)])
+def test_half_precision_matches_reference(dtype):
+    tol = 1e-2 if dtype == torch.float16 else 3e-2
+    check(1, 35, 4, 2, 32, True, dtype, True, seed=5, tol=tol)
+
+
+def test_custom_softmax_scale():
+    check(1, 20, 2, 1, 16, True, torch.float32, False, seed=11, tol=1e-4 if DEVICE == "cpu" else 5e-3, scale=0.3)
+
+
+def test_rejects_bad_shapes():
+    q = torch.randn(1, 8, 3, 16, device=DEVICE)
+    k = torch.randn(1, 8, 2, 16, device=DEVICE)
+    with pytest.raises(ValueError, match="multiple of kv heads"):
+        flash_attn_triton(q, k, k, causal=True)
+    with pytest.raises(ValueError, match="head_dim"):
+        flash_attn_triton(torch.randn(1, 8, 2, 24, device=DEVICE), torch.randn(1, 8, 2, 24, device=DEVICE),
+                          torch.randn(1, 8, 2, 24, device=DEVICE), causal=True)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("seq,heads,kv_heads,head_dim,causal", [
+    (4096, 16, 16, 128, True),
+    (2047, 16, 4, 128, True),
+    (3000, 8, 8, 64, False),
+    (1024, 32, 8, 64, True),
+])
+def test_gpu_bf16_matches_sdpa(seq, heads, kv_heads, head_dim, causal):
+    torch.manual_seed(seq)
+    bsz = 2
+    q = torch.randn(bsz, seq, heads, head_dim, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    k = torch.randn(bsz, seq, kv_heads, head_dim, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    v = torch.randn(bsz, seq, kv_heads, head_dim, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    dout = torch.randn(bsz, seq, heads, head_dim, device="cuda", dtype=torch.bfloat16)
+
+    out = flash_attn_triton(q, k, v, causal=causal)
+    dq, dk, dv = torch.autograd.grad(out, (q, k, v), dout)
+
+    # Reference: SDPA in fp32 on upcast inputs (math/efficient backend), GQA via repeat.
+    group = heads // kv_heads
+    q32, k32, v32 = (t.detach().float().requires_grad_() for t in (q, k, v))
+    ref = torch.nn.functional.scaled_dot_product_attention(
+        q32.transpose(1, 2), k32.repeat_interleave(group, 2).transpose(1, 2),
+        v32.repeat_interleave(group, 2).transpose(1, 2), is_causal=causal,
+    ).transpose(1, 2)
+    rdq, rdk, rdv = torch.autograd.grad(ref, (q32, k32, v32), dout.float())
+    for name, got, want in (("out", out, ref), ("dq", dq, rdq), ("dk", dk, rdk), ("dv", dv, rdv)):
+        err = ((got.float() - want).norm() / want.norm()).item()
+        assert err < 1e-2, f"{name}: rel err {err:.2e}"
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_gpu_bf16_documents_match_reference():
+    check(2, 1500, 8, 2, 128, True, torch.bfloat16, True, seed=3, tol=1e-2, device="cuda")
