@@ -1,0 +1,126 @@
+"""GPT / Llama-shaped decoder-only model.
+
+Shape legend: b batch, s this rank's slice of the sequence, S full sequence, H hidden,
+F MLP width, V padded vocabulary. Under Ulysses SP every rank runs the whole model on its
+slice of tokens; only attention sees the full sequence (for a subset of heads).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from megatron.config import ModelConfig
+from megatron.model.attention import ParallelAttention
+
+
+def make_norm(cfg: ModelConfig) -> nn.Module:
+    if cfg.normalization == "RMSNorm":
+        return nn.RMSNorm(cfg.hidden_size, eps=cfg.norm_epsilon)
+    return nn.LayerNorm(cfg.hidden_size, eps=cfg.norm_epsilon)
+
+
+class MLP(nn.Module):
+    """GeLU MLP (GPT) or SwiGLU (Llama; fc1 holds [gate; up] stacked)."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.swiglu = cfg.swiglu
+        out = 2 * cfg.ffn_hidden_size if cfg.swiglu else cfg.ffn_hidden_size
+        self.fc1 = nn.Linear(cfg.hidden_size, out, bias=cfg.add_bias_linear)
+        self.fc2 = nn.Linear(cfg.ffn_hidden_size, cfg.hidden_size, bias=cfg.add_bias_linear)
+        self.fc2.is_output_projection = True
+
+    def forward(self, x_bsH):
+        y = self.fc1(x_bsH)
+        if self.swiglu:
+            gate, up = y.chunk(2, dim=-1)
+            y = F.silu(gate) * up
+        else:
+            y = F.gelu(y)
+        return self.fc2(y)
+
+
+class TransformerLayer(nn.Module):
+    """Pre-norm decoder layer: x + attn(norm(x)), then x + mlp(norm(x))."""
+
+    def __init__(self, cfg: ModelConfig, layer_number: int, sp_group=None, device=None):
+        super().__init__()
+        self.input_norm = make_norm(cfg)
+        self.attention = ParallelAttention(cfg, layer_number, sp_group=sp_group, device=device)
+        self.post_attention_norm = make_norm(cfg)
+        self.mlp = MLP(cfg)
+        self.dropout = nn.Dropout(cfg.hidden_dropout)
+
+    def forward(self, x_bsH, position_ids_bs, document_ids_bS=None):
+        x_bsH = x_bsH + self.dropout(self.attention(self.input_norm(x_bsH), position_ids_bs, document_ids_bS))
+        return x_bsH + self.dropout(self.mlp(self.post_attention_norm(x_bsH)))
+
+
+class GPTModel(nn.Module):
+    """Embeddings, decoder layers, final norm and (tied or untied) output layer.
+
+    ``forward(input_ids, position_ids, labels=None)`` returns logits ``[b, s, V]`` without
+    labels and per-token fp32 cross-entropy ``[b, s]`` with them.
+    """
+
+    def __init__(self, cfg: ModelConfig, sp_group=None, checkpoint_activations: bool = False, device=None):
+        super().__init__()
+        self.cfg = cfg
+        self.checkpoint_activations = checkpoint_activations
+        V = cfg.padded_vocab_size
+        self.word_embeddings = nn.Embedding(V, cfg.hidden_size)
+        if not cfg.use_rotary_position_embeddings:
+            self.position_embeddings = nn.Embedding(cfg.max_position_embeddings, cfg.hidden_size)
+        self.embedding_dropout = nn.Dropout(cfg.hidden_dropout)
+        self.layers = nn.ModuleList(
+            TransformerLayer(cfg, i + 1, sp_group=sp_group, device=device) for i in range(cfg.num_layers)
+        )
+        self.final_norm = make_norm(cfg)
+        if cfg.untie_embeddings_and_output_weights:
+            self.output_layer = nn.Linear(cfg.hidden_size, V, bias=False)
+        self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """Megatron's init: N(0, std), output projections scaled by 1/sqrt(2 * layers), zero biases."""
+        std = self.cfg.init_method_std
+        scaled = std / math.sqrt(2.0 * self.cfg.num_layers)
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.normal_(module.weight, 0.0, scaled if getattr(module, "is_output_projection", False) else std)
+                if module.bias is not None:
+                    module.bias.zero_()
+            elif isinstance(module, nn.Embedding):
+                nn.init.normal_(module.weight, 0.0, std)
+
+    def output_weight(self) -> torch.Tensor:
+        if self.cfg.untie_embeddings_and_output_weights:
+            return self.output_layer.weight
+        return self.word_embeddings.weight
+
+    def hidden_states(self, input_ids_bs, position_ids_bs, document_ids_bS=None):
+        x = self.word_embeddings(input_ids_bs)
+        if not self.cfg.use_rotary_position_embeddings:
+            x = x + self.position_embeddings(position_ids_bs)
+        x = self.embedding_dropout(x)
+        for layer in self.layers:
+            if self.checkpoint_activations and self.training:
+                x = checkpoint(layer, x, position_ids_bs, document_ids_bS, use_reentrant=False)
+            else:
+                x = layer(x, position_ids_bs, document_ids_bS)
+        return self.final_norm(x)
+
+    def forward(self, input_ids_bs, position_ids_bs=None, labels_bs=None, document_ids_bS=None):
+        if position_ids_bs is None:
+            position_ids_bs = torch.arange(input_ids_bs.shape[1], device=input_ids_bs.device).expand_as(input_ids_bs)
+        h_bsH = self.hidden_states(input_ids_bs, position_ids_bs, document_ids_bS)
+        logits_bsV = F.linear(h_bsH, self.output_weight())
+        if labels_bs is None:
+            return logits_bsV
+        loss = F.cross_entropy(logits_bsV.float().flatten(0, 1), labels_bs.flatten(), reduction="none")
+        return loss.view_as(labels_bs)

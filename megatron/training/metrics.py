@@ -1,0 +1,67 @@
+"""Throughput accounting: FLOPs per token, the Megatron-DeepSpeed TFLOPS formula, MFU, memory.
+
+Two different numbers, kept apart on purpose:
+* ``megatron_deepspeed_tflops`` is the formula Megatron-DeepSpeed prints and its published
+  sequence-parallel table uses (Narayanan et al. 2021, eq. 3: full, not causal, attention;
+  x4 instead of x3 with activation checkpointing; GPT-shaped MLP assumed). Use it to compare
+  with that table.
+* ``model_flops_per_token`` counts the model's own matmul FLOPs (no recomputation, causal
+  attention counted as half of full) and is what MFU divides by the GPU's dense peak.
+"""
+
+from __future__ import annotations
+
+import resource
+import sys
+from typing import Optional
+
+import torch
+
+from megatron.config import ModelConfig
+
+# Dense bf16 tensor-core peak from the datasheets (FLOP/s, without sparsity).
+PEAK_BF16_FLOPS = {
+    "H100": 989e12,
+    "H200": 989e12,
+    "H800": 989e12,
+    "GH200": 989e12,
+    "A100": 312e12,
+    "A800": 312e12,
+    "L40S": 362e12,
+    "B200": 2250e12,
+}
+
+
+def peak_flops(device_name: str) -> Optional[float]:
+    """Datasheet dense bf16 peak for a CUDA device name, or None when unknown (e.g. CPU)."""
+    for key in sorted(PEAK_BF16_FLOPS, key=len, reverse=True):
+        if key in device_name.upper():
+            return PEAK_BF16_FLOPS[key]
+    return None
+
+
+def megatron_deepspeed_flops_per_iteration(
+    cfg: ModelConfig, global_batch_size: int, seq_length: int, checkpoint_activations: bool
+) -> float:
+    """FLOPs per iteration by Megatron-DeepSpeed's ``throughput_calculator``."""
+    factor = 4 if checkpoint_activations else 3
+    h, L, V, s = cfg.hidden_size, cfg.num_layers, cfg.padded_vocab_size, seq_length
+    return 24 * factor * global_batch_size * s * L * h * h * (1.0 + s / (6.0 * h) + V / (16.0 * L * h))
+
+
+def model_flops_per_token(cfg: ModelConfig, seq_length: int) -> float:
+    """Forward+backward model FLOPs per token: 6 x matmul params + causal attention."""
+    h, L, f = cfg.hidden_size, cfg.num_layers, cfg.ffn_hidden_size
+    kv = cfg.num_key_value_heads * cfg.head_dim
+    per_layer = h * (h + 2 * kv) + h * h + h * f * (3 if cfg.swiglu else 2)
+    matmul_params = L * per_layer + cfg.padded_vocab_size * h
+    attention = 6 * L * seq_length * h  # 2 matmuls x 2 FLOP/MAC x S x h, halved for causal, x3 fwd+bwd
+    return 6 * matmul_params + attention
+
+
+def peak_memory_gb(device: torch.device) -> float:
+    """Peak allocated GPU memory, or the process's peak RSS on CPU, in GB."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 1e9
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss / 1e9 if sys.platform == "darwin" else rss * 1024 / 1e9

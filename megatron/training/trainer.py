@@ -1,0 +1,295 @@
+"""The training loop: DeepSpeed engine, Ulysses sequence sharding, exact token-weighted loss.
+
+Loss: every SP rank holds a contiguous slice of each sample. The reported and optimized loss
+is the token-weighted mean over the whole sequence and the whole global batch:
+``sum(loss over all tokens of the global batch) / (number of loss tokens in it)``. DeepSpeed
+divides each micro-batch loss by the accumulation steps and averages gradients over the
+data-parallel size (it sums over the SP ranks of a group), so each rank back-propagates
+``local_sum * DP * GAS / N_global``; the gradient is then exactly that of the global mean,
+whatever the SP/DP/accumulation layout.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import time
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from megatron import parallel_state as ps
+from megatron.config import Config
+from megatron.training import metrics
+from megatron.training.checkpointing import load_checkpoint, save_checkpoint
+from megatron.training.ds_config import build_deepspeed_config
+from megatron.training.lr_schedule import build_scheduler
+
+
+def print_rank0(*args) -> None:
+    if not dist.is_initialized() or dist.get_rank() == 0:
+        print(*args, flush=True)
+
+
+def set_seed(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def initialize_distributed(cfg: Config) -> torch.device:
+    """Start torch.distributed through DeepSpeed (nccl on GPUs, gloo on CPUs) and build groups."""
+    import deepspeed
+
+    use_cuda = torch.cuda.is_available()
+    backend = cfg.parallel.distributed_backend or ("nccl" if use_cuda else "gloo")
+    if not dist.is_initialized():
+        deepspeed.init_distributed(dist_backend=backend, verbose=False)
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    device = torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
+    if use_cuda:
+        torch.cuda.set_device(device)
+    cfg.validate_world(dist.get_world_size())
+    if not ps.model_parallel_is_initialized():
+        ps.initialize_model_parallel(cfg.parallel.sequence_parallel_size, verbose=True)
+    return device
+
+
+def _param_groups(model: torch.nn.Module, weight_decay: float) -> list:
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        (no_decay if p.ndim < 2 or name.endswith(".bias") else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+@dataclass
+class Batch:
+    """This rank's slice of one micro batch. ``document_ids`` covers the full sequence."""
+
+    input_ids: torch.Tensor
+    labels: torch.Tensor
+    loss_mask: torch.Tensor
+    position_ids: torch.Tensor
+    document_ids: Optional[torch.Tensor]
+
+
+class Trainer:
+    def __init__(self, cfg: Config, train_ds, valid_ds=None, eod_token: Optional[int] = None):
+        import deepspeed
+
+        self.cfg = cfg
+        self.device = initialize_distributed(cfg)
+        self.world = dist.get_world_size()
+        self.sp = cfg.parallel.sequence_parallel_size
+        self.sp_rank = ps.get_sequence_parallel_rank()
+        self.dp = ps.get_data_parallel_world_size()
+        self.dp_rank = ps.get_data_parallel_rank()
+        self.gas = cfg.grad_accumulation_steps(self.world)
+        self.train_ds, self.valid_ds, self.eod = train_ds, valid_ds, eod_token
+        self.ds_config = build_deepspeed_config(cfg, self.world)
+
+        set_seed(cfg.train.seed)
+        from megatron.model.gpt import GPTModel
+
+        sp_group = ps.get_sequence_parallel_group() if self.sp > 1 else None
+        with deepspeed.zero.Init(
+            data_parallel_group=ps.get_sequence_data_parallel_group(),
+            config_dict_or_path=self.ds_config,
+            enabled=cfg.parallel.zero_stage == 3,
+            mpu=ps,
+        ):
+            model = GPTModel(
+                cfg.model, sp_group=sp_group, checkpoint_activations=cfg.parallel.checkpoint_activations, device=self.device
+            )
+        t = cfg.train
+        optimizer = torch.optim.AdamW(
+            _param_groups(model, t.weight_decay),
+            lr=t.lr,
+            betas=(t.adam_beta1, t.adam_beta2),
+            eps=t.adam_eps,
+            fused=self.device.type == "cuda",
+        )
+        scheduler = build_scheduler(optimizer, t)
+        self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
+            model=model, optimizer=optimizer, lr_scheduler=scheduler, config=self.ds_config, mpu=ps
+        )
+        self.iteration = 0
+        self.consumed_samples = 0
+        if cfg.logging.load:
+            state = load_checkpoint(self.engine, cfg.logging.load)
+            if state is not None:
+                self.iteration = state["iteration"]
+                self.consumed_samples = state["consumed_samples"]
+        n_params = cfg.model.num_parameters()
+        print_rank0(
+            f"> model: {n_params / 1e6:.2f}M parameters | world {self.world} = SP {self.sp} x DP {self.dp} | "
+            f"micro batch {t.micro_batch_size} x accumulation {self.gas} x DP {self.dp} = global batch "
+            f"{t.global_batch_size} | ZeRO-{cfg.parallel.zero_stage} | {t.dtype_name} | device {self.device}"
+        )
+        self._tb = None
+        if cfg.logging.tensorboard_dir and dist.get_rank() == 0:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:
+                raise RuntimeError("--tensorboard-dir needs the tensorboard package: pip install tensorboard") from None
+            self._tb = SummaryWriter(cfg.logging.tensorboard_dir)
+
+    # ---------------------------------------------------------------- data
+    def _sample_indices(self, dataset_offset: int, step_in_epoch: int, micro: int) -> list:
+        """Global sample indices of this DP rank's micro batch ``micro`` of a step (Megatron order)."""
+        mbs, gbs = self.cfg.train.micro_batch_size, self.cfg.train.global_batch_size
+        start = dataset_offset + step_in_epoch * gbs + micro * mbs * self.dp + self.dp_rank * mbs
+        return list(range(start, start + mbs))
+
+    def _make_batch(self, dataset, indices: list) -> Batch:
+        tokens = torch.from_numpy(np.stack([dataset[i]["tokens"] for i in indices])).long()
+        input_ids, labels = tokens[:, :-1], tokens[:, 1:]
+        d = self.cfg.data
+        if self.eod is not None and (d.reset_position_ids or d.reset_attention_mask or d.eod_mask_loss):
+            from megatron.data.packing import get_ltor_masks_and_position_ids
+
+            loss_mask, position_ids, document_ids = get_ltor_masks_and_position_ids(
+                input_ids, self.eod, d.reset_position_ids, d.reset_attention_mask, d.eod_mask_loss
+            )
+        else:
+            loss_mask = torch.ones_like(input_ids, dtype=torch.float32)
+            position_ids = torch.arange(input_ids.shape[1]).expand_as(input_ids)
+            document_ids = None
+        s = input_ids.shape[1] // self.sp
+        sl = slice(self.sp_rank * s, (self.sp_rank + 1) * s)
+        to = lambda x: x.to(self.device, non_blocking=True)  # noqa: E731
+        return Batch(
+            to(input_ids[:, sl].contiguous()),
+            to(labels[:, sl].contiguous()),
+            to(loss_mask[:, sl].contiguous()),
+            to(position_ids[:, sl].contiguous()),
+            None if document_ids is None else to(document_ids),
+        )
+
+    def _global_token_count(self, batches: list) -> torch.Tensor:
+        n = torch.stack([b.loss_mask.sum() for b in batches]).sum().to(torch.float64)
+        dist.all_reduce(n, group=ps.get_sequence_data_parallel_group())
+        return n
+
+    # ---------------------------------------------------------------- steps
+    def train_step(self, batches: list) -> dict:
+        n_global = self._global_token_count(batches)
+        scale = self.dp * self.gas / n_global.clamp(min=1.0)
+        loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
+        for b in batches:
+            losses_bs = self.engine(b.input_ids, b.position_ids, b.labels, b.document_ids)
+            local_sum = (losses_bs * b.loss_mask).sum()
+            self.engine.backward(local_sum * scale.to(local_sum.dtype))
+            self.engine.step()
+            loss_sum += local_sum.detach().to(torch.float64)
+        dist.all_reduce(loss_sum, group=ps.get_sequence_data_parallel_group())
+        grad_norm = self.engine.get_global_grad_norm()
+        return {"lm_loss": (loss_sum / n_global).item(), "grad_norm": None if grad_norm is None else float(grad_norm)}
+
+    @torch.no_grad()
+    def evaluate(self) -> float:
+        self.engine.eval()
+        loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
+        n = torch.zeros((), dtype=torch.float64, device=self.device)
+        for step in range(self.cfg.train.eval_iters):
+            for m in range(self.gas):
+                b = self._make_batch(self.valid_ds, self._sample_indices(0, step, m))
+                losses_bs = self.engine(b.input_ids, b.position_ids, b.labels, b.document_ids)
+                loss_sum += (losses_bs * b.loss_mask).sum().to(torch.float64)
+                n += b.loss_mask.sum().to(torch.float64)
+        dist.all_reduce(loss_sum, group=ps.get_sequence_data_parallel_group())
+        dist.all_reduce(n, group=ps.get_sequence_data_parallel_group())
+        self.engine.train()
+        return (loss_sum / n.clamp(min=1.0)).item()
+
+    def save(self) -> None:
+        path = save_checkpoint(
+            self.engine,
+            self.cfg.logging.save,
+            self.iteration,
+            {"consumed_samples": self.consumed_samples, "config": self.cfg.to_dict()},
+        )
+        print_rank0(f"> saved checkpoint {path}")
+
+    # ---------------------------------------------------------------- loop
+    def train(self) -> list:
+        cfg, t, lg = self.cfg, self.cfg.train, self.cfg.logging
+        S = cfg.model.seq_length
+        flops_md = metrics.megatron_deepspeed_flops_per_iteration(
+            cfg.model, t.global_batch_size, S, cfg.parallel.checkpoint_activations
+        )
+        flops_model = metrics.model_flops_per_token(cfg.model, S) * t.global_batch_size * S
+        peak = metrics.peak_flops(torch.cuda.get_device_name(self.device)) if self.device.type == "cuda" else None
+        records, window, window_start = [], [], time.perf_counter()
+        metrics_f = open(lg.metrics_file, "a") if lg.metrics_file and dist.get_rank() == 0 else None
+        self.engine.train()
+        while self.iteration < t.train_iters:
+            step_in_epoch = self.consumed_samples // t.global_batch_size
+            batches = [self._make_batch(self.train_ds, self._sample_indices(0, step_in_epoch, m)) for m in range(self.gas)]
+            out = self.train_step(batches)
+            self.iteration += 1
+            self.consumed_samples += t.global_batch_size
+            window.append(out)
+            if self.iteration % lg.log_interval == 0 or self.iteration == t.train_iters:
+                if self.device.type == "cuda":
+                    torch.cuda.synchronize(self.device)
+                elapsed = (time.perf_counter() - window_start) / len(window)
+                rec = {
+                    "iteration": self.iteration,
+                    "lm_loss": sum(w["lm_loss"] for w in window) / len(window),
+                    "lr": self.scheduler.get_last_lr()[0],
+                    "grad_norm": window[-1]["grad_norm"],
+                    "step_time_s": elapsed,
+                    "tokens_per_sec": t.global_batch_size * S / elapsed,
+                    "tokens_per_sec_per_gpu": t.global_batch_size * S / elapsed / self.world,
+                    "tflops": flops_md / elapsed / self.world / 1e12,
+                    "model_tflops": flops_model / elapsed / self.world / 1e12,
+                    "mfu": (flops_model / elapsed / self.world / peak) if peak else None,
+                    "mem_gb": metrics.peak_memory_gb(self.device),
+                    "consumed_samples": self.consumed_samples,
+                }
+                records.append(rec)
+                self._log(rec, metrics_f)
+                window, window_start = [], time.perf_counter()
+            if t.eval_interval and self.iteration % t.eval_interval == 0 and self.valid_ds is not None:
+                val = self.evaluate()
+                print_rank0(f" validation at iteration {self.iteration} | lm loss: {val:.6f}")
+                records.append({"iteration": self.iteration, "valid_lm_loss": val})
+                if metrics_f:
+                    metrics_f.write(json.dumps(records[-1]) + "\n")
+                    metrics_f.flush()
+                window_start = time.perf_counter()
+            saving_now = lg.save and lg.save_interval and self.iteration % lg.save_interval == 0
+            exiting_now = lg.exit_interval and self.iteration % lg.exit_interval == 0
+            if saving_now or (exiting_now and lg.save):
+                self.save()
+            if exiting_now:
+                print_rank0(f"> exiting at iteration {self.iteration} (--exit-interval {lg.exit_interval})")
+                break
+        else:
+            if lg.save and not (lg.save_interval and self.iteration % lg.save_interval == 0):
+                self.save()
+        if metrics_f:
+            metrics_f.close()
+        return records
+
+    def _log(self, rec: dict, metrics_f) -> None:
+        mfu = f"{100 * rec['mfu']:.1f}%" if rec["mfu"] is not None else "n/a"
+        gn = f"{rec['grad_norm']:.4f}" if rec["grad_norm"] is not None else "n/a"
+        print_rank0(
+            f" iteration {rec['iteration']:>7d}/{self.cfg.train.train_iters:>7d} | lm loss: {rec['lm_loss']:.6f} | "
+            f"lr: {rec['lr']:.3e} | grad norm: {gn} | step: {1000 * rec['step_time_s']:.1f} ms | "
+            f"tokens/s: {rec['tokens_per_sec']:.0f} | TFLOPS/GPU: {rec['tflops']:.2f} | MFU: {mfu} | "
+            f"mem: {rec['mem_gb']:.2f} GB"
+        )
+        if metrics_f:
+            metrics_f.write(json.dumps(rec) + "\n")
+            metrics_f.flush()
+        if self._tb is not None:
+            for k, v in rec.items():
+                if k != "iteration" and v is not None:
+                    self._tb.add_scalar(k, v, rec["iteration"])

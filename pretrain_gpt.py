@@ -1,0 +1,76 @@
+"""Pretrain a GPT with DeepSpeed-Ulysses sequence parallelism.
+
+    torchrun --nproc_per_node 2 pretrain_gpt.py --ds-sequence-parallel-size 2 --mock-data ...
+    deepspeed --num_gpus 8 pretrain_gpt.py --ds-sequence-parallel-size 4 --data-path ... --tokenizer-type ...
+
+All flags: ``python pretrain_gpt.py --help``. This file only turns the command line into a
+``Config`` and hands it to the library.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from megatron.arguments import parse_args
+from megatron.config import Config, ConfigError
+
+
+def _is_rank0() -> bool:
+    return os.environ.get("RANK", "0") == "0"
+
+
+def build_datasets(cfg: Config):
+    """(train, valid, eod) for the configured data source."""
+    if cfg.data.mock_data:
+        from megatron.data.mock import MockGPTDataset
+
+        m = cfg.model
+        return MockGPTDataset(m.seq_length, m.vocab_size, cfg.train.seed), MockGPTDataset(
+            m.seq_length, m.vocab_size, cfg.train.seed + 1
+        ), None
+    if not cfg.data.uses_files:
+        raise ConfigError("no training data: pass --data-path PREFIX (with --tokenizer-type ...) or --mock-data")
+    import torch.distributed as dist
+
+    from megatron.data import build_gpt_datasets
+    from megatron.tokenizer import build_tokenizer
+
+    tokenizer = build_tokenizer(cfg.data, cfg.model.make_vocab_size_divisible_by)
+    cfg.model.vocab_size = tokenizer.vocab_size
+    t = cfg.train
+    n_train = t.train_iters * t.global_batch_size
+    n_valid = (t.train_iters // t.eval_interval + 1) * t.eval_iters * t.global_batch_size if t.eval_interval else 0
+    train, valid, _ = build_gpt_datasets(
+        cfg.data,
+        cfg.model.seq_length,
+        t.seed,
+        (n_train, n_valid, 0),
+        is_builder_rank=dist.get_rank() == 0,
+        barrier=dist.barrier,
+    )
+    return train, valid, tokenizer.eod
+
+
+def main(argv=None) -> int:
+    try:
+        cfg = parse_args(argv)
+        cfg.validate_world(int(os.environ.get("WORLD_SIZE", "1")))
+        if cfg.logging.load and not os.path.isdir(cfg.logging.load):
+            raise ConfigError(
+                f"--load {cfg.logging.load} does not exist; give an existing checkpoint directory or drop --load"
+            )
+        from megatron.training.trainer import Trainer, initialize_distributed
+
+        initialize_distributed(cfg)
+        train_ds, valid_ds, eod = build_datasets(cfg)
+        Trainer(cfg, train_ds, valid_ds, eod_token=eod).train()
+    except ConfigError as e:
+        if _is_rank0():
+            print(f"error: {e}", file=sys.stderr, flush=True)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
