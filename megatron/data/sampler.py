@@ -1,0 +1,39 @@
+"""Which global sample indices each data-parallel rank reads, resumable at any sample.
+
+Megatron's ``MegatronPretrainingSampler``: samples are consumed in order
+``consumed_samples, consumed_samples + 1, ...``; each step of ``micro_batch_size x dp_size``
+samples is cut into one micro batch per data-parallel rank. Restarting with the
+``consumed_samples`` saved in a checkpoint continues at exactly the next sample. Ranks of one
+sequence-parallel group share a data-parallel rank, so they read the same samples (and
+each keeps its own slice of the sequence).
+"""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+
+class PretrainingSampler:
+    def __init__(self, total_samples: int, consumed_samples: int, micro_batch_size: int, dp_rank: int, dp_size: int,
+                 drop_last: bool = True):
+        if not 0 <= dp_rank < dp_size:
+            raise ValueError(f"data-parallel rank {dp_rank} is outside [0, {dp_size})")
+        if consumed_samples > total_samples:
+            raise ValueError(f"consumed samples {consumed_samples} exceed the dataset's {total_samples}")
+        self.total, self.consumed = total_samples, consumed_samples
+        self.mbs, self.rank, self.size, self.drop_last = micro_batch_size, dp_rank, dp_size, drop_last
+
+    def __len__(self) -> int:
+        return self.total
+
+    def __iter__(self) -> Iterator[list]:
+        step = self.mbs * self.size
+        lo, hi = self.rank * self.mbs, (self.rank + 1) * self.mbs
+        batch: list = []
+        for idx in range(self.consumed, self.total):
+            batch.append(idx)
+            if len(batch) == step:
+                yield batch[lo:hi]
+                batch = []
+        if batch and not self.drop_last:
+            yield batch[lo:hi]
