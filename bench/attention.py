@@ -3,6 +3,7 @@
     python bench/attention.py                         # seq 4k,16k,64k,128k; writes docs/benchmarks/attention_<gpu>.json
     python bench/attention.py --seqs 4096 --impls triton,sdpa_flash --out /tmp/a.json
     python bench/attention.py --sweep                 # first tune Triton block configs at --sweep-seq
+    python bench/attention.py --profile-seq 16384     # add per-kernel device times (torch.profiler)
     python bench/attention.py --dry-run               # print the plan, touch no GPU
 
 Causal, bf16, head dim 128, layout [b, s, h, d]. FLOPs count only the unmasked half:
@@ -103,40 +104,92 @@ def kernel_report():
     return report
 
 
+def _try(attn, q, k, v, dout, kernel):
+    try:
+        fwd_ms, fwd_bwd_ms = time_impl(attn, q, k, v, dout)
+        return {"fwd_ms": fwd_ms, "fwd_bwd_ms": fwd_bwd_ms, "compiled": kernel_report().get(kernel)}
+    except Exception as e:  # out of shared memory, unsupported option, ...
+        return {"error": f"{type(e).__name__}: {str(e)[:300]}"}
+
+
 def sweep(args, log):
-    """Coordinate search over block configs: fwd alone, then dkdv, then dq (fwd+bwd time)."""
+    """Coordinate search: fwd configs (+ warp specialization), then the backward: split
+    (dkdv kernel + dq kernel) vs fused (dkdv kernel with atomic dq), each over block configs."""
     d = args.head_dim
     bsz = batch_for(args.sweep_seq, args.tokens)
     q, k, v, dout = make_inputs(bsz, args.sweep_seq, args.heads, d)
     attn = make_attention("triton")
-    candidates = {
-        "fwd": [(128, 64, 8, 3), (128, 128, 8, 2), (128, 64, 4, 3), (128, 128, 8, 3), (128, 64, 8, 4), (64, 64, 4, 3)],
-        "dkdv": [(64, 128, 8, 2), (32, 128, 4, 2), (64, 128, 8, 3), (32, 128, 8, 3), (64, 64, 4, 2), (128, 128, 8, 2)],
-        "dq": [(128, 64, 8, 2), (64, 64, 4, 2), (128, 64, 8, 3), (128, 32, 4, 2), (64, 128, 8, 2)],
-    }
     results = []
-    for kernel in ("fwd", "dkdv", "dq"):
-        best = None
-        for cfg in candidates[kernel]:
-            fat.GPU_CONFIGS[kernel][d] = cfg
-            try:
-                fwd_ms, fwd_bwd_ms = time_impl(attn, q, k, v, dout)
-                metric = fwd_ms if kernel == "fwd" else fwd_bwd_ms
-                row = {"kernel": kernel, "config": cfg, "fwd_ms": fwd_ms, "fwd_bwd_ms": fwd_bwd_ms,
-                       "compiled": kernel_report().get(kernel)}
-            except Exception as e:  # out of shared memory etc.
-                metric = math.inf
-                row = {"kernel": kernel, "config": cfg, "error": f"{type(e).__name__}: {str(e)[:200]}"}
-            results.append(row)
-            log(f"sweep {kernel} {cfg}: {row.get('fwd_ms', float('nan')):.3f} / {row.get('fwd_bwd_ms', float('nan')):.3f} ms "
-                f"{row.get('compiled') or row.get('error')}")
-            if best is None or metric < best[0]:
-                best = (metric, cfg)
-        fat.GPU_CONFIGS[kernel][d] = best[1]
-        log(f"sweep {kernel}: best {best[1]} ({best[0]:.3f} ms)")
+
+    def run(kernel, cfg, options, metric_key):
+        fat.GPU_CONFIGS[kernel][d] = cfg
+        fat.GPU_OPTIONS.update(options)
+        row = {"kernel": kernel, "config": cfg, "options": dict(options), **_try(attn, q, k, v, dout, kernel)}
+        results.append(row)
+        log(f"sweep {kernel} {cfg} {options}: fwd {row.get('fwd_ms', float('nan')):.3f} ms, "
+            f"fwd+bwd {row.get('fwd_bwd_ms', float('nan')):.3f} ms {row.get('compiled') or row.get('error')}")
+        return row.get(metric_key, math.inf)
+
+    best = min((run("fwd", cfg, {"fwd_warp_specialize": ws, "fwd_tma": tma}, "fwd_ms"), cfg, ws, tma)
+               for tma in (False, True)
+               for ws in (False, True)
+               for cfg in [(128, 64, 8, 3), (128, 128, 8, 2), (128, 128, 8, 3)])
+    fat.GPU_CONFIGS["fwd"][d] = best[1]
+    fat.GPU_OPTIONS.update(fwd_warp_specialize=best[2], fwd_tma=best[3])
+    log(f"sweep fwd: best {best}")
+
+    split = min((run("dkdv", cfg, {"atomic_dq": False, "bwd_tma": tma}, "fwd_bwd_ms"), cfg, tma)
+                for tma in (False, True)
+                for cfg in [(64, 128, 8, 3), (64, 128, 8, 2), (32, 128, 8, 3), (64, 64, 4, 2)])
+    fat.GPU_CONFIGS["dkdv"][d] = split[1]
+    fat.GPU_OPTIONS["bwd_tma"] = split[2]
+    split_dq = min((run("dq", cfg, {"atomic_dq": False}, "fwd_bwd_ms"), cfg)
+                   for cfg in [(128, 64, 8, 3), (128, 64, 8, 2), (64, 64, 4, 2), (128, 128, 8, 2)])
+    fat.GPU_CONFIGS["dq"][d] = split_dq[1]
+    fused = min((run("dkdv", cfg, {"atomic_dq": True}, "fwd_bwd_ms"), cfg)
+                for cfg in [(32, 128, 8, 2), (32, 128, 8, 3), (64, 128, 8, 2), (64, 64, 4, 2)])
+    if fused[0] < split_dq[0]:
+        fat.GPU_CONFIGS["dkdv"][d] = fused[1]
+        fat.GPU_OPTIONS["atomic_dq"] = True
+    else:
+        fat.GPU_CONFIGS["dkdv"][d] = split[1]
+        fat.GPU_OPTIONS["atomic_dq"] = False
+    log(f"sweep bwd: split {split} + dq {split_dq}; fused {fused}; chose atomic_dq={fat.GPU_OPTIONS['atomic_dq']}")
     del q, k, v, dout
     torch.cuda.empty_cache()
     return results
+
+
+def profile_kernels(impls, seq, args, log):
+    """Per-kernel device time (ms per fwd+bwd step) from torch.profiler, averaged over 3 steps."""
+    from torch.profiler import ProfilerActivity, profile
+
+    bsz = batch_for(seq, args.tokens)
+    q, k, v, dout = make_inputs(bsz, seq, args.heads, args.head_dim)
+    report = {}
+    for impl in impls:
+        try:
+            attn = make_attention(impl)
+            for _ in range(2):
+                attn(q, k, v).backward(dout)
+            torch.cuda.synchronize()
+            with profile(activities=[ProfilerActivity.CUDA]) as prof:
+                for _ in range(3):
+                    attn(q, k, v).backward(dout)
+                torch.cuda.synchronize()
+            kernels = {}
+            for evt in prof.key_averages():
+                t = getattr(evt, "device_time_total", None) or getattr(evt, "cuda_time_total", 0)
+                if t > 0 and evt.key not in ("", None):
+                    kernels[evt.key[:120]] = round(t / 3 / 1e3, 4)  # us total over 3 steps -> ms per step
+            report[impl] = dict(sorted(kernels.items(), key=lambda kv: -kv[1])[:8])
+            log(f"profile {impl} seq {seq}: {report[impl]}")
+        except Exception as e:
+            report[impl] = {"error": f"{type(e).__name__}: {str(e)[:300]}"}
+        q.grad = k.grad = v.grad = None
+    del q, k, v, dout
+    torch.cuda.empty_cache()
+    return {"seq": seq, "batch": bsz, "ms_per_step_by_kernel": report}
 
 
 def main():
@@ -148,6 +201,7 @@ def main():
     p.add_argument("--impls", default=",".join(IMPLS))
     p.add_argument("--sweep", action="store_true", help="tune Triton block configs first")
     p.add_argument("--sweep-seq", type=int, default=16384)
+    p.add_argument("--profile-seq", type=int, default=0, help="also profile kernels per impl at this seq")
     p.add_argument("--out", default=None, help="JSON path (default docs/benchmarks/attention_<gpu>.json)")
     p.add_argument("--dry-run", action="store_true")
     args = p.parse_args()
@@ -191,6 +245,10 @@ def main():
         record["sweep_seq"] = args.sweep_seq
         record["sweep"] = sweep(args, log)
     record["triton_configs"] = {k: {str(d): list(c) for d, c in v.items()} for k, v in fat.GPU_CONFIGS.items()}
+    record["triton_options"] = dict(fat.GPU_OPTIONS)
+    log(f"triton configs {record['triton_configs']} options {record['triton_options']}")
+    if args.profile_seq:
+        record["profile"] = profile_kernels([i for i in impls if i != "flash_attn"], args.profile_seq, args, log)
 
     rows = []
     for seq in seqs:

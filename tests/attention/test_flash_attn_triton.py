@@ -12,6 +12,7 @@ import torch
 
 triton = pytest.importorskip("triton")
 
+from megatron.model import flash_attn_triton as fat  # noqa: E402
 from megatron.model.flash_attn_triton import flash_attn_triton, is_available  # noqa: E402
 
 AVAILABLE, WHY = is_available()
@@ -91,8 +92,16 @@ CASES = [
 ]
 
 
+@pytest.fixture(params=["dq_kernel", "atomic_dq", "tma"])
+def backward_path(request, monkeypatch):
+    """Kernel variants: dq by its own kernel or by atomics in the dkdv kernel; pointer or TMA loads."""
+    monkeypatch.setattr(fat, "ATOMIC_DQ_OVERRIDE", request.param == "atomic_dq")
+    monkeypatch.setattr(fat, "TMA_OVERRIDE", request.param == "tma")
+    return request.param
+
+
 @pytest.mark.parametrize("bsz,seq,heads,kv_heads,head_dim,causal,use_docs", CASES)
-def test_matches_fp64_reference_fp32(bsz, seq, heads, kv_heads, head_dim, causal, use_docs):
+def test_matches_fp64_reference_fp32(bsz, seq, heads, kv_heads, head_dim, causal, use_docs, backward_path):
     # fp32 on CPU (interpreter); on GPU fp32 dots run in tf32, hence the looser bound there.
     tol = 1e-4 if DEVICE == "cpu" else 5e-3
     check(bsz, seq, heads, kv_heads, head_dim, causal, torch.float32, use_docs, seed=seq * 31 + heads, tol=tol)
@@ -107,6 +116,20 @@ BF16_ON_CPU = pytest.mark.skipif(
 def test_half_precision_matches_reference(dtype):
     tol = 1e-2 if dtype == torch.float16 else 3e-2
     check(1, 35, 4, 2, 32, True, dtype, True, seed=5, tol=tol)
+
+
+def test_random_shapes_match_reference():
+    """Seeded random sweep: lengths 1..70, GQA groups 1..4, both masks, with and without documents."""
+    gen = torch.Generator().manual_seed(1234)
+    for trial in range(8):
+        kv_heads = int(torch.randint(1, 3, (1,), generator=gen))
+        heads = kv_heads * int(torch.randint(1, 5, (1,), generator=gen))
+        seq = int(torch.randint(1, 71, (1,), generator=gen))
+        head_dim = (16, 32)[trial % 2]
+        causal = bool(trial % 3)
+        use_docs = seq > 1 and trial % 2 == 1
+        tol = 1e-4 if DEVICE == "cpu" else 5e-3
+        check(1 + trial % 2, seq, heads, kv_heads, head_dim, causal, torch.float32, use_docs, seed=trial, tol=tol)
 
 
 def test_custom_softmax_scale():
