@@ -7,6 +7,7 @@ slice of tokens; only attention sees the full sequence (for a subset of heads).
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
@@ -16,6 +17,15 @@ from torch.utils.checkpoint import checkpoint
 
 from megatron.config import ModelConfig
 from megatron.model.attention import ParallelAttention
+
+
+def _gathered(params: list):
+    """Context that materializes ZeRO-3 partitioned parameters for modification (else a no-op)."""
+    if any(hasattr(p, "ds_id") for p in params):
+        import deepspeed
+
+        return deepspeed.zero.GatheredParameters(params, modifier_rank=0)
+    return contextlib.nullcontext()
 
 
 def make_norm(cfg: ModelConfig) -> nn.Module:
@@ -87,16 +97,25 @@ class GPTModel(nn.Module):
 
     @torch.no_grad()
     def reset_parameters(self) -> None:
-        """Megatron's init: N(0, std), output projections scaled by 1/sqrt(2 * layers), zero biases."""
+        """Megatron's init: N(0, std), output projections scaled by 1/sqrt(2 * layers), zero biases.
+
+        Under ZeRO-3 (``deepspeed.zero.Init``) parameters are already partitioned here: each
+        module's parameters are gathered, initialized on rank 0 and re-partitioned, one module
+        at a time, in the same order (and RNG stream) as without ZeRO-3.
+        """
         std = self.cfg.init_method_std
         scaled = std / math.sqrt(2.0 * self.cfg.num_layers)
         for module in self.modules():
-            if isinstance(module, nn.Linear):
-                nn.init.normal_(module.weight, 0.0, scaled if getattr(module, "is_output_projection", False) else std)
-                if module.bias is not None:
-                    module.bias.zero_()
-            elif isinstance(module, nn.Embedding):
-                nn.init.normal_(module.weight, 0.0, std)
+            if not isinstance(module, (nn.Linear, nn.Embedding)):
+                continue
+            with _gathered(list(module.parameters(recurse=False))):
+                if isinstance(module, nn.Linear):
+                    out_proj = getattr(module, "is_output_projection", False)
+                    nn.init.normal_(module.weight, 0.0, scaled if out_proj else std)
+                    if module.bias is not None:
+                        module.bias.zero_()
+                else:
+                    nn.init.normal_(module.weight, 0.0, std)
 
     def output_weight(self) -> torch.Tensor:
         if self.cfg.untie_embeddings_and_output_weights:

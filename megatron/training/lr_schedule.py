@@ -20,10 +20,3 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
     else:
         coeff = 0.5 * (1.0 + math.cos(math.pi * progress))
     return cfg.min_lr + (cfg.lr - cfg.min_lr) * coeff
-
-
-def build_scheduler(optimizer, cfg: TrainConfig):
-    """A LambdaLR over ``lr_at`` (DeepSpeed steps it once per optimizer step and checkpoints it)."""
-    import torch
-
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_at(step, cfg) / cfg.lr if cfg.lr else 0.0)

@@ -6,7 +6,9 @@ is the token-weighted mean over the whole sequence and the whole global batch:
 divides each micro-batch loss by the accumulation steps and averages gradients over the
 data-parallel size (it sums over the SP ranks of a group), so each rank back-propagates
 ``local_sum * DP * GAS / N_global``; the gradient is then exactly that of the global mean,
-whatever the SP/DP/accumulation layout.
+whatever the SP/DP/accumulation layout. ZeRO-3's reduce-scatter path averages over the whole
+SP x DP group instead (no SP correction), so there the factor is ``SP * DP``; the SP=N vs SP=1
+gradient-norm tests pin both down.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from megatron.config import Config
 from megatron.training import metrics
 from megatron.training.checkpointing import load_checkpoint, save_checkpoint
 from megatron.training.ds_config import build_deepspeed_config
-from megatron.training.lr_schedule import build_scheduler
+from megatron.training.lr_schedule import lr_at
 
 
 def print_rank0(*args) -> None:
@@ -113,9 +115,10 @@ class Trainer:
             eps=t.adam_eps,
             fused=self.device.type == "cuda",
         )
-        scheduler = build_scheduler(optimizer, t)
-        self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
-            model=model, optimizer=optimizer, lr_scheduler=scheduler, config=self.ds_config, mpu=ps
+        # The learning rate is a pure function of the iteration (set before each step), so
+        # there is no scheduler state to checkpoint or to keep in sync with DeepSpeed's wrapper.
+        self.engine, self.optimizer, _, _ = deepspeed.initialize(
+            model=model, optimizer=optimizer, config=self.ds_config, mpu=ps
         )
         self.iteration = 0
         self.consumed_samples = 0
@@ -170,6 +173,13 @@ class Trainer:
             None if document_ids is None else to(document_ids),
         )
 
+    def _grad_divisor(self) -> int:
+        """What DeepSpeed divides the summed gradients by (see the module docstring)."""
+        zero = self.ds_config["zero_optimization"]
+        if zero["stage"] == 3 and zero.get("reduce_scatter", True):
+            return self.dp * self.sp
+        return self.dp
+
     def _global_token_count(self, batches: list) -> torch.Tensor:
         n = torch.stack([b.loss_mask.sum() for b in batches]).sum().to(torch.float64)
         dist.all_reduce(n, group=ps.get_sequence_data_parallel_group())
@@ -177,8 +187,11 @@ class Trainer:
 
     # ---------------------------------------------------------------- steps
     def train_step(self, batches: list) -> dict:
+        lr = lr_at(self.iteration, self.cfg.train)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
         n_global = self._global_token_count(batches)
-        scale = self.dp * self.gas / n_global.clamp(min=1.0)
+        scale = self._grad_divisor() * self.gas / n_global.clamp(min=1.0)
         loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
         for b in batches:
             losses_bs = self.engine(b.input_ids, b.position_ids, b.labels, b.document_ids)
@@ -188,7 +201,11 @@ class Trainer:
             loss_sum += local_sum.detach().to(torch.float64)
         dist.all_reduce(loss_sum, group=ps.get_sequence_data_parallel_group())
         grad_norm = self.engine.get_global_grad_norm()
-        return {"lm_loss": (loss_sum / n_global).item(), "grad_norm": None if grad_norm is None else float(grad_norm)}
+        return {
+            "lm_loss": (loss_sum / n_global).item(),
+            "grad_norm": None if grad_norm is None else float(grad_norm),
+            "lr": lr,
+        }
 
     @torch.no_grad()
     def evaluate(self) -> float:
@@ -241,7 +258,7 @@ class Trainer:
                 rec = {
                     "iteration": self.iteration,
                     "lm_loss": sum(w["lm_loss"] for w in window) / len(window),
-                    "lr": self.scheduler.get_last_lr()[0],
+                    "lr": window[-1]["lr"],
                     "grad_norm": window[-1]["grad_norm"],
                     "step_time_s": elapsed,
                     "tokens_per_sec": t.global_batch_size * S / elapsed,
