@@ -37,8 +37,10 @@ def machine() -> dict:
                 cpu = line.split(":", 1)[1].strip()
                 break
     mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30 if hasattr(os, "sysconf") else None
+    load = [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None
     return {"cpu": cpu, "cores": os.cpu_count(), "memory_gib": round(mem, 1) if mem else None,
-            "platform": platform.platform()}
+            "platform": platform.platform(), "load_average_1_5_15min_at_start": load,
+            "note": "shared development machine: other jobs may run concurrently (see load average)"}
 
 
 def versions() -> dict:

@@ -148,6 +148,22 @@ class GPTDataset:
         self.num_samples = num_samples
         self.description = description
 
+    _INDEX_NAMES = ("doc_idx", "sample_idx", "shuffle_idx")
+
+    def __getstate__(self):  # pickle the cache paths, not the arrays (DataLoader workers under spawn)
+        state = dict(self.__dict__)
+        for n in self._INDEX_NAMES:
+            filename = getattr(state[n], "filename", None)
+            if filename:
+                state[n] = ("__npy__", filename)
+        return state
+
+    def __setstate__(self, state):
+        for n in self._INDEX_NAMES:
+            if isinstance(state[n], tuple) and state[n][0] == "__npy__":
+                state[n] = np.load(state[n][1], mmap_mode="r", allow_pickle=False)
+        self.__dict__.update(state)
+
     def __len__(self) -> int:
         return self.shuffle_idx.shape[0]
 

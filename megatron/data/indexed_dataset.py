@@ -256,6 +256,12 @@ class MMapIndexedDataset:
         self._bin_mm = np.memmap(bin_path, mode="r", dtype=np.uint8) if have else np.zeros(0, np.uint8)
         self.tokens = np.frombuffer(self._bin_mm, dtype=self.dtype) if have else np.zeros(0, self.dtype)
 
+    def __getstate__(self):  # DataLoader workers (spawn) re-map the files instead of copying them
+        return {"prefix": self.prefix}
+
+    def __setstate__(self, state):
+        self.__init__(state["prefix"])
+
     def __len__(self) -> int:
         return len(self.sizes)
 

@@ -66,17 +66,18 @@ def _open(path: str):
     return gzip.open(path, "rb") if path.endswith(".gz") else open(path, "rb")
 
 
-def iter_chunks(files: list, chunk_lines: int = 512) -> Iterator[tuple]:
-    """Yield ``(file, first_line_number, [raw lines])`` over all files."""
+def iter_chunks(files: list, chunk_lines: int = 512, chunk_bytes: int = 1 << 18) -> Iterator[tuple]:
+    """Yield ``(file, first_line_number, [raw lines])`` of at most ``chunk_lines`` lines or ~``chunk_bytes``."""
     for path in files:
         try:
             with _open(path) as f:
-                buf, first = [], 1
+                buf, first, size = [], 1, 0
                 for lineno, line in enumerate(f, 1):
                     buf.append(line)
-                    if len(buf) == chunk_lines:
+                    size += len(line)
+                    if len(buf) == chunk_lines or size >= chunk_bytes:
                         yield path, first, buf
-                        buf, first = [], lineno + 1
+                        buf, first, size = [], lineno + 1, 0
                 if buf:
                     yield path, first, buf
         except (OSError, EOFError) as e:  # truncated gzip and friends
@@ -133,7 +134,7 @@ def _encode_chunk(chunk: tuple) -> tuple:
             per_key[k][1].append(len(ids))
     out = {}
     for k, (docs, lens) in per_key.items():
-        flat = np.fromiter((t for d in docs for t in d), dtype=np.int64, count=sum(lens))
+        flat = np.fromiter((t for d in docs for t in d), dtype=np.int32, count=sum(lens))
         out[k] = (flat, np.asarray(lens, dtype=np.int64))
     return out, errors, empty, nbytes
 

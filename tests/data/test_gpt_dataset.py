@@ -102,6 +102,16 @@ def test_cache_is_reused_and_builder_rank_builds_first(tmp_path, write_dataset):
     np.testing.assert_array_equal(ds[3]["tokens"], ds2[3]["tokens"])
 
 
+def test_pickled_dataset_is_small_and_equal(tmp_path, write_dataset):
+    import pickle
+
+    ds = make_ds(tmp_path, write_dataset, [50] * 400, 1000, seq_length=8)
+    blob = pickle.dumps(ds)
+    assert len(blob) < 5000
+    again = pickle.loads(blob)
+    np.testing.assert_array_equal(again[17]["tokens"], ds[17]["tokens"])
+
+
 def test_resume_continues_at_the_exact_next_sample(tmp_path, write_dataset):
     ds = make_ds(tmp_path, write_dataset, [13] * 40, 40, seq_length=8)
     mbs, dp = 2, 2

@@ -65,6 +65,18 @@ def test_multi_sequence_documents_and_zero_copy(tmp_path):
     assert view.tolist() == [3, 4, 5] and not view.flags.writeable and not view.flags.owndata
 
 
+def test_pickle_reopens_instead_of_copying(tmp_path):
+    import pickle
+
+    prefix = str(tmp_path / "p")
+    with IndexWriter(prefix, np.uint16) as w:
+        w.add_document(list(range(5000)))
+        w.finalize()
+    ds = MMapIndexedDataset(prefix)
+    blob = pickle.dumps(ds)
+    assert len(blob) < 500 and pickle.loads(blob)[0].tolist() == list(range(5000))
+
+
 def test_truncated_bin_is_detected_at_open(tmp_path):
     prefix = str(tmp_path / "t")
     with IndexWriter(prefix, np.uint16) as w:
