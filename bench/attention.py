@@ -113,8 +113,8 @@ def _try(attn, q, k, v, dout, kernel):
 
 
 def sweep(args, log):
-    """Coordinate search: fwd configs (+ warp specialization), then the backward: split
-    (dkdv kernel + dq kernel) vs fused (dkdv kernel with atomic dq), each over block configs."""
+    """Coordinate search over Triton block configs and options: fwd alone (fwd time), then
+    the dkdv and dq kernels (fwd+bwd time). Every row lands in the JSON."""
     d = args.head_dim
     bsz = batch_for(args.sweep_seq, args.tokens)
     q, k, v, dout = make_inputs(bsz, args.sweep_seq, args.heads, d)
@@ -130,31 +130,27 @@ def sweep(args, log):
             f"fwd+bwd {row.get('fwd_bwd_ms', float('nan')):.3f} ms {row.get('compiled') or row.get('error')}")
         return row.get(metric_key, math.inf)
 
-    best = min((run("fwd", cfg, {"fwd_warp_specialize": ws, "fwd_tma": tma}, "fwd_ms"), cfg, ws, tma)
-               for tma in (False, True)
-               for ws in (False, True)
-               for cfg in [(128, 64, 8, 3), (128, 128, 8, 2), (128, 128, 8, 3)])
-    fat.GPU_CONFIGS["fwd"][d] = best[1]
-    fat.GPU_OPTIONS.update(fwd_warp_specialize=best[2], fwd_tma=best[3])
-    log(f"sweep fwd: best {best}")
+    fwd_candidates = [  # (config, options); round 2 of tuning, round 1 is in the notes
+        ((128, 128, 8, 3), {}), ((128, 64, 8, 3), {}),
+        ((128, 128, 8, 3), {"fwd_qk_ahead": True}), ((128, 64, 8, 3), {"fwd_qk_ahead": True}),
+        ((128, 64, 8, 2), {"fwd_qk_ahead": True}),
+        ((128, 128, 16, 2), {}), ((256, 64, 16, 2), {}), ((256, 128, 16, 2), {}),
+    ]
+    base = {"fwd_warp_specialize": False, "fwd_tma": False, "fwd_qk_ahead": False}
+    best = min((run("fwd", cfg, {**base, **opt}, "fwd_ms"), i) for i, (cfg, opt) in enumerate(fwd_candidates))
+    cfg, opt = fwd_candidates[best[1]]
+    fat.GPU_CONFIGS["fwd"][d] = cfg
+    fat.GPU_OPTIONS.update({**base, **opt})
+    log(f"sweep fwd: best {cfg} {opt} {best[0]:.3f} ms")
 
-    split = min((run("dkdv", cfg, {"atomic_dq": False, "bwd_tma": tma}, "fwd_bwd_ms"), cfg, tma)
-                for tma in (False, True)
-                for cfg in [(64, 128, 8, 3), (64, 128, 8, 2), (32, 128, 8, 3), (64, 64, 4, 2)])
-    fat.GPU_CONFIGS["dkdv"][d] = split[1]
-    fat.GPU_OPTIONS["bwd_tma"] = split[2]
-    split_dq = min((run("dq", cfg, {"atomic_dq": False}, "fwd_bwd_ms"), cfg)
-                   for cfg in [(128, 64, 8, 3), (128, 64, 8, 2), (64, 64, 4, 2), (128, 128, 8, 2)])
-    fat.GPU_CONFIGS["dq"][d] = split_dq[1]
-    fused = min((run("dkdv", cfg, {"atomic_dq": True}, "fwd_bwd_ms"), cfg)
-                for cfg in [(32, 128, 8, 2), (32, 128, 8, 3), (64, 128, 8, 2), (64, 64, 4, 2)])
-    if fused[0] < split_dq[0]:
-        fat.GPU_CONFIGS["dkdv"][d] = fused[1]
-        fat.GPU_OPTIONS["atomic_dq"] = True
-    else:
-        fat.GPU_CONFIGS["dkdv"][d] = split[1]
-        fat.GPU_OPTIONS["atomic_dq"] = False
-    log(f"sweep bwd: split {split} + dq {split_dq}; fused {fused}; chose atomic_dq={fat.GPU_OPTIONS['atomic_dq']}")
+    bwd = {"atomic_dq": False, "bwd_tma": True}
+    dkdv = min((run("dkdv", cfg, bwd, "fwd_bwd_ms"), cfg)
+               for cfg in [(64, 128, 8, 3), (64, 128, 16, 2), (64, 128, 16, 3), (128, 128, 16, 2)])
+    fat.GPU_CONFIGS["dkdv"][d] = dkdv[1]
+    dq = min((run("dq", cfg, bwd, "fwd_bwd_ms"), cfg)
+             for cfg in [(128, 128, 8, 2), (128, 128, 16, 2), (128, 64, 16, 3), (256, 64, 16, 2)])
+    fat.GPU_CONFIGS["dq"][d] = dq[1]
+    log(f"sweep bwd: dkdv {dkdv}, dq {dq}")
     del q, k, v, dout
     torch.cuda.empty_cache()
     return results

@@ -56,19 +56,23 @@ def is_available() -> tuple[bool, str]:
 # Block configs: (BLOCK_M, BLOCK_N, num_warps, num_stages). Tuned on H100 (bench/attention.py).
 # fwd and dq need BLOCK_M % BLOCK_N == 0; dkdv needs BLOCK_N % BLOCK_M == 0.
 GPU_CONFIGS = {
-    "fwd": {64: (128, 64, 4, 3), 128: (128, 64, 8, 3)},
-    "dkdv": {64: (64, 128, 4, 2), 128: (64, 128, 8, 2)},
-    "dq": {64: (128, 64, 4, 2), 128: (128, 64, 8, 2)},
+    "fwd": {64: (128, 64, 4, 3), 128: (128, 128, 8, 3)},
+    "dkdv": {64: (64, 128, 4, 2), 128: (64, 128, 8, 3)},
+    "dq": {64: (128, 64, 4, 2), 128: (128, 128, 8, 2)},
 }
 # fwd_warp_specialize: Triton's automatic warp specialization of the forward key loop.
 # atomic_dq: the dkdv kernel also accumulates dq with fp32 atomics (no separate dq kernel).
 # fwd_tma / bwd_tma: K/V (fwd, dq) and Q/dO (dkdv) stream in through TMA tensor descriptors.
-GPU_OPTIONS = {"fwd_warp_specialize": False, "atomic_dq": False, "fwd_tma": False, "bwd_tma": False}
+# fwd_qk_ahead: the forward issues the next block's q k^T before this block's softmax.
+GPU_OPTIONS = {
+    "fwd_warp_specialize": False, "atomic_dq": False, "fwd_tma": False, "bwd_tma": True, "fwd_qk_ahead": False,
+}
 INTERPRETER_CONFIG = (16, 16, 4, 1)  # small blocks so tiny CPU tests cross block edges
 # Compiled kernels of the latest launches, by name: registers, spills, shared memory, PTX for bench.
 LAST_COMPILED: dict = {}
 ATOMIC_DQ_OVERRIDE = None  # tests set True/False to cover both backward paths on CPU
 TMA_OVERRIDE = None  # likewise for the TMA (tensor descriptor) loads
+QK_AHEAD_OVERRIDE = None  # likewise for the forward's q k^T-ahead loop
 
 
 def _config(kernel: str, head_dim: int):
@@ -129,6 +133,35 @@ if triton is not None:
         return acc, l_i, m_i
 
     @triton.jit
+    def _fwd_unmasked_loop_qk_ahead(
+        acc, l_i, m_i, q, k_base, v_base, stride_ks, stride_vs, lo, hi, qk_scale,
+        BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr,
+    ):
+        """Unmasked key blocks with the next block's q k^T issued before this block's softmax,
+        so the (asynchronous) tensor-core product can overlap the exp2 work."""
+        offs_d = tl.arange(0, HEAD_DIM)
+        if lo < hi:
+            offs_n = lo + tl.arange(0, BLOCK_N)
+            qk = tl.dot(q, tl.trans(tl.load(k_base + offs_n[:, None] * stride_ks + offs_d[None, :])))
+            for start_n in range(lo, hi, BLOCK_N):
+                start_n = tl.multiple_of(start_n, BLOCK_N)
+                # The last step recomputes the last block (clamped), results unused.
+                next_n = tl.minimum(start_n + BLOCK_N, hi - BLOCK_N)
+                offs_next = next_n + tl.arange(0, BLOCK_N)
+                k_next = tl.load(k_base + offs_next[:, None] * stride_ks + offs_d[None, :])
+                qk_next = tl.dot(q, tl.trans(k_next))
+                offs_n = start_n + tl.arange(0, BLOCK_N)
+                v = tl.load(v_base + offs_n[:, None] * stride_vs + offs_d[None, :])
+                m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
+                p = tl.math.exp2(qk * qk_scale - m_new[:, None])
+                alpha = tl.math.exp2(m_i - m_new)
+                l_i = l_i * alpha + tl.sum(p, 1)
+                acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+                m_i = m_new
+                qk = qk_next
+        return acc, l_i, m_i
+
+    @triton.jit
     def _fwd_kernel(
         Q, K, V, O, LSE, SEG, RUN_START, RUN_END, k_desc, v_desc,
         stride_qb, stride_qs, stride_qh,
@@ -138,6 +171,7 @@ if triton is not None:
         S, H, GROUP, qk_scale,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr,
         CAUSAL: tl.constexpr, HAS_DOC: tl.constexpr, WARP_SPEC: tl.constexpr, USE_TMA: tl.constexpr,
+        QK_AHEAD: tl.constexpr,
     ):
         # Causal: the last query blocks have the most keys; launch them first (better tail).
         pid_m = tl.num_programs(0) - 1 - tl.program_id(0)
@@ -173,11 +207,16 @@ if triton is not None:
         m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
         l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
         acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
-        acc, l_i, m_i = _fwd_block_loop(
-            acc, l_i, m_i, q, offs_m, seg_q, k_base, v_base, seg_base, stride_ks, stride_vs,
-            lo, full_hi, S, qk_scale, k_desc, v_desc, b * S, kvh * HEAD_DIM,
-            BLOCK_N, HEAD_DIM, False, CAUSAL, HAS_DOC, WARP_SPEC, USE_TMA,
-        )
+        if QK_AHEAD:
+            acc, l_i, m_i = _fwd_unmasked_loop_qk_ahead(
+                acc, l_i, m_i, q, k_base, v_base, stride_ks, stride_vs, lo, full_hi, qk_scale, BLOCK_N, HEAD_DIM,
+            )
+        else:
+            acc, l_i, m_i = _fwd_block_loop(
+                acc, l_i, m_i, q, offs_m, seg_q, k_base, v_base, seg_base, stride_ks, stride_vs,
+                lo, full_hi, S, qk_scale, k_desc, v_desc, b * S, kvh * HEAD_DIM,
+                BLOCK_N, HEAD_DIM, False, CAUSAL, HAS_DOC, WARP_SPEC, USE_TMA,
+            )
         acc, l_i, m_i = _fwd_block_loop(
             acc, l_i, m_i, q, offs_m, seg_q, k_base, v_base, seg_base, stride_ks, stride_vs,
             tl.maximum(lo, full_hi), hi, S, qk_scale, k_desc, v_desc, b * S, kvh * HEAD_DIM,
@@ -462,6 +501,10 @@ def _last_dim_contiguous(x: torch.Tensor) -> torch.Tensor:
     return x if x.stride(-1) == 1 else x.contiguous()
 
 
+def _qk_ahead() -> bool:
+    return QK_AHEAD_OVERRIDE if QK_AHEAD_OVERRIDE is not None else GPU_OPTIONS["fwd_qk_ahead"]
+
+
 def _use_tma(which: str) -> bool:
     return TMA_OVERRIDE if TMA_OVERRIDE is not None else GPU_OPTIONS[which + "_tma"]
 
@@ -504,6 +547,7 @@ class _FlashAttnTriton(torch.autograd.Function):
             seq, heads, group, softmax_scale * LOG2E,
             BLOCK_M=block_m, BLOCK_N=block_n, HEAD_DIM=head_dim, CAUSAL=causal, HAS_DOC=has_doc,
             WARP_SPEC=GPU_OPTIONS["fwd_warp_specialize"] and not _interpreting(), USE_TMA=use_tma,
+            QK_AHEAD=_qk_ahead() and not use_tma,
             num_warps=warps, num_stages=stages,
         )
         if _use_tma("bwd"):

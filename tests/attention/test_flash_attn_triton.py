@@ -92,11 +92,13 @@ CASES = [
 ]
 
 
-@pytest.fixture(params=["dq_kernel", "atomic_dq", "tma"])
+@pytest.fixture(params=["dq_kernel", "atomic_dq", "tma", "qk_ahead"])
 def backward_path(request, monkeypatch):
-    """Kernel variants: dq by its own kernel or by atomics in the dkdv kernel; pointer or TMA loads."""
+    """Kernel variants: dq by its own kernel or by atomics in the dkdv kernel; pointer or TMA
+    loads; the forward's q k^T-ahead loop."""
     monkeypatch.setattr(fat, "ATOMIC_DQ_OVERRIDE", request.param == "atomic_dq")
     monkeypatch.setattr(fat, "TMA_OVERRIDE", request.param == "tma")
+    monkeypatch.setattr(fat, "QK_AHEAD_OVERRIDE", request.param == "qk_ahead")
     return request.param
 
 
