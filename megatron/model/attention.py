@@ -47,7 +47,8 @@ def classic_attention(q, k, v, document_ids=None, dropout_p=0.0, training=False)
     rep = h // k.shape[2]
     k = k.repeat_interleave(rep, dim=2) if rep > 1 else k
     v = v.repeat_interleave(rep, dim=2) if rep > 1 else v
-    scores = torch.einsum("bshd,bthd->bhst", q.float(), k.float()) / math.sqrt(d)
+    acc = torch.promote_types(q.dtype, torch.float32)  # at least fp32 (fp64 stays fp64 for tests)
+    scores = torch.einsum("bshd,bthd->bhst", q.to(acc), k.to(acc)) / math.sqrt(d)
     if document_ids is None:
         mask = torch.ones(S, S, dtype=torch.bool, device=q.device).tril()[None, None]
     else:
