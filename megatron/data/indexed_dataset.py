@@ -212,7 +212,8 @@ def _read_index(path: str):
     if code not in DTYPE_CODES:
         raise IndexedDatasetError(f"{path} has unknown dtype code {code}")
     expected = _HEADER_BYTES + seq_count * (4 + 8) + doc_count * 8
-    if file_size != expected:
+    # Megatron-LM's multimodal indices append one int8 mode per sequence; the modes are ignored.
+    if file_size != expected and file_size != expected + seq_count:
         raise IndexedDatasetError(
             f"{path} is {file_size} bytes but its header ({seq_count} sequences, {doc_count} document entries) "
             f"needs {expected}; the file is truncated or corrupt, re-run preprocessing"

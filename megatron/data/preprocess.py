@@ -88,6 +88,7 @@ _W: dict = {}
 
 
 def _init_worker(spec: dict, json_keys: tuple, append_eod: bool) -> None:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # HF tokenizers: one thread per worker
     spec = dict(spec)
     _W["tok"] = create_tokenizer(spec.pop("tokenizer_type"), **spec)
     _W["keys"] = json_keys
