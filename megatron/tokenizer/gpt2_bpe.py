@@ -61,7 +61,10 @@ class GPT2BPE:
         self.byte_encoder = bytes_to_unicode()
         self.byte_decoder = {v: k for k, v in self.byte_encoder.items()}
         self.errors = errors
-        self._cache: dict = {}
+        self._cache: dict = {}  # byte-alphabet word -> BPE pieces
+        self._ids_cache: dict = {}  # raw pre-token -> ids (the hot path)
+        # latin-1 decoding turns each byte into the char of the same code point; translate maps it.
+        self._byte_table = {b: self.byte_encoder[b] for b in range(256)}
 
     def bpe(self, token: str) -> tuple:
         """Apply merges to one pre-token (already in the byte alphabet); returns its pieces."""
@@ -99,17 +102,28 @@ class GPT2BPE:
             self._cache[token] = word
         return word
 
+    def _encode_piece(self, piece: str) -> list:
+        """Ids of one pre-token (cache miss path)."""
+        mapped = piece.encode("utf-8").decode("latin-1").translate(self._byte_table)
+        ids: list = []
+        for sub in self.bpe(mapped):
+            tid = self.encoder.get(sub)
+            if tid is None:  # vocabulary without this merge result: fall back to bytes
+                ids.extend(self.encoder[c] for c in sub)
+            else:
+                ids.append(tid)
+        return ids
+
     def encode(self, text: str) -> list:
         ids: list = []
-        enc, be = self.encoder, self.byte_encoder
+        cache = self._ids_cache
         for piece in _PAT.findall(text):
-            mapped = "".join(be[b] for b in piece.encode("utf-8"))
-            for sub in self.bpe(mapped):
-                tid = enc.get(sub)
-                if tid is None:  # vocabulary without this merge result: fall back to bytes
-                    ids.extend(enc[c] for c in sub)
-                else:
-                    ids.append(tid)
+            piece_ids = cache.get(piece)
+            if piece_ids is None:
+                piece_ids = self._encode_piece(piece)
+                if len(cache) < 1_000_000:
+                    cache[piece] = piece_ids
+            ids += piece_ids
         return ids
 
     def decode(self, ids) -> str:
