@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import glob
 import gzip
+import itertools
 import json
 import multiprocessing as mp
 import os
@@ -135,7 +136,7 @@ def _encode_chunk(chunk: tuple) -> tuple:
             per_key[k][1].append(len(ids))
     out = {}
     for k, (docs, lens) in per_key.items():
-        flat = np.fromiter((t for d in docs for t in d), dtype=np.int32, count=sum(lens))
+        flat = np.fromiter(itertools.chain.from_iterable(docs), dtype=np.int32, count=sum(lens))
         out[k] = (flat, np.asarray(lens, dtype=np.int64))
     return out, errors, empty, nbytes
 
