@@ -119,7 +119,8 @@ class GPTDataset:
             "format": INDEX_FORMAT_VERSION,
             "name": name,
             "path_prefix": os.path.abspath(indexed.prefix),
-            "index_bytes": os.path.getsize(indexed.prefix + ".idx"),
+            # the indices depend on the document sizes alone: a re-preprocessed file invalidates them
+            "sizes_md5": hashlib.md5(np.ascontiguousarray(indexed.sizes).tobytes()).hexdigest(),
             "documents": [int(documents[0]), int(documents[-1]) + 1, len(documents)],
             "num_samples": int(num_samples),
             "seq_length": int(seq_length),

@@ -129,3 +129,14 @@ def test_resume_continues_at_the_exact_next_sample(tmp_path, write_dataset):
 def test_too_little_data_is_a_clear_error(tmp_path, write_dataset):
     with pytest.raises(ValueError, match="fewer than one sample"):
         make_ds(tmp_path, write_dataset, [3, 4], 1, seq_length=16)
+
+
+def test_rewritten_data_does_not_reuse_a_stale_cache(tmp_path, write_dataset):
+    prefix = str(tmp_path / "d")
+    write_dataset(prefix, [20] * 10)
+    first = make_ds(tmp_path, write_dataset, [20] * 10, 5)
+    write_dataset(prefix, [10] * 20, seed=5)  # same path, same token count, other documents
+    second = make_ds(tmp_path, write_dataset, [10] * 20, 5)
+    assert len(second.doc_idx) == 20 and len(first.doc_idx) == 10
+    stream = np.concatenate([second.indexed[int(d)] for d in second.doc_idx])
+    np.testing.assert_array_equal(second.sample_tokens(0), stream[:17])
