@@ -29,8 +29,6 @@ def build_datasets(cfg: Config):
         return MockGPTDataset(m.seq_length, m.vocab_size, cfg.train.seed), MockGPTDataset(
             m.seq_length, m.vocab_size, cfg.train.seed + 1
         ), None
-    if not cfg.data.uses_files:
-        raise ConfigError("no training data: pass --data-path PREFIX (with --tokenizer-type ...) or --mock-data")
     import torch.distributed as dist
 
     from megatron.data import build_gpt_datasets
@@ -56,6 +54,8 @@ def main(argv=None) -> int:
     try:
         cfg = parse_args(argv)
         cfg.validate_world(int(os.environ.get("WORLD_SIZE", "1")))
+        if not (cfg.data.mock_data or cfg.data.uses_files):
+            raise ConfigError("no training data: pass --data-path PREFIX (with --tokenizer-type ...) or --mock-data")
         if cfg.logging.load and not os.path.isdir(cfg.logging.load):
             raise ConfigError(
                 f"--load {cfg.logging.load} does not exist; give an existing checkpoint directory or drop --load"

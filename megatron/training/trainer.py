@@ -43,6 +43,16 @@ def set_seed(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def _single_process_env() -> None:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    for key, value in dict(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)).items():
+        os.environ.setdefault(key, value)
+
+
 def initialize_distributed(cfg: Config) -> torch.device:
     """Start torch.distributed through DeepSpeed (nccl on GPUs, gloo on CPUs) and build groups."""
     import deepspeed
@@ -50,6 +60,8 @@ def initialize_distributed(cfg: Config) -> torch.device:
     use_cuda = torch.cuda.is_available()
     backend = cfg.parallel.distributed_backend or ("nccl" if use_cuda else "gloo")
     if not dist.is_initialized():
+        if "MASTER_ADDR" not in os.environ and os.environ.get("WORLD_SIZE", "1") == "1":
+            _single_process_env()  # plain `python pretrain_gpt.py`: a world of one, no launcher needed
         deepspeed.init_distributed(dist_backend=backend, verbose=False)
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
     device = torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")

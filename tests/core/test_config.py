@@ -1,0 +1,88 @@
+"""Flags and YAML map into the typed config; parallel groups; FLOPs accounting; data layout."""
+
+import pytest
+
+from megatron.arguments import parse_args
+from megatron.config import ConfigError, ModelConfig
+from megatron.parallel_state import build_rank_layout
+from megatron.training import metrics
+from megatron.training.ds_config import build_deepspeed_config
+from megatron.training.lr_schedule import lr_at
+
+
+def test_flags_fill_every_section():
+    cfg = parse_args(
+        "--num-layers 3 --hidden-size 96 --num-attention-heads 6 --num-key-value-heads 2 --seq-length 256 "
+        "--use-rotary-position-embeddings --normalization RMSNorm --swiglu --disable-bias-linear --micro-batch-size 2 "
+        "--global-batch-size 8 --lr 2e-4 --bf16 --zero-stage 3 --ds-sequence-parallel-size 2 --use-flash-attn-triton "
+        "--mock-data --save /tmp/x --log-interval 5".split()
+    )
+    m = cfg.model
+    assert (m.num_layers, m.hidden_size, m.num_key_value_heads, m.normalization) == (3, 96, 2, "RMSNorm")
+    assert m.swiglu and not m.add_bias_linear and m.attention_backend == "flash_triton"
+    assert m.ffn_hidden_size == 256  # 8/3 * 96 rounded up to a multiple of 64
+    assert cfg.train.bf16 and cfg.train.lr == 2e-4 and cfg.train.global_batch_size == 8
+    assert cfg.parallel.zero_stage == 3 and cfg.parallel.sequence_parallel_size == 2
+    assert cfg.data.mock_data and cfg.logging.save == "/tmp/x" and cfg.logging.log_interval == 5
+
+
+def test_yaml_with_alst_names_and_flag_override(tmp_path):
+    y = tmp_path / "run.yaml"
+    y.write_text("sequence_parallel_size: 4\nmodel:\n  num_layers: 5\n  num_attention_heads: 8\n  hidden_size: 128\nlr: 0.01\n")
+    cfg = parse_args(["--config", str(y), "--lr", "0.02"])
+    assert cfg.parallel.sequence_parallel_size == 4 and cfg.model.num_layers == 5 and cfg.train.lr == 0.02
+    y.write_text("no_such_key: 1\n")
+    with pytest.raises(ConfigError, match="unknown key 'no_such_key'"):
+        parse_args(["--config", str(y)])
+
+
+def test_rank_layout_eight_gpus_sp4():
+    layout = build_rank_layout(8, 4)
+    assert layout["sequence_parallel"] == [[0, 1, 2, 3], [4, 5, 6, 7]]
+    assert layout["data_parallel"] == [[0, 4], [1, 5], [2, 6], [3, 7]]
+    assert layout["sequence_data_parallel"] == [list(range(8))]
+
+
+def test_deepspeed_config_derived_from_flags_and_conflicts_rejected(tmp_path):
+    cfg = parse_args("--mock-data --micro-batch-size 2 --global-batch-size 16 --zero-stage 3 --bf16 --ds-sequence-parallel-size 2".split())
+    cfg.validate_world(8)  # DP = 4 -> accumulation 2
+    ds = build_deepspeed_config(cfg, 8)
+    assert ds["train_batch_size"] == 16 and ds["gradient_accumulation_steps"] == 2
+    assert ds["zero_optimization"]["stage"] == 3 and ds["bf16"]["enabled"]
+    user = tmp_path / "ds.json"
+    user.write_text('{"train_micro_batch_size_per_gpu": 4, "zero_optimization": {"stage": 3}}')
+    cfg.parallel.deepspeed_config = str(user)
+    with pytest.raises(ConfigError, match="train_micro_batch_size_per_gpu=4"):
+        build_deepspeed_config(cfg, 8)
+
+
+def test_megatron_deepspeed_flops_formula_gpt13b():
+    cfg = ModelConfig(num_layers=24, hidden_size=2048, num_attention_heads=16, seq_length=8192, vocab_size=50257)
+    got = metrics.megatron_deepspeed_flops_per_iteration(cfg, 1, 8192, False)
+    h, L, s, V = 2048, 24, 8192, 50304
+    assert got == pytest.approx(72 * s * L * h * h * (1 + s / (6 * h) + V / (16 * L * h)))
+
+
+def test_model_flops_close_to_6n_plus_causal_attention():
+    cfg = ModelConfig(num_layers=24, hidden_size=2048, num_attention_heads=16, seq_length=2048, vocab_size=50257)
+    n = cfg.num_parameters()
+    per_token = metrics.model_flops_per_token(cfg, 2048)
+    # 6N (dense) minus the non-matmul parameters (biases, norms, position table), plus 6*L*S*h attention
+    assert 6 * n < per_token < 6 * n + 6 * 24 * 2048 * 2048 * 1.01
+    assert metrics.peak_flops("NVIDIA H100 80GB HBM3") == 989e12 and metrics.peak_flops("cpu") is None
+
+
+def test_lr_schedule_warmup_then_cosine_to_min():
+    from megatron.config import TrainConfig
+
+    t = TrainConfig(lr=1.0, min_lr=0.1, lr_warmup_iters=10, train_iters=110)
+    assert lr_at(0, t) == pytest.approx(0.1) and lr_at(9, t) == pytest.approx(1.0)
+    assert lr_at(60, t) == pytest.approx(0.55) and lr_at(110, t) == pytest.approx(0.1)
+
+
+def test_mock_data_depends_only_on_seed_and_index():
+    from megatron.data.mock import MockGPTDataset
+
+    a, b = MockGPTDataset(32, 100, seed=3), MockGPTDataset(32, 100, seed=3)
+    assert (a[5]["tokens"] == b[5]["tokens"]).all() and not (a[5]["tokens"] == a[6]["tokens"]).all()
+    assert a[5]["tokens"].shape == (33,) and a[5]["tokens"].max() < 100
