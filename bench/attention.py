@@ -22,7 +22,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from megatron.model import flash_attn_triton as fat  # noqa: E402
+from megatron.model import flash_attn_triton as fat
 
 IMPLS = ("triton", "sdpa_flash", "sdpa_cudnn", "flash_attn")
 
@@ -108,49 +108,37 @@ def _try(attn, q, k, v, dout, kernel):
     try:
         fwd_ms, fwd_bwd_ms = time_impl(attn, q, k, v, dout)
         return {"fwd_ms": fwd_ms, "fwd_bwd_ms": fwd_bwd_ms, "compiled": kernel_report().get(kernel)}
-    except Exception as e:  # out of shared memory, unsupported option, ...
+    except Exception as e:  # noqa: BLE001 - record the error (e.g. out of shared memory) and go on
         return {"error": f"{type(e).__name__}: {str(e)[:300]}"}
 
 
 def sweep(args, log):
-    """Coordinate search over Triton block configs and options: fwd alone (fwd time), then
-    the dkdv and dq kernels (fwd+bwd time). Every row lands in the JSON."""
+    """Coordinate search over Triton block configs: fwd alone (fwd time), then the dkdv and dq
+    kernels (fwd+bwd time). Every row lands in the JSON; the best goes on to the benchmark."""
     d = args.head_dim
     bsz = batch_for(args.sweep_seq, args.tokens)
     q, k, v, dout = make_inputs(bsz, args.sweep_seq, args.heads, d)
     attn = make_attention("triton")
+    candidates = {
+        "fwd": [(128, 128, 8, 3), (128, 64, 8, 3), (128, 128, 8, 2), (64, 64, 4, 3)],
+        "dkdv": [(64, 128, 8, 3), (64, 128, 8, 2), (32, 128, 8, 3), (64, 64, 4, 2)],
+        "dq": [(128, 128, 8, 2), (128, 64, 8, 3), (128, 64, 8, 2), (64, 64, 4, 2)],
+    }
     results = []
-
-    def run(kernel, cfg, options, metric_key):
-        fat.GPU_CONFIGS[kernel][d] = cfg
-        fat.GPU_OPTIONS.update(options)
-        row = {"kernel": kernel, "config": cfg, "options": dict(options), **_try(attn, q, k, v, dout, kernel)}
-        results.append(row)
-        log(f"sweep {kernel} {cfg} {options}: fwd {row.get('fwd_ms', float('nan')):.3f} ms, "
-            f"fwd+bwd {row.get('fwd_bwd_ms', float('nan')):.3f} ms {row.get('compiled') or row.get('error')}")
-        return row.get(metric_key, math.inf)
-
-    fwd_candidates = [  # (config, options); round 2 of tuning, round 1 is in the notes
-        ((128, 128, 8, 3), {}), ((128, 64, 8, 3), {}),
-        ((128, 128, 8, 3), {"fwd_qk_ahead": True}), ((128, 64, 8, 3), {"fwd_qk_ahead": True}),
-        ((128, 64, 8, 2), {"fwd_qk_ahead": True}),
-        ((128, 128, 16, 2), {}), ((256, 64, 16, 2), {}), ((256, 128, 16, 2), {}),
-    ]
-    base = {"fwd_warp_specialize": False, "fwd_tma": False, "fwd_qk_ahead": False}
-    best = min((run("fwd", cfg, {**base, **opt}, "fwd_ms"), i) for i, (cfg, opt) in enumerate(fwd_candidates))
-    cfg, opt = fwd_candidates[best[1]]
-    fat.GPU_CONFIGS["fwd"][d] = cfg
-    fat.GPU_OPTIONS.update({**base, **opt})
-    log(f"sweep fwd: best {cfg} {opt} {best[0]:.3f} ms")
-
-    bwd = {"atomic_dq": False, "bwd_tma": True}
-    dkdv = min((run("dkdv", cfg, bwd, "fwd_bwd_ms"), cfg)
-               for cfg in [(64, 128, 8, 3), (64, 128, 16, 2), (64, 128, 16, 3), (128, 128, 16, 2)])
-    fat.GPU_CONFIGS["dkdv"][d] = dkdv[1]
-    dq = min((run("dq", cfg, bwd, "fwd_bwd_ms"), cfg)
-             for cfg in [(128, 128, 8, 2), (128, 128, 16, 2), (128, 64, 16, 3), (256, 64, 16, 2)])
-    fat.GPU_CONFIGS["dq"][d] = dq[1]
-    log(f"sweep bwd: dkdv {dkdv}, dq {dq}")
+    for kernel, configs in candidates.items():
+        metric_key = "fwd_ms" if kernel == "fwd" else "fwd_bwd_ms"
+        timed = []
+        for cfg in configs:
+            fat.GPU_CONFIGS[kernel][d] = cfg
+            row = {"kernel": kernel, "config": cfg, **_try(attn, q, k, v, dout, kernel)}
+            results.append(row)
+            timed.append((row.get(metric_key, math.inf), cfg))
+            log(
+                f"sweep {kernel} {cfg}: fwd {row.get('fwd_ms', float('nan')):.3f} ms, "
+                f"fwd+bwd {row.get('fwd_bwd_ms', float('nan')):.3f} ms {row.get('compiled') or row.get('error')}"
+            )
+        fat.GPU_CONFIGS[kernel][d] = min(timed)[1]
+        log(f"sweep {kernel}: best {min(timed)}")
     del q, k, v, dout
     torch.cuda.empty_cache()
     return results
@@ -180,7 +168,7 @@ def profile_kernels(impls, seq, args, log):
                     kernels[evt.key[:120]] = round(t / 3 / 1e3, 4)  # us total over 3 steps -> ms per step
             report[impl] = dict(sorted(kernels.items(), key=lambda kv: -kv[1])[:8])
             log(f"profile {impl} seq {seq}: {report[impl]}")
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001 - an impl that fails is recorded, not fatal
             report[impl] = {"error": f"{type(e).__name__}: {str(e)[:300]}"}
         q.grad = k.grad = v.grad = None
     del q, k, v, dout
@@ -207,7 +195,9 @@ def main():
     if args.dry_run:
         for seq in seqs:
             bsz = batch_for(seq, args.tokens)
-            print(f"seq {seq}: batch {bsz}, heads {args.heads}, fwd {causal_flops(bsz, args.heads, seq, args.head_dim, False) / 1e12:.2f} TFLOP; impls {impls}")
+            print(
+                f"seq {seq}: batch {bsz}, heads {args.heads}, fwd {causal_flops(bsz, args.heads, seq, args.head_dim, False) / 1e12:.2f} TFLOP; impls {impls}"
+            )
         return
     if not torch.cuda.is_available():
         sys.exit("bench/attention.py needs a CUDA GPU (use --dry-run to see the plan)")
@@ -241,8 +231,7 @@ def main():
         record["sweep_seq"] = args.sweep_seq
         record["sweep"] = sweep(args, log)
     record["triton_configs"] = {k: {str(d): list(c) for d, c in v.items()} for k, v in fat.GPU_CONFIGS.items()}
-    record["triton_options"] = dict(fat.GPU_OPTIONS)
-    log(f"triton configs {record['triton_configs']} options {record['triton_options']}")
+    log(f"triton configs {record['triton_configs']}")
     if args.profile_seq:
         record["profile"] = profile_kernels([i for i in impls if i != "flash_attn"], args.profile_seq, args, log)
 
@@ -271,7 +260,7 @@ def main():
                 )
                 if impl == "triton":
                     row["compiled"] = kernel_report()
-            except Exception as e:
+            except Exception as e:  # noqa: BLE001 - an impl that fails is recorded, not fatal
                 row["error"] = f"{type(e).__name__}: {str(e)[:300]}"
             rows.append(row)
             log(json.dumps({k: v for k, v in row.items() if k != "compiled"}))
@@ -290,8 +279,10 @@ def main():
         if "error" in r:
             print(f"| {r['impl']} | {r['seq']} | {r['batch']}x{r['heads']} | error: {r['error'][:60]} | | | |")
         else:
-            print(f"| {r['impl']} | {r['seq']} | {r['batch']}x{r['heads']} | {r['fwd_ms']:.3f} | {r['fwd_tflops']:.0f} "
-                  f"| {r['fwd_bwd_ms']:.3f} | {r['fwd_bwd_tflops']:.0f} |")
+            print(
+                f"| {r['impl']} | {r['seq']} | {r['batch']}x{r['heads']} | {r['fwd_ms']:.3f} | {r['fwd_tflops']:.0f} "
+                f"| {r['fwd_bwd_ms']:.3f} | {r['fwd_bwd_tflops']:.0f} |"
+            )
     print(f"wrote {out_path}")
 
 

@@ -53,26 +53,17 @@ def is_available() -> tuple[bool, str]:
     return True, ""
 
 
-# Block configs: (BLOCK_M, BLOCK_N, num_warps, num_stages). Tuned on H100 (bench/attention.py).
+# Block configs: (BLOCK_M, BLOCK_N, num_warps, num_stages); head_dim 128 tuned on H100 with
+# `bench/attention.py --sweep` (docs/benchmarks/attention_notes.md), 64 set by analogy.
 # fwd and dq need BLOCK_M % BLOCK_N == 0; dkdv needs BLOCK_N % BLOCK_M == 0.
 GPU_CONFIGS = {
     "fwd": {64: (128, 64, 4, 3), 128: (128, 128, 8, 3)},
     "dkdv": {64: (64, 128, 4, 2), 128: (64, 128, 8, 3)},
     "dq": {64: (128, 64, 4, 2), 128: (128, 128, 8, 2)},
 }
-# fwd_warp_specialize: Triton's automatic warp specialization of the forward key loop.
-# atomic_dq: the dkdv kernel also accumulates dq with fp32 atomics (no separate dq kernel).
-# fwd_tma / bwd_tma: K/V (fwd, dq) and Q/dO (dkdv) stream in through TMA tensor descriptors.
-# fwd_qk_ahead: the forward issues the next block's q k^T before this block's softmax.
-GPU_OPTIONS = {
-    "fwd_warp_specialize": False, "atomic_dq": False, "fwd_tma": False, "bwd_tma": True, "fwd_qk_ahead": False,
-}
 INTERPRETER_CONFIG = (16, 16, 4, 1)  # small blocks so tiny CPU tests cross block edges
 # Compiled kernels of the latest launches, by name: registers, spills, shared memory, PTX for bench.
 LAST_COMPILED: dict = {}
-ATOMIC_DQ_OVERRIDE = None  # tests set True/False to cover both backward paths on CPU
-TMA_OVERRIDE = None  # likewise for the TMA (tensor descriptor) loads
-QK_AHEAD_OVERRIDE = None  # likewise for the forward's q k^T-ahead loop
 
 
 def _config(kernel: str, head_dim: int):
@@ -82,25 +73,25 @@ def _config(kernel: str, head_dim: int):
     return table.get(head_dim, table[64 if head_dim <= 64 else 128])
 
 
+# Kernels and their launches keep argument lists packed (strides of one tensor on one line):
+# one argument per line would double this file without making it easier to read.
+# fmt: off
 if triton is not None:
 
     @triton.jit
     def _fwd_block_loop(
         acc, l_i, m_i, q, offs_m, seg_q, k_base, v_base, seg_base,
-        stride_ks, stride_vs, lo, hi, S, qk_scale, k_desc, v_desc, kv_row0, kv_col,
+        stride_ks, stride_vs, lo, hi, S, qk_scale,
         BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr,
-        MASKED: tl.constexpr, CAUSAL: tl.constexpr, HAS_DOC: tl.constexpr, WARP_SPEC: tl.constexpr,
-        USE_TMA: tl.constexpr,
+        MASKED: tl.constexpr, CAUSAL: tl.constexpr, HAS_DOC: tl.constexpr,
     ):
         offs_d = tl.arange(0, HEAD_DIM)
-        for start_n in tl.range(lo, hi, BLOCK_N, warp_specialize=WARP_SPEC):
+        for start_n in range(lo, hi, BLOCK_N):
             start_n = tl.multiple_of(start_n, BLOCK_N)
             offs_n = start_n + tl.arange(0, BLOCK_N)
             k_ptrs = k_base + offs_n[:, None] * stride_ks + offs_d[None, :]
             v_ptrs = v_base + offs_n[:, None] * stride_vs + offs_d[None, :]
-            if USE_TMA:  # rows past S belong to the next batch (or are zero): masked below
-                k = k_desc.load([kv_row0 + start_n, kv_col])
-            elif MASKED:
+            if MASKED:
                 k = tl.load(k_ptrs, mask=offs_n[:, None] < S, other=0.0)
             else:
                 k = tl.load(k_ptrs)
@@ -122,9 +113,7 @@ if triton is not None:
             p = tl.math.exp2(qk * qk_scale - m_use[:, None])
             alpha = tl.math.exp2(m_i - m_use)
             l_i = l_i * alpha + tl.sum(p, 1)
-            if USE_TMA:
-                v = v_desc.load([kv_row0 + start_n, kv_col])
-            elif MASKED:
+            if MASKED:
                 v = tl.load(v_ptrs, mask=offs_n[:, None] < S, other=0.0)
             else:
                 v = tl.load(v_ptrs)
@@ -133,47 +122,17 @@ if triton is not None:
         return acc, l_i, m_i
 
     @triton.jit
-    def _fwd_unmasked_loop_qk_ahead(
-        acc, l_i, m_i, q, k_base, v_base, stride_ks, stride_vs, lo, hi, qk_scale,
-        BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr,
-    ):
-        """Unmasked key blocks with the next block's q k^T issued before this block's softmax,
-        so the (asynchronous) tensor-core product can overlap the exp2 work."""
-        offs_d = tl.arange(0, HEAD_DIM)
-        if lo < hi:
-            offs_n = lo + tl.arange(0, BLOCK_N)
-            qk = tl.dot(q, tl.trans(tl.load(k_base + offs_n[:, None] * stride_ks + offs_d[None, :])))
-            for start_n in range(lo, hi, BLOCK_N):
-                start_n = tl.multiple_of(start_n, BLOCK_N)
-                # The last step recomputes the last block (clamped), results unused.
-                next_n = tl.minimum(start_n + BLOCK_N, hi - BLOCK_N)
-                offs_next = next_n + tl.arange(0, BLOCK_N)
-                k_next = tl.load(k_base + offs_next[:, None] * stride_ks + offs_d[None, :])
-                qk_next = tl.dot(q, tl.trans(k_next))
-                offs_n = start_n + tl.arange(0, BLOCK_N)
-                v = tl.load(v_base + offs_n[:, None] * stride_vs + offs_d[None, :])
-                m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
-                p = tl.math.exp2(qk * qk_scale - m_new[:, None])
-                alpha = tl.math.exp2(m_i - m_new)
-                l_i = l_i * alpha + tl.sum(p, 1)
-                acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
-                m_i = m_new
-                qk = qk_next
-        return acc, l_i, m_i
-
-    @triton.jit
     def _fwd_kernel(
-        Q, K, V, O, LSE, SEG, RUN_START, RUN_END, k_desc, v_desc,
+        Q, K, V, O, LSE, SEG, RUN_START, RUN_END,
         stride_qb, stride_qs, stride_qh,
         stride_kb, stride_ks, stride_kh,
         stride_vb, stride_vs, stride_vh,
         stride_ob, stride_os, stride_oh,
         S, H, GROUP, qk_scale,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr,
-        CAUSAL: tl.constexpr, HAS_DOC: tl.constexpr, WARP_SPEC: tl.constexpr, USE_TMA: tl.constexpr,
-        QK_AHEAD: tl.constexpr,
+        CAUSAL: tl.constexpr, HAS_DOC: tl.constexpr,
     ):
-        # Causal: the last query blocks have the most keys; launch them first (better tail).
+        # Causal: the last query blocks see the most keys; launch them first (shorter tail).
         pid_m = tl.num_programs(0) - 1 - tl.program_id(0)
         pid_bh = tl.program_id(1)
         b = pid_bh // H
@@ -207,20 +166,13 @@ if triton is not None:
         m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
         l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
         acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
-        if QK_AHEAD:
-            acc, l_i, m_i = _fwd_unmasked_loop_qk_ahead(
-                acc, l_i, m_i, q, k_base, v_base, stride_ks, stride_vs, lo, full_hi, qk_scale, BLOCK_N, HEAD_DIM,
-            )
-        else:
-            acc, l_i, m_i = _fwd_block_loop(
-                acc, l_i, m_i, q, offs_m, seg_q, k_base, v_base, seg_base, stride_ks, stride_vs,
-                lo, full_hi, S, qk_scale, k_desc, v_desc, b * S, kvh * HEAD_DIM,
-                BLOCK_N, HEAD_DIM, False, CAUSAL, HAS_DOC, WARP_SPEC, USE_TMA,
-            )
         acc, l_i, m_i = _fwd_block_loop(
             acc, l_i, m_i, q, offs_m, seg_q, k_base, v_base, seg_base, stride_ks, stride_vs,
-            tl.maximum(lo, full_hi), hi, S, qk_scale, k_desc, v_desc, b * S, kvh * HEAD_DIM,
-            BLOCK_N, HEAD_DIM, True, CAUSAL, HAS_DOC, False, USE_TMA,
+            lo, full_hi, S, qk_scale, BLOCK_N, HEAD_DIM, False, CAUSAL, HAS_DOC,
+        )
+        acc, l_i, m_i = _fwd_block_loop(
+            acc, l_i, m_i, q, offs_m, seg_q, k_base, v_base, seg_base, stride_ks, stride_vs,
+            tl.maximum(lo, full_hi), hi, S, qk_scale, BLOCK_N, HEAD_DIM, True, CAUSAL, HAS_DOC,
         )
         out = acc / l_i[:, None]
         o_base = O + b.to(tl.int64) * stride_ob + h * stride_oh
@@ -252,11 +204,10 @@ if triton is not None:
 
     @triton.jit
     def _bwd_dkdv_block_loop(
-        dk, dv, k, v, offs_n, seg_k, q_base, do_base, lse_base, delta_base, seg_base, dqacc_base,
-        stride_qs, stride_dos, lo, hi, S, qk_scale, q_desc, do_desc, q_row0, q_col,
+        dk, dv, k, v, offs_n, seg_k, q_base, do_base, lse_base, delta_base, seg_base,
+        stride_qs, stride_dos, lo, hi, S, qk_scale,
         BLOCK_M: tl.constexpr, HEAD_DIM: tl.constexpr,
-        MASKED: tl.constexpr, CAUSAL: tl.constexpr, HAS_DOC: tl.constexpr, ATOMIC_DQ: tl.constexpr,
-        USE_TMA: tl.constexpr,
+        MASKED: tl.constexpr, CAUSAL: tl.constexpr, HAS_DOC: tl.constexpr,
     ):
         offs_d = tl.arange(0, HEAD_DIM)
         for start_m in range(lo, hi, BLOCK_M):
@@ -266,16 +217,11 @@ if triton is not None:
             do_ptrs = do_base + offs_m[:, None] * stride_dos + offs_d[None, :]
             if MASKED:
                 row_ok = offs_m < S
-                # Rows past S: lse = +inf makes their p (hence every contribution) zero.
+                q = tl.load(q_ptrs, mask=row_ok[:, None], other=0.0)
                 lse = tl.load(lse_base + offs_m, mask=row_ok, other=float("inf"))
             else:
-                lse = tl.load(lse_base + offs_m)
-            if USE_TMA:
-                q = q_desc.load([q_row0 + start_m, q_col])
-            elif MASKED:
-                q = tl.load(q_ptrs, mask=row_ok[:, None], other=0.0)
-            else:
                 q = tl.load(q_ptrs)
+                lse = tl.load(lse_base + offs_m)
             # Transposed scores: rows are keys, columns queries.
             s_t = tl.dot(k, tl.trans(q)) * qk_scale
             p_t = tl.math.exp2(s_t - lse[None, :])
@@ -287,32 +233,20 @@ if triton is not None:
                     seg_q = tl.load(seg_base + offs_m, mask=offs_m < S, other=-2)
                     keep = keep & (seg_q[None, :] == seg_k[:, None])
                 p_t = tl.where(keep, p_t, 0.0)
+                do = tl.load(do_ptrs, mask=row_ok[:, None], other=0.0)
                 delta = tl.load(delta_base + offs_m, mask=row_ok, other=0.0)
             else:
-                delta = tl.load(delta_base + offs_m)
-            if USE_TMA:
-                do = do_desc.load([q_row0 + start_m, q_col])
-            elif MASKED:
-                do = tl.load(do_ptrs, mask=row_ok[:, None], other=0.0)
-            else:
                 do = tl.load(do_ptrs)
+                delta = tl.load(delta_base + offs_m)
             dv += tl.dot(p_t.to(do.dtype), do)
             dp_t = tl.dot(v, tl.trans(do))
             ds_t = p_t * (dp_t - delta[None, :])
             dk += tl.dot(ds_t.to(q.dtype), q)
-            if ATOMIC_DQ:
-                # dq (unscaled, fp32, [b, h, s, d]) += ds @ k, summed over key blocks by atomics.
-                dq_part = tl.dot(tl.trans(ds_t.to(k.dtype)), k)
-                dq_ptrs = dqacc_base + offs_m[:, None] * HEAD_DIM + offs_d[None, :]
-                if MASKED:
-                    tl.atomic_add(dq_ptrs, dq_part, mask=(offs_m < S)[:, None], sem="relaxed")
-                else:
-                    tl.atomic_add(dq_ptrs, dq_part, sem="relaxed")
         return dk, dv
 
     @triton.jit
     def _bwd_dkdv_kernel(
-        Q, K, V, DO, LSE, DELTA, DK, DV, DQ_ACC, SEG, RUN_START, RUN_END, q_desc, do_desc,
+        Q, K, V, DO, LSE, DELTA, DK, DV, SEG, RUN_START, RUN_END,
         stride_qb, stride_qs, stride_qh,
         stride_kb, stride_ks, stride_kh,
         stride_vb, stride_vs, stride_vh,
@@ -321,7 +255,7 @@ if triton is not None:
         stride_dvb, stride_dvs, stride_dvh,
         S, H, KV_H, GROUP, qk_scale, sm_scale,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr,
-        CAUSAL: tl.constexpr, HAS_DOC: tl.constexpr, ATOMIC_DQ: tl.constexpr, USE_TMA: tl.constexpr,
+        CAUSAL: tl.constexpr, HAS_DOC: tl.constexpr,
     ):
         pid_n = tl.program_id(0)
         pid_bg = tl.program_id(1)
@@ -356,27 +290,26 @@ if triton is not None:
 
         dk = tl.zeros([BLOCK_N, HEAD_DIM], dtype=tl.float32)
         dv = tl.zeros([BLOCK_N, HEAD_DIM], dtype=tl.float32)
-        for g in range(0, GROUP):
+        for g in range(GROUP):  # query heads sharing this kv head
             h = kvh * GROUP + g
             q_base = Q + b64 * stride_qb + h * stride_qh
             do_base = DO + b64 * stride_dob + h * stride_doh
             lse_base = LSE + (b64 * H + h) * S
             delta_base = DELTA + (b64 * H + h) * S
-            dqacc_base = DQ_ACC + (b64 * H + h) * S * HEAD_DIM
             dk, dv = _bwd_dkdv_block_loop(
-                dk, dv, k, v, offs_n, seg_k, q_base, do_base, lse_base, delta_base, seg_base, dqacc_base,
-                stride_qs, stride_dos, lo, tl.minimum(full_lo, hi), S, qk_scale, q_desc, do_desc, b * S, h * HEAD_DIM,
-                BLOCK_M, HEAD_DIM, True, CAUSAL, HAS_DOC, ATOMIC_DQ, USE_TMA,
+                dk, dv, k, v, offs_n, seg_k, q_base, do_base, lse_base, delta_base, seg_base,
+                stride_qs, stride_dos, lo, tl.minimum(full_lo, hi), S, qk_scale,
+                BLOCK_M, HEAD_DIM, True, CAUSAL, HAS_DOC,
             )
             dk, dv = _bwd_dkdv_block_loop(
-                dk, dv, k, v, offs_n, seg_k, q_base, do_base, lse_base, delta_base, seg_base, dqacc_base,
-                stride_qs, stride_dos, full_lo, full_hi, S, qk_scale, q_desc, do_desc, b * S, h * HEAD_DIM,
-                BLOCK_M, HEAD_DIM, False, CAUSAL, HAS_DOC, ATOMIC_DQ, USE_TMA,
+                dk, dv, k, v, offs_n, seg_k, q_base, do_base, lse_base, delta_base, seg_base,
+                stride_qs, stride_dos, full_lo, full_hi, S, qk_scale,
+                BLOCK_M, HEAD_DIM, False, CAUSAL, HAS_DOC,
             )
             dk, dv = _bwd_dkdv_block_loop(
-                dk, dv, k, v, offs_n, seg_k, q_base, do_base, lse_base, delta_base, seg_base, dqacc_base,
-                stride_qs, stride_dos, tl.maximum(full_lo, full_hi), hi, S, qk_scale, q_desc, do_desc, b * S, h * HEAD_DIM,
-                BLOCK_M, HEAD_DIM, True, CAUSAL, HAS_DOC, ATOMIC_DQ, USE_TMA,
+                dk, dv, k, v, offs_n, seg_k, q_base, do_base, lse_base, delta_base, seg_base,
+                stride_qs, stride_dos, tl.maximum(full_lo, full_hi), hi, S, qk_scale,
+                BLOCK_M, HEAD_DIM, True, CAUSAL, HAS_DOC,
             )
         dk = dk * sm_scale
         tl.store(DK + b64 * stride_dkb + kvh * stride_dkh + offs_n[:, None] * stride_dks + offs_d[None, :],
@@ -387,9 +320,9 @@ if triton is not None:
     @triton.jit
     def _bwd_dq_block_loop(
         dq, q, do, lse, delta, offs_m, seg_q, k_base, v_base, seg_base,
-        stride_ks, stride_vs, lo, hi, S, qk_scale, k_desc, v_desc, kv_row0, kv_col,
+        stride_ks, stride_vs, lo, hi, S, qk_scale,
         BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr,
-        MASKED: tl.constexpr, CAUSAL: tl.constexpr, HAS_DOC: tl.constexpr, USE_TMA: tl.constexpr,
+        MASKED: tl.constexpr, CAUSAL: tl.constexpr, HAS_DOC: tl.constexpr,
     ):
         offs_d = tl.arange(0, HEAD_DIM)
         for start_n in range(lo, hi, BLOCK_N):
@@ -397,10 +330,7 @@ if triton is not None:
             offs_n = start_n + tl.arange(0, BLOCK_N)
             k_ptrs = k_base + offs_n[:, None] * stride_ks + offs_d[None, :]
             v_ptrs = v_base + offs_n[:, None] * stride_vs + offs_d[None, :]
-            if USE_TMA:  # rows past S belong to the next batch (or are zero): masked below
-                k = k_desc.load([kv_row0 + start_n, kv_col])
-                v = v_desc.load([kv_row0 + start_n, kv_col])
-            elif MASKED:
+            if MASKED:
                 k = tl.load(k_ptrs, mask=offs_n[:, None] < S, other=0.0)
                 v = tl.load(v_ptrs, mask=offs_n[:, None] < S, other=0.0)
             else:
@@ -423,7 +353,7 @@ if triton is not None:
 
     @triton.jit
     def _bwd_dq_kernel(
-        Q, K, V, DO, LSE, DELTA, DQ, SEG, RUN_START, RUN_END, k_desc, v_desc,
+        Q, K, V, DO, LSE, DELTA, DQ, SEG, RUN_START, RUN_END,
         stride_qb, stride_qs, stride_qh,
         stride_kb, stride_ks, stride_kh,
         stride_vb, stride_vs, stride_vh,
@@ -431,7 +361,7 @@ if triton is not None:
         stride_dqb, stride_dqs, stride_dqh,
         S, H, GROUP, qk_scale, sm_scale,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr,
-        CAUSAL: tl.constexpr, HAS_DOC: tl.constexpr, USE_TMA: tl.constexpr,
+        CAUSAL: tl.constexpr, HAS_DOC: tl.constexpr,
     ):
         pid_m = tl.num_programs(0) - 1 - tl.program_id(0)  # heaviest query blocks first
         pid_bh = tl.program_id(1)
@@ -469,13 +399,11 @@ if triton is not None:
         dq = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
         dq = _bwd_dq_block_loop(
             dq, q, do, lse, delta, offs_m, seg_q, k_base, v_base, seg_base, stride_ks, stride_vs,
-            lo, full_hi, S, qk_scale, k_desc, v_desc, b * S, kvh * HEAD_DIM,
-            BLOCK_N, HEAD_DIM, False, CAUSAL, HAS_DOC, USE_TMA,
+            lo, full_hi, S, qk_scale, BLOCK_N, HEAD_DIM, False, CAUSAL, HAS_DOC,
         )
         dq = _bwd_dq_block_loop(
             dq, q, do, lse, delta, offs_m, seg_q, k_base, v_base, seg_base, stride_ks, stride_vs,
-            tl.maximum(lo, full_hi), hi, S, qk_scale, k_desc, v_desc, b * S, kvh * HEAD_DIM,
-            BLOCK_N, HEAD_DIM, True, CAUSAL, HAS_DOC, USE_TMA,
+            tl.maximum(lo, full_hi), hi, S, qk_scale, BLOCK_N, HEAD_DIM, True, CAUSAL, HAS_DOC,
         )
         dq = dq * sm_scale
         tl.store(DQ + b64 * stride_dqb + h * stride_dqh + offs_m[:, None] * stride_dqs + offs_d[None, :],
@@ -501,23 +429,6 @@ def _last_dim_contiguous(x: torch.Tensor) -> torch.Tensor:
     return x if x.stride(-1) == 1 else x.contiguous()
 
 
-def _qk_ahead() -> bool:
-    return QK_AHEAD_OVERRIDE if QK_AHEAD_OVERRIDE is not None else GPU_OPTIONS["fwd_qk_ahead"]
-
-
-def _use_tma(which: str) -> bool:
-    return TMA_OVERRIDE if TMA_OVERRIDE is not None else GPU_OPTIONS[which + "_tma"]
-
-
-def _row_desc(x_bshd: torch.Tensor, block_rows: int):
-    """TMA descriptor over x viewed as [b*s, heads*d], one block = block_rows rows of one head."""
-    from triton.tools.tensor_descriptor import TensorDescriptor
-
-    bsz, seq, heads, head_dim = x_bshd.shape
-    x2d = x_bshd.reshape(bsz * seq, heads * head_dim)  # a view: callers pass contiguous tensors
-    return TensorDescriptor(x2d, list(x2d.shape), list(x2d.stride()), [block_rows, head_dim])
-
-
 def _strides3(x):
     return x.stride(0), x.stride(1), x.stride(2)
 
@@ -525,8 +436,7 @@ def _strides3(x):
 class _FlashAttnTriton(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, causal, softmax_scale, document_ids):
-        use_tma = _use_tma("fwd")
-        q, k, v = (t.contiguous() if use_tma else _last_dim_contiguous(t) for t in (q, k, v))
+        q, k, v = (_last_dim_contiguous(t) for t in (q, k, v))
         bsz, seq, heads, head_dim = q.shape
         kv_heads = k.shape[2]
         group = heads // kv_heads
@@ -539,19 +449,13 @@ class _FlashAttnTriton(torch.autograd.Function):
         lse = torch.empty(bsz, heads, seq, dtype=torch.float32, device=q.device)
         block_m, block_n, warps, stages = _config("fwd", head_dim)
         grid = (triton.cdiv(seq, block_m), bsz * heads)
-        k_desc = _row_desc(k, block_n) if use_tma else None
-        v_desc = _row_desc(v, block_n) if use_tma else None
         LAST_COMPILED["fwd"] = _fwd_kernel[grid](
-            q, k, v, out, lse, seg, run_start, run_end, k_desc, v_desc,
+            q, k, v, out, lse, seg, run_start, run_end,
             *_strides3(q), *_strides3(k), *_strides3(v), *_strides3(out),
             seq, heads, group, softmax_scale * LOG2E,
             BLOCK_M=block_m, BLOCK_N=block_n, HEAD_DIM=head_dim, CAUSAL=causal, HAS_DOC=has_doc,
-            WARP_SPEC=GPU_OPTIONS["fwd_warp_specialize"] and not _interpreting(), USE_TMA=use_tma,
-            QK_AHEAD=_qk_ahead() and not use_tma,
             num_warps=warps, num_stages=stages,
         )
-        if _use_tma("bwd"):
-            q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
         ctx.save_for_backward(q, k, v, out, lse, seg, run_start, run_end)
         ctx.causal, ctx.softmax_scale, ctx.has_doc = causal, softmax_scale, has_doc
         return out
@@ -559,8 +463,7 @@ class _FlashAttnTriton(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dout):
         q, k, v, out, lse, seg, run_start, run_end = ctx.saved_tensors
-        use_tma = _use_tma("bwd")
-        dout = dout.contiguous() if use_tma else _last_dim_contiguous(dout)
+        dout = _last_dim_contiguous(dout)
         bsz, seq, heads, head_dim = q.shape
         kv_heads = k.shape[2]
         group = heads // kv_heads
@@ -571,35 +474,28 @@ class _FlashAttnTriton(torch.autograd.Function):
             out, dout, delta, *_strides3(out), *_strides3(dout), seq, heads,
             BLOCK_M=block_m, HEAD_DIM=head_dim,
         )
+        dq = torch.empty_like(q)
         dk = torch.empty_like(k)
         dv = torch.empty_like(v)
-        atomic_dq = ATOMIC_DQ_OVERRIDE if ATOMIC_DQ_OVERRIDE is not None else GPU_OPTIONS["atomic_dq"]
-        dq_acc_bhsd = torch.zeros(bsz, heads, seq, head_dim, dtype=torch.float32, device=q.device) if atomic_dq else delta
         block_m, block_n, warps, stages = _config("dkdv", head_dim)
-        q_desc = _row_desc(q, block_m) if use_tma else None
-        do_desc = _row_desc(dout, block_m) if use_tma else None
         LAST_COMPILED["dkdv"] = _bwd_dkdv_kernel[(triton.cdiv(seq, block_n), bsz * kv_heads)](
-            q, k, v, dout, lse, delta, dk, dv, dq_acc_bhsd, seg, run_start, run_end, q_desc, do_desc,
+            q, k, v, dout, lse, delta, dk, dv, seg, run_start, run_end,
             *_strides3(q), *_strides3(k), *_strides3(v), *_strides3(dout), *_strides3(dk), *_strides3(dv),
             seq, heads, kv_heads, group, scale * LOG2E, scale,
             BLOCK_M=block_m, BLOCK_N=block_n, HEAD_DIM=head_dim, CAUSAL=ctx.causal, HAS_DOC=ctx.has_doc,
-            ATOMIC_DQ=atomic_dq, USE_TMA=use_tma, num_warps=warps, num_stages=stages,
+            num_warps=warps, num_stages=stages,
         )
-        if atomic_dq:
-            dq = (dq_acc_bhsd * scale).transpose(1, 2).to(q.dtype)
-            return dq, dk, dv, None, None, None
-        dq = torch.empty_like(q)
         block_m, block_n, warps, stages = _config("dq", head_dim)
-        k_desc = _row_desc(k, block_n) if use_tma else None
-        v_desc = _row_desc(v, block_n) if use_tma else None
         LAST_COMPILED["dq"] = _bwd_dq_kernel[(triton.cdiv(seq, block_m), bsz * heads)](
-            q, k, v, dout, lse, delta, dq, seg, run_start, run_end, k_desc, v_desc,
+            q, k, v, dout, lse, delta, dq, seg, run_start, run_end,
             *_strides3(q), *_strides3(k), *_strides3(v), *_strides3(dout), *_strides3(dq),
             seq, heads, group, scale * LOG2E, scale,
             BLOCK_M=block_m, BLOCK_N=block_n, HEAD_DIM=head_dim, CAUSAL=ctx.causal, HAS_DOC=ctx.has_doc,
-            USE_TMA=use_tma, num_warps=warps, num_stages=stages,
+            num_warps=warps, num_stages=stages,
         )
         return dq, dk, dv, None, None, None
+
+# fmt: on
 
 
 def flash_attn_triton(
@@ -620,7 +516,9 @@ def flash_attn_triton(
     if not ok:
         raise RuntimeError(f"flash_attn_triton unavailable: {why}")
     if q.dim() != 4 or k.dim() != 4 or v.shape != k.shape:
-        raise ValueError(f"expected q [b,s,h,d], k/v [b,s,g,d]; got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
+        raise ValueError(
+            f"expected q [b,s,h,d], k/v [b,s,g,d]; got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}"
+        )
     bsz, seq, heads, head_dim = q.shape
     if k.shape[0] != bsz or k.shape[1] != seq or k.shape[3] != head_dim:
         raise ValueError(f"k/v shape {tuple(k.shape)} does not match q {tuple(q.shape)} (self-attention only)")

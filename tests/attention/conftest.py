@@ -5,7 +5,6 @@ Must take effect before `triton` is imported anywhere, hence a conftest.
 
 import os
 
-import pytest
 import torch
 
 if not torch.cuda.is_available():

@@ -12,8 +12,7 @@ import torch
 
 triton = pytest.importorskip("triton")
 
-from megatron.model import flash_attn_triton as fat  # noqa: E402
-from megatron.model.flash_attn_triton import flash_attn_triton, is_available  # noqa: E402
+from megatron.model.flash_attn_triton import flash_attn_triton, is_available
 
 AVAILABLE, WHY = is_available()
 pytestmark = pytest.mark.skipif(not AVAILABLE, reason=WHY)
@@ -67,13 +66,21 @@ def check(bsz, seq, heads, kv_heads, head_dim, causal, dtype, use_docs, seed, to
 
     qx, kx, vx = (t.to(device=device, dtype=dtype).requires_grad_() for t in (q, k, v))
     out = flash_attn_triton(
-        qx, kx, vx, causal=causal, softmax_scale=scale,
+        qx,
+        kx,
+        vx,
+        causal=causal,
+        softmax_scale=scale,
         document_ids=None if docs is None else docs.to(device),
     )
     assert out.dtype == dtype and out.shape == q.shape
     out.backward(dout.to(device=device, dtype=dtype))
-    for name, got, want in (("out", out, ref), ("dq", qx.grad, q64.grad), ("dk", kx.grad, k64.grad),
-                            ("dv", vx.grad, v64.grad)):
+    for name, got, want in (
+        ("out", out, ref),
+        ("dq", qx.grad, q64.grad),
+        ("dk", kx.grad, k64.grad),
+        ("dv", vx.grad, v64.grad),
+    ):
         got = got.detach().cpu()
         assert torch.isfinite(got).all(), f"{name} has non-finite values"
         err = rel_err(got, want.detach())
@@ -82,28 +89,18 @@ def check(bsz, seq, heads, kv_heads, head_dim, causal, dtype, use_docs, seed, to
 
 # (bsz, seq, heads, kv_heads, head_dim, causal, use_docs)
 CASES = [
-    (1, 16, 1, 1, 16, False, False),   # exactly one block
-    (2, 37, 2, 2, 16, True, False),    # odd length, causal
-    (1, 45, 4, 2, 32, False, False),   # odd length, GQA group 2, full
-    (2, 33, 4, 1, 16, True, False),    # multi-query attention (group 4), causal
-    (1, 50, 2, 1, 16, True, True),     # documents + causal + GQA
-    (2, 41, 2, 2, 32, False, True),    # documents, not causal, odd length
-    (1, 7, 2, 2, 16, True, False),     # shorter than one block
+    (1, 16, 1, 1, 16, False, False),  # exactly one block
+    (2, 37, 2, 2, 16, True, False),  # odd length, causal
+    (1, 45, 4, 2, 32, False, False),  # odd length, GQA group 2, full
+    (2, 33, 4, 1, 16, True, False),  # multi-query attention (group 4), causal
+    (1, 50, 2, 1, 16, True, True),  # documents + causal + GQA
+    (2, 41, 2, 2, 32, False, True),  # documents, not causal, odd length
+    (1, 7, 2, 2, 16, True, False),  # shorter than one block
 ]
 
 
-@pytest.fixture(params=["dq_kernel", "atomic_dq", "tma", "qk_ahead"])
-def backward_path(request, monkeypatch):
-    """Kernel variants: dq by its own kernel or by atomics in the dkdv kernel; pointer or TMA
-    loads; the forward's q k^T-ahead loop."""
-    monkeypatch.setattr(fat, "ATOMIC_DQ_OVERRIDE", request.param == "atomic_dq")
-    monkeypatch.setattr(fat, "TMA_OVERRIDE", request.param == "tma")
-    monkeypatch.setattr(fat, "QK_AHEAD_OVERRIDE", request.param == "qk_ahead")
-    return request.param
-
-
 @pytest.mark.parametrize("bsz,seq,heads,kv_heads,head_dim,causal,use_docs", CASES)
-def test_matches_fp64_reference_fp32(bsz, seq, heads, kv_heads, head_dim, causal, use_docs, backward_path):
+def test_matches_fp64_reference_fp32(bsz, seq, heads, kv_heads, head_dim, causal, use_docs):
     # fp32 on CPU (interpreter); on GPU fp32 dots run in tf32, hence the looser bound there.
     tol = 1e-4 if DEVICE == "cpu" else 5e-3
     check(bsz, seq, heads, kv_heads, head_dim, causal, torch.float32, use_docs, seed=seq * 31 + heads, tol=tol)
@@ -144,18 +141,25 @@ def test_rejects_bad_shapes():
     with pytest.raises(ValueError, match="multiple of kv heads"):
         flash_attn_triton(q, k, k, causal=True)
     with pytest.raises(ValueError, match="head_dim"):
-        flash_attn_triton(torch.randn(1, 8, 2, 24, device=DEVICE), torch.randn(1, 8, 2, 24, device=DEVICE),
-                          torch.randn(1, 8, 2, 24, device=DEVICE), causal=True)
+        flash_attn_triton(
+            torch.randn(1, 8, 2, 24, device=DEVICE),
+            torch.randn(1, 8, 2, 24, device=DEVICE),
+            torch.randn(1, 8, 2, 24, device=DEVICE),
+            causal=True,
+        )
 
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-@pytest.mark.parametrize("seq,heads,kv_heads,head_dim,causal", [
-    (4096, 16, 16, 128, True),
-    (2047, 16, 4, 128, True),
-    (3000, 8, 8, 64, False),
-    (1024, 32, 8, 64, True),
-])
+@pytest.mark.parametrize(
+    "seq,heads,kv_heads,head_dim,causal",
+    [
+        (4096, 16, 16, 128, True),
+        (2047, 16, 4, 128, True),
+        (3000, 8, 8, 64, False),
+        (1024, 32, 8, 64, True),
+    ],
+)
 def test_gpu_bf16_matches_sdpa(seq, heads, kv_heads, head_dim, causal):
     torch.manual_seed(seq)
     bsz = 2
@@ -171,8 +175,10 @@ def test_gpu_bf16_matches_sdpa(seq, heads, kv_heads, head_dim, causal):
     group = heads // kv_heads
     q32, k32, v32 = (t.detach().float().requires_grad_() for t in (q, k, v))
     ref = torch.nn.functional.scaled_dot_product_attention(
-        q32.transpose(1, 2), k32.repeat_interleave(group, 2).transpose(1, 2),
-        v32.repeat_interleave(group, 2).transpose(1, 2), is_causal=causal,
+        q32.transpose(1, 2),
+        k32.repeat_interleave(group, 2).transpose(1, 2),
+        v32.repeat_interleave(group, 2).transpose(1, 2),
+        is_causal=causal,
     ).transpose(1, 2)
     rdq, rdk, rdv = torch.autograd.grad(ref, (q32, k32, v32), dout.float())
     for name, got, want in (("out", out, ref), ("dq", dq, rdq), ("dk", dk, rdk), ("dv", dv, rdv)):
