@@ -17,6 +17,7 @@ import json
 import os
 import random
 import time
+import warnings
 from dataclasses import dataclass
 from typing import Optional
 
@@ -30,6 +31,10 @@ from megatron.training import metrics
 from megatron.training.checkpointing import load_checkpoint, save_checkpoint
 from megatron.training.ds_config import build_deepspeed_config
 from megatron.training.lr_schedule import lr_at
+
+
+# DeepSpeed's ZeRO still calls the deprecated all_gather_into_tensor; the warning is noise to users.
+warnings.filterwarnings("ignore", message=".*all_gather_into_tensor.*", category=FutureWarning)
 
 
 def print_rank0(*args) -> None:
