@@ -38,9 +38,14 @@ def machine() -> dict:
                 break
     mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30 if hasattr(os, "sysconf") else None
     load = [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None
-    return {"cpu": cpu, "cores": os.cpu_count(), "memory_gib": round(mem, 1) if mem else None,
-            "platform": platform.platform(), "load_average_1_5_15min_at_start": load,
-            "note": "shared development machine: other jobs may run concurrently (see load average)"}
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "memory_gib": round(mem, 1) if mem else None,
+        "platform": platform.platform(),
+        "load_average_1_5_15min_at_start": load,
+        "note": "shared development machine: other jobs may run concurrently (see load average)",
+    }
 
 
 def versions() -> dict:
@@ -102,10 +107,17 @@ def main(argv=None) -> int:
                 for i in picks:
                     ds2[int(i)]
                 t_get.append((time.time() - t0) / len(picks))
-            r = {"tokens": int(args.tokens), "documents": ndocs, "seq_length": seq, "num_samples": len(ds),
-                 "open_s": round(t_open, 3), "build_and_save_s": round(t_build, 3),
-                 "load_cached_s": round(t_load, 4), "getitem_ms_first_touch": round(t_get[0] * 1e3, 4),
-                 "getitem_ms_repeat": round(t_get[1] * 1e3, 4)}
+            r = {
+                "tokens": int(args.tokens),
+                "documents": ndocs,
+                "seq_length": seq,
+                "num_samples": len(ds),
+                "open_s": round(t_open, 3),
+                "build_and_save_s": round(t_build, 3),
+                "load_cached_s": round(t_load, 4),
+                "getitem_ms_first_touch": round(t_get[0] * 1e3, 4),
+                "getitem_ms_repeat": round(t_get[1] * 1e3, 4),
+            }
             print(r)
             results.append(r)
         n_blend = 10_000_000
@@ -116,9 +128,15 @@ def main(argv=None) -> int:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     if args.out:
-        doc = {"benchmark": "build_indices", "command": "python " + " ".join([sys.argv[0]] + sys.argv[1:]),
-               "machine": machine(), "versions": versions(), "results": results, "blending": blend,
-               "note": "vectorized numpy, no C++ helpers; document lengths log-normal, mean ~600 tokens"}
+        doc = {
+            "benchmark": "build_indices",
+            "command": "python " + " ".join([sys.argv[0]] + sys.argv[1:]),
+            "machine": machine(),
+            "versions": versions(),
+            "results": results,
+            "blending": blend,
+            "note": "vectorized numpy, no C++ helpers; document lengths log-normal, mean ~600 tokens",
+        }
         os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
         with open(args.out, "w") as f:
             json.dump(doc, f, indent=2)

@@ -49,7 +49,11 @@ def train_byte_bpe(dirname: str, jsonl: str) -> tuple:
     tok.train_from_iterator(prose + code, vocab_size=8192, special_tokens=["<|endoftext|>"], show_progress=False)
     tok.save_model(dirname)
     tok.save(os.path.join(dirname, "tokenizer.json"))
-    return os.path.join(dirname, "vocab.json"), os.path.join(dirname, "merges.txt"), os.path.join(dirname, "tokenizer.json")
+    return (
+        os.path.join(dirname, "vocab.json"),
+        os.path.join(dirname, "merges.txt"),
+        os.path.join(dirname, "tokenizer.json"),
+    )
 
 
 def main(argv=None) -> int:
@@ -67,7 +71,9 @@ def main(argv=None) -> int:
         ndocs = make_jsonl(jsonl, args.size_mb)
         size = os.path.getsize(jsonl)
         print(f"input: {jsonl}, {ndocs} documents, {size / 1e6:.1f} MB")
-        specs = {"GPTSentencePieceTokenizer": {"tokenizer_model": prepare_default_corpus(args.cache_dir)["tokenizer_model"]}}
+        specs = {
+            "GPTSentencePieceTokenizer": {"tokenizer_model": prepare_default_corpus(args.cache_dir)["tokenizer_model"]}
+        }
         try:
             vocab, merges, hf_json = train_byte_bpe(tmp, jsonl)
             specs["GPT2BPETokenizer"] = {"vocab_file": vocab, "merge_file": merges}
@@ -78,13 +84,26 @@ def main(argv=None) -> int:
             if kind not in specs:
                 continue
             for w in args.workers:
-                stats = preprocess(jsonl, os.path.join(tmp, f"out_{kind}_{w}"), {"tokenizer_type": kind, **specs[kind]},
-                                   append_eod=True, workers=w, log_interval=0)
-                r = {"tokenizer": kind, "workers": w, "documents": stats.documents, "input_mb": round(stats.bytes / 1e6, 1),
-                     "tokens": stats.tokens, "seconds": round(stats.seconds, 2),
-                     "mb_per_s": round(stats.bytes / 1e6 / stats.seconds, 2),
-                     "tokens_per_s": round(stats.tokens / stats.seconds), "docs_per_s": round(stats.documents / stats.seconds),
-                     "load_average_1min_after": round(os.getloadavg()[0], 2)}
+                stats = preprocess(
+                    jsonl,
+                    os.path.join(tmp, f"out_{kind}_{w}"),
+                    {"tokenizer_type": kind, **specs[kind]},
+                    append_eod=True,
+                    workers=w,
+                    log_interval=0,
+                )
+                r = {
+                    "tokenizer": kind,
+                    "workers": w,
+                    "documents": stats.documents,
+                    "input_mb": round(stats.bytes / 1e6, 1),
+                    "tokens": stats.tokens,
+                    "seconds": round(stats.seconds, 2),
+                    "mb_per_s": round(stats.bytes / 1e6 / stats.seconds, 2),
+                    "tokens_per_s": round(stats.tokens / stats.seconds),
+                    "docs_per_s": round(stats.documents / stats.seconds),
+                    "load_average_1min_after": round(os.getloadavg()[0], 2),
+                }
                 print(r, flush=True)
                 results.append(r)
                 for ext in (".bin", ".idx"):
@@ -92,10 +111,20 @@ def main(argv=None) -> int:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     if args.out:
-        doc = {"benchmark": "preprocess_data", "command": "python " + " ".join([sys.argv[0]] + sys.argv[1:]),
-               "machine": machine(), "versions": versions(), "input": {"documents": ndocs, "bytes": size,
-               "source": "Python stdlib docstrings + sources (about 14 MB distinct), cycled; "
-               "per-word BPE caches make repeats cheaper, so BPE figures are optimistic for corpora with more distinct words"}, "results": results}
+        doc = {
+            "benchmark": "preprocess_data",
+            "command": "python " + " ".join([sys.argv[0]] + sys.argv[1:]),
+            "machine": machine(),
+            "versions": versions(),
+            "input": {
+                "documents": ndocs,
+                "bytes": size,
+                "source": "Python stdlib docstrings + sources (about 14 MB distinct), cycled; "
+                "per-word BPE caches make repeats cheaper, so BPE figures are optimistic "
+                "for corpora with more distinct words",
+            },
+            "results": results,
+        }
         with open(args.out, "w") as f:
             json.dump(doc, f, indent=2)
         print(f"wrote {args.out}")

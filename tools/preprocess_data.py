@@ -27,8 +27,11 @@ def get_args(argv=None):
     g.add_argument("--input", required=True, help="JSON Lines file, .gz, glob or comma-separated list")
     g.add_argument("--json-keys", nargs="+", default=["text"], help="keys to extract (one output pair each)")
     g.add_argument("--skip-malformed", action="store_true", help="skip and count bad lines instead of failing")
-    g.add_argument("--keep-newlines", action="store_true",
-                   help="accepted for Megatron compatibility; text is never sentence-split here, so newlines are always kept")
+    g.add_argument(
+        "--keep-newlines",
+        action="store_true",
+        help="accepted for Megatron compatibility; text is never sentence-split here, so newlines are always kept",
+    )
     g = p.add_argument_group("tokenizer")
     g.add_argument("--tokenizer-type", required=True, choices=TOKENIZER_TYPES)
     g.add_argument("--tokenizer-model", help="SentencePiece .model or HF tokenizer.json")
@@ -38,8 +41,11 @@ def get_args(argv=None):
     g.add_argument("--append-eod", action="store_true", help="append the end-of-document token to each document")
     g = p.add_argument_group("output data")
     g.add_argument("--output-prefix", required=True, help="writes {prefix}_{key}_document.bin/.idx")
-    g.add_argument("--dtype", choices=["uint8", "uint16", "int32", "int64"],
-                   help="token dtype; default uint16 when the vocabulary fits, else int32")
+    g.add_argument(
+        "--dtype",
+        choices=["uint8", "uint16", "int32", "int64"],
+        help="token dtype; default uint16 when the vocabulary fits, else int32",
+    )
     g = p.add_argument_group("runtime")
     g.add_argument("--workers", type=int, default=1, help="tokenizer processes")
     g.add_argument("--log-interval", type=int, default=10000, help="progress every this many documents")
@@ -76,7 +82,7 @@ def main(argv=None) -> int:
         print("preprocess_data.py: interrupted; no output written", file=sys.stderr)
         return 130
     print(stats.summary())
-    for k, prefix in stats.outputs.items():
+    for prefix in stats.outputs.values():
         print(f"wrote {prefix}.bin and {prefix}.idx")
     return 0
 

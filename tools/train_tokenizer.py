@@ -71,11 +71,19 @@ def main(argv=None) -> int:
             return 1
         try:
             spm.SentencePieceTrainer.train(
-                input=lines, model_prefix=os.path.join(tmp, "tok"), vocab_size=args.vocab_size,
-                model_type=args.model_type, byte_fallback=True, split_digits=True,
-                character_coverage=args.character_coverage, remove_extra_whitespaces=False,
-                normalization_rule_name="identity", allow_whitespace_only_pieces=True,
-                max_sentence_length=1 << 16, num_threads=args.threads, minloglevel=2,
+                input=lines,
+                model_prefix=os.path.join(tmp, "tok"),
+                vocab_size=args.vocab_size,
+                model_type=args.model_type,
+                byte_fallback=True,
+                split_digits=True,
+                character_coverage=args.character_coverage,
+                remove_extra_whitespaces=False,
+                normalization_rule_name="identity",
+                allow_whitespace_only_pieces=True,
+                max_sentence_length=1 << 16,
+                num_threads=args.threads,
+                minloglevel=2,
             )
         except RuntimeError as e:
             print(f"train_tokenizer.py: error: {str(e).splitlines()[0]}", file=sys.stderr)

@@ -9,7 +9,7 @@ GPT indices. Each returned dict also carries ``dataset_id``.
 from __future__ import annotations
 
 import os
-from typing import Callable, Optional
+from collections.abc import Callable
 
 from megatron.data.gpt_dataset import INDEX_FORMAT_VERSION, cached_arrays
 from megatron.data.helpers import build_blending_indices
@@ -22,7 +22,7 @@ def blending_index(
     size: int,
     cache_dir: str,
     is_builder_rank: bool = True,
-    barrier: Optional[Callable[[], None]] = None,
+    barrier: Callable[[], None] | None = None,
 ) -> tuple:
     """Cached (dataset_index, dataset_sample_index) for a blend of ``sources`` (descriptions)."""
     description = {

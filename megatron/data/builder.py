@@ -14,7 +14,7 @@ members are sized exactly for the samples the blend draws from them.
 from __future__ import annotations
 
 import os
-from typing import Callable, Optional
+from collections.abc import Callable
 
 import numpy as np
 
@@ -103,7 +103,7 @@ def build_gpt_datasets(
     num_samples: tuple,
     *,
     is_builder_rank: bool = True,
-    barrier: Optional[Callable[[], None]] = None,
+    barrier: Callable[[], None] | None = None,
 ) -> tuple:
     """(train, valid, test): each None (no data or 0 samples requested) or indexable by global sample.
 

@@ -17,7 +17,7 @@ import json
 import os
 import sys
 import time
-from typing import Callable, Optional
+from collections.abc import Callable
 
 import numpy as np
 
@@ -53,7 +53,7 @@ def cached_arrays(
     names: tuple,
     build: Callable[[], tuple],
     is_builder_rank: bool = True,
-    barrier: Optional[Callable[[], None]] = None,
+    barrier: Callable[[], None] | None = None,
 ) -> tuple:
     """Load arrays ``names`` cached under ``hash(description)``, building them once if absent.
 
@@ -68,7 +68,9 @@ def cached_arrays(
         try:
             os.makedirs(cache_dir, exist_ok=True)
         except OSError as e:
-            raise OSError(f"cannot create the index cache {cache_dir} ({e}); pass a writable --data-cache-path") from None
+            raise OSError(
+                f"cannot create the index cache {cache_dir} ({e}); pass a writable --data-cache-path"
+            ) from None
         t0 = time.time()
         arrays = build()
         for p, a in zip(paths, arrays):
@@ -106,7 +108,7 @@ class GPTDataset:
         cache_dir: str,
         *,
         is_builder_rank: bool = True,
-        barrier: Optional[Callable[[], None]] = None,
+        barrier: Callable[[], None] | None = None,
     ):
         self.name, self.indexed, self.seq_length = name, indexed, seq_length
         documents = np.asarray(documents, dtype=np.int64)

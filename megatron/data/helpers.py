@@ -37,7 +37,9 @@ def separate_last_epoch(tokens_per_epoch: int, seq_length: int, num_samples: int
     return last < int(0.80 * per_epoch)
 
 
-def build_doc_idx(documents: np.ndarray, num_epochs: int, rng: np.random.RandomState, separate_last: bool) -> np.ndarray:
+def build_doc_idx(
+    documents: np.ndarray, num_epochs: int, rng: np.random.RandomState, separate_last: bool
+) -> np.ndarray:
     """Documents repeated ``num_epochs`` times, shuffled (the last epoch alone when ``separate_last``)."""
     if not separate_last or num_epochs == 1:
         doc_idx = np.tile(np.asarray(documents, dtype=np.int32), num_epochs)

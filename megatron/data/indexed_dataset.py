@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import os
 import struct
-from typing import Iterable, Optional
+from collections.abc import Iterable
 
 import numpy as np
 
@@ -57,7 +57,7 @@ def index_file_path(prefix: str) -> str:
     return prefix + ".idx"
 
 
-def best_fitting_dtype(vocab_size: Optional[int]) -> type:
+def best_fitting_dtype(vocab_size: int | None) -> type:
     """uint16 when every id fits (Megatron's rule: vocab < 65500), else int32."""
     if vocab_size is not None and vocab_size < 65500:
         return np.uint16
@@ -87,7 +87,7 @@ class IndexWriter:
     ``abort`` removes them. Use as a context manager to get abort-on-exception.
     """
 
-    def __init__(self, prefix: str, dtype=np.int32, vocab_size: Optional[int] = None):
+    def __init__(self, prefix: str, dtype=np.int32, vocab_size: int | None = None):
         self.prefix = prefix
         self.dtype = np.dtype(dtype)
         if self.dtype not in _CODE_OF:
@@ -103,7 +103,7 @@ class IndexWriter:
         self._doc_idx: list = [0]
         self._closed = False
 
-    def add_document(self, tokens, sequence_lengths: Optional[Iterable[int]] = None) -> None:
+    def add_document(self, tokens, sequence_lengths: Iterable[int] | None = None) -> None:
         """Append one document (one sequence unless ``sequence_lengths`` splits it)."""
         arr = np.asarray(tokens)
         if arr.size and self._max_id is not None and (arr.max() > self._max_id or arr.min() < 0):
@@ -270,7 +270,7 @@ class MMapIndexedDataset:
         start = int(self.pointers[idx]) // self.dtype.itemsize
         return self.tokens[start : start + int(self.sizes[idx])]
 
-    def get(self, idx: int, offset: int = 0, length: Optional[int] = None) -> np.ndarray:
+    def get(self, idx: int, offset: int = 0, length: int | None = None) -> np.ndarray:
         """Tokens ``[offset, offset + length)`` of sequence ``idx`` (to its end when length is None)."""
         start = int(self.pointers[idx]) // self.dtype.itemsize + offset
         if length is None:

@@ -12,8 +12,6 @@ Shape legend: b = batch, s = sequence, t = total tokens (b * s).
 
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 
 
@@ -66,5 +64,5 @@ def cu_seqlens(document_ids_bs: torch.Tensor) -> tuple:
     starts_bs[:, 1:] = document_ids_bs[:, 1:] != document_ids_bs[:, :-1]
     start_t = torch.nonzero(starts_bs.reshape(-1)).squeeze(1)
     cu = torch.cat([start_t, torch.tensor([b * s], device=start_t.device)]).to(torch.int32)
-    max_len: Optional[int] = int((cu[1:] - cu[:-1]).max()) if cu.numel() > 1 else 0
+    max_len: int | None = int((cu[1:] - cu[:-1]).max()) if cu.numel() > 1 else 0
     return cu, max_len

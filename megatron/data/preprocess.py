@@ -20,8 +20,8 @@ import multiprocessing as mp
 import os
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Iterator, Optional
 
 import numpy as np
 
@@ -168,7 +168,7 @@ def preprocess(
     workers: int = 1,
     log_interval: int = 1000,
     skip_malformed: bool = False,
-    dtype: Optional[str] = None,
+    dtype: str | None = None,
     chunk_lines: int = 512,
     progress_stream=sys.stderr,
 ) -> PreprocessStats:

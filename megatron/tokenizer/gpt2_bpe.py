@@ -26,7 +26,7 @@ except ImportError:  # pragma: no cover
     _PAT = _re.compile(r"""'s|'t|'re|'ve|'m|'ll|'d| ?[^\W\d_]+| ?\d+| ?(?:[^\s\w]|_)+|\s+(?!\S)|\s+""")
 
 
-@lru_cache()
+@lru_cache
 def bytes_to_unicode() -> dict:
     """Map each byte to a printable unicode character (GPT-2's reversible byte alphabet)."""
     bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))

@@ -18,7 +18,6 @@ import json
 import math
 import os
 import re
-from typing import Optional
 
 TOKENIZER_TYPES = (
     "GPT2BPETokenizer",
@@ -68,7 +67,7 @@ class Tokenizer:
         return f"{self.name}(vocab_size={self.vocab_size}, padded={self.padded_vocab_size}, eod={self.eod})"
 
 
-def _need_file(path: Optional[str], flag: str, what: str) -> str:
+def _need_file(path: str | None, flag: str, what: str) -> str:
     if not path:
         raise TokenizerError(f"{flag} is required for this tokenizer; give {what}")
     if not os.path.exists(path):
@@ -107,7 +106,9 @@ def _load_sentencepiece(model_file: str):
     try:
         import sentencepiece
     except ImportError as e:  # pragma: no cover
-        raise TokenizerError("SentencePiece tokenizers need the sentencepiece package: pip install sentencepiece") from e
+        raise TokenizerError(
+            "SentencePiece tokenizers need the sentencepiece package: pip install sentencepiece"
+        ) from e
     _need_file(model_file, "--tokenizer-model", "a SentencePiece .model file")
     sp = sentencepiece.SentencePieceProcessor()
     try:
@@ -130,7 +131,9 @@ class GPTSentencePieceTokenizer(Tokenizer):
         self.eod = self.sp.eos_id()
         self.pad = self.sp.pad_id() if self.sp.pad_id() >= 0 else self.eod
         if self.eod < 0:
-            raise TokenizerError(f"{model_file} has no eos piece; train it with eos_id >= 0 or use SentencePieceTokenizer")
+            raise TokenizerError(
+                f"{model_file} has no eos piece; train it with eos_id >= 0 or use SentencePieceTokenizer"
+            )
 
     def tokenize(self, text):
         return self.sp.EncodeAsIds(text)
@@ -174,7 +177,9 @@ class SentencePieceTokenizer(Tokenizer):
             i = getattr(self.sp, attr)()
             add(self.sp.IdToPiece(i) if i >= 0 else fallback)
         self.vocab_size = len(self._vocab)
-        self._split = re.compile("(" + "|".join(re.escape(t) for t in sorted(self._special, key=len, reverse=True)) + ")")
+        self._split = re.compile(
+            "(" + "|".join(re.escape(t) for t in sorted(self._special, key=len, reverse=True)) + ")"
+        )
 
     def tokenize(self, text):
         ids: list = []
@@ -290,12 +295,12 @@ class NullTokenizer(Tokenizer):
 
 
 def create_tokenizer(
-    tokenizer_type: Optional[str],
+    tokenizer_type: str | None,
     *,
-    tokenizer_model: Optional[str] = None,
-    vocab_file: Optional[str] = None,
-    merge_file: Optional[str] = None,
-    vocab_size: Optional[int] = None,
+    tokenizer_model: str | None = None,
+    vocab_file: str | None = None,
+    merge_file: str | None = None,
+    vocab_size: int | None = None,
     make_vocab_size_divisible_by: int = 1,
 ) -> Tokenizer:
     """Build a tokenizer from explicit arguments (what tools and workers call)."""

@@ -84,8 +84,13 @@ def sp_model(tmp_path_factory, corpus_texts):
     with open(d / "train.txt", "w", encoding="utf-8") as f:
         f.write("\n".join(corpus_texts))
     spm.SentencePieceTrainer.train(
-        input=str(d / "train.txt"), model_prefix=str(d / "sp"), vocab_size=320, byte_fallback=True,
-        model_type="unigram", num_threads=1, minloglevel=2,
+        input=str(d / "train.txt"),
+        model_prefix=str(d / "sp"),
+        vocab_size=320,
+        byte_fallback=True,
+        model_type="unigram",
+        num_threads=1,
+        minloglevel=2,
     )
     return str(d / "sp.model")
 

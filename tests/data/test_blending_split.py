@@ -24,8 +24,11 @@ def test_blending_index_follows_weights_at_every_prefix(weights):
 def test_blended_dataset_proportions_within_one_percent(tmp_path, write_dataset):
     write_dataset(str(tmp_path / "A"), [50] * 200, seed=1)
     write_dataset(str(tmp_path / "B"), [70] * 100, seed=2)
-    cfg = DataConfig(data_path=["0.3", str(tmp_path / "A"), "0.7", str(tmp_path / "B")], split="100,0,0",
-                     data_cache_path=str(tmp_path / "cache"))
+    cfg = DataConfig(
+        data_path=["0.3", str(tmp_path / "A"), "0.7", str(tmp_path / "B")],
+        split="100,0,0",
+        data_cache_path=str(tmp_path / "cache"),
+    )
     train, valid, test = build_gpt_datasets(cfg, 32, 7, (3000, 10, 10), is_builder_rank=True, barrier=lambda: None)
     assert isinstance(train, BlendedDataset) and valid is None and test is None and len(train) == 3000
     ids = np.array([train[i]["dataset_id"] for i in range(len(train))])
@@ -59,8 +62,11 @@ def test_split_datasets_use_disjoint_documents(tmp_path, write_dataset):
 def test_separate_train_valid_test_paths(tmp_path, write_dataset):
     for n in "ABC":
         write_dataset(str(tmp_path / n), [40] * 30)
-    cfg = DataConfig(train_data_path=["1", str(tmp_path / "A"), "1", str(tmp_path / "B")],
-                     valid_data_path=[str(tmp_path / "C")], data_cache_path=str(tmp_path / "c"))
+    cfg = DataConfig(
+        train_data_path=["1", str(tmp_path / "A"), "1", str(tmp_path / "B")],
+        valid_data_path=[str(tmp_path / "C")],
+        data_cache_path=str(tmp_path / "c"),
+    )
     train, valid, test = build_gpt_datasets(cfg, 16, 1, (50, 5, 5), is_builder_rank=True, barrier=None)
     assert isinstance(train, BlendedDataset) and isinstance(valid, GPTDataset) and test is None
 

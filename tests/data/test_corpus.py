@@ -21,8 +21,12 @@ def test_prepare_default_corpus_end_to_end(tmp_path):
     t0 = time.time()
     assert prepare_default_corpus(str(tmp_path)) == info  # cached: no rebuild
     assert time.time() - t0 < 1.0
-    cfg = DataConfig(data_path=[info["data_prefix"]], tokenizer_type=info["tokenizer_type"],
-                     tokenizer_model=info["tokenizer_model"], data_cache_path=str(tmp_path / "idx"))
+    cfg = DataConfig(
+        data_path=[info["data_prefix"]],
+        tokenizer_type=info["tokenizer_type"],
+        tokenizer_model=info["tokenizer_model"],
+        data_cache_path=str(tmp_path / "idx"),
+    )
     tok = build_tokenizer(cfg, 128)
     assert tok.vocab_size == 8192 and tok.padded_vocab_size == 8192
     train, valid, _ = build_gpt_datasets(cfg, 256, 1234, (64, 8, 0), is_builder_rank=True, barrier=None)

@@ -27,8 +27,9 @@ def run(tmp_path, *args):
 
 def tok_args(kind, gpt2_files, sp_model, hf_json):
     if kind == "GPT2BPETokenizer":
-        return ["--vocab-file", gpt2_files[0], "--merge-file", gpt2_files[1]], dict(vocab_file=gpt2_files[0],
-                                                                                  merge_file=gpt2_files[1])
+        return ["--vocab-file", gpt2_files[0], "--merge-file", gpt2_files[1]], dict(
+            vocab_file=gpt2_files[0], merge_file=gpt2_files[1]
+        )
     if kind == "NullTokenizer":
         return ["--vocab-size", "1000"], dict(vocab_size=1000)
     model = hf_json if kind == "HFTokenizer" else sp_model
@@ -43,8 +44,20 @@ def test_round_trip_each_tokenizer(tmp_path, write_jsonl, kind, corpus_texts, gp
     texts = corpus_texts[:50] if kind != "NullTokenizer" else [" ".join(map(str, range(i, i + 7))) for i in range(50)]
     inp = write_jsonl(tmp_path / "in.jsonl", texts)
     flags, kwargs = tok_args(kind, gpt2_files, sp_model, hf_json)
-    assert run(tmp_path, "--input", inp, "--output-prefix", tmp_path / "out", "--tokenizer-type", kind,
-               "--append-eod", *flags) == 0
+    assert (
+        run(
+            tmp_path,
+            "--input",
+            inp,
+            "--output-prefix",
+            tmp_path / "out",
+            "--tokenizer-type",
+            kind,
+            "--append-eod",
+            *flags,
+        )
+        == 0
+    )
     tok = create_tokenizer(kind, **kwargs)
     ds = MMapIndexedDataset(str(tmp_path / "out_text_document"))
     assert ds.dtype == np.uint16 and len(ds) == len(texts)
@@ -59,11 +72,24 @@ def test_workers_gz_glob_and_keys(tmp_path, write_jsonl, corpus_texts, gpt2_file
     write_jsonl(tmp_path / "a.jsonl", docs[:200])
     with gzip.open(tmp_path / "b.jsonl.gz", "wt", encoding="utf-8") as f:
         f.write("\n".join(docs[200:]) + "\n")
-    common = ["--tokenizer-type", "GPT2BPETokenizer", "--vocab-file", gpt2_files[0], "--merge-file", gpt2_files[1],
-              "--json-keys", "text", "title", "--chunk-lines", "16"]
+    common = [
+        "--tokenizer-type",
+        "GPT2BPETokenizer",
+        "--vocab-file",
+        gpt2_files[0],
+        "--merge-file",
+        gpt2_files[1],
+        "--json-keys",
+        "text",
+        "title",
+        "--chunk-lines",
+        "16",
+    ]
     assert run(tmp_path, "--input", tmp_path / "*.json*", "--output-prefix", tmp_path / "w1", *common) == 0
-    assert run(tmp_path, "--input", tmp_path / "*.json*", "--output-prefix", tmp_path / "w2", "--workers", "2",
-               *common) == 0
+    assert (
+        run(tmp_path, "--input", tmp_path / "*.json*", "--output-prefix", tmp_path / "w2", "--workers", "2", *common)
+        == 0
+    )
     for key in ("text", "title"):
         for ext in (".bin", ".idx"):
             a = open(tmp_path / f"w1_{key}_document{ext}", "rb").read()
@@ -71,12 +97,28 @@ def test_workers_gz_glob_and_keys(tmp_path, write_jsonl, corpus_texts, gpt2_file
     assert len(MMapIndexedDataset(str(tmp_path / "w1_text_document"))) == len(corpus_texts)
 
 
-def test_malformed_line_fails_with_file_and_line(tmp_path, write_jsonl, gpt2_files, corpus_texts, capsys, no_stray_files):
+def test_malformed_line_fails_with_file_and_line(
+    tmp_path, write_jsonl, gpt2_files, corpus_texts, capsys, no_stray_files
+):
     lines = [json.dumps({"text": t}) for t in corpus_texts[:100]]
     lines[57] = '{"text": "unterminated'
     inp = write_jsonl(tmp_path / "bad.jsonl", lines)
-    args = ["--input", inp, "--output-prefix", tmp_path / "out" / "o", "--tokenizer-type", "GPT2BPETokenizer",
-            "--vocab-file", gpt2_files[0], "--merge-file", gpt2_files[1], "--chunk-lines", "8", "--workers", "2"]
+    args = [
+        "--input",
+        inp,
+        "--output-prefix",
+        tmp_path / "out" / "o",
+        "--tokenizer-type",
+        "GPT2BPETokenizer",
+        "--vocab-file",
+        gpt2_files[0],
+        "--merge-file",
+        gpt2_files[1],
+        "--chunk-lines",
+        "8",
+        "--workers",
+        "2",
+    ]
     assert run(tmp_path, *args) == 1
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "bad.jsonl:58: malformed JSON" in err and "--skip-malformed" in err
@@ -89,8 +131,19 @@ def test_malformed_line_fails_with_file_and_line(tmp_path, write_jsonl, gpt2_fil
 def test_missing_key_and_empty_documents(tmp_path, gpt2_files, capsys):
     inp = tmp_path / "k.jsonl"
     inp.write_text('{"text": "a b"}\n{"body": "x"}\n{"text": ""}\n\n{"text": "c"}\n')
-    args = ["--input", inp, "--output-prefix", tmp_path / "o", "--tokenizer-type", "GPT2BPETokenizer",
-            "--vocab-file", gpt2_files[0], "--merge-file", gpt2_files[1], "--append-eod"]
+    args = [
+        "--input",
+        inp,
+        "--output-prefix",
+        tmp_path / "o",
+        "--tokenizer-type",
+        "GPT2BPETokenizer",
+        "--vocab-file",
+        gpt2_files[0],
+        "--merge-file",
+        gpt2_files[1],
+        "--append-eod",
+    ]
     assert run(tmp_path, *args) == 1
     assert "k.jsonl:2: missing key 'text'" in capsys.readouterr().err
     assert run(tmp_path, *args, "--skip-malformed") == 0
@@ -100,14 +153,54 @@ def test_missing_key_and_empty_documents(tmp_path, gpt2_files, capsys):
 
 def test_bad_tokenizer_file_and_vocab_too_big_for_dtype(tmp_path, write_jsonl, gpt2_files, capsys, no_stray_files):
     inp = write_jsonl(tmp_path / "x.jsonl", ["hello"])
-    assert run(tmp_path, "--input", inp, "--output-prefix", tmp_path / "o" / "o", "--tokenizer-type",
-               "SentencePieceTokenizer", "--tokenizer-model", tmp_path / "missing.model") == 1
+    assert (
+        run(
+            tmp_path,
+            "--input",
+            inp,
+            "--output-prefix",
+            tmp_path / "o" / "o",
+            "--tokenizer-type",
+            "SentencePieceTokenizer",
+            "--tokenizer-model",
+            tmp_path / "missing.model",
+        )
+        == 1
+    )
     assert "missing.model does not exist" in capsys.readouterr().err
-    assert run(tmp_path, "--input", inp, "--output-prefix", tmp_path / "o" / "o", "--tokenizer-type",
-               "GPT2BPETokenizer", "--vocab-file", gpt2_files[0], "--merge-file", gpt2_files[1], "--dtype", "uint8") == 1
+    assert (
+        run(
+            tmp_path,
+            "--input",
+            inp,
+            "--output-prefix",
+            tmp_path / "o" / "o",
+            "--tokenizer-type",
+            "GPT2BPETokenizer",
+            "--vocab-file",
+            gpt2_files[0],
+            "--merge-file",
+            gpt2_files[1],
+            "--dtype",
+            "uint8",
+        )
+        == 1
+    )
     assert "does not fit uint8" in capsys.readouterr().err
-    assert run(tmp_path, "--input", tmp_path / "nothing*.jsonl", "--output-prefix", tmp_path / "o" / "o",
-               "--tokenizer-type", "NullTokenizer", "--vocab-size", "5") == 1
+    assert (
+        run(
+            tmp_path,
+            "--input",
+            tmp_path / "nothing*.jsonl",
+            "--output-prefix",
+            tmp_path / "o" / "o",
+            "--tokenizer-type",
+            "NullTokenizer",
+            "--vocab-size",
+            "5",
+        )
+        == 1
+    )
     assert "matches no file" in capsys.readouterr().err
     assert not os.path.exists(tmp_path / "o") or no_stray_files(tmp_path / "o") == []
 
@@ -115,8 +208,20 @@ def test_bad_tokenizer_file_and_vocab_too_big_for_dtype(tmp_path, write_jsonl, g
 def test_truncated_gzip_is_reported(tmp_path, write_jsonl, capsys):
     data = gzip.compress(("\n".join(json.dumps({"text": "1 2 3"}) for _ in range(2000)) + "\n").encode())
     (tmp_path / "t.jsonl.gz").write_bytes(data[: len(data) // 2])
-    assert run(tmp_path, "--input", tmp_path / "t.jsonl.gz", "--output-prefix", tmp_path / "o", "--tokenizer-type",
-               "NullTokenizer", "--vocab-size", "5") == 1
+    assert (
+        run(
+            tmp_path,
+            "--input",
+            tmp_path / "t.jsonl.gz",
+            "--output-prefix",
+            tmp_path / "o",
+            "--tokenizer-type",
+            "NullTokenizer",
+            "--vocab-size",
+            "5",
+        )
+        == 1
+    )
     assert "truncated" in capsys.readouterr().err
     assert not os.path.exists(tmp_path / "o_text_document.idx")
 
@@ -124,7 +229,20 @@ def test_truncated_gzip_is_reported(tmp_path, write_jsonl, capsys):
 def test_cli_exit_code_and_one_line(tmp_path):
     inp = tmp_path / "x.jsonl"
     inp.write_text("not json\n")
-    r = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "preprocess_data.py"), "--input", str(inp),
-                        "--output-prefix", str(tmp_path / "o"), "--tokenizer-type", "NullTokenizer",
-                        "--vocab-size", "5"], capture_output=True, text=True)
+    r = subprocess.run(
+        [
+            sys.executable,
+            os.path.join(ROOT, "tools", "preprocess_data.py"),
+            "--input",
+            str(inp),
+            "--output-prefix",
+            str(tmp_path / "o"),
+            "--tokenizer-type",
+            "NullTokenizer",
+            "--vocab-size",
+            "5",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 1 and len(r.stderr.strip().splitlines()) == 1 and "x.jsonl:1" in r.stderr

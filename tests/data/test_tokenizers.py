@@ -11,8 +11,9 @@ TEXTS = ["the quick brown fox", "it's  naïve déjà vu 4567\n\nnew line", "  le
 
 
 def test_gpt2_bpe_round_trip_and_eod(gpt2_files):
-    tok = build_tokenizer(DataConfig(tokenizer_type="GPT2BPETokenizer", vocab_file=gpt2_files[0],
-                                     merge_file=gpt2_files[1]), 128)
+    tok = build_tokenizer(
+        DataConfig(tokenizer_type="GPT2BPETokenizer", vocab_file=gpt2_files[0], merge_file=gpt2_files[1]), 128
+    )
     for t in TEXTS:
         assert tok.detokenize(tok.tokenize(t)) == t
     assert tok.eod == tok.vocab_size - 1 and tok.padded_vocab_size % 128 == 0

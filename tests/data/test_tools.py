@@ -29,14 +29,18 @@ def test_merge_concatenates_documents(tmp_path, write_dataset, capsys):
     assert [ds[i].tolist() for i in range(3)] == [d.tolist() for d in a + b]
     assert ds.doc_idx.tolist() == [0, 1, 2, 3] and ds.pointers.tolist() == [0, 6, 16]
     write_dataset(str(tmp_path / "c"), [2], dtype=np.int32)
-    assert merge.main(["--input", str(tmp_path / "ab"), str(tmp_path / "c"), "--output-prefix", str(tmp_path / "x")]) == 1
+    assert (
+        merge.main(["--input", str(tmp_path / "ab"), str(tmp_path / "c"), "--output-prefix", str(tmp_path / "x")]) == 1
+    )
     assert "one dtype" in capsys.readouterr().err and not os.path.exists(tmp_path / "x.idx")
 
 
 def test_train_tokenizer_from_jsonl(tmp_path, write_jsonl, corpus_texts):
     inp = write_jsonl(tmp_path / "t.jsonl", corpus_texts)
     train = load("train_tokenizer")
-    assert train.main(["--input", inp, "--output-prefix", str(tmp_path / "tok"), "--vocab-size", "300",
-                       "--threads", "1"]) == 0
+    assert (
+        train.main(["--input", inp, "--output-prefix", str(tmp_path / "tok"), "--vocab-size", "300", "--threads", "1"])
+        == 0
+    )
     tok = create_tokenizer("GPTSentencePieceTokenizer", tokenizer_model=str(tmp_path / "tok.model"))
     assert tok.vocab_size == 300 and tok.detokenize(tok.tokenize(corpus_texts[0])) == corpus_texts[0]
