@@ -51,9 +51,20 @@ def build_datasets(cfg: Config):
 
 
 def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    print_ds_config = "--print-deepspeed-config" in argv  # validate, print the derived JSON, exit
+    argv = [a for a in argv if a != "--print-deepspeed-config"]
     try:
         cfg = parse_args(argv)
-        cfg.validate_world(int(os.environ.get("WORLD_SIZE", "1")))
+        world_size = int(os.environ.get("WORLD_SIZE", "1"))
+        cfg.validate_world(world_size)
+        if print_ds_config:
+            import json
+
+            from megatron.training.ds_config import build_deepspeed_config
+
+            print(json.dumps(build_deepspeed_config(cfg, world_size), indent=2))
+            return 0
         if not (cfg.data.mock_data or cfg.data.uses_files):
             raise ConfigError("no training data: pass --data-path PREFIX (with --tokenizer-type ...) or --mock-data")
         if cfg.logging.load and not os.path.isdir(cfg.logging.load):

@@ -58,7 +58,11 @@ def build_deepspeed_config(cfg: Config, world_size: int) -> dict:
         zero.setdefault("overlap_comm", True)
         zero.setdefault("contiguous_gradients", True)
     if p.zero_stage == 3:
+        # Long-sequence defaults: prefetch the next layer's parameters while this one computes,
+        # keep small tensors (norms, biases) resident, and bound what is gathered at once.
+        zero.setdefault("reduce_bucket_size", 5e8)
         zero.setdefault("stage3_prefetch_bucket_size", 5e7)
+        zero.setdefault("stage3_max_reuse_distance", 1e9)
         zero.setdefault("stage3_param_persistence_threshold", 1e5)
         zero.setdefault("stage3_max_live_parameters", 1e9)
         zero.setdefault("stage3_gather_16bit_weights_on_model_save", False)
