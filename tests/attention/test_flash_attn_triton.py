@@ -131,6 +131,36 @@ def test_random_shapes_match_reference():
         check(1 + trial % 2, seq, heads, kv_heads, head_dim, causal, torch.float32, use_docs, seed=trial, tol=tol)
 
 
+def test_strided_views_of_packed_qkv_match_reference():
+    """q, k, v sliced out of one [b, s, h + 2g, d] projection output (seq stride != heads * d)."""
+    gen = torch.Generator().manual_seed(7)
+    bsz, seq, heads, kv_heads, head_dim = 2, 29, 4, 2, 16
+    qkv = torch.randn(bsz, seq, heads + 2 * kv_heads, head_dim, generator=gen)
+    dout = torch.randn(bsz, seq, heads, head_dim, generator=gen)
+    qkv64 = qkv.double().requires_grad_()
+    q64, k64, v64 = qkv64.split([heads, kv_heads, kv_heads], dim=2)
+    reference_attention(q64, k64, v64, True, head_dim**-0.5).backward(dout.double())
+
+    qkv_x = qkv.to(DEVICE).requires_grad_()
+    q, k, v = qkv_x.split([heads, kv_heads, kv_heads], dim=2)
+    assert not q.is_contiguous()
+    flash_attn_triton(q, k, v, causal=True).backward(dout.to(DEVICE))
+    tol = 1e-4 if DEVICE == "cpu" else 5e-3
+    assert rel_err(qkv_x.grad.cpu(), qkv64.grad) < tol
+
+
+def test_document_is_a_contiguous_run_of_ids():
+    """An id that comes back after another document starts a new document (packing never does this)."""
+    gen = torch.Generator().manual_seed(8)
+    seq = 24
+    ids = torch.tensor([[0] * 8 + [1] * 8 + [0] * 8])
+    runs = torch.tensor([[0] * 8 + [1] * 8 + [2] * 8])
+    q, k, v = (torch.randn(1, seq, 2, 16, generator=gen) for _ in range(3))
+    out = flash_attn_triton(q.to(DEVICE), k.to(DEVICE), v.to(DEVICE), causal=False, document_ids=ids.to(DEVICE))
+    ref = reference_attention(q.double(), k.double(), v.double(), False, 0.25, runs)
+    assert rel_err(out.cpu(), ref) < (1e-4 if DEVICE == "cpu" else 5e-3)
+
+
 def test_custom_softmax_scale():
     check(1, 20, 2, 1, 16, True, torch.float32, False, seed=11, tol=1e-4 if DEVICE == "cpu" else 5e-3, scale=0.3)
 
