@@ -39,6 +39,7 @@ _FIELDS = {
     "attention_dropout": ("model", "attention_dropout"),
     "hidden_dropout": ("model", "hidden_dropout"),
     "attention_backend": ("model", "attention_backend"),
+    "activation": ("model", "activation"),
     # training
     "micro_batch_size": ("train", "micro_batch_size"),
     "global_batch_size": ("train", "global_batch_size"),
@@ -137,6 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--disable-bias-linear", dest="add_bias_linear", action="store_false", default=None)
     _bool_flag(g, "--untie-embeddings-and-output-weights")
     g.add_argument("--attention-backend", choices=list(ATTENTION_BACKENDS))
+    g.add_argument("--activation", choices=["gelu", "gelu_tanh"], help="MLP activation without --swiglu")
     g.add_argument("--use-flash-attn", "--use-flash-attn-v2", dest="attention_backend", action="store_const", const="flash")
     g.add_argument("--use-flash-attn-triton", dest="attention_backend", action="store_const", const="flash_triton")
 

@@ -64,6 +64,8 @@ class ModelConfig:
     """Dropout on the residual branches."""
     attention_backend: str = "sdpa"
     """One of classic, sdpa, flash, flash_triton (see megatron.model.attention)."""
+    activation: str = "gelu"
+    """Non-SwiGLU MLP activation: gelu (exact, erf) or gelu_tanh (GPT-2's gelu_new)."""
 
     def __post_init__(self):
         if self.num_key_value_heads is None:
@@ -77,6 +79,8 @@ class ModelConfig:
                 self.ffn_hidden_size = 4 * self.hidden_size
         if self.normalization not in ("LayerNorm", "RMSNorm"):
             raise ConfigError(f"--normalization {self.normalization} is unknown; use LayerNorm or RMSNorm")
+        if self.activation not in ("gelu", "gelu_tanh"):
+            raise ConfigError(f"--activation {self.activation} is unknown; use gelu or gelu_tanh")
         if self.attention_backend not in ATTENTION_BACKENDS:
             raise ConfigError(
                 f"attention backend {self.attention_backend!r} is unknown; use one of {', '.join(ATTENTION_BACKENDS)}"

@@ -40,6 +40,7 @@ class MLP(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.swiglu = cfg.swiglu
+        self.gelu_approximate = "tanh" if cfg.activation == "gelu_tanh" else "none"
         out = 2 * cfg.ffn_hidden_size if cfg.swiglu else cfg.ffn_hidden_size
         self.fc1 = nn.Linear(cfg.hidden_size, out, bias=cfg.add_bias_linear)
         self.fc2 = nn.Linear(cfg.ffn_hidden_size, cfg.hidden_size, bias=cfg.add_bias_linear)
@@ -51,7 +52,7 @@ class MLP(nn.Module):
             gate, up = y.chunk(2, dim=-1)
             y = F.silu(gate) * up
         else:
-            y = F.gelu(y)
+            y = F.gelu(y, approximate=self.gelu_approximate)
         return self.fc2(y)
 
 
