@@ -55,6 +55,9 @@ def main(argv=None) -> int:
     print_ds_config = "--print-deepspeed-config" in argv  # validate, print the derived JSON, exit
     argv = [a for a in argv if a != "--print-deepspeed-config"]
     try:
+        from megatron.training.weights import apply_saved_model_args
+
+        argv = apply_saved_model_args(argv)  # --load DIR with DIR/model_args.json sets the model shape
         cfg = parse_args(argv)
         world_size = int(os.environ.get("WORLD_SIZE", "1"))
         cfg.validate_world(world_size)

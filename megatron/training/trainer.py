@@ -124,6 +124,12 @@ class Trainer:
             model = GPTModel(
                 cfg.model, sp_group=sp_group, checkpoint_activations=cfg.parallel.checkpoint_activations, device=self.device
             )
+        from megatron.training.weights import load_weights, starts_from_weights
+
+        start_from_weights = starts_from_weights(cfg.logging.load)  # converted HF weights: iteration 0, fresh optimizer
+        if start_from_weights:
+            load_weights(model, cfg.logging.load)
+            print_rank0(f"> loaded model weights from {cfg.logging.load} (iteration 0, fresh optimizer)")
         t = cfg.train
         optimizer = torch.optim.AdamW(
             _param_groups(model, t.weight_decay),
@@ -139,7 +145,7 @@ class Trainer:
         )
         self.iteration = 0
         self.consumed_samples = 0
-        if cfg.logging.load:
+        if cfg.logging.load and not start_from_weights:
             state = load_checkpoint(self.engine, cfg.logging.load)
             if state is not None:
                 self.iteration = state["iteration"]

@@ -1,0 +1,366 @@
+"""Hugging Face interop: ``LlamaForCausalLM`` and ``GPT2LMHeadModel`` <-> our ``GPTModel``.
+
+    from megatron.hf import load_hf_checkpoint
+    model, cfg = load_hf_checkpoint("path/to/hf_dir")   # our GPTModel (eval mode) and its ModelConfig
+    logits_bsV = model(input_ids_bs)                    # [batch, seq, HF vocab size]
+
+Tensor maps (ours <- HF), per layer ``i``:
+
+  Llama: qkv <- cat(q_proj, k_proj, v_proj) (RoPE is rotate-half in both, so no permutation),
+         dense <- o_proj, fc1 <- cat(gate_proj, up_proj), fc2 <- down_proj,
+         input_norm <- input_layernorm, post_attention_norm <- post_attention_layernorm.
+  GPT-2: Conv1D weights are [in, out], ours [out, in]: every linear is transposed.
+         qkv <- c_attn (already [q; k; v]), dense <- attn.c_proj, fc1 <- c_fc, fc2 <- mlp.c_proj,
+         input_norm <- ln_1, post_attention_norm <- ln_2, gelu_new = --activation gelu_tanh.
+
+Converted models use ``make_vocab_size_divisible_by = 1`` so our padded vocabulary is HF's.
+Concatenation, splitting and transposition are exact, so HF -> ours -> HF is bit-exact; the
+source's config.json and tensor layout (names, shards) travel along in ``hf_source.json``.
+Everything here runs on the CPU and needs ``safetensors``; only the tests need ``transformers``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Optional
+
+import torch
+
+from megatron.config import ConfigError, ModelConfig
+
+SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM", "GPT2LMHeadModel")
+# Buffers some HF checkpoints carry that hold no weights.
+_IGNORED_SUFFIXES = ("rotary_emb.inv_freq", ".attn.bias", ".attn.masked_bias")
+
+
+# ---------------------------------------------------------------- safetensors directories
+def read_hf_dir(path: str) -> tuple[dict, dict, dict]:
+    """(config.json, state dict, layout) of an HF model directory; sharded or not.
+
+    ``layout`` records where each tensor lived so ``write_hf_dir`` can reproduce the files.
+    """
+    from safetensors import safe_open
+
+    cfg_file = os.path.join(path, "config.json")
+    if not os.path.isfile(cfg_file):
+        raise ConfigError(f"{path} has no config.json; give a Hugging Face model directory")
+    with open(cfg_file) as f:
+        config = json.load(f)
+    index_file = os.path.join(path, "model.safetensors.index.json")
+    single = os.path.join(path, "model.safetensors")
+    if os.path.isfile(index_file):
+        with open(index_file) as f:
+            index = json.load(f)
+        weight_map = index["weight_map"]
+        index_metadata = index.get("metadata")
+    elif os.path.isfile(single):
+        weight_map, index_metadata = None, None
+    else:
+        raise ConfigError(f"{path} has neither model.safetensors nor model.safetensors.index.json (.bin is not read)")
+    files = sorted(set(weight_map.values())) if weight_map else ["model.safetensors"]
+    for name in files:
+        if not os.path.isfile(os.path.join(path, name)):
+            raise ConfigError(f"shard {name} listed in {index_file} is missing from {path}")
+    state_dict, file_of, file_metadata = {}, {}, {}
+    for name in files:
+        with safe_open(os.path.join(path, name), framework="pt") as f:
+            file_metadata[name] = f.metadata()
+            for key in f.keys():
+                state_dict[key] = f.get_tensor(key)
+                file_of[key] = name
+    layout = {"file_of": file_of, "file_metadata": file_metadata, "index_metadata": index_metadata,
+              "sharded": weight_map is not None}  # fmt: skip
+    return config, state_dict, layout
+
+
+def write_hf_dir(path: str, config: dict, state_dict: dict, layout: Optional[dict] = None,
+                 max_shard_bytes: int = 5 * 2**30) -> None:  # fmt: skip
+    """Write config.json and safetensors (with an index when sharded) in HF's layout."""
+    from safetensors.torch import save_file
+
+    os.makedirs(path, exist_ok=True)
+    with open(os.path.join(path, "config.json"), "w") as f:
+        json.dump(config, f, indent=2, sort_keys=True)
+        f.write("\n")
+    tensors = {k: v.detach().cpu().contiguous() for k, v in state_dict.items()}
+    if layout and set(layout["file_of"]) == set(tensors):
+        file_of, sharded = layout["file_of"], layout["sharded"]
+        file_metadata, index_metadata = layout["file_metadata"], layout["index_metadata"]
+    else:
+        file_of, size, shard = {}, 0, 0
+        for k, v in tensors.items():
+            nbytes = v.numel() * v.element_size()
+            if size and size + nbytes > max_shard_bytes:
+                shard, size = shard + 1, 0
+            file_of[k], size = shard, size + nbytes
+        n = shard + 1
+        sharded = n > 1
+        file_of = {k: (f"model-{s + 1:05d}-of-{n:05d}.safetensors" if sharded else "model.safetensors")
+                   for k, s in file_of.items()}  # fmt: skip
+        file_metadata = {name: {"format": "pt"} for name in set(file_of.values())}
+        index_metadata = {"total_size": sum(v.numel() * v.element_size() for v in tensors.values())}
+    for name in sorted(set(file_of.values())):
+        part = {k: v for k, v in tensors.items() if file_of[k] == name}
+        save_file(part, os.path.join(path, name), metadata=file_metadata.get(name))
+    if sharded:
+        index = {"metadata": index_metadata, "weight_map": dict(sorted(file_of.items()))}
+        with open(os.path.join(path, "model.safetensors.index.json"), "w") as f:
+            json.dump(index, f, indent=2)
+            f.write("\n")
+
+
+# ---------------------------------------------------------------- configs
+def architecture_of(config: dict) -> str:
+    archs = config.get("architectures") or []
+    arch = archs[0] if archs else {"llama": "LlamaForCausalLM", "gpt2": "GPT2LMHeadModel"}.get(config.get("model_type"))
+    if arch not in SUPPORTED_ARCHITECTURES:
+        raise ConfigError(
+            f"architecture {arch or config.get('model_type')!r} is not supported; "
+            f"convert one of {', '.join(SUPPORTED_ARCHITECTURES)}"
+        )
+    return arch
+
+
+def _unsupported(arch: str, what: str) -> ConfigError:
+    return ConfigError(f"{arch} with {what} is not supported by our model; convert a checkpoint without it")
+
+
+def model_config_from_hf(config: dict) -> ModelConfig:
+    """Our ModelConfig for an HF config.json (vocabulary unpadded: make_vocab_size_divisible_by=1)."""
+    arch = architecture_of(config)
+    if arch == "LlamaForCausalLM":
+        heads, hidden = config["num_attention_heads"], config["hidden_size"]
+        if config.get("hidden_act", "silu") != "silu":
+            raise _unsupported(arch, f"hidden_act={config['hidden_act']}")
+        if config.get("head_dim") not in (None, hidden // heads):
+            raise _unsupported(arch, f"head_dim={config['head_dim']} != hidden_size / num_attention_heads")
+        rope = config.get("rope_parameters") or config.get("rope_scaling") or {}
+        if rope.get("rope_type", rope.get("type", "default")) != "default":
+            raise _unsupported(arch, f"rope type {rope.get('rope_type', rope.get('type'))!r}")
+        theta = rope.get("rope_theta", config.get("rope_theta", 10000.0))
+        bias = bool(config.get("attention_bias", False))
+        if bool(config.get("mlp_bias", False)) != bias:
+            raise _unsupported(arch, "attention_bias != mlp_bias")
+        return ModelConfig(
+            num_layers=config["num_hidden_layers"], hidden_size=hidden, num_attention_heads=heads,
+            num_key_value_heads=config.get("num_key_value_heads") or heads,
+            ffn_hidden_size=config["intermediate_size"], seq_length=min(config.get("max_position_embeddings", 2048), 2048),
+            max_position_embeddings=config.get("max_position_embeddings", 2048), vocab_size=config["vocab_size"],
+            make_vocab_size_divisible_by=1, use_rotary_position_embeddings=True, rotary_base=float(theta),
+            normalization="RMSNorm", norm_epsilon=config.get("rms_norm_eps", 1e-6), swiglu=True, add_bias_linear=bias,
+            untie_embeddings_and_output_weights=not config.get("tie_word_embeddings", False),
+        )  # fmt: skip
+    act = {"gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu": "gelu"}.get(
+        config.get("activation_function", "gelu_new")
+    )
+    if act is None:
+        raise _unsupported(arch, f"activation_function={config['activation_function']}")
+    for key, ok in (("scale_attn_weights", True), ("scale_attn_by_inverse_layer_idx", False), ("add_cross_attention", False)):
+        if config.get(key, ok) != ok:
+            raise _unsupported(arch, f"{key}={config[key]}")
+    hidden = config["n_embd"]
+    return ModelConfig(
+        num_layers=config["n_layer"], hidden_size=hidden, num_attention_heads=config["n_head"],
+        ffn_hidden_size=config.get("n_inner") or 4 * hidden, seq_length=config["n_positions"],
+        max_position_embeddings=config["n_positions"], vocab_size=config["vocab_size"], make_vocab_size_divisible_by=1,
+        normalization="LayerNorm", norm_epsilon=config.get("layer_norm_epsilon", 1e-5), activation=act,
+        untie_embeddings_and_output_weights=not config.get("tie_word_embeddings", True),
+    )  # fmt: skip
+
+
+def hf_architecture_for(cfg: ModelConfig) -> str:
+    """The HF class that computes what our model with ``cfg`` computes; ConfigError if none does."""
+    if cfg.use_rotary_position_embeddings and cfg.normalization == "RMSNorm" and cfg.swiglu:
+        return "LlamaForCausalLM"
+    if not cfg.use_rotary_position_embeddings and cfg.normalization == "LayerNorm" and not cfg.swiglu:
+        if cfg.add_bias_linear and cfg.num_key_value_heads == cfg.num_attention_heads:
+            return "GPT2LMHeadModel"
+    raise ConfigError(
+        "this model shape has no Hugging Face equivalent here: use RoPE + RMSNorm + SwiGLU (LlamaForCausalLM) or "
+        "learned positions + LayerNorm + GeLU + biases, no GQA (GPT2LMHeadModel)"
+    )
+
+
+def hf_config_from_model(cfg: ModelConfig, dtype: torch.dtype = torch.float32) -> dict:
+    arch = hf_architecture_for(cfg)
+    dtype_name = str(dtype).removeprefix("torch.")
+    if arch == "LlamaForCausalLM":
+        return {
+            "architectures": [arch], "model_type": "llama", "hidden_act": "silu",
+            "hidden_size": cfg.hidden_size, "intermediate_size": cfg.ffn_hidden_size,
+            "num_hidden_layers": cfg.num_layers, "num_attention_heads": cfg.num_attention_heads,
+            "num_key_value_heads": cfg.num_key_value_heads, "head_dim": cfg.head_dim,
+            "max_position_embeddings": cfg.max_position_embeddings, "vocab_size": cfg.vocab_size,
+            "rms_norm_eps": cfg.norm_epsilon, "rope_theta": cfg.rotary_base,
+            "rope_parameters": {"rope_type": "default", "rope_theta": cfg.rotary_base}, "rope_scaling": None,
+            "attention_bias": cfg.add_bias_linear, "mlp_bias": cfg.add_bias_linear,
+            "tie_word_embeddings": not cfg.untie_embeddings_and_output_weights,
+            "torch_dtype": dtype_name, "dtype": dtype_name,
+        }  # fmt: skip
+    return {
+        "architectures": [arch], "model_type": "gpt2",
+        "activation_function": "gelu_new" if cfg.activation == "gelu_tanh" else "gelu",
+        "n_embd": cfg.hidden_size, "n_head": cfg.num_attention_heads, "n_layer": cfg.num_layers,
+        "n_inner": cfg.ffn_hidden_size, "n_positions": cfg.max_position_embeddings, "vocab_size": cfg.vocab_size,
+        "layer_norm_epsilon": cfg.norm_epsilon, "scale_attn_weights": True,
+        "tie_word_embeddings": not cfg.untie_embeddings_and_output_weights,
+        "attn_pdrop": 0.0, "embd_pdrop": 0.0, "resid_pdrop": 0.0, "torch_dtype": dtype_name, "dtype": dtype_name,
+    }  # fmt: skip
+
+
+# ---------------------------------------------------------------- tensor maps
+def _layer_map(arch: str, i: int) -> list:
+    """[(ours, [hf names], transpose)] for decoder layer i (HF names without the model prefix)."""
+    o = f"layers.{i}."
+    if arch == "LlamaForCausalLM":
+        h = f"layers.{i}."
+        a, m = h + "self_attn.", h + "mlp."
+        rows = [
+            (o + "input_norm.weight", [h + "input_layernorm.weight"]),
+            (o + "post_attention_norm.weight", [h + "post_attention_layernorm.weight"]),
+            (o + "attention.qkv.weight", [a + "q_proj.weight", a + "k_proj.weight", a + "v_proj.weight"]),
+            (o + "attention.qkv.bias", [a + "q_proj.bias", a + "k_proj.bias", a + "v_proj.bias"]),
+            (o + "attention.dense.weight", [a + "o_proj.weight"]),
+            (o + "attention.dense.bias", [a + "o_proj.bias"]),
+            (o + "mlp.fc1.weight", [m + "gate_proj.weight", m + "up_proj.weight"]),
+            (o + "mlp.fc1.bias", [m + "gate_proj.bias", m + "up_proj.bias"]),
+            (o + "mlp.fc2.weight", [m + "down_proj.weight"]),
+            (o + "mlp.fc2.bias", [m + "down_proj.bias"]),
+        ]
+        return [(ours, hf, False) for ours, hf in rows]
+    h = f"h.{i}."
+    rows = []
+    for ours, hf in (("input_norm", "ln_1"), ("post_attention_norm", "ln_2")):
+        rows += [(o + f"{ours}.{p}", [h + f"{hf}.{p}"], False) for p in ("weight", "bias")]
+    for ours, hf in (("attention.qkv", "attn.c_attn"), ("attention.dense", "attn.c_proj"),
+                     ("mlp.fc1", "mlp.c_fc"), ("mlp.fc2", "mlp.c_proj")):  # fmt: skip
+        rows += [(o + f"{ours}.weight", [h + f"{hf}.weight"], True), (o + f"{ours}.bias", [h + f"{hf}.bias"], False)]
+    return rows
+
+
+def _tensor_map(arch: str, cfg: ModelConfig) -> list:
+    """[(ours, [hf names without prefix], transpose)] for every tensor of the model."""
+    if arch == "LlamaForCausalLM":
+        rows = [("word_embeddings.weight", ["embed_tokens.weight"], False), ("final_norm.weight", ["norm.weight"], False)]
+    else:
+        rows = [("word_embeddings.weight", ["wte.weight"], False), ("position_embeddings.weight", ["wpe.weight"], False)]
+        rows += [("final_norm.weight", ["ln_f.weight"], False), ("final_norm.bias", ["ln_f.bias"], False)]
+    for i in range(cfg.num_layers):
+        rows += _layer_map(arch, i)
+    if not cfg.add_bias_linear:
+        rows = [r for r in rows if not r[0].endswith(".bias")]  # only Llama can drop biases (no norm biases)
+    return rows
+
+
+def _prefix(arch: str) -> str:
+    return "model." if arch == "LlamaForCausalLM" else "transformer."
+
+
+def hf_to_megatron_state_dict(config: dict, hf_state_dict: dict) -> tuple[dict, ModelConfig]:
+    """Our state dict (source dtypes kept) and ModelConfig from an HF config and state dict."""
+    arch = architecture_of(config)
+    cfg = model_config_from_hf(config)
+    prefix = _prefix(arch)
+    sd = {}
+    for k, v in hf_state_dict.items():
+        if k.endswith(_IGNORED_SUFFIXES):
+            continue
+        sd[k[len(prefix):] if k.startswith(prefix) else k] = v
+    out = {}
+    for ours, hf_names, transpose in _tensor_map(arch, cfg):
+        missing = [n for n in hf_names if n not in sd]
+        if missing:
+            raise ConfigError(f"{arch} checkpoint lacks {prefix}{missing[0]}; the files do not match config.json")
+        parts = [sd.pop(n) for n in hf_names]
+        out[ours] = torch.cat([p.t() if transpose else p for p in parts], dim=0).contiguous()
+    lm_head = sd.pop("lm_head.weight", None)
+    if cfg.untie_embeddings_and_output_weights:
+        if lm_head is None:
+            raise ConfigError(f"{arch} has tie_word_embeddings=false but no lm_head.weight; a shard is missing")
+        out["output_layer.weight"] = lm_head
+    if sd:
+        raise ConfigError(f"{arch} checkpoint has tensors we cannot map: {', '.join(sorted(sd)[:4])}")
+    rows = out["word_embeddings.weight"].shape[0]
+    if rows != cfg.vocab_size:
+        cfg = dataclasses.replace(cfg, vocab_size=rows)
+    return out, cfg
+
+
+def megatron_to_hf_state_dict(cfg: ModelConfig, state_dict: dict, names: Optional[list] = None) -> tuple[dict, str]:
+    """(HF state dict, architecture) from our state dict; padded vocabulary rows are dropped.
+
+    ``names`` (the source's tensor names, if it came from HF) keeps the GPT-2 prefix and a
+    tied ``lm_head.weight`` exactly as the source had them.
+    """
+    arch = hf_architecture_for(cfg)
+    prefix = _prefix(arch)
+    if names is not None and arch == "GPT2LMHeadModel" and not any(n.startswith(prefix) for n in names):
+        prefix = ""  # original OpenAI-style GPT-2 files name tensors without "transformer."
+    sd = dict(state_dict)
+    for key in ("word_embeddings.weight", "output_layer.weight"):
+        if key in sd:
+            sd[key] = sd[key][: cfg.vocab_size]
+    out = {}
+    for ours, hf_names, transpose in _tensor_map(arch, cfg):
+        if ours not in sd:
+            raise ConfigError(f"checkpoint lacks {ours}; it does not match its own config")
+        t = sd[ours]
+        sizes = _split_sizes(arch, cfg, ours, t.shape[-1 if transpose else 0])
+        for name, part in zip(hf_names, torch.split(t, sizes, dim=0)):
+            out[prefix + name] = (part.t() if transpose else part).contiguous()
+    if cfg.untie_embeddings_and_output_weights:
+        out["lm_head.weight"] = sd["output_layer.weight"].contiguous()
+    elif names is not None and "lm_head.weight" in names:
+        out["lm_head.weight"] = sd["word_embeddings.weight"].clone()
+    return out, arch
+
+
+def _split_sizes(arch: str, cfg: ModelConfig, ours: str, rows: int) -> list:
+    if ours.endswith(("attention.qkv.weight", "attention.qkv.bias")) and arch == "LlamaForCausalLM":
+        q, kv = cfg.num_attention_heads * cfg.head_dim, cfg.num_key_value_heads * cfg.head_dim
+        return [q, kv, kv]
+    if ours.endswith(("mlp.fc1.weight", "mlp.fc1.bias")) and arch == "LlamaForCausalLM":
+        return [cfg.ffn_hidden_size, cfg.ffn_hidden_size]
+    return [rows]
+
+
+# ---------------------------------------------------------------- loading models
+def build_model(cfg: ModelConfig, state_dict: dict, device="cpu", dtype: torch.dtype = torch.float32):
+    """Our GPTModel (eval mode, single process) holding ``state_dict``; no random init is spent."""
+    from megatron.model.gpt import GPTModel
+
+    device = torch.device(device)
+    with torch.device("meta"):
+        model = GPTModel(cfg, device=device)
+    model = model.to_empty(device=device)
+    model.load_state_dict(state_dict, strict=True)
+    return model.to(dtype).eval()
+
+
+def load_hf_checkpoint(path: str, device="cpu", dtype: torch.dtype = torch.float32):
+    """(GPTModel, ModelConfig) for an HF LlamaForCausalLM / GPT2LMHeadModel directory."""
+    config, hf_sd, _ = read_hf_dir(path)
+    state_dict, cfg = hf_to_megatron_state_dict(config, hf_sd)
+    return build_model(cfg, state_dict, device, dtype), cfg
+
+
+def load_checkpoint_any(path: str, device="cpu", dtype: torch.dtype = torch.float32):
+    """(GPTModel, ModelConfig) from an HF directory, a converted weights directory or a
+    ``pretrain_gpt.py --save`` directory (any ZeRO stage); logits have the unpadded vocabulary."""
+    from megatron.training import weights
+
+    if os.path.isfile(os.path.join(path, "config.json")):
+        return load_hf_checkpoint(path, device, dtype)
+    if weights.is_weights_dir(path):
+        state_dict, cfg, _ = weights.read_weights_dir(path)
+    elif weights.is_deepspeed_checkpoint(path):
+        state_dict, cfg, _ = weights.read_deepspeed_checkpoint(path)
+    else:
+        raise ConfigError(
+            f"{path} is not a checkpoint: expected config.json (HF), {weights.WEIGHTS_SUBDIR}/ (converted) "
+            "or 'latest' (pretrain_gpt.py --save)"
+        )
+    state_dict, cfg = weights.strip_vocab_padding(state_dict, cfg)
+    return build_model(cfg, state_dict, device, dtype), cfg

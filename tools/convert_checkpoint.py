@@ -1,0 +1,128 @@
+"""Convert between Hugging Face checkpoints (LlamaForCausalLM, GPT2LMHeadModel) and ours.
+
+    # HF -> a weights directory that `pretrain_gpt.py --load DIR` starts from (any SP size, ZeRO stage)
+    python tools/convert_checkpoint.py hf-to-megatron --input HF_DIR --output DIR
+    # ours (a `pretrain_gpt.py --save` directory, any ZeRO stage, or a converted DIR) -> HF
+    python tools/convert_checkpoint.py megatron-to-hf --input CKPT_DIR --output HF_DIR [--dtype bfloat16]
+
+Runs on the CPU. Safetensors in and out (sharded with an index json when the source was, or
+above --max-shard-size). Tokenizer files next to the weights are copied along. Errors are
+one line on stderr and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import torch  # noqa: E402
+
+from megatron.config import ConfigError  # noqa: E402
+
+TOKENIZER_FILES = (
+    "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model", "vocab.json",
+    "merges.txt", "generation_config.json",
+)  # fmt: skip
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def _copy_tokenizer(src: str, dst: str) -> list:
+    copied = []
+    for name in TOKENIZER_FILES:
+        if os.path.isfile(os.path.join(src, name)):
+            os.makedirs(dst, exist_ok=True)
+            shutil.copyfile(os.path.join(src, name), os.path.join(dst, name))
+            copied.append(name)
+    return copied
+
+
+def hf_to_megatron(input_dir: str, output_dir: str) -> str:
+    from megatron import hf
+    from megatron.training import weights
+
+    config, hf_sd, layout = hf.read_hf_dir(input_dir)
+    arch = hf.architecture_of(config)
+    state_dict, cfg = hf.hf_to_megatron_state_dict(config, hf_sd)
+    source = {"architecture": arch, "config": config, "layout": layout}
+    weights.write_weights_dir(output_dir, state_dict, cfg, hf_source=source)
+    _copy_tokenizer(input_dir, os.path.join(output_dir, "tokenizer"))
+    fragment = open(os.path.join(output_dir, weights.MODEL_ARGS_TXT)).read().strip()
+    return f"{arch} -> {output_dir} ({cfg.num_parameters() / 1e6:.2f}M parameters); model flags: {fragment}"
+
+
+def megatron_to_hf(input_dir: str, output_dir: str, dtype=None, max_shard_bytes: int = 5 * 2**30) -> str:
+    from megatron import hf
+    from megatron.training import weights
+
+    layout, names, config = None, None, None
+    if weights.is_weights_dir(input_dir):
+        state_dict, cfg, source = weights.read_weights_dir(input_dir)
+        if source is not None:
+            layout, config = source["layout"], source["config"]
+            names = list(layout["file_of"])
+        tokenizer_src = os.path.join(input_dir, "tokenizer")
+    elif weights.is_deepspeed_checkpoint(input_dir):
+        state_dict, cfg, _ = weights.read_deepspeed_checkpoint(input_dir)
+        tokenizer_src = input_dir
+    elif os.path.isdir(input_dir):
+        raise ConfigError(
+            f"{input_dir} is neither a pretrain_gpt.py --save directory (no 'latest') nor a converted "
+            f"weights directory (no {weights.WEIGHTS_SUBDIR}/{weights.WEIGHTS_FILE})"
+        )
+    else:
+        raise ConfigError(f"--input {input_dir} does not exist")
+    hf_sd, arch = hf.megatron_to_hf_state_dict(cfg, state_dict, names)
+    if dtype is not None:
+        hf_sd = {k: v.to(dtype) for k, v in hf_sd.items()}
+        layout = None if layout is None else dict(layout, file_metadata={})
+    if config is None or dtype is not None:
+        name = str(dtype or next(iter(hf_sd.values())).dtype).removeprefix("torch.")
+        config = dict(config or hf.hf_config_from_model(cfg), torch_dtype=name, dtype=name)
+    hf.write_hf_dir(output_dir, config, hf_sd, layout, max_shard_bytes)
+    _copy_tokenizer(tokenizer_src, output_dir)
+    return f"{input_dir} -> {arch} in {output_dir}"
+
+
+def _size(value: str) -> int:
+    units = {"KB": 2**10, "MB": 2**20, "GB": 2**30}
+    for unit, mult in units.items():
+        if value.upper().endswith(unit):
+            return int(float(value[: -len(unit)]) * mult)
+    return int(value)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False)
+    sub = p.add_subparsers(dest="command", required=True)
+    a = sub.add_parser("hf-to-megatron", help="HF directory -> weights directory for pretrain_gpt.py --load")
+    a.add_argument("--input", required=True, help="HF model directory (config.json + safetensors)")
+    a.add_argument("--output", required=True, help="directory to write")
+    b = sub.add_parser("megatron-to-hf", help="pretrain_gpt.py --save directory (or converted DIR) -> HF directory")
+    b.add_argument("--input", required=True, help="checkpoint directory holding 'latest', or a converted directory")
+    b.add_argument("--output", required=True, help="HF directory to write")
+    b.add_argument("--dtype", choices=list(DTYPES), help="cast the weights (default: keep)")
+    b.add_argument("--max-shard-size", default="5GB", help="shard above this size, e.g. 2GB (default 5GB)")
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "hf-to-megatron":
+            msg = hf_to_megatron(args.input, args.output)
+        else:
+            dtype = DTYPES[args.dtype] if args.dtype else None
+            msg = megatron_to_hf(args.input, args.output, dtype, _size(args.max_shard_size))
+    except (ConfigError, ImportError) as e:
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        return 2
+    print(msg, flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
