@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
+import threading
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -53,8 +55,27 @@ def get_args(argv=None):
     return p.parse_args(argv)
 
 
+_STOP = threading.Event()
+
+
+def _request_stop(signum, frame):
+    _STOP.set()  # Ctrl-C and SIGTERM stop at the next chunk; temporary outputs are then removed
+
+
 def main(argv=None) -> int:
     args = get_args(argv)
+    previous = {}
+    if threading.current_thread() is threading.main_thread():
+        _STOP.clear()
+        previous = {s: signal.signal(s, _request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        return _run(args)
+    finally:
+        for s, handler in previous.items():  # callers (tests) get their handlers back
+            signal.signal(s, handler)
+
+
+def _run(args) -> int:
     spec = {"tokenizer_type": args.tokenizer_type}
     if args.tokenizer_type == "GPT2BPETokenizer":
         spec.update(vocab_file=args.vocab_file, merge_file=args.merge_file)
@@ -74,13 +95,17 @@ def main(argv=None) -> int:
             skip_malformed=args.skip_malformed,
             dtype=args.dtype,
             chunk_lines=args.chunk_lines,
+            should_stop=_STOP.is_set,
         )
     except (PreprocessError, TokenizerError, IndexedDatasetError, FileNotFoundError) as e:
         print(f"preprocess_data.py: error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print("preprocess_data.py: interrupted; no output written", file=sys.stderr)
-        return 130
+        print("preprocess_data.py: interrupted; no output written", file=sys.stderr, flush=True)
+        sys.stdout.flush()
+        # Killed workers can leave the pool's pipes mid-message, and the interpreter's exit hook
+        # would wait on them forever; the outputs are already removed, so leave at once.
+        os._exit(130)
     print(stats.summary())
     for prefix in stats.outputs.values():
         print(f"wrote {prefix}.bin and {prefix}.idx")

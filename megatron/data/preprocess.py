@@ -12,15 +12,18 @@ and counted. Blank lines are ignored; documents that tokenize to nothing are ski
 
 from __future__ import annotations
 
+import collections
 import glob
 import gzip
 import itertools
 import json
 import multiprocessing as mp
 import os
+import signal
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -88,8 +91,11 @@ def iter_chunks(files: list, chunk_lines: int = 512, chunk_bytes: int = 1 << 18)
 _W: dict = {}
 
 
-def _init_worker(spec: dict, json_keys: tuple, append_eod: bool) -> None:
+def _init_worker(spec: dict, json_keys: tuple, append_eod: bool, in_pool: bool = False) -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # HF tokenizers: one thread per worker
+    if in_pool:  # signals are the parent's business: it stops at a chunk boundary and kills workers itself
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
     spec = dict(spec)
     _W["tok"] = create_tokenizer(spec.pop("tokenizer_type"), **spec)
     _W["keys"] = json_keys
@@ -141,6 +147,17 @@ def _encode_chunk(chunk: tuple) -> tuple:
     return out, errors, empty, nbytes
 
 
+def _ordered_map(executor, fn, items, depth: int):
+    """``map(fn, items)`` in order on the executor, with at most ``depth`` items in flight (bounded memory)."""
+    pending: collections.deque = collections.deque()
+    for item in items:
+        pending.append(executor.submit(fn, item))
+        if len(pending) >= depth:
+            yield pending.popleft().result()
+    while pending:
+        yield pending.popleft().result()
+
+
 class _Progress:
     """One line of documents/s and MB/s, redrawn on a terminal and printed every interval otherwise."""
 
@@ -171,11 +188,15 @@ def preprocess(
     dtype: str | None = None,
     chunk_lines: int = 512,
     progress_stream=sys.stderr,
+    should_stop: Callable[[], bool] | None = None,
 ) -> PreprocessStats:
     """Tokenize JSON Lines ``input`` into ``{output_prefix}_{key}_document.{bin,idx}``.
 
     ``tokenizer_spec`` holds ``create_tokenizer`` arguments (``tokenizer_type`` and files).
-    ``dtype`` None picks uint16 when the vocabulary fits, else int32.
+    ``dtype`` None picks uint16 when the vocabulary fits, else int32. ``should_stop`` is polled
+    after every chunk; when it returns True the run stops as on Ctrl-C (KeyboardInterrupt, no
+    output). Entry points set a flag from their signal handlers, so the interruption lands at a
+    safe point instead of inside the process pool's machinery.
     """
     files = expand_inputs(input)
     spec = dict(tokenizer_spec)
@@ -187,17 +208,22 @@ def preprocess(
     writers = {k: IndexWriter(f"{output_prefix}_{k}_document", np_dtype) for k in json_keys}
     progress = _Progress(log_interval, progress_stream)
     t0 = time.time()
-    pool = None
+    executor = None
     try:
         initargs = (tokenizer_spec, json_keys, append_eod)
         chunks = iter_chunks(files, chunk_lines)
         if workers > 1:
-            pool = mp.get_context("fork" if sys.platform == "linux" else "spawn").Pool(workers, _init_worker, initargs)
-            results = pool.imap(_encode_chunk, chunks, chunksize=1)
+            ctx = mp.get_context("fork" if sys.platform == "linux" else "spawn")
+            executor = ProcessPoolExecutor(
+                workers, mp_context=ctx, initializer=_init_worker, initargs=(*initargs, True)
+            )
+            results = _ordered_map(executor, _encode_chunk, chunks, depth=4 * workers)
         else:
             _init_worker(*initargs)
             results = map(_encode_chunk, chunks)
         for out, errors, empty, nbytes in results:
+            if should_stop is not None and should_stop():
+                raise KeyboardInterrupt
             if errors and not skip_malformed:
                 raise PreprocessError(f"{errors[0]}; fix the input or pass --skip-malformed")
             stats.skipped_malformed += len(errors)
@@ -208,16 +234,21 @@ def preprocess(
                 stats.tokens += int(flat.size)
             stats.documents += len(next(iter(out.values()))[1])
             progress.update(stats.documents, stats.bytes)
+        if should_stop is not None and should_stop():
+            raise KeyboardInterrupt
         for w in writers.values():
             w.finalize()
-    except BaseException:
+    except BaseException as e:
         for w in writers.values():
             w.abort()
+        if executor is not None:  # queued chunks are dropped; workers finish at most their current one
+            if isinstance(e, (KeyboardInterrupt, SystemExit)):  # interrupted: do not wait for them
+                for proc in list(getattr(executor, "_processes", {}).values()):
+                    proc.kill()
+            executor.shutdown(wait=False, cancel_futures=True)
         raise
-    finally:
-        if pool is not None:
-            pool.terminate()
-            pool.join()
+    if executor is not None:
+        executor.shutdown()
     stats.seconds = time.time() - t0
     progress.update(stats.documents, stats.bytes, final=True)
     stats.outputs = {k: w.prefix for k, w in writers.items()}

@@ -246,3 +246,32 @@ def test_cli_exit_code_and_one_line(tmp_path):
         text=True,
     )
     assert r.returncode == 1 and len(r.stderr.strip().splitlines()) == 1 and "x.jsonl:1" in r.stderr
+
+
+@pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
+def test_interrupted_run_leaves_nothing(tmp_path, gpt2_files, corpus_texts, sig):
+    import signal
+    import time
+
+    inp = tmp_path / "big.jsonl"
+    with open(inp, "w") as f:
+        for i in range(150000):
+            f.write(json.dumps({"text": corpus_texts[i % len(corpus_texts)] + f" {i}"}) + "\n")
+    out = tmp_path / "out"
+    proc = subprocess.Popen(
+        [sys.executable, os.path.join(ROOT, "tools", "preprocess_data.py"), "--input", str(inp),
+         "--output-prefix", str(out / "o"), "--tokenizer-type", "GPT2BPETokenizer", "--vocab-file", gpt2_files[0],
+         "--merge-file", gpt2_files[1], "--workers", "2", "--log-interval", "1000"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+    )  # fmt: skip
+    deadline = time.time() + 30
+    while not (out.exists() and os.listdir(out)) and time.time() < deadline:  # wait until writing started
+        time.sleep(0.05)
+    try:
+        os.killpg(proc.pid, getattr(signal, sig))  # like Ctrl-C / a scheduler's kill: the whole group
+        _, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:  # never leave a hung run behind
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode != 0 and "interrupted" in err
+    assert os.listdir(out) == []
