@@ -27,7 +27,6 @@ from bench.build_indices import machine, versions  # noqa: E402
 from megatron.data.corpus import gather_stdlib_documents, prepare_default_corpus  # noqa: E402
 from megatron.data.preprocess import preprocess  # noqa: E402
 
-
 NOTE = (
     "2 cores shared with other jobs (see load averages): 2 workers compete with the parent process and wi"
     "th those jobs, so 2-worker figures are lower bounds. SentencePiece scales (1.6x). The BPE tokenizers"
