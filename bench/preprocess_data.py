@@ -28,10 +28,11 @@ from megatron.data.corpus import gather_stdlib_documents, prepare_default_corpus
 from megatron.data.preprocess import preprocess  # noqa: E402
 
 NOTE = (
-    "2 cores shared with other jobs (see load averages): 2 workers compete with the parent process and wi"
-    "th those jobs, so 2-worker figures are lower bounds. SentencePiece scales (1.6x). The BPE tokenizers"
-    " keep a per-word cache in each worker; the input repeats ~14 MB of distinct text, so one worker reus"
-    "es its cache across repeats while two workers each warm their own, which hides their scaling here."
+    "2 cores shared with other jobs (see load averages): 2 workers compete with the parent process and "
+    "with those jobs, so 2-worker figures are lower bounds. SentencePiece scales (1.6x). The BPE "
+    "tokenizers keep a per-word cache in each worker; the input repeats ~14 MB of distinct text, so one "
+    "worker reuses its cache across repeats while two workers each warm their own, which hides their "
+    "scaling here."
 )
 
 
