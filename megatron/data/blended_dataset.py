@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 
+from megatron.data.errors import DataError
 from megatron.data.gpt_dataset import INDEX_FORMAT_VERSION, cached_arrays
 from megatron.data.helpers import build_blending_indices
 
@@ -51,7 +52,7 @@ class BlendedDataset:
         self.size = len(self.dataset_index)
         for d, n in zip(datasets, _counts(self.dataset_index, len(datasets))):
             if n > len(d):
-                raise ValueError(f"{name}: blend needs {n} samples from a dataset of {len(d)}")
+                raise DataError(f"{name}: blend needs {n} samples from a dataset of {len(d)}")
 
     def __len__(self) -> int:
         return self.size

@@ -19,6 +19,7 @@ from collections.abc import Callable
 import numpy as np
 
 from megatron.data.blended_dataset import BlendedDataset, blending_index, default_cache_dir
+from megatron.data.errors import DataError
 from megatron.data.gpt_dataset import GPTDataset
 from megatron.data.indexed_dataset import MMapIndexedDataset
 
@@ -31,17 +32,17 @@ def parse_data_path(data_path: list) -> tuple:
     if len(items) == 1:
         return [1.0], items
     if len(items) % 2:
-        raise ValueError(
+        raise DataError(
             f"--data-path {' '.join(items)} mixes weights and prefixes; give one prefix or weight/prefix pairs"
         )
     try:
         weights = [float(w) for w in items[0::2]]
     except ValueError:
-        raise ValueError(
+        raise DataError(
             f"--data-path {' '.join(items)}: with several prefixes each needs a weight before it (0.3 A 0.7 B)"
         ) from None
     if any(w < 0 for w in weights) or sum(weights) <= 0:
-        raise ValueError(f"--data-path weights {weights} must be non-negative with a positive sum")
+        raise DataError(f"--data-path weights {weights} must be non-negative with a positive sum")
     total = sum(weights)
     return [w / total for w in weights], items[1::2]
 
@@ -51,10 +52,10 @@ def parse_split(split: str, num_documents: int) -> list:
     try:
         parts = [float(s) for s in split.replace("/", ",").split(",") if s.strip()]
     except ValueError:
-        raise ValueError(f"--split {split!r} is not numbers; use e.g. 969,30,1") from None
+        raise DataError(f"--split {split!r} is not numbers; use e.g. 969,30,1") from None
     parts = (parts + [0.0, 0.0, 0.0])[:3]
     if any(p < 0 for p in parts) or sum(parts) <= 0:
-        raise ValueError(f"--split {split!r} needs non-negative proportions with a positive sum")
+        raise DataError(f"--split {split!r} needs non-negative proportions with a positive sum")
     fractions = [p / sum(parts) for p in parts]
     bounds = [0]
     for f in fractions:
@@ -80,7 +81,7 @@ def _build_split(name, sources, weights, n, seq_length, seed, cache_path, is_bui
         if docs is None:
             docs = np.arange(len(MMapIndexedDataset(prefix).sizes))
         if len(docs) == 0:
-            raise ValueError(f"{name} split of {prefix} has no documents; change --split or the weights")
+            raise DataError(f"{name} split of {prefix} has no documents; change --split or the weights")
         resolved.append((prefix, docs))
     if len(resolved) == 1:
         prefix, docs = resolved[0]
@@ -114,7 +115,7 @@ def build_gpt_datasets(
     out = [None, None, None]
     if data_cfg.train_data_path or data_cfg.valid_data_path or data_cfg.test_data_path:
         if data_cfg.data_path:
-            raise ValueError("give either --data-path (with --split) or --train/valid/test-data-path, not both")
+            raise DataError("give either --data-path (with --split) or --train/valid/test-data-path, not both")
         paths = (data_cfg.train_data_path, data_cfg.valid_data_path, data_cfg.test_data_path)
         for i, (name, path, n) in enumerate(zip(SPLIT_NAMES, paths, num_samples)):
             if path and n > 0:
@@ -123,7 +124,7 @@ def build_gpt_datasets(
                 out[i] = _build_split(name, sources, weights, n, seq_length, seed, cache_path, is_builder_rank, barrier)
         return tuple(out)
     if not data_cfg.data_path:
-        raise ValueError("no data: give --data-path, --train-data-path, or --mock-data")
+        raise DataError("no data: give --data-path, --train-data-path, or --mock-data")
     weights, prefixes = parse_data_path(data_cfg.data_path)
     bounds = {p: parse_split(data_cfg.split, len(MMapIndexedDataset(p).sizes)) for p in prefixes}
     for i, (name, n) in enumerate(zip(SPLIT_NAMES, num_samples)):

@@ -21,6 +21,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from megatron.data.errors import DataError
 from megatron.data.helpers import (
     build_doc_idx,
     build_sample_idx,
@@ -68,7 +69,7 @@ def cached_arrays(
         try:
             os.makedirs(cache_dir, exist_ok=True)
         except OSError as e:
-            raise OSError(
+            raise DataError(
                 f"cannot create the index cache {cache_dir} ({e}); pass a writable --data-cache-path"
             ) from None
         t0 = time.time()
@@ -113,9 +114,9 @@ class GPTDataset:
         self.name, self.indexed, self.seq_length = name, indexed, seq_length
         documents = np.asarray(documents, dtype=np.int64)
         if num_samples < 1:
-            raise ValueError(f"{name}: asked for {num_samples} samples; ask for at least one")
+            raise DataError(f"{name}: asked for {num_samples} samples; ask for at least one")
         if len(documents) == 0:
-            raise ValueError(f"{name}: the split has no documents; change --split or add data")
+            raise DataError(f"{name}: the split has no documents; change --split or add data")
         description = {
             "class": "GPTDataset",
             "format": INDEX_FORMAT_VERSION,

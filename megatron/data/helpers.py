@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import numpy as np
 
+from megatron.data.errors import DataError
+
 
 def num_epochs_needed(tokens_per_epoch: int, seq_length: int, num_samples: int) -> int:
     """Smallest number of epochs whose tokens give ``num_samples`` samples of seq_length + 1."""
     if tokens_per_epoch <= seq_length:
-        raise ValueError(
+        raise DataError(
             f"the dataset has {tokens_per_epoch} tokens, fewer than one sample of {seq_length + 1}; "
             "use more data or a shorter --seq-length"
         )
@@ -61,7 +63,7 @@ def build_sample_idx(sizes: np.ndarray, doc_idx: np.ndarray, seq_length: int, nu
     np.cumsum(doc_lengths, out=cum[1:])
     starts = np.arange(num_samples + 1, dtype=np.int64) * seq_length
     if starts[-1] >= cum[-1]:
-        raise ValueError(f"doc index holds {cum[-1]} tokens, not enough for {num_samples} samples of {seq_length + 1}")
+        raise DataError(f"doc index holds {cum[-1]} tokens, not enough for {num_samples} samples of {seq_length + 1}")
     # Last document whose first token is at or before the position (skips empty documents).
     doc = np.searchsorted(cum, starts, side="right") - 1
     offset = starts - cum[doc]
@@ -94,7 +96,7 @@ def build_blending_indices(weights, size: int) -> tuple:
     """
     w = np.asarray(weights, dtype=np.float64)
     if np.any(w < 0) or w.sum() <= 0:
-        raise ValueError(f"blend weights {list(weights)} must be non-negative with a positive sum")
+        raise DataError(f"blend weights {list(weights)} must be non-negative with a positive sum")
     w = w / w.sum()
     counts = [int(np.ceil(size * wd)) + 1 if wd > 0 else 0 for wd in w]
     due = np.concatenate([(np.arange(c) + 0.5) / wd for c, wd in zip(counts, w) if c])

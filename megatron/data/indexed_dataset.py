@@ -28,6 +28,8 @@ from collections.abc import Iterable
 
 import numpy as np
 
+from megatron.data.errors import DataError
+
 INDEX_HEADER = b"MMIDIDX\x00\x00"
 INDEX_VERSION = 1
 _HEADER_BYTES = len(INDEX_HEADER) + 8 + 1 + 8 + 8  # magic, version, dtype, S, D
@@ -45,7 +47,7 @@ DTYPE_CODES = {
 _CODE_OF = {np.dtype(v): k for k, v in DTYPE_CODES.items()}
 
 
-class IndexedDatasetError(ValueError):
+class IndexedDatasetError(DataError):
     """A .bin/.idx pair that cannot be read or written; the message names the file and the fix."""
 
 

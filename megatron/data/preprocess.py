@@ -28,11 +28,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from megatron.data.errors import DataError
 from megatron.data.indexed_dataset import IndexWriter, best_fitting_dtype, check_vocab_fits
 from megatron.tokenizer import create_tokenizer
 
 
-class PreprocessError(ValueError):
+class PreprocessError(DataError):
     """Input that cannot be preprocessed; the message names the file, line and fix."""
 
 

@@ -19,6 +19,8 @@ import math
 import os
 import re
 
+from megatron.config import ConfigError
+
 TOKENIZER_TYPES = (
     "GPT2BPETokenizer",
     "SentencePieceTokenizer",
@@ -28,7 +30,7 @@ TOKENIZER_TYPES = (
 )
 
 
-class TokenizerError(ValueError):
+class TokenizerError(ConfigError):
     """A tokenizer that cannot be built; the message names the flag to fix."""
 
 
