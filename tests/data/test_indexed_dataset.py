@@ -136,3 +136,14 @@ def test_abort_leaves_nothing(tmp_path):
             w.add_document([1, 2])
             raise RuntimeError("interrupted")
     assert os.listdir(tmp_path) == []
+
+
+def test_data_errors_are_config_errors():
+    """Entry points print ConfigError as one line with a non-zero exit; data errors get the same treatment."""
+    from megatron.config import ConfigError
+    from megatron.data.errors import DataError
+    from megatron.data.preprocess import PreprocessError
+    from megatron.tokenizer import TokenizerError
+
+    for cls in (DataError, IndexedDatasetError, PreprocessError, TokenizerError):
+        assert issubclass(cls, ConfigError)
