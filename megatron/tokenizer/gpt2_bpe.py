@@ -40,8 +40,7 @@ def bytes_to_unicode() -> dict:
     return dict(zip(bs, map(chr, cs)))
 
 
-def _pairs(word: tuple) -> set:
-    return set(zip(word[:-1], word[1:]))
+_NO_MERGE = float("inf")
 
 
 class GPT2BPE:
@@ -61,46 +60,37 @@ class GPT2BPE:
         self.byte_encoder = bytes_to_unicode()
         self.byte_decoder = {v: k for k, v in self.byte_encoder.items()}
         self.errors = errors
-        self._cache: dict = {}  # byte-alphabet word -> BPE pieces
         self._ids_cache: dict = {}  # raw pre-token -> ids (the hot path)
         # latin-1 decoding turns each byte into the char of the same code point; translate maps it.
         self._byte_table = {b: self.byte_encoder[b] for b in range(256)}
 
     def bpe(self, token: str) -> tuple:
-        """Apply merges to one pre-token (already in the byte alphabet); returns its pieces."""
-        cached = self._cache.get(token)
-        if cached is not None:
-            return cached
-        word = tuple(token)
-        pairs = _pairs(word)
-        while pairs:
-            bigram = min(pairs, key=lambda p: self.bpe_ranks.get(p, float("inf")))
-            if bigram not in self.bpe_ranks:
+        """Apply merges to one pre-token (already in the byte alphabet); returns its pieces.
+
+        Each round merges every occurrence, left to right, of the adjacent pair with the lowest
+        merge rank (OpenAI's algorithm); ``encode`` caches the result per pre-token.
+        """
+        word = list(token)
+        ranks = self.bpe_ranks
+        while len(word) > 1:
+            best, best_rank = -1, _NO_MERGE
+            for i in range(len(word) - 1):
+                r = ranks.get((word[i], word[i + 1]), _NO_MERGE)
+                if r < best_rank:
+                    best, best_rank = i, r
+            if best < 0:
                 break
-            first, second = bigram
-            new_word: list = []
-            i = 0
-            while i < len(word):
-                try:
-                    j = word.index(first, i)
-                except ValueError:
-                    new_word.extend(word[i:])
-                    break
-                new_word.extend(word[i:j])
-                i = j
-                if i < len(word) - 1 and word[i + 1] == second:
-                    new_word.append(first + second)
+            first, second = word[best], word[best + 1]
+            merged, i, n = [], 0, len(word)
+            while i < n:
+                if i < n - 1 and word[i] == first and word[i + 1] == second:
+                    merged.append(first + second)
                     i += 2
                 else:
-                    new_word.append(word[i])
+                    merged.append(word[i])
                     i += 1
-            word = tuple(new_word)
-            if len(word) == 1:
-                break
-            pairs = _pairs(word)
-        if len(self._cache) < 500_000:
-            self._cache[token] = word
-        return word
+            word = merged
+        return tuple(word)
 
     def _encode_piece(self, piece: str) -> list:
         """Ids of one pre-token (cache miss path)."""
