@@ -24,7 +24,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from typing import Optional
 
 import torch
 
@@ -48,6 +47,7 @@ def read_hf_dir(path: str) -> tuple[dict, dict, dict]:
         raise ConfigError(f"{path} has no config.json; give a Hugging Face model directory")
     with open(cfg_file) as f:
         config = json.load(f)
+    model_config_from_hf(config)  # an unsupported architecture fails before any tensor is read
     index_file = os.path.join(path, "model.safetensors.index.json")
     single = os.path.join(path, "model.safetensors")
     if os.path.isfile(index_file):
@@ -75,7 +75,7 @@ def read_hf_dir(path: str) -> tuple[dict, dict, dict]:
     return config, state_dict, layout
 
 
-def write_hf_dir(path: str, config: dict, state_dict: dict, layout: Optional[dict] = None,
+def write_hf_dir(path: str, config: dict, state_dict: dict, layout: dict | None = None,
                  max_shard_bytes: int = 5 * 2**30) -> None:  # fmt: skip
     """Write config.json and safetensors (with an index when sharded) in HF's layout."""
     from safetensors.torch import save_file
@@ -157,7 +157,11 @@ def model_config_from_hf(config: dict) -> ModelConfig:
     )
     if act is None:
         raise _unsupported(arch, f"activation_function={config['activation_function']}")
-    for key, ok in (("scale_attn_weights", True), ("scale_attn_by_inverse_layer_idx", False), ("add_cross_attention", False)):
+    for key, ok in (
+        ("scale_attn_weights", True),
+        ("scale_attn_by_inverse_layer_idx", False),
+        ("add_cross_attention", False),
+    ):
         if config.get(key, ok) != ok:
             raise _unsupported(arch, f"{key}={config[key]}")
     hidden = config["n_embd"]
@@ -174,9 +178,15 @@ def hf_architecture_for(cfg: ModelConfig) -> str:
     """The HF class that computes what our model with ``cfg`` computes; ConfigError if none does."""
     if cfg.use_rotary_position_embeddings and cfg.normalization == "RMSNorm" and cfg.swiglu:
         return "LlamaForCausalLM"
-    if not cfg.use_rotary_position_embeddings and cfg.normalization == "LayerNorm" and not cfg.swiglu:
-        if cfg.add_bias_linear and cfg.num_key_value_heads == cfg.num_attention_heads:
-            return "GPT2LMHeadModel"
+    learned, layer_norm = not cfg.use_rotary_position_embeddings, cfg.normalization == "LayerNorm"
+    if (
+        learned
+        and layer_norm
+        and not cfg.swiglu
+        and cfg.add_bias_linear
+        and cfg.num_key_value_heads == cfg.num_attention_heads
+    ):
+        return "GPT2LMHeadModel"
     raise ConfigError(
         "this model shape has no Hugging Face equivalent here: use RoPE + RMSNorm + SwiGLU (LlamaForCausalLM) or "
         "learned positions + LayerNorm + GeLU + biases, no GQA (GPT2LMHeadModel)"
@@ -243,9 +253,15 @@ def _layer_map(arch: str, i: int) -> list:
 def _tensor_map(arch: str, cfg: ModelConfig) -> list:
     """[(ours, [hf names without prefix], transpose)] for every tensor of the model."""
     if arch == "LlamaForCausalLM":
-        rows = [("word_embeddings.weight", ["embed_tokens.weight"], False), ("final_norm.weight", ["norm.weight"], False)]
+        rows = [
+            ("word_embeddings.weight", ["embed_tokens.weight"], False),
+            ("final_norm.weight", ["norm.weight"], False),
+        ]
     else:
-        rows = [("word_embeddings.weight", ["wte.weight"], False), ("position_embeddings.weight", ["wpe.weight"], False)]
+        rows = [
+            ("word_embeddings.weight", ["wte.weight"], False),
+            ("position_embeddings.weight", ["wpe.weight"], False),
+        ]
         rows += [("final_norm.weight", ["ln_f.weight"], False), ("final_norm.bias", ["ln_f.bias"], False)]
     for i in range(cfg.num_layers):
         rows += _layer_map(arch, i)
@@ -267,7 +283,7 @@ def hf_to_megatron_state_dict(config: dict, hf_state_dict: dict) -> tuple[dict, 
     for k, v in hf_state_dict.items():
         if k.endswith(_IGNORED_SUFFIXES):
             continue
-        sd[k[len(prefix):] if k.startswith(prefix) else k] = v
+        sd[k.removeprefix(prefix)] = v
     out = {}
     for ours, hf_names, transpose in _tensor_map(arch, cfg):
         missing = [n for n in hf_names if n not in sd]
@@ -288,7 +304,7 @@ def hf_to_megatron_state_dict(config: dict, hf_state_dict: dict) -> tuple[dict, 
     return out, cfg
 
 
-def megatron_to_hf_state_dict(cfg: ModelConfig, state_dict: dict, names: Optional[list] = None) -> tuple[dict, str]:
+def megatron_to_hf_state_dict(cfg: ModelConfig, state_dict: dict, names: list | None = None) -> tuple[dict, str]:
     """(HF state dict, architecture) from our state dict; padded vocabulary rows are dropped.
 
     ``names`` (the source's tensor names, if it came from HF) keeps the GPT-2 prefix and a
@@ -307,7 +323,7 @@ def megatron_to_hf_state_dict(cfg: ModelConfig, state_dict: dict, names: Optiona
         if ours not in sd:
             raise ConfigError(f"checkpoint lacks {ours}; it does not match its own config")
         t = sd[ours]
-        sizes = _split_sizes(arch, cfg, ours, t.shape[-1 if transpose else 0])
+        sizes = _split_sizes(arch, cfg, ours, t.shape[0])
         for name, part in zip(hf_names, torch.split(t, sizes, dim=0)):
             out[prefix + name] = (part.t() if transpose else part).contiguous()
     if cfg.untie_embeddings_and_output_weights:
@@ -332,6 +348,8 @@ def build_model(cfg: ModelConfig, state_dict: dict, device="cpu", dtype: torch.d
     from megatron.model.gpt import GPTModel
 
     device = torch.device(device)
+    if device.type != "cuda" and cfg.attention_backend == "flash_triton":
+        cfg = dataclasses.replace(cfg, attention_backend="sdpa")  # a GPU run's choice; SDPA computes the same
     with torch.device("meta"):
         model = GPTModel(cfg, device=device)
     model = model.to_empty(device=device)

@@ -50,7 +50,7 @@ def hf_to_megatron(input_dir: str, output_dir: str) -> str:
     source = {"architecture": arch, "config": config, "layout": layout}
     weights.write_weights_dir(output_dir, state_dict, cfg, hf_source=source)
     _copy_tokenizer(input_dir, os.path.join(output_dir, "tokenizer"))
-    fragment = open(os.path.join(output_dir, weights.MODEL_ARGS_TXT)).read().strip()
+    fragment = weights.model_args_fragment(weights.model_args_from_config(cfg))
     return f"{arch} -> {output_dir} ({cfg.num_parameters() / 1e6:.2f}M parameters); model flags: {fragment}"
 
 

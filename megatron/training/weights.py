@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Optional
 
 import torch
 from torch import nn
@@ -61,7 +60,7 @@ def model_args_fragment(args: dict) -> str:
     return " ".join(parts)
 
 
-def read_model_args(path: str) -> Optional[dict]:
+def read_model_args(path: str) -> dict | None:
     f = os.path.join(path, MODEL_ARGS_JSON)
     if not os.path.isfile(f):
         return None
@@ -109,16 +108,16 @@ def apply_saved_model_args(argv: list) -> list:
 
 
 # ---------------------------------------------------------------- weights directory
-def is_weights_dir(path: Optional[str]) -> bool:
+def is_weights_dir(path: str | None) -> bool:
     return bool(path) and os.path.isfile(os.path.join(path, WEIGHTS_SUBDIR, WEIGHTS_FILE))
 
 
-def starts_from_weights(load: Optional[str]) -> bool:
+def starts_from_weights(load: str | None) -> bool:
     """``--load`` names a weights directory that no training run has saved into yet (no ``latest``)."""
     return is_weights_dir(load) and not is_deepspeed_checkpoint(load)
 
 
-def write_weights_dir(out: str, state_dict: dict, cfg: ModelConfig, hf_source: Optional[dict] = None) -> None:
+def write_weights_dir(out: str, state_dict: dict, cfg: ModelConfig, hf_source: dict | None = None) -> None:
     from safetensors.torch import save_file
 
     os.makedirs(os.path.join(out, WEIGHTS_SUBDIR), exist_ok=True)
@@ -134,7 +133,7 @@ def write_weights_dir(out: str, state_dict: dict, cfg: ModelConfig, hf_source: O
         f.write(model_args_fragment(args) + "\n")
 
 
-def read_weights_dir(path: str) -> tuple[dict, ModelConfig, Optional[dict]]:
+def read_weights_dir(path: str) -> tuple[dict, ModelConfig, dict | None]:
     """(state dict, ModelConfig, hf_source or None) of a weights directory."""
     from safetensors.torch import load_file
 
@@ -143,7 +142,10 @@ def read_weights_dir(path: str) -> tuple[dict, ModelConfig, Optional[dict]]:
         raise ConfigError(f"{path} has {WEIGHTS_SUBDIR}/{WEIGHTS_FILE} but no {MODEL_ARGS_JSON}; re-run the conversion")
     state_dict = load_file(os.path.join(path, WEIGHTS_SUBDIR, WEIGHTS_FILE))
     src = os.path.join(path, WEIGHTS_SUBDIR, "hf_source.json")
-    hf_source = json.load(open(src)) if os.path.isfile(src) else None
+    hf_source = None
+    if os.path.isfile(src):
+        with open(src) as f:
+            hf_source = json.load(f)
     return state_dict, config_from_model_args(args), hf_source
 
 
@@ -207,7 +209,7 @@ def is_deepspeed_checkpoint(path: str) -> bool:
     return os.path.isfile(os.path.join(path, "latest"))
 
 
-def read_deepspeed_checkpoint(path: str, tag: Optional[str] = None) -> tuple[dict, ModelConfig, dict]:
+def read_deepspeed_checkpoint(path: str, tag: str | None = None) -> tuple[dict, ModelConfig, dict]:
     """(fp32 state dict with padded vocabulary, ModelConfig, client state) of ``pretrain_gpt.py --save`` output.
 
     ZeRO-3 (and half-precision ZeRO-1/2) weights are consolidated from the optimizer shards with
@@ -217,7 +219,8 @@ def read_deepspeed_checkpoint(path: str, tag: Optional[str] = None) -> tuple[dic
         latest = os.path.join(path, "latest")
         if not os.path.isfile(latest):
             raise ConfigError(f"{path} has no 'latest' file; give a directory written by pretrain_gpt.py --save")
-        tag = open(latest).read().strip()
+        with open(latest) as f:
+            tag = f.read().strip()
     ckpt = os.path.join(path, tag)
     states_file = os.path.join(ckpt, "mp_rank_00_model_states.pt")
     if not os.path.isfile(states_file):  # ZeRO-3 names the module states per rank
@@ -241,7 +244,9 @@ def read_deepspeed_checkpoint(path: str, tag: Optional[str] = None) -> tuple[dic
         try:
             state_dict = get_fp32_state_dict_from_zero_checkpoint(path, tag=tag)
         except (ValueError, FileNotFoundError, KeyError, AssertionError) as e:
-            raise ConfigError(f"cannot consolidate the ZeRO-{zero} shards in {ckpt}: {str(e).splitlines()[0]}") from None
+            raise ConfigError(
+                f"cannot consolidate the ZeRO-{zero} shards in {ckpt}: {str(e).splitlines()[0]}"
+            ) from None
     else:
         state_dict = {k: v.float() for k, v in module.items()}
     return state_dict, cfg, states
