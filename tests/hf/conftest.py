@@ -1,0 +1,64 @@
+"""Tiny Hugging Face models with random weights (configs built in code, nothing downloaded)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers")
+pytest.importorskip("safetensors")
+transformers.logging.set_verbosity_error()
+transformers.utils.logging.disable_progress_bar()
+
+VOCAB = 100  # not a multiple of 64/128: logits must keep HF's size
+
+
+def make_llama(path, tied: bool, max_shard_size=None, dtype=torch.float32, seed=0):
+    """A 2-layer Llama with GQA (8 query heads, 2 kv heads), RoPE theta 5e5, RMSNorm eps 1e-6."""
+    torch.manual_seed(seed)
+    cfg = transformers.LlamaConfig(
+        vocab_size=VOCAB, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=8,
+        num_key_value_heads=2, max_position_embeddings=256, rope_theta=5e5, rms_norm_eps=1e-6,
+        tie_word_embeddings=tied, bos_token_id=1, eos_token_id=2,
+    )  # fmt: skip
+    model = transformers.LlamaForCausalLM(cfg).eval()
+    _perturb_norms(model)
+    model.to(dtype).save_pretrained(path, **({"max_shard_size": max_shard_size} if max_shard_size else {}))
+    return model
+
+
+def make_gpt2(path, seed=0):
+    """A 2-layer GPT-2 (Conv1D, learned positions, LayerNorm with biases, tied, gelu_new)."""
+    torch.manual_seed(seed)
+    cfg = transformers.GPT2Config(
+        vocab_size=VOCAB, n_embd=64, n_layer=2, n_head=4, n_positions=128, bos_token_id=VOCAB - 1,
+        eos_token_id=VOCAB - 1,
+    )  # fmt: skip
+    model = transformers.GPT2LMHeadModel(cfg).eval()
+    _perturb_norms(model)
+    model.save_pretrained(path)
+    return model
+
+
+@torch.no_grad()
+def _perturb_norms(model):
+    """Random init leaves norm weights at 1 and biases at 0; make them matter."""
+    for name, p in model.named_parameters():
+        if "norm" in name or "ln_" in name or name.endswith("bias"):
+            p.add_(0.1 * torch.randn_like(p))
+
+
+def mock_batch(seq_length: int, seed: int, n: int) -> torch.Tensor:
+    """The first ``n`` samples of ``--mock-data --seed seed`` ([n, seq_length + 1] token ids)."""
+    from megatron.data.mock import MockGPTDataset
+
+    ds = MockGPTDataset(seq_length, VOCAB, seed)
+    return torch.from_numpy(np.stack([ds[i]["tokens"] for i in range(n)]))
+
+
+@torch.no_grad()
+def hf_loss(model, tokens: torch.Tensor) -> float:
+    """Mean next-token cross-entropy over the batch, as the trainer defines it."""
+    logits = model(tokens[:, :-1]).logits
+    return torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), tokens[:, 1:].flatten()).item()

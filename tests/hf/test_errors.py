@@ -1,0 +1,109 @@
+"""One-line errors with a non-zero exit: unsupported architectures, missing shards, tokenizer
+and shape mismatches; and greedy generation equals an argmax loop over transformers' logits."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from tests.hf.conftest import VOCAB, make_gpt2, make_llama
+from tests.launch import ROOT, env
+from tools.convert_checkpoint import main as convert
+from tools.generate import main as generate
+
+
+def _one_line_error(capsys, rc, *words):
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and err.startswith("error: ") and "\n" not in err, err
+    for w in words:
+        assert w in err, err
+
+
+def test_unsupported_architecture_is_one_line_error(tmp_path, capsys):
+    (tmp_path / "config.json").write_text(json.dumps({"architectures": ["BertForMaskedLM"], "model_type": "bert"}))
+    rc = convert(["hf-to-megatron", "--input", str(tmp_path), "--output", str(tmp_path / "out")])
+    _one_line_error(capsys, rc, "BertForMaskedLM", "not supported")
+
+
+def test_unsupported_llama_variant_is_one_line_error(tmp_path, capsys):
+    make_llama(tmp_path, tied=True)
+    cfg = json.loads((tmp_path / "config.json").read_text())
+    cfg["rope_parameters"] = {"rope_type": "yarn", "rope_theta": 1e4, "factor": 4.0}
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    rc = convert(["hf-to-megatron", "--input", str(tmp_path), "--output", str(tmp_path / "out")])
+    _one_line_error(capsys, rc, "yarn")
+
+
+def test_missing_shard_is_one_line_error(tmp_path, capsys):
+    make_llama(tmp_path, tied=False, max_shard_size="60KB")
+    os.remove(tmp_path / "model-00002-of-00006.safetensors")
+    rc = convert(["hf-to-megatron", "--input", str(tmp_path), "--output", str(tmp_path / "out")])
+    _one_line_error(capsys, rc, "model-00002-of-00006.safetensors", "missing")
+
+
+def test_missing_zero_shards_is_one_line_error(tmp_path, capsys):
+    ckpt = tmp_path / "ckpt"
+    (ckpt / "iter_0000001").mkdir(parents=True)
+    (ckpt / "latest").write_text("iter_0000001")
+    rc = convert(["megatron-to-hf", "--input", str(ckpt), "--output", str(tmp_path / "out")])
+    _one_line_error(capsys, rc, "missing")
+
+
+def test_generate_rejects_a_larger_tokenizer(tmp_path, capsys):
+    make_gpt2(tmp_path)
+    rc = generate(
+        ["--load", str(tmp_path), "--prompt", "1 2", "--tokenizer-type", "NullTokenizer", "--vocab-size", "300"]
+    )
+    _one_line_error(capsys, rc, "tokenizer has 301 tokens", f"vocabulary is {VOCAB}")
+
+
+def test_shape_flag_disagreeing_with_model_args_is_one_line_error(tmp_path):
+    make_llama(tmp_path / "hf", tied=True)
+    assert convert(["hf-to-megatron", "--input", str(tmp_path / "hf"), "--output", str(tmp_path / "init")]) == 0
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "pretrain_gpt.py"), "--load", str(tmp_path / "init"), "--mock-data",
+         "--hidden-size", "128"],
+        env=env(), cwd=ROOT, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 2 and "--hidden-size 128 disagrees with 64" in proc.stderr, proc.stderr
+
+
+def test_tokenizer_vocab_mismatch_at_load_names_the_vocabulary(tmp_path):
+    from megatron.config import ConfigError, ModelConfig
+    from megatron.model.gpt import GPTModel
+    from megatron.training.weights import config_from_model_args, load_weights, read_model_args
+
+    make_llama(tmp_path / "hf", tied=True)
+    assert convert(["hf-to-megatron", "--input", str(tmp_path / "hf"), "--output", str(tmp_path / "init")]) == 0
+    cfg = config_from_model_args(read_model_args(tmp_path / "init"), seq_length=64)
+    load_weights(GPTModel(cfg), str(tmp_path / "init"))  # fits
+    wrong = ModelConfig(**{**cfg.__dict__, "vocab_size": VOCAB + 28})  # e.g. another tokenizer's size
+    with pytest.raises(ConfigError, match="vocabulary differs"):
+        load_weights(GPTModel(wrong), str(tmp_path / "init"))
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_greedy_generation_equals_transformers_argmax(tmp_path, capsys, arch):
+    hf_model = make_llama(tmp_path, tied=True) if arch == "llama" else make_gpt2(tmp_path)
+    ids = [5, 17, 42]
+    with torch.no_grad():
+        for _ in range(6):
+            ids.append(int(hf_model(torch.tensor([ids])).logits[0, -1].argmax()))
+    rc = generate(["--load", str(tmp_path), "--prompt", "5 17 42", "--greedy", "--max-new-tokens", "6",
+                   "--tokenizer-type", "NullTokenizer", "--vocab-size", str(VOCAB - 1), "--no-stop-at-eod"])  # fmt: skip
+    assert rc == 0
+    assert capsys.readouterr().out.strip().splitlines()[-1] == " ".join(map(str, ids))
+
+
+def test_top_p_sampling_is_seeded(tmp_path, capsys):
+    make_gpt2(tmp_path)
+    args = ["--load", str(tmp_path), "--prompt", "5 17", "--top-p", "0.9", "--temperature", "0.8",
+            "--max-new-tokens", "8", "--tokenizer-type", "NullTokenizer", "--vocab-size", str(VOCAB - 1)]  # fmt: skip
+    outs = []
+    for seed in ("1", "1", "2"):
+        assert generate(args + ["--seed", seed]) == 0
+        outs.append(capsys.readouterr().out.strip().splitlines()[-1])
+    assert outs[0] == outs[1] and outs[0].startswith("5 17 ")
