@@ -371,7 +371,7 @@ def load_checkpoint_any(path: str, device="cpu", dtype: torch.dtype = torch.floa
 
     if os.path.isfile(os.path.join(path, "config.json")):
         return load_hf_checkpoint(path, device, dtype)
-    if weights.is_weights_dir(path):
+    if weights.starts_from_weights(path):  # a converted dir a run has saved into is a --save dir
         state_dict, cfg, _ = weights.read_weights_dir(path)
     elif weights.is_deepspeed_checkpoint(path):
         state_dict, cfg, _ = weights.read_deepspeed_checkpoint(path)

@@ -59,7 +59,7 @@ def megatron_to_hf(input_dir: str, output_dir: str, dtype=None, max_shard_bytes:
     from megatron.training import weights
 
     layout, names, config = None, None, None
-    if weights.is_weights_dir(input_dir):
+    if weights.starts_from_weights(input_dir):  # once a run saved into it, its latest checkpoint wins
         state_dict, cfg, source = weights.read_weights_dir(input_dir)
         if source is not None:
             layout, config = source["layout"], source["config"]
@@ -67,7 +67,7 @@ def megatron_to_hf(input_dir: str, output_dir: str, dtype=None, max_shard_bytes:
         tokenizer_src = os.path.join(input_dir, "tokenizer")
     elif weights.is_deepspeed_checkpoint(input_dir):
         state_dict, cfg, _ = weights.read_deepspeed_checkpoint(input_dir)
-        tokenizer_src = input_dir
+        tokenizer_src = os.path.join(input_dir, "tokenizer")  # a converted dir trained into keeps its tokenizer
     elif os.path.isdir(input_dir):
         raise ConfigError(
             f"{input_dir} is neither a pretrain_gpt.py --save directory (no 'latest') nor a converted "

@@ -3,7 +3,8 @@ back to an HF model that computes what the trained model computes: a GQA Llama u
 and a GPT-2 under ZeRO-1.
 
 One 2-process run per model serves all tests: it starts from the converted weights (the shape
-flags come from model_args.json), logs the first loss, evaluates after the last step and saves.
+flags come from model_args.json), logs the first loss, evaluates after the last step and saves
+into the same directory.
 """
 
 import json
@@ -36,7 +37,8 @@ def trained(request, tmp_path_factory):
     hf_model = make(tmp / "hf")
     assert convert(["hf-to-megatron", "--input", str(tmp / "hf"), "--output", str(tmp / "init")]) == 0
     metrics = tmp / "metrics.jsonl"
-    args = RUN + ["--zero-stage", zero, "--load", str(tmp / "init"), "--save", str(tmp / "ckpt")]
+    # saving into the converted directory: from then on, its `latest` checkpoint is what it holds
+    args = RUN + ["--zero-stage", zero, "--load", str(tmp / "init"), "--save", str(tmp / "init")]
     proc = torchrun(2, args, metrics)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "loaded model weights" in proc.stdout
@@ -58,14 +60,14 @@ def test_checkpoint_to_hf_reproduces_trained_model(trained):
     from megatron.hf import load_checkpoint_any
 
     tmp, _, records, name = trained
-    assert (tmp / "ckpt" / "latest").read_text() == "iter_0000002"
-    assert convert(["megatron-to-hf", "--input", str(tmp / "ckpt"), "--output", str(tmp / "back")]) == 0
+    assert (tmp / "init" / "latest").read_text() == "iter_0000002"
+    assert convert(["megatron-to-hf", "--input", str(tmp / "init"), "--output", str(tmp / "back")]) == 0
     hf_model = getattr(transformers, MODELS[name][2]).from_pretrained(tmp / "back").eval()
     # the run evaluated the trained weights on samples 0..GBS-1 of the validation stream (seed + 1)
     valid = next(r["valid_lm_loss"] for r in records if "valid_lm_loss" in r)
     tokens = mock_batch(SEQ, SEED + 1, GBS)
     assert abs(hf_loss(hf_model, tokens) - valid) <= 1e-5 * valid
-    ours, _ = load_checkpoint_any(str(tmp / "ckpt"))
+    ours, _ = load_checkpoint_any(str(tmp / "init"))
     with torch.no_grad():
         torch.testing.assert_close(ours(tokens), hf_model(tokens).logits, rtol=0, atol=1e-5)
 
@@ -75,7 +77,7 @@ def test_missing_checkpoint_shard_is_one_line_error(trained, capsys):
 
     tmp, _, _, name = trained
     broken = tmp / "broken"
-    shutil.copytree(tmp / "ckpt", broken)
+    shutil.copytree(tmp / "init", broken)
     # ZeRO-3: one rank's optimizer partition (the fp32 weights); ZeRO-1: the module states file
     shard, message = {
         "llama-zero3": ("zero_pp_rank_1_mp_rank_00_optim_states.pt", "error: cannot consolidate the ZeRO-3 shards"),
