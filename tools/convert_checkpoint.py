@@ -40,6 +40,24 @@ def _copy_tokenizer(src: str, dst: str) -> list:
     return copied
 
 
+def _check_tokenizer_fits(hf_dir: str, vocab_size: int) -> None:
+    """A tokenizer.json next to the weights must not hold more tokens than the embedding has rows."""
+    path = os.path.join(hf_dir, "tokenizer.json")
+    if not os.path.isfile(path):
+        return
+    from megatron.tokenizer import HFTokenizer, TokenizerError
+
+    try:
+        n = HFTokenizer(hf_dir).vocab_size
+    except (TokenizerError, ImportError):
+        return  # a tokenizer we cannot read does not block converting the weights
+    if n > vocab_size:
+        raise ConfigError(
+            f"{path} has {n} tokens but the model's embedding has {vocab_size} rows; the tokenizer does not "
+            "belong to these weights"
+        )
+
+
 def hf_to_megatron(input_dir: str, output_dir: str) -> str:
     from megatron import hf
     from megatron.training import weights
@@ -47,6 +65,7 @@ def hf_to_megatron(input_dir: str, output_dir: str) -> str:
     config, hf_sd, layout = hf.read_hf_dir(input_dir)
     arch = hf.architecture_of(config)
     state_dict, cfg = hf.hf_to_megatron_state_dict(config, hf_sd)
+    _check_tokenizer_fits(input_dir, cfg.vocab_size)
     source = {"architecture": arch, "config": config, "layout": layout}
     weights.write_weights_dir(output_dir, state_dict, cfg, hf_source=source)
     _copy_tokenizer(input_dir, os.path.join(output_dir, "tokenizer"))
@@ -78,7 +97,9 @@ def megatron_to_hf(input_dir: str, output_dir: str, dtype=None, max_shard_bytes:
     hf_sd, arch = hf.megatron_to_hf_state_dict(cfg, state_dict, names)
     if dtype is not None:
         hf_sd = {k: v.to(dtype) for k, v in hf_sd.items()}
-        layout = None if layout is None else dict(layout, file_metadata={})
+        if layout is not None:  # same shards, new sizes
+            total = sum(v.numel() * v.element_size() for v in hf_sd.values())
+            layout = dict(layout, file_metadata={}, index_metadata={"total_size": total})
     if config is None or dtype is not None:
         name = str(dtype or next(iter(hf_sd.values())).dtype).removeprefix("torch.")
         config = dict(config or hf.hf_config_from_model(cfg), torch_dtype=name, dtype=name)

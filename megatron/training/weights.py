@@ -232,7 +232,7 @@ def read_deepspeed_checkpoint(path: str, tag: str | None = None) -> tuple[dict, 
     if not run_cfg:
         raise ConfigError(f"{states_file} has no 'config'; it was not written by pretrain_gpt.py")
     cfg = ModelConfig(**run_cfg["model"])
-    module = states["module"]
+    module = states.get("module") or {}
     zero = run_cfg["parallel"]["zero_stage"]
     half = any(v.dtype in (torch.float16, torch.bfloat16) for v in module.values())
     if zero == 3 or (zero in (1, 2) and half):

@@ -52,6 +52,16 @@ def test_missing_zero_shards_is_one_line_error(tmp_path, capsys):
     _one_line_error(capsys, rc, "missing")
 
 
+def test_hf_tokenizer_larger_than_the_embedding_is_one_line_error(tmp_path, capsys):
+    from tokenizers import Tokenizer, models
+
+    make_gpt2(tmp_path)
+    vocab = {"<|endoftext|>": 0, **{f"w{i}": i for i in range(1, VOCAB + 20)}}
+    Tokenizer(models.WordLevel(vocab, unk_token="<|endoftext|>")).save(str(tmp_path / "tokenizer.json"))
+    rc = convert(["hf-to-megatron", "--input", str(tmp_path), "--output", str(tmp_path / "out")])
+    _one_line_error(capsys, rc, f"has {VOCAB + 20} tokens", f"{VOCAB} rows")
+
+
 def test_generate_rejects_a_larger_tokenizer(tmp_path, capsys):
     make_gpt2(tmp_path)
     rc = generate(
