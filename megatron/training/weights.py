@@ -83,25 +83,23 @@ def apply_saved_model_args(argv: list) -> list:
     """
     from megatron.arguments import _flatten_yaml, build_parser
 
-    parser = build_parser()
-    given, _ = parser.parse_known_args(argv)
-    if not given.load:
-        return argv
-    saved = read_model_args(given.load)
-    if saved is None:
-        return argv
+    given, _ = build_parser().parse_known_args(argv)
     user = {}
-    if given.config and os.path.isfile(given.config):
+    if given.config and os.path.isfile(given.config):  # a missing file is parse_args' error to report
         import yaml
 
         with open(given.config) as f:
             user.update(_flatten_yaml(yaml.safe_load(f), given.config))
-    user.update({d: getattr(given, d) for d in MODEL_ARG_DESTS if getattr(given, d, None) is not None})
+    user.update({d: v for d, v in vars(given).items() if v is not None and not d.startswith("_")})
+    load = user.get("load")
+    saved = read_model_args(load) if load else None
+    if saved is None:
+        return argv
     for dest, value in saved.items():
         if dest in user and user[dest] != value:
-            flag = _FALSE_FLAGS.get(dest) or "--" + dest.replace("_", "-")
+            flag = model_args_fragment({dest: user[dest]}) or f"--{dest.replace('_', '-')} {user[dest]}"
             raise ConfigError(
-                f"{flag} {user[dest]} disagrees with {value} in {os.path.join(given.load, MODEL_ARGS_JSON)}; "
+                f"{flag} disagrees with {dest}={value} in {os.path.join(load, MODEL_ARGS_JSON)}; "
                 "drop the flag (the checkpoint sets the model shape)"
             )
     return model_args_fragment(saved).split() + list(argv)

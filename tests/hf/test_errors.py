@@ -78,7 +78,7 @@ def test_shape_flag_disagreeing_with_model_args_is_one_line_error(tmp_path):
          "--hidden-size", "128"],
         env=env(), cwd=ROOT, capture_output=True, text=True, timeout=120, check=False,
     )  # fmt: skip
-    assert proc.returncode == 2 and "--hidden-size 128 disagrees with 64" in proc.stderr, proc.stderr
+    assert proc.returncode == 2 and "--hidden-size 128 disagrees with hidden_size=64" in proc.stderr, proc.stderr
 
 
 def test_tokenizer_vocab_mismatch_at_load_names_the_vocabulary(tmp_path):
