@@ -67,6 +67,14 @@ _FIELDS = {
     "seq_parallel_communication_data_type": ("parallel", "seq_parallel_communication_data_type"),
     "reduce_bucket_size": ("parallel", "reduce_bucket_size"),
     "distributed_backend": ("parallel", "distributed_backend"),
+    "tiled_mlp_compute": ("parallel", "tiled_mlp_compute"),
+    "tiled_mlp_shards": ("parallel", "tiled_mlp_shards"),
+    "tiled_logits_loss": ("parallel", "tiled_logits_loss"),
+    "tiled_logits_chunk_size": ("parallel", "tiled_logits_chunk_size"),
+    "use_liger_kernel": ("parallel", "use_liger_kernel"),
+    "checkpoint_in_cpu": ("parallel", "checkpoint_in_cpu"),
+    "offload_param": ("parallel", "offload_param"),
+    "offload_optimizer": ("parallel", "offload_optimizer"),
     # data
     "mock_data": ("data", "mock_data"),
     "data_path": ("data", "data_path"),
@@ -99,6 +107,7 @@ _YAML_ALIASES = {
     "ulysses_sequence_parallel_size": "ds_sequence_parallel_size",
     "activation_checkpointing": "checkpoint_activations",
     "gradient_checkpointing": "checkpoint_activations",
+    "activation_checkpoint_cpu_offload": "checkpoint_in_cpu",
 }
 
 _SECTIONS = {"model": ModelConfig, "train": TrainConfig, "parallel": ParallelConfig, "data": DataConfig, "logging": LoggingConfig}
@@ -164,6 +173,16 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--seq-parallel-communication-data-type", choices=["fp32", "bf16", "fp16"])
     g.add_argument("--reduce-bucket-size", type=lambda v: int(float(v)))
     g.add_argument("--distributed-backend", choices=["nccl", "gloo"])
+    g = p.add_argument_group("long sequences (ALST memory features)")
+    _bool_flag(g, "--tiled-mlp-compute", help="MLP over sequence shards, recomputed in backward")
+    g.add_argument("--tiled-mlp-shards", type=int, help="default: ceil(local sequence / hidden size)")
+    _bool_flag(g, "--tiled-logits-loss", help="output layer + loss over token chunks (default: on when SP > 1)")
+    g.add_argument("--no-tiled-logits-loss", dest="tiled_logits_loss", action="store_false", default=None)
+    g.add_argument("--tiled-logits-chunk-size", type=int, help="tokens per tiled-loss chunk")
+    _bool_flag(g, "--use-liger-kernel", help="liger-kernel fused linear cross-entropy (pip install liger-kernel)")
+    _bool_flag(g, "--checkpoint-in-cpu", help="checkpointed layer inputs in pinned host memory")
+    _bool_flag(g, "--offload-param", help="ZeRO-3 parameters in CPU memory")
+    _bool_flag(g, "--offload-optimizer", help="optimizer states and step on the CPU")
     _bool_flag(g, "--deepspeed", help="accepted: DeepSpeed is always used")
     g.add_argument("--tensor-model-parallel-size", type=int, default=1)
     g.add_argument("--pipeline-model-parallel-size", type=int, default=1)

@@ -194,12 +194,46 @@ class ParallelConfig:
     """DeepSpeed reduce_bucket_size; None keeps DeepSpeed's default."""
     distributed_backend: Optional[str] = None
     """nccl or gloo; None chooses nccl on GPUs and gloo on CPUs."""
+    # ALST memory features (megatron.model.tiled, megatron.training.memory)
+    tiled_mlp_compute: bool = False
+    """Run each MLP over sequence shards, recomputed in backward (intermediates never span the sequence)."""
+    tiled_mlp_shards: Optional[int] = None
+    """Shards of the tiled MLP; None means ceil(local sequence / hidden size)."""
+    tiled_logits_loss: Optional[bool] = None
+    """Output layer + cross-entropy over token chunks (no full fp32 logits); None means on when SP > 1."""
+    tiled_logits_chunk_size: Optional[int] = None
+    """Tokens per tiled-loss chunk; None means about 64M logits (256 MiB fp32) per chunk."""
+    use_liger_kernel: bool = False
+    """Use liger-kernel's fused linear cross-entropy for the loss (needs `pip install liger-kernel`)."""
+    checkpoint_in_cpu: bool = False
+    """With --checkpoint-activations, keep each layer's checkpointed input in pinned host memory."""
+    offload_param: bool = False
+    """ZeRO-3: keep partitioned parameters in pinned CPU memory (DeepSpeed offload_param)."""
+    offload_optimizer: bool = False
+    """ZeRO 1-3: keep optimizer states (and the step) on the CPU (DeepSpeed offload_optimizer)."""
 
     def __post_init__(self):
         if self.zero_stage not in (0, 1, 2, 3):
             raise ConfigError(f"--zero-stage {self.zero_stage} is not a ZeRO stage; use 0, 1, 2 or 3")
         if self.sequence_parallel_size < 1:
             raise ConfigError("--ds-sequence-parallel-size must be >= 1")
+        if self.tiled_mlp_shards is not None and self.tiled_mlp_shards < 1:
+            raise ConfigError(f"--tiled-mlp-shards {self.tiled_mlp_shards} must be >= 1 (or omit it for the default)")
+        if self.tiled_logits_chunk_size is not None and self.tiled_logits_chunk_size < 1:
+            raise ConfigError(f"--tiled-logits-chunk-size {self.tiled_logits_chunk_size} must be >= 1 token")
+        if self.checkpoint_in_cpu and not self.checkpoint_activations:
+            raise ConfigError("--checkpoint-in-cpu offloads checkpointed activations; add --checkpoint-activations")
+        if self.offload_param and self.zero_stage != 3:
+            raise ConfigError(f"--offload-param needs ZeRO-3 (got --zero-stage {self.zero_stage}); use --zero-stage 3")
+        if self.offload_optimizer and self.zero_stage == 0:
+            raise ConfigError("--offload-optimizer needs ZeRO (--zero-stage 1, 2 or 3)")
+
+    @property
+    def use_tiled_logits_loss(self) -> bool:
+        """The resolved tiled-loss switch: explicit flag, else on with sequence parallelism."""
+        if self.tiled_logits_loss is None:
+            return self.sequence_parallel_size > 1
+        return self.tiled_logits_loss
 
 
 @dataclass
