@@ -16,7 +16,9 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from megatron.config import ModelConfig
+from megatron.training.memory import offloaded_checkpoint
 from megatron.model.attention import ParallelAttention
+from megatron.model.tiled import MemoryOptions, tiled_cross_entropy, tiled_mlp
 
 
 def _gathered(params: list):
@@ -45,8 +47,14 @@ class MLP(nn.Module):
         self.fc1 = nn.Linear(cfg.hidden_size, out, bias=cfg.add_bias_linear)
         self.fc2 = nn.Linear(cfg.ffn_hidden_size, cfg.hidden_size, bias=cfg.add_bias_linear)
         self.fc2.is_output_projection = True
+        self.tiled, self.tiled_shards = False, None  # set by GPTModel (--tiled-mlp-compute)
 
     def forward(self, x_bsH):
+        if self.tiled:
+            return tiled_mlp(self._forward, x_bsH, self.tiled_shards, list(self.parameters()))
+        return self._forward(x_bsH)
+
+    def _forward(self, x_bsH):
         y = self.fc1(x_bsH)
         if self.swiglu:
             gate, up = y.chunk(2, dim=-1)
@@ -79,10 +87,14 @@ class GPTModel(nn.Module):
     labels and per-token fp32 cross-entropy ``[b, s]`` with them.
     """
 
-    def __init__(self, cfg: ModelConfig, sp_group=None, checkpoint_activations: bool = False, device=None):
+    def __init__(
+        self, cfg: ModelConfig, sp_group=None, checkpoint_activations: bool = False, device=None,
+        memory: MemoryOptions | None = None,
+    ):  # fmt: skip
         super().__init__()
         self.cfg = cfg
         self.checkpoint_activations = checkpoint_activations
+        self.memory = memory or MemoryOptions()
         V = cfg.padded_vocab_size
         self.word_embeddings = nn.Embedding(V, cfg.hidden_size)
         if not cfg.use_rotary_position_embeddings:
@@ -94,6 +106,8 @@ class GPTModel(nn.Module):
         self.final_norm = make_norm(cfg)
         if cfg.untie_embeddings_and_output_weights:
             self.output_layer = nn.Linear(cfg.hidden_size, V, bias=False)
+        for layer in self.layers:
+            layer.mlp.tiled, layer.mlp.tiled_shards = self.memory.tiled_mlp, self.memory.mlp_shards
         self.reset_parameters()
 
     @torch.no_grad()
@@ -129,7 +143,9 @@ class GPTModel(nn.Module):
             x = x + self.position_embeddings(position_ids_bs)
         x = self.embedding_dropout(x)
         for layer in self.layers:
-            if self.checkpoint_activations and self.training:
+            if self.checkpoint_activations and self.training and self.memory.checkpoint_in_cpu:
+                x = offloaded_checkpoint(layer, x, position_ids_bs, document_ids_bS)
+            elif self.checkpoint_activations and self.training:
                 x = checkpoint(layer, x, position_ids_bs, document_ids_bS, use_reentrant=False)
             else:
                 x = layer(x, position_ids_bs, document_ids_bS)
@@ -139,6 +155,9 @@ class GPTModel(nn.Module):
         if position_ids_bs is None:
             position_ids_bs = torch.arange(input_ids_bs.shape[1], device=input_ids_bs.device).expand_as(input_ids_bs)
         h_bsH = self.hidden_states(input_ids_bs, position_ids_bs, document_ids_bS)
+        if labels_bs is not None and self.memory.tiled_logits:
+            m = self.memory
+            return tiled_cross_entropy(h_bsH, self.output_weight(), labels_bs, m.logits_chunk_size, m.use_liger)
         logits_bsV = F.linear(h_bsH, self.output_weight())
         if labels_bs is None:
             return logits_bsV

@@ -1,0 +1,200 @@
+"""ALST tiled compute: the MLP and the output layer + loss over sequence shards.
+
+Shape legend: b batch, s this rank's slice of the sequence, n = b * s token rows, H hidden,
+V padded vocabulary, c rows in one shard/chunk.
+
+At long sequence lengths the largest activations are not attention's but the MLP's
+intermediate ``[n, F]`` (F = 3.5-4 x H, twice that for SwiGLU's [gate; up]) and the fp32
+logits ``[n, V]`` (V = 32K-128K). Both are per-token computations, so they can run over
+token shards: forward keeps only the input, backward recomputes one shard at a time with
+grad enabled. Peak memory then holds one shard's intermediates instead of the sequence's.
+
+ZeRO: both recomputations call the model's own modules/parameters, so ZeRO-3's hooks gather
+parameters as in a normal forward. Parameter gradients of the tiled MLP come from several
+inner backward calls; ``ds_grad_is_ready`` tells DeepSpeed (ZeRO-2/3 reduce hooks) to wait
+for the last shard, so each gradient is reduced once. The tiled loss returns its weight
+gradient from ``backward`` like any op, so it is reduced once by construction. The shard
+count depends only on the local shape, which is the same on every rank (every SP rank holds
+seq_length / SP tokens), so all ranks issue the same ZeRO-3 collectives.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import torch
+import torch.nn.functional as F
+
+from megatron.config import ConfigError, ParallelConfig
+
+IGNORE_INDEX = -100
+LOGITS_PER_CHUNK = 2**26  # default tiled-loss chunk: 64M logits = 256 MiB in fp32
+
+
+@dataclass
+class MemoryOptions:
+    """The ALST memory switches a GPTModel obeys (built from ParallelConfig by the trainer)."""
+
+    tiled_mlp: bool = False
+    """Run MLPs through TiledMLP."""
+    mlp_shards: Optional[int] = None
+    """TiledMLP shards; None means ceil(local sequence / hidden)."""
+    tiled_logits: bool = False
+    """Compute output layer + cross-entropy with tiled_cross_entropy."""
+    logits_chunk_size: Optional[int] = None
+    """Tokens per tiled-loss chunk; None means LOGITS_PER_CHUNK // V."""
+    use_liger: bool = False
+    """Use liger-kernel's fused linear cross-entropy inside the tiled loss's backward."""
+    checkpoint_in_cpu: bool = False
+    """Offload checkpointed layer inputs to pinned host memory."""
+
+    @classmethod
+    def from_config(cls, p: ParallelConfig) -> "MemoryOptions":
+        if p.use_liger_kernel and importlib.util.find_spec("liger_kernel") is None:
+            raise ConfigError("--use-liger-kernel needs liger-kernel: pip install liger-kernel (or drop the flag)")
+        return cls(
+            tiled_mlp=p.tiled_mlp_compute,
+            mlp_shards=p.tiled_mlp_shards,
+            tiled_logits=p.use_tiled_logits_loss or p.use_liger_kernel,
+            logits_chunk_size=p.tiled_logits_chunk_size,
+            use_liger=p.use_liger_kernel,
+            checkpoint_in_cpu=p.checkpoint_in_cpu,
+        )
+
+
+def _spans(n: int, shards: int) -> list:
+    """``shards`` contiguous [start, end) row ranges covering n rows (at most n of them)."""
+    shards = max(1, min(shards, n))
+    step = math.ceil(n / shards)
+    return [(a, min(a + step, n)) for a in range(0, n, step)]
+
+
+# ----------------------------------------------------------------------------- tiled MLP
+class TiledMLP(torch.autograd.Function):
+    """y = run(x) over row shards; keeps only x, recomputes each shard in backward."""
+
+    @staticmethod
+    def forward(ctx, run: Callable, x_bsH: torch.Tensor, shards: int, params: list):
+        ctx.run, ctx.shards, ctx.params = run, shards, [p for p in params if p.requires_grad]
+        ctx.save_for_backward(x_bsH)
+        x_nH = x_bsH.reshape(-1, x_bsH.shape[-1])
+        y_nH = None
+        with torch.no_grad():
+            for a, b in _spans(x_nH.shape[0], shards):
+                y_cH = run(x_nH[a:b])
+                if y_nH is None:
+                    y_nH = y_cH.new_empty(x_nH.shape[0], y_cH.shape[-1])
+                y_nH[a:b] = y_cH
+        return y_nH.view(*x_bsH.shape[:-1], y_nH.shape[-1])
+
+    @staticmethod
+    def backward(ctx, grad_y):
+        (x_bsH,) = ctx.saved_tensors
+        x_nH = x_bsH.detach().reshape(-1, x_bsH.shape[-1])
+        g_nH = grad_y.reshape(-1, grad_y.shape[-1])
+        needs_x = ctx.needs_input_grad[1]
+        dx_nH = torch.empty_like(x_nH) if needs_x else None
+        spans = _spans(x_nH.shape[0], ctx.shards)
+        try:
+            for i, (a, b) in enumerate(spans):
+                for p in ctx.params:  # ZeRO-2/3: reduce each parameter's gradient after the last shard only
+                    p.ds_grad_is_ready = i == len(spans) - 1
+                x_cH = x_nH[a:b].detach().requires_grad_(needs_x)
+                with torch.enable_grad():
+                    y_cH = ctx.run(x_cH)
+                torch.autograd.backward(y_cH, g_nH[a:b])
+                if needs_x:
+                    dx_nH[a:b] = x_cH.grad
+        finally:
+            for p in ctx.params:
+                p.ds_grad_is_ready = True
+        return None, None if dx_nH is None else dx_nH.view_as(x_bsH), None, None
+
+
+def tiled_mlp(run: Callable, x_bsH: torch.Tensor, shards: Optional[int], params: list) -> torch.Tensor:
+    """``run(x)`` (a per-token MLP calling its own submodules) over ``shards`` sequence shards.
+
+    ``shards=None`` picks ceil(s / H): each shard then has about b x H rows, so its ``[c, F]``
+    intermediate is no larger than an ``[H, F]`` weight.
+    """
+    if shards is None:
+        shards = math.ceil(x_bsH.shape[-2] / x_bsH.shape[-1])
+    if shards <= 1 and not torch.is_grad_enabled():
+        return run(x_bsH)
+    return TiledMLP.apply(run, x_bsH, shards, params)
+
+
+# ----------------------------------------------------------------------------- tiled logits + loss
+def _chunk_grads(h_cH, w_VH, y_c, g_c):
+    """d(sum_i g_i * CE(h_i W^T, y_i)) / d(h, W) for one chunk, without keeping autograd state."""
+    p_cV = torch.softmax(F.linear(h_cH, w_VH).float(), dim=-1)
+    valid = y_c != IGNORE_INDEX
+    rows = torch.arange(y_c.shape[0], device=y_c.device)
+    p_cV[rows, y_c.clamp(min=0)] -= valid.to(p_cV.dtype)
+    p_cV.mul_((g_c.float() * valid)[:, None])
+    d_cV = p_cV.to(h_cH.dtype)
+    return d_cV @ w_VH, d_cV.t() @ h_cH
+
+
+def _chunk_grads_liger(h_cH, w_VH, y_c, g_c):
+    """Same as _chunk_grads through liger-kernel's fused kernel (uniform non-zero g only, else None)."""
+    from liger_kernel.transformers import LigerFusedLinearCrossEntropyLoss
+
+    nonzero = g_c[g_c != 0]
+    if nonzero.numel() == 0 or not bool((nonzero == nonzero[0]).all()):
+        return None
+    y_c = torch.where(g_c != 0, y_c, torch.full_like(y_c, IGNORE_INDEX))
+    h = h_cH.detach().requires_grad_()
+    w = w_VH.detach().requires_grad_()
+    with torch.enable_grad():
+        loss = LigerFusedLinearCrossEntropyLoss(reduction="sum", ignore_index=IGNORE_INDEX)(w, h, y_c)
+        dh, dw = torch.autograd.grad(loss * nonzero[0].to(loss.dtype), [h, w])
+    return dh, dw
+
+
+class TiledLogitsLoss(torch.autograd.Function):
+    """Per-token fp32 cross-entropy of ``h W^T`` over token chunks; backward recomputes each chunk."""
+
+    @staticmethod
+    def forward(ctx, h_bsH, w_VH, labels_bs, chunk: int, use_liger: bool):
+        ctx.chunk, ctx.use_liger = chunk, use_liger
+        ctx.save_for_backward(h_bsH, w_VH, labels_bs)
+        h_nH, y_n = h_bsH.reshape(-1, h_bsH.shape[-1]), labels_bs.reshape(-1)
+        loss_n = torch.empty(y_n.shape, dtype=torch.float32, device=h_bsH.device)
+        with torch.no_grad():
+            for a in range(0, y_n.shape[0], chunk):
+                logits_cV = F.linear(h_nH[a : a + chunk], w_VH).float()
+                loss_n[a : a + chunk] = F.cross_entropy(logits_cV, y_n[a : a + chunk], reduction="none")
+        return loss_n.view(labels_bs.shape)
+
+    @staticmethod
+    def backward(ctx, grad_loss_bs):
+        h_bsH, w_VH, labels_bs = ctx.saved_tensors
+        h_nH, y_n, g_n = h_bsH.reshape(-1, h_bsH.shape[-1]), labels_bs.reshape(-1), grad_loss_bs.reshape(-1)
+        dh_nH = torch.empty_like(h_nH)
+        dw_VH = torch.zeros(w_VH.shape, dtype=torch.promote_types(w_VH.dtype, torch.float32), device=w_VH.device)
+        for a in range(0, y_n.shape[0], ctx.chunk):
+            sl = slice(a, a + ctx.chunk)
+            grads = _chunk_grads_liger(h_nH[sl], w_VH, y_n[sl], g_n[sl]) if ctx.use_liger else None
+            dh_cH, dw = grads if grads is not None else _chunk_grads(h_nH[sl], w_VH, y_n[sl], g_n[sl])
+            dh_nH[sl] = dh_cH
+            dw_VH += dw
+        dh = dh_nH.view_as(h_bsH) if ctx.needs_input_grad[0] else None
+        dw = dw_VH.to(w_VH.dtype) if ctx.needs_input_grad[1] else None
+        return dh, dw, None, None, None
+
+
+def tiled_cross_entropy(
+    h_bsH: torch.Tensor, w_VH: torch.Tensor, labels_bs: torch.Tensor, chunk: Optional[int] = None, use_liger=False
+) -> torch.Tensor:
+    """``F.cross_entropy(h @ W^T, labels, reduction='none')`` as fp32 ``[b, s]``, never holding all logits.
+
+    ``chunk`` tokens at a time (default: LOGITS_PER_CHUNK // V); the weight gradient is accumulated
+    in fp32 over chunks and returned once.
+    """
+    if chunk is None:
+        chunk = max(1, LOGITS_PER_CHUNK // w_VH.shape[0])
+    return TiledLogitsLoss.apply(h_bsH, w_VH, labels_bs, chunk, use_liger)
