@@ -52,6 +52,9 @@ def build_datasets(cfg: Config):
 
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    from megatron.training.memory import set_expandable_segments
+
+    set_expandable_segments()  # before anything touches CUDA: the allocator reads it once
     print_ds_config = "--print-deepspeed-config" in argv  # validate, print the derived JSON, exit
     argv = [a for a in argv if a != "--print-deepspeed-config"]
     try:

@@ -68,6 +68,16 @@ def build_deepspeed_config(cfg: Config, world_size: int) -> dict:
         zero.setdefault("stage3_gather_16bit_weights_on_model_save", False)
     if p.reduce_bucket_size is not None:
         zero["reduce_bucket_size"] = p.reduce_bucket_size
+    # ZeRO-Offload (--offload-param / --offload-optimizer); pinned host buffers only exist with CUDA
+    import torch
+
+    pin = torch.cuda.is_available()
+    if p.offload_param:
+        zero["offload_param"] = {**zero.get("offload_param", {}), "device": "cpu", "pin_memory": pin}
+    if p.offload_optimizer:
+        zero["offload_optimizer"] = {**zero.get("offload_optimizer", {}), "device": "cpu", "pin_memory": pin}
+        if not pin:  # CPU-only: torch's AdamW steps the states (see megatron.training.memory.build_optimizer)
+            user.setdefault("zero_force_ds_cpu_optimizer", False)
 
     ds = {**user, **ours, "zero_optimization": zero}
     ds["fp16"] = {**user.get("fp16", {}), **ours["fp16"]} if t.fp16 else {"enabled": False}

@@ -113,7 +113,15 @@ class Trainer:
 
         set_seed(cfg.train.seed)
         from megatron.model.gpt import GPTModel
+        from megatron.model.tiled import MemoryOptions
+        from megatron.training import memory
 
+        memory_options = MemoryOptions.from_config(cfg.parallel)  # ALST: tiled MLP/loss, offloaded checkpoints
+        if cfg.parallel.checkpoint_in_cpu:
+            memory.check_host_memory_for_checkpoint_offload(
+                cfg.model.num_layers, cfg.train.micro_batch_size, cfg.model.seq_length // self.sp,
+                cfg.model.hidden_size, 4 if cfg.train.dtype_name == "fp32" else 2, int(os.environ.get("LOCAL_WORLD_SIZE", 1)),
+            )  # fmt: skip
         sp_group = ps.get_sequence_parallel_group() if self.sp > 1 else None
         with deepspeed.zero.Init(
             data_parallel_group=ps.get_sequence_data_parallel_group(),
@@ -122,7 +130,8 @@ class Trainer:
             mpu=ps,
         ):
             model = GPTModel(
-                cfg.model, sp_group=sp_group, checkpoint_activations=cfg.parallel.checkpoint_activations, device=self.device
+                cfg.model, sp_group=sp_group, checkpoint_activations=cfg.parallel.checkpoint_activations, device=self.device,
+                memory=memory_options,
             )
         from megatron.training.weights import load_weights, starts_from_weights
 
@@ -131,12 +140,13 @@ class Trainer:
             load_weights(model, cfg.logging.load)
             print_rank0(f"> loaded model weights from {cfg.logging.load} (iteration 0, fresh optimizer)")
         t = cfg.train
-        optimizer = torch.optim.AdamW(
+        optimizer = memory.build_optimizer(
             _param_groups(model, t.weight_decay),
             lr=t.lr,
             betas=(t.adam_beta1, t.adam_beta2),
             eps=t.adam_eps,
-            fused=self.device.type == "cuda",
+            device=self.device,
+            offload=cfg.parallel.offload_optimizer,
         )
         # The learning rate is a pure function of the iteration (set before each step), so
         # there is no scheduler state to checkpoint or to keep in sync with DeepSpeed's wrapper.
