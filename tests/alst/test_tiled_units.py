@@ -1,0 +1,148 @@
+"""In-process checks of the ALST pieces: tiled MLP, tiled loss, offloaded checkpoints, helpers, config."""
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from megatron.arguments import parse_args
+from megatron.config import ConfigError, ModelConfig
+from megatron.model.gpt import MLP, TransformerLayer
+from megatron.model.tiled import tiled_cross_entropy, tiled_mlp
+from megatron.training import memory
+from megatron.training.ds_config import build_deepspeed_config
+
+
+def _grads(module):
+    return [p.grad.clone() for p in module.parameters()]
+
+
+@pytest.mark.parametrize("swiglu", [False, True])
+def test_tiled_mlp_equals_mlp_and_reduces_once(swiglu):
+    torch.manual_seed(0)
+    mlp = MLP(ModelConfig(hidden_size=16, num_attention_heads=2, swiglu=swiglu)).double()
+    x = torch.randn(2, 13, 16, dtype=torch.float64, requires_grad=True)
+    g = torch.randn(2, 13, 16, dtype=torch.float64)
+    y = mlp(x)
+    y.backward(g)
+    ref_dx, ref_dp = x.grad.clone(), _grads(mlp)
+    x.grad = None
+    mlp.zero_grad(set_to_none=True)
+    ready = []  # what DeepSpeed's reduce hook would see at each gradient accumulation
+    hook = mlp.fc1.weight.register_post_accumulate_grad_hook(lambda p: ready.append(p.ds_grad_is_ready))
+    mlp.tiled, mlp.tiled_shards = True, 4  # 26 rows in 4 uneven shards
+    y_tiled = mlp(x)
+    y_tiled.backward(g)
+    hook.remove()
+    torch.testing.assert_close(y_tiled, y, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(x.grad, ref_dx, rtol=1e-12, atol=1e-12)
+    for a, b in zip(_grads(mlp), ref_dp):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    assert ready == [False, False, False, True], "only the last shard may release the gradient for reduction"
+
+
+def test_tiled_mlp_default_shards_follow_sequence_over_hidden():
+    calls = []
+
+    def run(x):
+        calls.append(x.shape[0])
+        return x * 2
+
+    x = torch.randn(1, 40, 8, requires_grad=True)
+    tiled_mlp(run, x, None, []).sum().backward()
+    assert calls == [8] * 5 * 2, "ceil(40 / 8) = 5 shards, each run in forward and again in backward"
+
+
+@pytest.mark.parametrize("chunk", [7, 10, 1000])
+def test_tiled_cross_entropy_equals_full_logits(chunk):
+    torch.manual_seed(0)
+    h = torch.randn(2, 19, 16, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(50, 16, dtype=torch.float64, requires_grad=True)
+    y = torch.randint(0, 50, (2, 19))
+    y[1, 4] = -100
+    g = torch.rand(2, 19, dtype=torch.float64)  # any per-token weight (loss mask x scale)
+    ref = F.cross_entropy(F.linear(h, w).float().flatten(0, 1), y.flatten(), reduction="none").view(2, 19)
+    (ref * g).sum().backward()
+    ref_dh, ref_dw = h.grad.clone(), w.grad.clone()
+    h.grad = w.grad = None
+    got = tiled_cross_entropy(h, w, y, chunk)
+    (got * g).sum().backward()
+    assert got.dtype == torch.float32 and got.shape == (2, 19)
+    torch.testing.assert_close(got, ref, rtol=0, atol=0)
+    torch.testing.assert_close(h.grad, ref_dh, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(w.grad, ref_dw, rtol=1e-5, atol=1e-6)
+
+
+def test_offloaded_checkpoint_equals_plain_layer_with_dropout():
+    torch.manual_seed(0)
+    cfg = ModelConfig(hidden_size=16, num_attention_heads=2, hidden_dropout=0.3)
+    layer = TransformerLayer(cfg, 1).double()
+    x = torch.randn(2, 8, 16, dtype=torch.float64, requires_grad=True)
+    pos = torch.arange(8).expand(2, 8)
+    torch.manual_seed(1)
+    layer(x, pos).square().sum().backward()
+    ref_dx, ref_dp = x.grad.clone(), _grads(layer)
+    x.grad = None
+    layer.zero_grad(set_to_none=True)
+    torch.manual_seed(1)
+    memory.offloaded_checkpoint(layer, x, pos, None).square().sum().backward()
+    torch.testing.assert_close(x.grad, ref_dx)
+    for a, b in zip(_grads(layer), ref_dp):
+        torch.testing.assert_close(a, b)
+
+
+def test_expandable_segments_set_unless_user_configured():
+    env = {}
+    assert memory.set_expandable_segments(env) and env["PYTORCH_CUDA_ALLOC_CONF"] == "expandable_segments:True"
+    env = {"PYTORCH_CUDA_ALLOC_CONF": "max_split_size_mb:512"}
+    assert not memory.set_expandable_segments(env) and env["PYTORCH_CUDA_ALLOC_CONF"] == "max_split_size_mb:512"
+
+
+def test_checkpoint_offload_host_memory_check(tmp_path):
+    meminfo = tmp_path / "meminfo"
+    meminfo.write_text("MemTotal: 100 kB\nMemAvailable:   1048576 kB\n")  # 1 GiB
+    need = memory.check_host_memory_for_checkpoint_offload(2, 1, 1024, 64, 2, 2, str(meminfo))
+    assert need == 2 * 1024 * 64 * 2 * 2
+    with pytest.raises(ConfigError, match="--checkpoint-in-cpu needs about 32.0 GiB"):
+        memory.check_host_memory_for_checkpoint_offload(32, 1, 131072, 4096, 2, 1, str(meminfo))
+
+
+def test_alst_flags_and_yaml_names(tmp_path):
+    cfg = parse_args(["--ds-sequence-parallel-size", "2"]).parallel
+    assert cfg.use_tiled_logits_loss, "tiled loss is on by default with SP > 1"
+    assert not parse_args(["--ds-sequence-parallel-size", "2", "--no-tiled-logits-loss"]).parallel.use_tiled_logits_loss
+    assert not parse_args([]).parallel.use_tiled_logits_loss
+    yaml = tmp_path / "alst.yaml"
+    yaml.write_text(
+        "parallel:\n  tiled_mlp_compute: true\n  checkpoint_activations: true\n"
+        "  activation_checkpoint_cpu_offload: true\n  zero_stage: 3\n  offload_param: true\n"
+    )
+    p = parse_args(["--config", str(yaml), "--tiled-mlp-shards", "4"]).parallel
+    assert p.tiled_mlp_compute and p.tiled_mlp_shards == 4 and p.checkpoint_in_cpu and p.offload_param
+    for argv, msg in [
+        (["--checkpoint-in-cpu"], "add --checkpoint-activations"),
+        (["--offload-param", "--zero-stage", "1"], "needs ZeRO-3"),
+        (["--tiled-mlp-shards", "0"], "must be >= 1"),
+    ]:
+        with pytest.raises(ConfigError, match=msg):
+            parse_args(argv)
+
+
+def test_ds_config_honours_comm_dtype_bucket_and_offload():
+    from deepspeed.runtime.config import DeepSpeedConfig
+
+    argv = ["--seq-parallel-communication-data-type", "bf16", "--reduce-bucket-size", "2e6", "--zero-stage", "3",
+            "--offload-param", "--offload-optimizer", "--micro-batch-size", "1"]  # fmt: skip
+    cfg = parse_args(argv)
+    cfg.validate_world(1)
+    ds = build_deepspeed_config(cfg, 1)
+    assert ds["seq_parallel_communication_data_type"] == "bf16"
+    zero = ds["zero_optimization"]
+    assert zero["reduce_bucket_size"] == 2_000_000
+    assert zero["offload_param"]["device"] == "cpu" and zero["offload_optimizer"]["device"] == "cpu"
+    parsed = DeepSpeedConfig(json.loads(json.dumps(ds)))  # what deepspeed.initialize parses
+    assert parsed.seq_parallel_communication_data_type == torch.bfloat16
+    assert parsed.zero_config.reduce_bucket_size == 2_000_000
+    assert parsed.zero_config.offload_param.device == "cpu"
+    assert parsed.zero_config.offload_optimizer.device == "cpu"
