@@ -22,8 +22,8 @@ from __future__ import annotations
 
 import importlib.util
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
@@ -40,11 +40,11 @@ class MemoryOptions:
 
     tiled_mlp: bool = False
     """Run MLPs through TiledMLP."""
-    mlp_shards: Optional[int] = None
+    mlp_shards: int | None = None
     """TiledMLP shards; None means ceil(local sequence / hidden)."""
     tiled_logits: bool = False
     """Compute output layer + cross-entropy with tiled_cross_entropy."""
-    logits_chunk_size: Optional[int] = None
+    logits_chunk_size: int | None = None
     """Tokens per tiled-loss chunk; None means LOGITS_PER_CHUNK // V."""
     use_liger: bool = False
     """Use liger-kernel's fused linear cross-entropy inside the tiled loss's backward."""
@@ -52,7 +52,7 @@ class MemoryOptions:
     """Offload checkpointed layer inputs to pinned host memory."""
 
     @classmethod
-    def from_config(cls, p: ParallelConfig) -> "MemoryOptions":
+    def from_config(cls, p: ParallelConfig) -> MemoryOptions:
         if p.use_liger_kernel and importlib.util.find_spec("liger_kernel") is None:
             raise ConfigError("--use-liger-kernel needs liger-kernel: pip install liger-kernel (or drop the flag)")
         return cls(
@@ -114,7 +114,7 @@ class TiledMLP(torch.autograd.Function):
         return None, None if dx_nH is None else dx_nH.view_as(x_bsH), None, None
 
 
-def tiled_mlp(run: Callable, x_bsH: torch.Tensor, shards: Optional[int], params: list) -> torch.Tensor:
+def tiled_mlp(run: Callable, x_bsH: torch.Tensor, shards: int | None, params: list) -> torch.Tensor:
     """``run(x)`` (a per-token MLP calling its own submodules) over ``shards`` sequence shards.
 
     ``shards=None`` picks ceil(s / H): each shard then has about b x H rows, so its ``[c, F]``
@@ -188,7 +188,7 @@ class TiledLogitsLoss(torch.autograd.Function):
 
 
 def tiled_cross_entropy(
-    h_bsH: torch.Tensor, w_VH: torch.Tensor, labels_bs: torch.Tensor, chunk: Optional[int] = None, use_liger=False
+    h_bsH: torch.Tensor, w_VH: torch.Tensor, labels_bs: torch.Tensor, chunk: int | None = None, use_liger=False
 ) -> torch.Tensor:
     """``F.cross_entropy(h @ W^T, labels, reduction='none')`` as fp32 ``[b, s]``, never holding all logits.
 

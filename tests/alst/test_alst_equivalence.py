@@ -35,7 +35,10 @@ RUNS = [
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("ref")
-    return {name: train_records(tmp, f"{name}_ref", 1, shape + TRAIN + ["--zero-stage", "1"]) for name, shape in SHAPES.items()}
+    return {
+        name: train_records(tmp, f"{name}_ref", 1, shape + TRAIN + ["--zero-stage", "1"])
+        for name, shape in SHAPES.items()
+    }
 
 
 @pytest.fixture(scope="module")
