@@ -28,7 +28,7 @@ RUNS = [
     ("sp2_z3_all", "llama", 2, 3, MLP + LOSS + CKPT),
     ("sp2_z3_offload", "llama", 2, 3, OFFLOAD + ["--no-tiled-logits-loss"]),
     ("sp2_z3_all_offload", "gpt", 2, 3, MLP + LOSS + CKPT + OFFLOAD),
-    ("sp2_z2_tiled_mlp_untiled_loss", "gpt", 2, 2, MLP + ["--no-tiled-logits-loss"]),
+    ("sp2_z2_ckpt_tiled_mlp_untiled_loss", "gpt", 2, 2, MLP + ["--checkpoint-activations", "--no-tiled-logits-loss"]),
 ]
 
 
