@@ -117,6 +117,10 @@ class Trainer:
         from megatron.training import memory
 
         memory_options = MemoryOptions.from_config(cfg.parallel)  # ALST: tiled MLP/loss, offloaded checkpoints
+        on = [f"{k}={v}" for k, v in vars(memory_options).items() if v not in (False, None)]
+        on += [k for k in ("offload_param", "offload_optimizer") if getattr(cfg.parallel, k)]
+        if on:
+            print_rank0(f"> memory: {', '.join(on)}")
         if cfg.parallel.checkpoint_in_cpu:
             memory.check_host_memory_for_checkpoint_offload(
                 cfg.model.num_layers, cfg.train.micro_batch_size, cfg.model.seq_length // self.sp,
