@@ -34,7 +34,8 @@ def build_datasets(cfg: Config):
     from megatron.data import build_gpt_datasets
     from megatron.tokenizer import build_tokenizer
 
-    tokenizer = build_tokenizer(cfg.data, cfg.model.make_vocab_size_divisible_by)
+    null = cfg.data.tokenizer_type == "NullTokenizer"  # its size is --vocab-size
+    tokenizer = build_tokenizer(cfg.data, cfg.model.make_vocab_size_divisible_by, cfg.model.vocab_size if null else None)
     cfg.model.vocab_size = tokenizer.vocab_size
     t = cfg.train
     n_train = t.train_iters * t.global_batch_size

@@ -1,0 +1,25 @@
+"""Data preprocessed with NullTokenizer trains with --tokenizer-type NullTokenizer --vocab-size."""
+
+import json
+import subprocess
+import sys
+
+from tests.launch import ROOT, env, train_records
+
+
+def test_null_tokenizer_dataset_trains(tmp_path):
+    docs = tmp_path / "docs.jsonl"
+    with docs.open("w") as f:
+        for i in range(200):
+            f.write(json.dumps({"text": " ".join(str((i * 7 + j) % 100) for j in range(50))}) + "\n")
+    subprocess.run(
+        [sys.executable, str(ROOT / "tools/preprocess_data.py"), "--input", str(docs), "--output-prefix",
+         str(tmp_path / "null"), "--tokenizer-type", "NullTokenizer", "--vocab-size", "100", "--append-eod"],
+        check=True, env=env(), capture_output=True,
+    )  # fmt: skip
+    args = ["--num-layers", "1", "--hidden-size", "32", "--num-attention-heads", "2", "--seq-length", "32",
+            "--data-path", str(tmp_path / "null_text_document"), "--tokenizer-type", "NullTokenizer",
+            "--vocab-size", "100", "--micro-batch-size", "2", "--train-iters", "2", "--log-interval", "1",
+            "--num-workers", "0", "--split", "100,0,0"]  # fmt: skip
+    recs = train_records(tmp_path, "null", 1, args)
+    assert [r["iteration"] for r in recs] == [1, 2] and all(r["lm_loss"] > 0 for r in recs)
