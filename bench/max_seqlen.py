@@ -139,7 +139,8 @@ def attempt(args, rung: str, seq: int, workdir: Path) -> dict:
     ] + ([] if args.tiny else ["--bf16", "--attention-backend", args.attention_backend]) + args.extra  # fmt: skip
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={args.nproc}",
            str(Path(__file__).resolve()), "--worker", "--result-dir", str(run_dir), "--", *flags]  # fmt: skip
-    env = dict(os.environ, PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1")
+    pythonpath = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
+    env = dict(os.environ, PYTHONPATH=pythonpath, PYTHONUNBUFFERED="1")  # keep the caller's path (carried wheels)
     if args.tiny:
         env.setdefault("OMP_NUM_THREADS", "1")
     t0 = time.time()
