@@ -87,6 +87,17 @@ def main(argv=None) -> int:
         if _is_rank0():
             print(f"error: {e}", file=sys.stderr, flush=True)
         return 2
+    except Exception as e:  # a dead peer or a timed-out collective must end the job, loudly
+        import torch.distributed as dist
+
+        if not isinstance(e, (dist.DistError, RuntimeError)) or "Connection" not in str(e) and "imeout" not in str(e):
+            raise
+        rank, world = os.environ.get("RANK", "0"), os.environ.get("WORLD_SIZE", "1")
+        first = str(e).strip().splitlines()[0][:300]
+        print(f"error: rank {rank} of {world} lost its process group (another rank died, or a collective "
+              f"waited past --distributed-timeout-minutes); restart from the last checkpoint with --load: {first}",
+              file=sys.stderr, flush=True)  # fmt: skip
+        return 1
     return 0
 
 

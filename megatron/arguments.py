@@ -67,6 +67,7 @@ _FIELDS = {
     "seq_parallel_communication_data_type": ("parallel", "seq_parallel_communication_data_type"),
     "reduce_bucket_size": ("parallel", "reduce_bucket_size"),
     "distributed_backend": ("parallel", "distributed_backend"),
+    "distributed_timeout_minutes": ("parallel", "distributed_timeout_minutes"),
     "tiled_mlp_compute": ("parallel", "tiled_mlp_compute"),
     "tiled_mlp_shards": ("parallel", "tiled_mlp_shards"),
     "tiled_logits_loss": ("parallel", "tiled_logits_loss"),
@@ -99,6 +100,10 @@ _FIELDS = {
     "load": ("logging", "load"),
     "save_interval": ("logging", "save_interval"),
     "exit_interval": ("logging", "exit_interval"),
+    "exit_signal_handler": ("logging", "exit_signal_handler"),
+    "exit_signal": ("logging", "exit_signal"),
+    "exit_duration_in_mins": ("logging", "exit_duration_in_mins"),
+    "keep_last_n_checkpoints": ("logging", "keep_last_n_checkpoints"),
 }
 
 # Names used by ALST / ArcticTraining / Oumi YAML files for the same fields.
@@ -173,6 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--seq-parallel-communication-data-type", choices=["fp32", "bf16", "fp16"])
     g.add_argument("--reduce-bucket-size", type=lambda v: int(float(v)))
     g.add_argument("--distributed-backend", choices=["nccl", "gloo"])
+    g.add_argument("--distributed-timeout-minutes", type=float)
     g = p.add_argument_group("long sequences (ALST memory features)")
     _bool_flag(g, "--tiled-mlp-compute", help="MLP over sequence shards, recomputed in backward")
     g.add_argument("--tiled-mlp-shards", type=int, help="default: ceil(local sequence / hidden size)")
@@ -200,8 +206,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--num-workers", type=int)
 
     g = p.add_argument_group("logging and checkpoints")
-    for flag, typ in [("--log-interval", int), ("--save-interval", int), ("--exit-interval", int)]:
+    for flag, typ in [("--log-interval", int), ("--save-interval", int), ("--exit-interval", int),
+                      ("--exit-duration-in-mins", float), ("--keep-last-n-checkpoints", int)]:  # fmt: skip
         g.add_argument(flag, type=typ)
+    _bool_flag(g, "--exit-signal-handler")
+    g.add_argument("--exit-signal")
     for flag in ("--metrics-file", "--tensorboard-dir", "--save", "--load"):
         g.add_argument(flag)
 
@@ -212,7 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--deepspeed-activation-checkpointing", "--use-mcore-models", "--no-load-optim", "--no-load-rng",
     ):  # fmt: skip
         g.add_argument(flag, action="store_true", dest="_ignored_" + flag.strip("-").replace("-", "_"))
-    for flag in ("--data-impl", "--distributed-timeout-minutes", "--checkpoint-num-layers"):
+    for flag in ("--data-impl", "--checkpoint-num-layers"):
         g.add_argument(flag, dest="_ignored_" + flag.strip("-").replace("-", "_"))
     return p
 

@@ -194,6 +194,8 @@ class ParallelConfig:
     """DeepSpeed reduce_bucket_size; None keeps DeepSpeed's default."""
     distributed_backend: Optional[str] = None
     """nccl or gloo; None chooses nccl on GPUs and gloo on CPUs."""
+    distributed_timeout_minutes: float = 10.0
+    """A collective waiting longer than this (e.g. for a dead rank) fails instead of hanging."""
     # ALST memory features (megatron.model.tiled, megatron.training.memory)
     tiled_mlp_compute: bool = False
     """Run each MLP over sequence shards, recomputed in backward (intermediates never span the sequence)."""
@@ -290,6 +292,20 @@ class LoggingConfig:
     """Save every this many steps (0: only at the end when --save is given)."""
     exit_interval: int = 0
     """Stop (after saving) once the iteration is a multiple of this (0 disables)."""
+    exit_signal_handler: bool = False
+    """On --exit-signal every rank finishes its step, a checkpoint is saved and the job exits 0."""
+    exit_signal: str = "SIGTERM"
+    """The signal --exit-signal-handler listens for (SIGTERM, SIGINT, SIGUSR1, SIGUSR2)."""
+    exit_duration_in_mins: Optional[float] = None
+    """Save and exit once the run has lasted this many minutes (before a scheduler's limit)."""
+    keep_last_n_checkpoints: int = 0
+    """Delete older iter_* checkpoints beyond the newest N after each save (0 keeps all)."""
+
+    def __post_init__(self):
+        if self.exit_signal not in ("SIGTERM", "SIGINT", "SIGUSR1", "SIGUSR2"):
+            raise ConfigError(f"--exit-signal {self.exit_signal} is not supported; use SIGTERM, SIGINT, SIGUSR1 or SIGUSR2")
+        if self.keep_last_n_checkpoints < 0:
+            raise ConfigError("--keep-last-n-checkpoints must be >= 0 (0 keeps every checkpoint)")
 
 
 @dataclass

@@ -46,8 +46,18 @@ def _atomic_write_text(path: str, text: str) -> None:
     os.replace(tmp, path)
 
 
-def save_checkpoint(engine, save_dir: str, iteration: int, client_state: dict) -> str:
-    """Collective: every rank writes its shards, then rank 0 points ``latest`` at them."""
+def _prune(save_dir: str, keep_last_n: int, keep: str) -> None:
+    import shutil
+
+    tags = sorted(d for d in os.listdir(save_dir) if d.startswith("iter_") and os.path.isdir(os.path.join(save_dir, d)))
+    for old in tags[:-keep_last_n]:
+        if old != keep:
+            shutil.rmtree(os.path.join(save_dir, old), ignore_errors=True)
+
+
+def save_checkpoint(engine, save_dir: str, iteration: int, client_state: dict, keep_last_n: int = 0) -> str:
+    """Collective: every rank writes its shards, then rank 0 points ``latest`` at them and,
+    with ``keep_last_n`` > 0, deletes older ``iter_*`` checkpoints beyond the newest N."""
     tag = _tag(iteration)
     rank = dist.get_rank()
     engine.save_checkpoint(save_dir, tag=tag, client_state=dict(client_state, iteration=iteration), save_latest=False)
@@ -59,6 +69,8 @@ def save_checkpoint(engine, save_dir: str, iteration: int, client_state: dict) -
     dist.barrier()
     if rank == 0:
         _atomic_write_text(os.path.join(save_dir, LATEST), tag)
+        if keep_last_n > 0:
+            _prune(save_dir, keep_last_n, keep=tag)
     dist.barrier()
     return os.path.join(save_dir, tag)
 

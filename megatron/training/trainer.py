@@ -13,9 +13,11 @@ gradient-norm tests pin both down.
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
 import random
+import signal
 import time
 import warnings
 from dataclasses import dataclass
@@ -67,7 +69,8 @@ def initialize_distributed(cfg: Config) -> torch.device:
     if not dist.is_initialized():
         if "MASTER_ADDR" not in os.environ and os.environ.get("WORLD_SIZE", "1") == "1":
             _single_process_env()  # plain `python pretrain_gpt.py`: a world of one, no launcher needed
-        deepspeed.init_distributed(dist_backend=backend, verbose=False)
+        timeout = datetime.timedelta(minutes=cfg.parallel.distributed_timeout_minutes)
+        deepspeed.init_distributed(dist_backend=backend, verbose=False, timeout=timeout)
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
     device = torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
     if use_cuda:
@@ -159,6 +162,7 @@ class Trainer:
         )
         self.iteration = 0
         self.consumed_samples = 0
+        self._install_exit_handlers()
         if cfg.logging.load and not start_from_weights:
             state = load_checkpoint(self.engine, cfg.logging.load)
             if state is not None:
@@ -266,6 +270,7 @@ class Trainer:
             self.cfg.logging.save,
             self.iteration,
             {"consumed_samples": self.consumed_samples, "config": self.cfg.to_dict()},
+            keep_last_n=self.cfg.logging.keep_last_n_checkpoints,
         )
         print_rank0(f"> saved checkpoint {path}")
 
@@ -318,11 +323,11 @@ class Trainer:
                     metrics_f.flush()
                 window_start = time.perf_counter()
             saving_now = lg.save and lg.save_interval and self.iteration % lg.save_interval == 0
-            exiting_now = lg.exit_interval and self.iteration % lg.exit_interval == 0
-            if saving_now or (exiting_now and lg.save):
+            exit_reason = self._exit_reason()
+            if saving_now or (exit_reason and lg.save):
                 self.save()
-            if exiting_now:
-                print_rank0(f"> exiting at iteration {self.iteration} (--exit-interval {lg.exit_interval})")
+            if exit_reason:
+                print_rank0(f"> exiting at iteration {self.iteration} ({exit_reason})")
                 break
         else:
             if lg.save and not (lg.save_interval and self.iteration % lg.save_interval == 0):
@@ -330,6 +335,34 @@ class Trainer:
         if metrics_f:
             metrics_f.close()
         return records
+
+    def _install_exit_handlers(self) -> None:
+        lg = self.cfg.logging
+        self._start_time = time.time()
+        self._signal_received = False
+        if lg.exit_signal_handler:
+
+            def handler(signum, frame):
+                self._signal_received = True  # acted on at the end of the current step, on every rank
+
+            signal.signal(getattr(signal, lg.exit_signal), handler)
+
+    def _exit_reason(self) -> Optional[str]:
+        """Why to stop after this step, agreed by every rank (one tiny all-reduce when enabled)."""
+        lg = self.cfg.logging
+        if lg.exit_interval and self.iteration % lg.exit_interval == 0:
+            return f"--exit-interval {lg.exit_interval}"
+        if not lg.exit_signal_handler and lg.exit_duration_in_mins is None:
+            return None
+        minutes = (time.time() - self._start_time) / 60
+        overtime = lg.exit_duration_in_mins is not None and minutes >= lg.exit_duration_in_mins
+        flags = torch.tensor([float(self._signal_received), float(overtime)], device=self.device)
+        dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+        if flags[0] > 0:
+            return f"received {lg.exit_signal}"
+        if flags[1] > 0:
+            return f"--exit-duration-in-mins {lg.exit_duration_in_mins} reached"
+        return None
 
     def _log(self, rec: dict, metrics_f) -> None:
         mfu = f"{100 * rec['mfu']:.1f}%" if rec["mfu"] is not None else "n/a"
