@@ -14,6 +14,7 @@ import sys
 
 from megatron.arguments import parse_args
 from megatron.config import Config, ConfigError
+from megatron.training.trainer import TrainingStopped
 
 
 def _is_rank0() -> bool:
@@ -87,6 +88,10 @@ def main(argv=None) -> int:
         if _is_rank0():
             print(f"error: {e}", file=sys.stderr, flush=True)
         return 2
+    except TrainingStopped as e:
+        if _is_rank0():
+            print(f"error: {e}", file=sys.stderr, flush=True)
+        return 1
     except Exception as e:  # a dead peer or a timed-out collective must end the job, loudly
         import torch.distributed as dist
 

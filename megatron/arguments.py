@@ -54,6 +54,7 @@ _FIELDS = {
     "adam_beta2": ("train", "adam_beta2"),
     "adam_eps": ("train", "adam_eps"),
     "clip_grad": ("train", "clip_grad"),
+    "max_skipped_steps": ("train", "max_skipped_steps"),
     "bf16": ("train", "bf16"),
     "fp16": ("train", "fp16"),
     "seed": ("train", "seed"),
@@ -161,7 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("--micro-batch-size", int), ("--global-batch-size", int), ("--train-iters", int), ("--lr", float),
         ("--min-lr", float), ("--lr-warmup-iters", int), ("--lr-decay-iters", int), ("--weight-decay", float),
         ("--adam-beta1", float), ("--adam-beta2", float), ("--adam-eps", float), ("--clip-grad", float),
-        ("--seed", int), ("--eval-interval", int), ("--eval-iters", int),
+        ("--seed", int), ("--eval-interval", int), ("--eval-iters", int), ("--max-skipped-steps", int),
     ]:  # fmt: skip
         g.add_argument(flag, type=typ)
     g.add_argument("--lr-decay-style", choices=["constant", "linear", "cosine"])

@@ -162,6 +162,9 @@ class TrainConfig:
     """Evaluate every this many steps (0 disables)."""
     eval_iters: int = 2
     """Micro-batch groups (global batches) per evaluation."""
+    max_skipped_steps: int = 10
+    """Stop (without saving) after this many consecutive steps skipped for a non-finite loss or
+    gradient norm; a skipped step leaves parameters and optimizer state untouched (0: never stop)."""
 
     def __post_init__(self):
         if self.bf16 and self.fp16:
@@ -172,6 +175,8 @@ class TrainConfig:
             self.lr_decay_iters = self.train_iters
         if self.micro_batch_size < 1 or self.train_iters < 0:
             raise ConfigError("--micro-batch-size must be >= 1 and --train-iters >= 0")
+        if self.max_skipped_steps < 0:
+            raise ConfigError("--max-skipped-steps must be >= 0 (0 never stops on skipped steps)")
 
     @property
     def dtype_name(self) -> str:

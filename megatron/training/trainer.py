@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import math
 import os
 import random
 import signal
@@ -86,6 +87,11 @@ def _param_groups(model: torch.nn.Module, weight_decay: float) -> list:
     for name, p in model.named_parameters():
         (no_decay if p.ndim < 2 or name.endswith(".bias") else decay).append(p)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+class TrainingStopped(RuntimeError):
+    """The run cannot usefully continue (e.g. too many non-finite steps); the message says why
+    and what to do. The entry point prints it as one line and exits non-zero."""
 
 
 @dataclass
@@ -162,6 +168,8 @@ class Trainer:
         )
         self.iteration = 0
         self.consumed_samples = 0
+        self.skipped_steps = 0  # total non-finite steps skipped in this process
+        self._consecutive_skipped = 0
         self._install_exit_handlers()
         if cfg.logging.load and not start_from_weights:
             state = load_checkpoint(self.engine, cfg.logging.load)
@@ -228,25 +236,84 @@ class Trainer:
 
     # ---------------------------------------------------------------- steps
     def train_step(self, batches: list) -> dict:
+        """One optimizer step over this rank's micro batches.
+
+        A non-finite loss or gradient norm on any rank skips the update everywhere, leaving the
+        parameters and optimizer state untouched: a rank whose loss is not finite back-propagates
+        NaN, so the global gradient norm is NaN on every rank, and DeepSpeed's ZeRO/bf16/fp16
+        optimizers discard steps whose norm is not finite (``engine.skipped_steps``). The one
+        optimizer without that check (plain fp32 without ZeRO) gets it here.
+        """
         lr = lr_at(self.iteration, self.cfg.train)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         n_global = self._global_token_count(batches)
         scale = self._grad_divisor() * self.gas / n_global.clamp(min=1.0)
         loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
-        for b in batches:
+        skipped_before = self.engine.skipped_steps
+        guard_skipped, own_norm = False, None
+        poison = self._test_nonfinite_hook()
+        for i, b in enumerate(batches):
             losses_bs = self.engine(b.input_ids, b.position_ids, b.labels, b.document_ids)
             local_sum = (losses_bs * b.loss_mask).sum()
-            self.engine.backward(local_sum * scale.to(local_sum.dtype))
-            self.engine.step()
+            if poison and i == 0:
+                local_sum = local_sum * float("nan")
+            # no host sync: the scale turns NaN exactly when this rank's loss is not finite
+            s = torch.where(torch.isfinite(local_sum.detach()), scale.to(local_sum.dtype), float("nan"))
+            self.engine.backward(local_sum * s)
+            if i == len(batches) - 1 and self._needs_finite_guard:
+                own_norm = self._grad_norm_zero0()
+                guard_skipped = not math.isfinite(own_norm)
+            if guard_skipped:
+                self._step_without_update()
+            else:
+                self.engine.step()
             loss_sum += local_sum.detach().to(torch.float64)
         dist.all_reduce(loss_sum, group=ps.get_sequence_data_parallel_group())
-        grad_norm = self.engine.get_global_grad_norm()
+        skipped = guard_skipped or self.engine.skipped_steps > skipped_before
+        grad_norm = self.engine.get_global_grad_norm() if own_norm is None else own_norm
         return {
             "lm_loss": (loss_sum / n_global).item(),
-            "grad_norm": None if grad_norm is None else float(grad_norm),
+            "grad_norm": float("inf") if skipped else None if grad_norm is None else float(grad_norm),
             "lr": lr,
+            "skipped": skipped,
         }
+
+    @property
+    def _needs_finite_guard(self) -> bool:
+        """Plain fp32 without ZeRO steps torch's optimizer directly, which has no overflow check."""
+        return self.cfg.parallel.zero_stage == 0 and not (self.cfg.train.bf16 or self.cfg.train.fp16)
+
+    def _grad_norm_zero0(self) -> float:
+        """Global gradient norm for plain fp32 without ZeRO, where DeepSpeed reports none (the
+        gradients are already all-reduced, so every rank holds the same ones)."""
+        grads = [p.grad for p in self.engine.module.parameters() if p.grad is not None]
+        norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in grads])) if grads else 0
+        bad = torch.tensor([0.0 if torch.isfinite(torch.as_tensor(norm)) else 1.0], device=self.device)
+        dist.all_reduce(bad, op=dist.ReduceOp.MAX)
+        return float("inf") if bad.item() > 0 else float(norm)
+
+    def _step_without_update(self) -> None:
+        """Advance DeepSpeed's step bookkeeping and clear the gradients, but leave parameters and
+        optimizer state untouched: the torch optimizer's step is shadowed for this one call."""
+        opt = self.engine.optimizer
+        for p in self.engine.module.parameters():
+            if p.grad is not None:
+                p.grad.zero_()  # finite, so DeepSpeed's clipping has something to measure
+        opt.step = lambda *args, **kwargs: None
+        try:
+            self.engine.step()
+        finally:
+            del opt.step
+        self.engine.zero_grad()
+
+    def _test_nonfinite_hook(self) -> bool:
+        """Test hook: MEGATRON_TEST_NONFINITE="ITER:RANK,..." makes that rank's loss NaN at ITER."""
+        spec = os.environ.get("MEGATRON_TEST_NONFINITE")
+        if not spec:
+            return False
+        me = (self.iteration + 1, dist.get_rank())
+        return any(tuple(int(x) for x in item.split(":")) == me for item in spec.split(","))
 
     @torch.no_grad()
     def evaluate(self) -> float:
@@ -292,6 +359,15 @@ class Trainer:
             out = self.train_step(batches)
             self.iteration += 1
             self.consumed_samples += t.global_batch_size
+            if out["skipped"]:
+                self.skipped_steps += 1
+                self._consecutive_skipped += 1
+                print_rank0(
+                    f" iteration {self.iteration:>7d}/{t.train_iters:>7d} | skipped: non-finite loss or gradient norm "
+                    f"({self._consecutive_skipped} in a row, {self.skipped_steps} in all; parameters unchanged)"
+                )
+            else:
+                self._consecutive_skipped = 0
             window.append(out)
             if self.iteration % lg.log_interval == 0 or self.iteration == t.train_iters:
                 if self.device.type == "cuda":
@@ -310,6 +386,7 @@ class Trainer:
                     "mfu": (flops_model / elapsed / self.world / peak) if peak else None,
                     "mem_gb": metrics.peak_memory_gb(self.device),
                     "consumed_samples": self.consumed_samples,
+                    "skipped_steps": self.skipped_steps,
                 }
                 records.append(rec)
                 self._log(rec, metrics_f)
@@ -322,6 +399,17 @@ class Trainer:
                     metrics_f.write(json.dumps(records[-1]) + "\n")
                     metrics_f.flush()
                 window_start = time.perf_counter()
+            if t.max_skipped_steps and self._consecutive_skipped >= t.max_skipped_steps:
+                if metrics_f:
+                    metrics_f.close()
+                first = self.iteration - self._consecutive_skipped + 1
+                last_good = self._latest_checkpoint()
+                raise TrainingStopped(
+                    f"{self._consecutive_skipped} consecutive steps (iterations {first}-{self.iteration}) had a non-finite "
+                    f"loss or gradient norm (--max-skipped-steps {t.max_skipped_steps}); stopped without saving"
+                    + (f", the last good checkpoint is {last_good}" if last_good else "")
+                    + "; lower --lr, check the data near this point, or raise --max-skipped-steps"
+                )
             saving_now = lg.save and lg.save_interval and self.iteration % lg.save_interval == 0
             exit_reason = self._exit_reason()
             if saving_now or (exit_reason and lg.save):
@@ -335,6 +423,11 @@ class Trainer:
         if metrics_f:
             metrics_f.close()
         return records
+
+    def _latest_checkpoint(self) -> Optional[str]:
+        save = self.cfg.logging.save
+        latest = os.path.join(save, "latest") if save else None
+        return os.path.join(save, open(latest).read().strip()) if latest and os.path.isfile(latest) else None
 
     def _install_exit_handlers(self) -> None:
         lg = self.cfg.logging
@@ -367,11 +460,12 @@ class Trainer:
     def _log(self, rec: dict, metrics_f) -> None:
         mfu = f"{100 * rec['mfu']:.1f}%" if rec["mfu"] is not None else "n/a"
         gn = f"{rec['grad_norm']:.4f}" if rec["grad_norm"] is not None else "n/a"
+        skipped = f" | skipped steps: {rec['skipped_steps']}" if rec["skipped_steps"] else ""
         print_rank0(
             f" iteration {rec['iteration']:>7d}/{self.cfg.train.train_iters:>7d} | lm loss: {rec['lm_loss']:.6f} | "
             f"lr: {rec['lr']:.3e} | grad norm: {gn} | step: {1000 * rec['step_time_s']:.1f} ms | "
             f"tokens/s: {rec['tokens_per_sec']:.0f} | TFLOPS/GPU: {rec['tflops']:.2f} | MFU: {mfu} | "
-            f"mem: {rec['mem_gb']:.2f} GB"
+            f"mem: {rec['mem_gb']:.2f} GB{skipped}"
         )
         if metrics_f:
             metrics_f.write(json.dumps(rec) + "\n")
