@@ -14,6 +14,7 @@ import sys
 
 from megatron.arguments import parse_args
 from megatron.config import Config, ConfigError
+from megatron.training.checkpointing import CheckpointError
 from megatron.training.trainer import TrainingStopped
 
 
@@ -52,6 +53,18 @@ def build_datasets(cfg: Config):
     return train, valid, tokenizer.eod
 
 
+def _exit_now(code: int) -> int:
+    """Every rank reached the same error: leave at once rather than let the process group's
+    teardown wait on peers that are leaving too."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized() and __name__ == "__main__":
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
+
+
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     from megatron.training.memory import set_expandable_segments
@@ -87,11 +100,11 @@ def main(argv=None) -> int:
     except ConfigError as e:
         if _is_rank0():
             print(f"error: {e}", file=sys.stderr, flush=True)
-        return 2
-    except TrainingStopped as e:
+        return _exit_now(2)
+    except (TrainingStopped, CheckpointError) as e:
         if _is_rank0():
             print(f"error: {e}", file=sys.stderr, flush=True)
-        return 1
+        return _exit_now(1)
     except Exception as e:  # a dead peer or a timed-out collective must end the job, loudly
         import torch.distributed as dist
 

@@ -1,13 +1,27 @@
 """One save/load pair: model, optimizer and scheduler (through DeepSpeed), iteration, data
-position and RNG. ``latest`` is written by rank 0 only after every rank finished writing,
-atomically (temporary file + rename), so a run killed mid-save resumes from the previous
-complete checkpoint.
+position and RNG.
+
+* ``latest`` is written by rank 0 only after every rank finished writing and the checkpoint was
+  verified (every shard present and readable), atomically (temporary file + rename), so a run
+  killed mid-save resumes from the previous complete checkpoint.
+* ``manifest.json`` in each checkpoint lists every file with its size and the layout that wrote
+  it (world size, SP, ZeRO stage). Loading checks it first and names a missing, truncated or
+  unreadable file instead of failing deep inside ``torch.load``.
+* A checkpoint written with another layout (more or fewer processes, another SP size or ZeRO
+  stage) is converted once to DeepSpeed's universal format (``ds_to_universal``, kept in
+  ``iter_*/universal``) and loaded from there, optimizer state included.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import random
+import subprocess
+import sys
+import zipfile
+from dataclasses import asdict, dataclass
+from typing import Optional
 
 import numpy as np
 import torch
@@ -16,6 +30,34 @@ import torch.distributed as dist
 from megatron.config import ConfigError
 
 LATEST = "latest"
+MANIFEST = "manifest.json"
+UNIVERSAL = "universal"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint could not be written completely; ``latest`` still names the previous one."""
+
+
+@dataclass(frozen=True)
+class Layout:
+    """How the processes that write (or read) a checkpoint are arranged."""
+
+    world_size: int
+    sequence_parallel_size: int
+    zero_stage: int
+
+    def __str__(self) -> str:
+        dp = self.world_size // self.sequence_parallel_size
+        return f"{self.world_size} processes (SP {self.sequence_parallel_size} x DP {dp}), ZeRO-{self.zero_stage}"
+
+
+@dataclass(frozen=True)
+class Resume:
+    """What to load: a tag under the load directory, and whether it is in universal format."""
+
+    tag: str
+    universal: bool
+    saved: Optional[Layout]
 
 
 def _tag(iteration: int) -> str:
@@ -55,9 +97,60 @@ def _prune(save_dir: str, keep_last_n: int, keep: str) -> None:
             shutil.rmtree(os.path.join(save_dir, old), ignore_errors=True)
 
 
-def save_checkpoint(engine, save_dir: str, iteration: int, client_state: dict, keep_last_n: int = 0) -> str:
-    """Collective: every rank writes its shards, then rank 0 points ``latest`` at them and,
-    with ``keep_last_n`` > 0, deletes older ``iter_*`` checkpoints beyond the newest N."""
+def _file_problem(path: str, size: Optional[int] = None) -> Optional[str]:
+    """Why a checkpoint file cannot be used (missing, wrong size, unreadable), or None."""
+    if not os.path.isfile(path):
+        return "is missing"
+    got = os.path.getsize(path)
+    if size is not None and got != size:
+        return f"is truncated or was rewritten ({got} bytes, the manifest says {size})"
+    if path.endswith(".pt"):
+        try:  # torch.save writes a zip archive; a cut-off file has no central directory
+            with zipfile.ZipFile(path) as z:
+                z.infolist()
+        except (zipfile.BadZipFile, OSError) as e:
+            return f"is unreadable ({e})"
+    return None
+
+
+def _listing(ckpt_dir: str) -> dict:
+    files = {}
+    for root, dirs, names in os.walk(ckpt_dir):
+        if os.path.relpath(root, ckpt_dir).split(os.sep)[0] == UNIVERSAL:
+            continue  # derived from the checkpoint, not part of it
+        for name in names:
+            if name != MANIFEST and ".tmp." not in name:
+                path = os.path.join(root, name)
+                files[os.path.relpath(path, ckpt_dir)] = os.path.getsize(path)
+    return files
+
+
+def _verify_written(ckpt_dir: str, layout: Layout) -> tuple:
+    """Rank 0, after every rank wrote: (problem or None, {file: size})."""
+    files = _listing(ckpt_dir)
+    for name in sorted(files):
+        problem = _file_problem(os.path.join(ckpt_dir, name))
+        if problem:
+            return f"{name} {problem}", files
+    want = {"RNG state": (lambda n: n.startswith("rng_state_rank"), layout.world_size)}
+    if layout.zero_stage >= 1:
+        want["ZeRO optimizer shard"] = (lambda n: n.endswith("optim_states.pt"), layout.world_size)
+    for what, (match, count) in want.items():
+        got = sum(1 for n in files if match(n))
+        if got != count:
+            return f"has {got} {what} files, expected {count} (one per rank)", files
+    if not any(n.endswith("model_states.pt") for n in files):
+        return "has no model_states.pt file", files
+    return None, files
+
+
+def save_checkpoint(
+    engine, save_dir: str, iteration: int, client_state: dict, layout: Layout, keep_last_n: int = 0
+) -> str:
+    """Collective: every rank writes its shards; rank 0 verifies them all, writes the manifest,
+    points ``latest`` at them and, with ``keep_last_n`` > 0, deletes older ``iter_*``
+    checkpoints beyond the newest N. Raises CheckpointError (``latest`` untouched) if a shard
+    is missing or unreadable."""
     tag = _tag(iteration)
     rank = dist.get_rank()
     engine.save_checkpoint(save_dir, tag=tag, client_state=dict(client_state, iteration=iteration), save_latest=False)
@@ -66,17 +159,63 @@ def save_checkpoint(engine, save_dir: str, iteration: int, client_state: dict, k
     os.replace(rng_path + ".tmp", rng_path)
     if os.environ.get("MEGATRON_TEST_DIE_BEFORE_LATEST") == str(iteration) and rank == dist.get_world_size() - 1:
         os._exit(17)  # test hook: a rank dies after writing its shards, before `latest` moves
+    if os.environ.get("MEGATRON_TEST_TRUNCATE_ON_SAVE") == str(iteration) and rank == dist.get_world_size() - 1:
+        with open(rng_path, "r+b") as f:  # test hook: a shard is cut short (full disk, lost node)
+            f.truncate(16)
     dist.barrier()
+    problem = [None]
+    ckpt_dir = os.path.join(save_dir, tag)
     if rank == 0:
-        _atomic_write_text(os.path.join(save_dir, LATEST), tag)
-        if keep_last_n > 0:
-            _prune(save_dir, keep_last_n, keep=tag)
-    dist.barrier()
-    return os.path.join(save_dir, tag)
+        problem[0], files = _verify_written(ckpt_dir, layout)
+        if problem[0] is None:
+            manifest = {"iteration": iteration, "layout": asdict(layout), "files": files}
+            _atomic_write_text(os.path.join(ckpt_dir, MANIFEST), json.dumps(manifest, indent=1))
+            _atomic_write_text(os.path.join(save_dir, LATEST), tag)
+            if keep_last_n > 0:
+                _prune(save_dir, keep_last_n, keep=tag)
+    dist.broadcast_object_list(problem, src=0)
+    if problem[0] is not None:
+        previous = os.path.join(save_dir, LATEST)
+        prev = open(previous).read().strip() if os.path.isfile(previous) else None
+        raise CheckpointError(
+            f"checkpoint {ckpt_dir} failed verification: {problem[0]}; 'latest' still points at "
+            f"{prev or 'nothing'}. Check free disk space and the file system, then resume with --load"
+        )
+    return ckpt_dir
 
 
-def load_checkpoint(engine, load_dir: str):
-    """Resume from ``load_dir/latest``. Returns the client state, or None if there is no checkpoint yet."""
+def _read_manifest(ckpt_dir: str) -> Optional[dict]:
+    path = os.path.join(ckpt_dir, MANIFEST)
+    if not os.path.isfile(path):
+        return None  # written before manifests existed, or by another tool
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (json.JSONDecodeError, OSError) as e:
+        raise ConfigError(f"{path} is unreadable ({e}); restore it, or point 'latest' at an earlier iter_* directory")
+
+
+def _convert_to_universal(ckpt_dir: str) -> str:
+    """Rank 0: DeepSpeed's ds_to_universal into ckpt_dir/universal (once; atomic rename)."""
+    out = os.path.join(ckpt_dir, UNIVERSAL)
+    if os.path.isdir(out):
+        return out
+    tmp = f"{out}.tmp.{os.getpid()}"
+    cmd = [sys.executable, "-m", "deepspeed.checkpoint.ds_to_universal", "--input_folder", ckpt_dir,
+           "--output_folder", tmp, "--inject_missing_state", "--num_extract_workers", "2", "--num_merge_workers", "1"]  # fmt: skip
+    print(f"> converting {ckpt_dir} to DeepSpeed's universal format for the new layout ...", flush=True)
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        raise ConfigError(f"converting {ckpt_dir} to a universal checkpoint failed: {last}")
+    os.replace(tmp, out)
+    return out
+
+
+def prepare_resume(load_dir: str, layout: Layout) -> Optional[Resume]:
+    """Collective, before the DeepSpeed engine is built: find ``latest``, verify the checkpoint
+    against its manifest (naming any damaged file), and if it was written with another layout
+    convert it to the universal format (rank 0) so that any layout can load it."""
     if not os.path.isdir(load_dir):
         raise ConfigError(f"--load {load_dir} does not exist; give an existing checkpoint directory or drop --load")
     latest = os.path.join(load_dir, LATEST)
@@ -85,14 +224,58 @@ def load_checkpoint(engine, load_dir: str):
             print(f"> no '{LATEST}' file in {load_dir}: starting from scratch", flush=True)
         return None
     tag = open(latest).read().strip()
-    if not os.path.isdir(os.path.join(load_dir, tag)):
+    ckpt_dir = os.path.join(load_dir, tag)
+    if not os.path.isdir(ckpt_dir):
         raise ConfigError(f"{latest} points at {tag}, which is missing; restore it or point 'latest' at a saved tag")
-    path, client_state = engine.load_checkpoint(load_dir, tag=tag)
+    manifest = _read_manifest(ckpt_dir)
+    if manifest is None:
+        return Resume(tag, universal=False, saved=None)
+    for name, size in sorted(manifest["files"].items()):
+        problem = _file_problem(os.path.join(ckpt_dir, name), size)
+        if problem:
+            raise ConfigError(
+                f"checkpoint {ckpt_dir} is damaged: {name} {problem}; restore it, or point {latest} at an "
+                "earlier iter_* directory"
+            )
+    saved = Layout(**manifest["layout"])
+    if saved == layout:
+        return Resume(tag, universal=False, saved=saved)
+    if saved.zero_stage == 0 and layout.zero_stage == 0:
+        return Resume(tag, universal=False, saved=saved)  # full replicas: any world size reads them
+    if layout.zero_stage != saved.zero_stage:
+        raise ConfigError(
+            f"{ckpt_dir} was written with ZeRO-{saved.zero_stage} and this run uses ZeRO-{layout.zero_stage}; "
+            f"DeepSpeed cannot carry optimizer state across stages: pass --zero-stage {saved.zero_stage} "
+            "(the number of processes and the SP size may change)"
+        )
+    error = [None]
+    if dist.get_rank() == 0:
+        print(f"> {ckpt_dir} was written by {saved}; this run is {layout}", flush=True)
+        try:
+            _convert_to_universal(ckpt_dir)
+        except ConfigError as e:
+            error[0] = str(e)
+    dist.broadcast_object_list(error, src=0)
+    if error[0]:
+        raise ConfigError(error[0])
+    return Resume(tag, universal=True, saved=saved)
+
+
+def load_checkpoint(engine, load_dir: str, resume: Resume) -> dict:
+    """Load what ``prepare_resume`` chose. Returns the client state."""
+    ckpt_dir = os.path.join(load_dir, resume.tag)
+    tag = f"{resume.tag}/{UNIVERSAL}" if resume.universal else resume.tag
+    try:
+        path, client_state = engine.load_checkpoint(load_dir, tag=tag)
+    except (RuntimeError, OSError, EOFError, zipfile.BadZipFile) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ConfigError(f"loading {ckpt_dir} failed ({first}); the checkpoint is incomplete or damaged") from None
     if path is None:
-        raise ConfigError(f"DeepSpeed could not load {os.path.join(load_dir, tag)}; the checkpoint is incomplete")
-    rng_path = os.path.join(load_dir, tag, f"rng_state_rank{dist.get_rank():05d}.pt")
-    if os.path.isfile(rng_path):
+        raise ConfigError(f"DeepSpeed could not load {ckpt_dir}; the checkpoint is incomplete")
+    rng_path = os.path.join(ckpt_dir, f"rng_state_rank{dist.get_rank():05d}.pt")
+    if not resume.universal and os.path.isfile(rng_path):
         _set_rng_state(torch.load(rng_path, weights_only=False))
     if dist.get_rank() == 0:
-        print(f"> resumed from {os.path.join(load_dir, tag)} at iteration {client_state['iteration']}", flush=True)
+        how = f" (universal format, saved by {resume.saved}; RNG streams restart)" if resume.universal else ""
+        print(f"> resumed from {ckpt_dir} at iteration {client_state['iteration']}{how}", flush=True)
     return client_state

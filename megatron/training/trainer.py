@@ -31,7 +31,7 @@ import torch.distributed as dist
 from megatron import parallel_state as ps
 from megatron.config import Config
 from megatron.training import metrics
-from megatron.training.checkpointing import load_checkpoint, save_checkpoint
+from megatron.training.checkpointing import Layout, load_checkpoint, prepare_resume, save_checkpoint
 from megatron.training.ds_config import build_deepspeed_config
 from megatron.training.lr_schedule import lr_at
 
@@ -119,6 +119,15 @@ class Trainer:
         self.gas = cfg.grad_accumulation_steps(self.world)
         self.train_ds, self.valid_ds, self.eod = train_ds, valid_ds, eod_token
         self.ds_config = build_deepspeed_config(cfg, self.world)
+        self.layout = Layout(self.world, self.sp, cfg.parallel.zero_stage)
+        from megatron.training.weights import load_weights, starts_from_weights
+
+        start_from_weights = starts_from_weights(cfg.logging.load)  # converted HF weights: iteration 0, fresh optimizer
+        self._resume = None
+        if cfg.logging.load and not start_from_weights:
+            self._resume = prepare_resume(cfg.logging.load, self.layout)  # verifies; converts a foreign layout
+            if self._resume is not None and self._resume.universal:
+                self.ds_config["checkpoint"] = {**self.ds_config.get("checkpoint", {}), "load_universal": True}
 
         set_seed(cfg.train.seed)
         from megatron.model.gpt import GPTModel
@@ -146,9 +155,6 @@ class Trainer:
                 cfg.model, sp_group=sp_group, checkpoint_activations=cfg.parallel.checkpoint_activations, device=self.device,
                 memory=memory_options,
             )
-        from megatron.training.weights import load_weights, starts_from_weights
-
-        start_from_weights = starts_from_weights(cfg.logging.load)  # converted HF weights: iteration 0, fresh optimizer
         if start_from_weights:
             load_weights(model, cfg.logging.load)
             print_rank0(f"> loaded model weights from {cfg.logging.load} (iteration 0, fresh optimizer)")
@@ -171,11 +177,10 @@ class Trainer:
         self.skipped_steps = 0  # total non-finite steps skipped in this process
         self._consecutive_skipped = 0
         self._install_exit_handlers()
-        if cfg.logging.load and not start_from_weights:
-            state = load_checkpoint(self.engine, cfg.logging.load)
-            if state is not None:
-                self.iteration = state["iteration"]
-                self.consumed_samples = state["consumed_samples"]
+        if self._resume is not None:
+            state = load_checkpoint(self.engine, cfg.logging.load, self._resume)
+            self.iteration = state["iteration"]
+            self.consumed_samples = state["consumed_samples"]
         n_params = cfg.model.num_parameters()
         print_rank0(
             f"> model: {n_params / 1e6:.2f}M parameters | world {self.world} = SP {self.sp} x DP {self.dp} | "
@@ -337,6 +342,7 @@ class Trainer:
             self.cfg.logging.save,
             self.iteration,
             {"consumed_samples": self.consumed_samples, "config": self.cfg.to_dict()},
+            self.layout,
             keep_last_n=self.cfg.logging.keep_last_n_checkpoints,
         )
         print_rank0(f"> saved checkpoint {path}")

@@ -1,0 +1,81 @@
+"""Checkpoint hygiene and portability: a shard cut short while saving keeps `latest` on the
+previous checkpoint; a damaged checkpoint is reported by file name on load; a checkpoint
+resumes on another layout (SP=2 -> SP=4, 2 -> 4 processes) with the losses of an
+uninterrupted run."""
+
+import json
+
+import pytest
+
+from tests.launch import TINY_LLAMA, TRAIN, assert_close_records, torchrun, train_records
+
+ARGS = TINY_LLAMA + TRAIN + ["--lr-decay-style", "constant", "--lr-warmup-iters", "0"]
+SP2 = ["--ds-sequence-parallel-size", "2"]
+
+
+def _error_lines(proc):
+    return [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+
+
+def test_shard_cut_short_while_saving_keeps_previous_latest(tmp_path):
+    ckpt = tmp_path / "ckpt"
+    args = ARGS + SP2 + ["--zero-stage", "1", "--train-iters", "6", "--save", str(ckpt), "--save-interval", "2"]
+    proc = torchrun(2, args, extra_env={"MEGATRON_TEST_TRUNCATE_ON_SAVE": "4"})
+    assert proc.returncode != 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    err = _error_lines(proc)
+    assert len(err) == 1, proc.stderr[-2000:]
+    assert f"checkpoint {ckpt / 'iter_0000004'} failed verification: rng_state_rank00001.pt is unreadable" in err[0]
+    assert "'latest' still points at iter_0000002" in err[0]
+    assert (ckpt / "latest").read_text() == "iter_0000002"
+    manifest = json.loads((ckpt / "iter_0000002" / "manifest.json").read_text())
+    assert manifest["layout"] == {"world_size": 2, "sequence_parallel_size": 2, "zero_stage": 1}
+    assert set(manifest["files"]) == {"mp_rank_00_model_states.pt", "rng_state_rank00000.pt", "rng_state_rank00001.pt",
+                                      "zero_pp_rank_0_mp_rank_00_optim_states.pt",
+                                      "zero_pp_rank_1_mp_rank_00_optim_states.pt"}  # fmt: skip
+
+
+@pytest.mark.parametrize("damage", ["truncate", "delete"])
+def test_damaged_checkpoint_is_named_on_load(tmp_path, damage):
+    ckpt = tmp_path / "ckpt"
+    args = ARGS + SP2 + ["--zero-stage", "1"]
+    train_records(tmp_path, "save", 2, args + ["--train-iters", "2", "--save", str(ckpt)])
+    shard = ckpt / "iter_0000002" / "zero_pp_rank_1_mp_rank_00_optim_states.pt"
+    if damage == "truncate":
+        data = shard.read_bytes()
+        shard.write_bytes(data[: len(data) // 2])
+    else:
+        shard.unlink()
+    proc = torchrun(2, args + ["--train-iters", "4", "--load", str(ckpt)])
+    assert proc.returncode != 0, proc.stdout[-2000:] + proc.stderr[-2000:]  # the ranks exit 2; torchrun says 1
+    err = _error_lines(proc)
+    assert len(err) == 1, proc.stderr[-2000:]
+    what = "is truncated" if damage == "truncate" else "is missing"
+    assert f"{ckpt / 'iter_0000002'} is damaged: zero_pp_rank_1_mp_rank_00_optim_states.pt {what}" in err[0]
+
+
+@pytest.mark.parametrize(
+    "saved_sp,zero,nproc,sp",
+    [(2, "1", 4, 4), (2, "3", 4, 2)],  # SP=2 -> SP=4; 2 processes SP=2 -> 4 processes SP=2 x DP=2
+)
+def test_resume_on_another_layout_continues_the_loss(tmp_path, saved_sp, zero, nproc, sp):
+    ckpt = tmp_path / "ckpt"
+    base = ARGS + ["--zero-stage", zero]
+    saved = base + ["--ds-sequence-parallel-size", str(saved_sp)]
+    full = train_records(tmp_path, "full", 2, saved + ["--train-iters", "5"])
+    train_records(tmp_path, "first", 2, saved + ["--train-iters", "3", "--save", str(ckpt)])
+    proc = torchrun(nproc, base + ["--ds-sequence-parallel-size", str(sp), "--train-iters", "5", "--load", str(ckpt)],
+                    tmp_path / "resumed.jsonl")  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "converting" in proc.stdout and "universal format" in proc.stdout
+    resumed = [json.loads(x) for x in (tmp_path / "resumed.jsonl").read_text().splitlines()]
+    assert [r["iteration"] for r in resumed] == [4, 5]
+    assert_close_records(full[3:], resumed, rtol=1e-5, grad_rtol=1e-4, what=f"SP{saved_sp} -> {nproc} procs SP{sp}")
+
+
+def test_zero_stage_change_is_refused_with_the_fix(tmp_path):
+    ckpt = tmp_path / "ckpt"
+    train_records(tmp_path, "save", 2, ARGS + SP2 + ["--zero-stage", "1", "--train-iters", "1", "--save", str(ckpt)])
+    proc = torchrun(2, ARGS + SP2 + ["--zero-stage", "3", "--train-iters", "2", "--load", str(ckpt)])
+    assert proc.returncode != 0
+    err = _error_lines(proc)
+    assert len(err) == 1 and "written with ZeRO-1 and this run uses ZeRO-3" in err[0] and "--zero-stage 1" in err[0]
