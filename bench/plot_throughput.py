@@ -1,0 +1,177 @@
+"""Plots and a markdown table from a ``bench/throughput.py`` JSON.
+
+    python bench/plot_throughput.py docs/benchmarks/throughput/h100_gpt-1.3b_sp1.json
+
+Writes, next to the JSON: ``<name>.md`` (every case, then ours vs the peer) and, when matplotlib
+is importable, ``<name>_tokens_per_sec.png`` and ``<name>_mfu.png`` (one line per system and
+attention backend, sequence length on a log2 axis). Without matplotlib it says so and writes
+only the table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+CASES_HEADER = (
+    "| shape | seq len | GPUs | SP | system | tiled MLP | tokens/s/GPU | TFLOPS/GPU (MD) | model TFLOPS/GPU | MFU "
+    "| peak mem (GB) | final loss | outcome |\n"
+    "| --- | ---: | ---: | ---: | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |"
+)
+RATIOS_HEADER = (
+    "| shape | seq len | GPUs | SP | ours (backend) tokens/s/GPU | peer tokens/s/GPU | ours / peer | ours MFU | peer MFU |\n"
+    "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+)
+OUTCOME_TEXT = {"oom": "OOM", "timeout": "timeout", "failed": "failed", "skipped": "skipped (OOM earlier)"}
+
+
+def _fmt(value: float | None, spec: str, scale: float = 1.0) -> str:
+    return "-" if value is None else format(value * scale, spec)
+
+
+def system_label(case: dict) -> str:
+    return f"peer ({case['backend']})" if case["kind"] == "peer" else f"ours ({case['backend']})"
+
+
+def _group(case: dict) -> tuple:
+    return (case["shape"], case["nproc"], case["sp"])
+
+
+def _percent(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.1f}%"
+
+
+def markdown_table(report: dict) -> str:
+    """Every case (ok ones with numbers, others with their outcome), then the ours/peer ratios."""
+    devices = report.get("devices") or ["?"]
+    versions = report.get("versions") or {}
+    settings = report.get("settings") or {}
+    warmup, iters = settings.get("warmup"), settings.get("iters")
+    measured = (
+        f"iterations {warmup + 1}-{iters}" if isinstance(warmup, int) and isinstance(iters, int) else "iterations"
+    )
+    lines = [
+        f"# Training throughput ({', '.join(sorted(set(devices)))})",
+        "",
+        "Versions: " + ", ".join(f"{k} {v}" for k, v in versions.items() if v) + ".",
+        (
+            f"Median of {measured} of each run; ZeRO-3, micro batch 1, activation checkpointing, tiled logits loss "
+            f"{'on' if settings.get('tiled_loss', True) else 'off'}. TFLOPS (MD) = Megatron-DeepSpeed's formula; "
+            "model TFLOPS and MFU count model FLOPs only (no recomputation, causal attention) against the dense "
+            "bf16 peak."
+        ),
+        "",
+        CASES_HEADER,
+    ]
+    cases = sorted(report.get("cases", []), key=lambda c: (_group(c), c["seq_len"], c["kind"] != "ours", c["backend"]))
+    for c in cases:
+        tiled = {True: "yes", False: "no"}.get(c.get("tiled_mlp"), "-")
+        head = [c["shape"], f"{c['seq_len']:,}", str(c["nproc"]), str(c["sp"]), system_label(c), tiled]
+        if c["outcome"] == "ok":
+            numbers = [
+                _fmt(c.get("tokens_per_sec_per_gpu"), ",.0f"), _fmt(c.get("tflops_per_gpu"), ".1f"),
+                _fmt(c.get("model_tflops_per_gpu"), ".1f"), _percent(c.get("mfu")), _fmt(c.get("peak_mem_gb"), ".1f"),
+                _fmt(c.get("final_loss"), ".3f"), "ok",
+            ]  # fmt: skip
+        else:
+            numbers = ["-"] * 6 + [OUTCOME_TEXT.get(c["outcome"], c["outcome"])]
+        lines.append("| " + " | ".join(head + numbers) + " |")
+    comps = report.get("comparisons") or []
+    if comps:
+        lines += [
+            "",
+            "Ours (fastest backend) against the peer (Hugging Face Llama + DeepSpeed ALST), same length, GPUs and SP:",
+            "",
+            RATIOS_HEADER,
+        ]
+        for r in sorted(comps, key=lambda r: (r["shape"], r["nproc"], r["sp"], r["seq_len"])):
+            lines.append(
+                f"| {r['shape']} | {r['seq_len']:,} | {r['nproc']} | {r['sp']} | "
+                f"{r['ours_tokens_per_sec_per_gpu']:,.0f} ({r['best_backend']}) | {r['peer_tokens_per_sec_per_gpu']:,.0f} | "
+                f"{r['ratio_tokens_per_sec']:.2f}x | {_percent(r.get('ours_mfu'))} | {_percent(r.get('peer_mfu'))} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def series(report: dict, metric: str) -> dict:
+    """{(shape, nproc, sp, system label): [(seq_len, value), ...]} of the successful cases."""
+    out: dict = {}
+    for c in report.get("cases", []):
+        if c["outcome"] != "ok" or c.get(metric) is None:
+            continue
+        out.setdefault((*_group(c), system_label(c)), []).append((c["seq_len"], c[metric]))
+    return {k: sorted(v) for k, v in sorted(out.items())}
+
+
+def plot(report: dict, metric: str, ylabel: str, path: Path, scale: float = 1.0) -> bool:
+    """One PNG: ``metric`` against sequence length (log2), a line per system; False when there is nothing."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    data = series(report, metric)
+    if not data:
+        return False
+    groups = {k[:3] for k in data}
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for (shape, nproc, sp, label), points in data.items():
+        xs, ys = zip(*points)
+        name = label if len(groups) == 1 else f"{shape} {nproc} GPU SP{sp}: {label}"
+        ax.plot(
+            xs, [y * scale for y in ys], marker="o", linestyle="--" if label.startswith("peer") else "-", label=name
+        )
+    ax.set_xscale("log", base=2)
+    seqs = sorted({x for pts in data.values() for x, _ in pts})
+    ax.set_xticks(seqs)
+    ax.set_xticklabels([f"{s // 1024}K" if s >= 1024 else str(s) for s in seqs])
+    ax.set_xlabel("sequence length (tokens)")
+    ax.set_ylabel(ylabel)
+    devices = report.get("devices") or ["?"]
+    title = ", ".join(sorted(set(devices)))
+    if len(groups) == 1:
+        shape, nproc, sp = next(iter(groups))
+        title = f"{shape}, {nproc} GPU{'s' if nproc > 1 else ''}, SP {sp} ({title})"
+    ax.set_title(title)
+    ax.set_ylim(bottom=0)
+    ax.grid(True, alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("json", help="bench/throughput.py output")
+    p.add_argument("--out-dir", help="where to write (default: next to the JSON)")
+    args = p.parse_args(argv)
+    src = Path(args.json)
+    report = json.loads(src.read_text())
+    out_dir = Path(args.out_dir) if args.out_dir else src.parent
+    out_dir.mkdir(parents=True, exist_ok=True)
+    table = out_dir / f"{src.stem}.md"
+    table.write_text(markdown_table(report))
+    print(f"wrote {table}")
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        print("matplotlib is not installed: no PNGs written (pip install matplotlib); the table is complete")
+        return 0
+    for metric, ylabel, scale, suffix in (
+        ("tokens_per_sec_per_gpu", "tokens/s per GPU", 1.0, "tokens_per_sec"),
+        ("mfu", "MFU (%)", 100.0, "mfu"),
+    ):
+        png = out_dir / f"{src.stem}_{suffix}.png"
+        if plot(report, metric, ylabel, png, scale):
+            print(f"wrote {png}")
+        else:
+            print(f"no successful case has {metric} (e.g. MFU on CPU): {png.name} not written")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,535 @@
+"""End-to-end training throughput of our trainer, and of a Hugging Face + DeepSpeed-ALST peer.
+
+Every case is a fresh ``torchrun`` of the real trainer (``pretrain_gpt.py``: ZeRO-3, micro batch 1,
+activation checkpointing, tiled logits loss, mock data, one attention backend) or of the peer
+(``bench/peer_hf_alst.py``: ``transformers`` Llama with DeepSpeed's Ulysses attention, data-loader
+adapter and TiledFusedLogitsLoss), at the same length, GPU count, SP size and precision; ``--tiled-mlp``
+switches the tiled MLP on for both. Both write one JSON record per iteration; the first ``--warmup``
+iterations are dropped and the median of the rest is reported.
+
+    python bench/throughput.py --shape gpt-1.3b --seq-lens 8192,32768 --nproc 1 --sp 1 \\
+        --backends sdpa,flash_triton --peer --out docs/benchmarks/throughput/h100_gpt-1.3b_sp1.json
+    python bench/throughput.py --tiny --peer --out /tmp/throughput.json     # CPU smoke run (tested)
+
+The output JSON holds the command line of every case, the devices, package versions, and per case:
+tokens/s/GPU, TFLOPS/GPU (Megatron-DeepSpeed formula), model TFLOPS/GPU, MFU (model FLOPs against
+the dense bf16 peak, 989 TFLOP/s on H100/H200), peak memory, the losses and an outcome (``ok``,
+``oom``, ``timeout``, ``failed`` with the last error line, ``skipped`` after a smaller length ran
+out of memory). ``comparisons`` gives ``ratio_tokens_per_sec`` = best backend of ours / peer for each
+(shape, seq_len, nproc, sp) where both ran. ``bench/plot_throughput.py`` turns it into plots and a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import math
+import os
+import platform
+import re
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCH = Path(__file__).resolve().parent
+PEER_SCRIPT = BENCH / "peer_hf_alst.py"
+PEER_BACKEND = "hf-sdpa"  # the peer's attention: transformers' SDPA under DeepSpeed's Ulysses wrapper
+
+
+@dataclass(frozen=True)
+class Shape:
+    """One model shape, described once for our trainer's flags and for the Hugging Face peer."""
+
+    layers: int
+    hidden: int
+    heads: int
+    kv_heads: int
+    ffn: int
+    vocab: int
+    llama: bool
+    """RMSNorm, SwiGLU, no biases (Llama); otherwise LayerNorm, GELU, biases (GPT)."""
+    peer_ffn: int
+    """Intermediate size of the peer's SwiGLU MLP (for a GPT shape: the one with the same matmul FLOPs)."""
+    rope_base: float = 10000.0
+    tied: bool = True
+    """Output layer shares the word embeddings."""
+
+    def megatron_flags(self) -> list:
+        flags = ["--num-layers", str(self.layers), "--hidden-size", str(self.hidden),
+                 "--num-attention-heads", str(self.heads), "--num-key-value-heads", str(self.kv_heads),
+                 "--ffn-hidden-size", str(self.ffn), "--vocab-size", str(self.vocab),
+                 "--use-rotary-position-embeddings", "--rotary-base", f"{self.rope_base:g}"]  # fmt: skip
+        if self.llama:
+            flags += ["--normalization", "RMSNorm", "--swiglu", "--disable-bias-linear"]
+        if not self.tied:
+            flags += ["--untie-embeddings-and-output-weights"]
+        return flags
+
+    def hf_llama_kwargs(self) -> dict:
+        """``transformers.LlamaConfig`` keyword arguments of the peer (no sequence-dependent ones)."""
+        return {
+            "num_hidden_layers": self.layers, "hidden_size": self.hidden, "num_attention_heads": self.heads,
+            "num_key_value_heads": self.kv_heads, "intermediate_size": self.peer_ffn, "vocab_size": self.vocab,
+            "rope_theta": self.rope_base, "tie_word_embeddings": self.tied, "rms_norm_eps": 1e-5,
+            "hidden_act": "silu", "attention_bias": False, "mlp_bias": False, "initializer_range": 0.02,
+        }  # fmt: skip
+
+
+SHAPES = {
+    # GPT-3 1.3B (24 x 2048, 16 heads, GPT-2 vocabulary, 4h GELU MLP), RoPE. The peer is a Llama of the same
+    # width and depth whose SwiGLU (3 matrices) has the MLP's matmul FLOPs: 2 x 8192 / 3 = 5461 -> 5440 (x 64).
+    "gpt-1.3b": Shape(layers=24, hidden=2048, heads=16, kv_heads=16, ffn=8192, vocab=50257, llama=False, peer_ffn=5440),
+    # Llama-3.2-1B-like: GQA 32/8, SwiGLU 8192, 128K vocabulary, RoPE theta 5e5, tied embeddings (no rope scaling).
+    "llama-1b": Shape(layers=16, hidden=2048, heads=32, kv_heads=8, ffn=8192, vocab=128256, llama=True, peer_ffn=8192,
+                      rope_base=500000.0),
+    # CPU smoke shape (fp32, gloo)
+    "tiny": Shape(layers=2, hidden=64, heads=8, kv_heads=2, ffn=192, vocab=512, llama=True, peer_ffn=192),
+}  # fmt: skip
+
+
+# ----------------------------------------------------------------------------- one case
+@dataclass
+class Case:
+    """One torchrun: ours with an attention backend, or the peer."""
+
+    kind: str  # "ours" or "peer"
+    backend: str
+    shape: str
+    seq_len: int
+    nproc: int
+    sp: int
+    bf16: bool
+    tiled_mlp: bool
+    tiled_loss: bool
+
+    @property
+    def name(self) -> str:
+        return f"{self.shape}_seq{self.seq_len}_np{self.nproc}_sp{self.sp}_{self.kind}_{self.backend}"
+
+    def key(self) -> tuple:
+        """What makes a case distinct (``--append`` replaces a case with the same key)."""
+        return case_key(vars(self) | {"precision": "bf16" if self.bf16 else "fp32"})
+
+
+def ours_flags(case: Case, iters: int, metrics_file: Path, extra: list) -> list:
+    """pretrain_gpt.py flags of one case of ours."""
+    flags = SHAPES[case.shape].megatron_flags() + [
+        "--seq-length", str(case.seq_len), "--micro-batch-size", "1", "--global-batch-size", str(case.nproc // case.sp),
+        "--train-iters", str(iters), "--lr", "1e-4", "--mock-data", "--num-workers", "0", "--eval-interval", "0",
+        "--log-interval", "1", "--metrics-file", str(metrics_file), "--zero-stage", "3",
+        "--ds-sequence-parallel-size", str(case.sp), "--attention-backend", case.backend, "--checkpoint-activations",
+        "--tiled-logits-loss" if case.tiled_loss else "--no-tiled-logits-loss",
+    ]  # fmt: skip
+    flags += ["--tiled-mlp-compute"] if case.tiled_mlp else []
+    flags += ["--bf16"] if case.bf16 else []
+    return flags + extra
+
+
+def peer_flags(case: Case, iters: int, metrics_file: Path, extra: list) -> list:
+    """bench/peer_hf_alst.py flags of the peer case."""
+    flags = ["--shape", case.shape, "--seq-length", str(case.seq_len), "--sp", str(case.sp), "--iters", str(iters),
+             "--metrics-file", str(metrics_file)]  # fmt: skip
+    flags += ["--tiled-mlp"] if case.tiled_mlp else []
+    flags += [] if case.tiled_loss else ["--no-tiled-loss"]
+    flags += ["--bf16"] if case.bf16 else []
+    return flags + extra
+
+
+# CPU smoke run: force several shards so that the tiled code paths really tile
+TINY_OURS_FLAGS = ["--tiled-mlp-shards", "2", "--tiled-logits-chunk-size", "32"]
+TINY_PEER_FLAGS = ["--mlp-shards", "2", "--loss-shards", "2"]
+
+
+def case_command(case: Case, iters: int, metrics_file: Path, extra: list) -> list:
+    if case.shape == "tiny":
+        extra = (TINY_OURS_FLAGS if case.kind == "ours" else TINY_PEER_FLAGS) + extra
+    script, flags = (
+        (ROOT / "pretrain_gpt.py", ours_flags(case, iters, metrics_file, extra))
+        if case.kind == "ours"
+        else (PEER_SCRIPT, peer_flags(case, iters, metrics_file, extra))
+    )
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={case.nproc}",
+            str(script), *flags]  # fmt: skip
+
+
+_ERROR_LINE = re.compile(r"^\s*(?:\[rank\d+\]:\s*)?(?:[\w.]+(?:Error|Exception|Interrupt)\b|error:)(?:.*)$")
+_NOISE = ("ChildFailedError", "torch.distributed.elastic", "FutureWarning", "UserWarning", "DeprecationWarning")
+
+
+def last_error_line(log: str) -> str | None:
+    """The last line of a log that looks like an exception or an ``error:`` message (torchrun's noise skipped)."""
+    lines = [ln.strip() for ln in log.splitlines() if ln.strip()]
+    for ln in reversed(lines):
+        if _ERROR_LINE.match(ln) and not any(n in ln for n in _NOISE):
+            return ln[:500]
+    return lines[-1][:500] if lines else None
+
+
+def is_oom(log: str) -> bool:
+    return "CUDA out of memory" in log or "OutOfMemoryError" in log or "CUBLAS_STATUS_ALLOC_FAILED" in log
+
+
+def classify(returncode: int | None, log: str, n_records: int, timed_out: bool) -> tuple:
+    """(outcome, error line or None) of a finished case."""
+    if timed_out:
+        return "timeout", None
+    if returncode == 0 and n_records > 0:
+        return "ok", None
+    if is_oom(log):
+        return "oom", last_error_line(log)
+    if returncode == 0:
+        return "failed", "the run exited cleanly but wrote no metrics"
+    return "failed", last_error_line(log)
+
+
+def read_metrics(path: Path) -> tuple:
+    """(per-iteration records, peer metadata or None) from a metrics JSONL."""
+    records, meta = [], None
+    if path.exists():
+        for line in path.read_text().splitlines():
+            if not line.strip():
+                continue
+            rec = json.loads(line)
+            if "lm_loss" in rec and "step_time_s" in rec:
+                records.append(rec)
+            elif "peer" in rec:
+                meta = rec["peer"]
+    return records, meta
+
+
+def _median(values: list) -> float | None:
+    values = [v for v in values if v is not None]
+    return statistics.median(values) if values else None
+
+
+def summarize(records: list, warmup: int) -> dict:
+    """Median throughput of the iterations after ``warmup``, peak memory and all losses."""
+    measured = [r for r in records if r["iteration"] > warmup]
+    out = {
+        "iterations": len(records),
+        "measured_iterations": len(measured),
+        "losses": [r["lm_loss"] for r in records],
+        "grad_norms": [r.get("grad_norm") for r in records],
+        "final_loss": records[-1]["lm_loss"] if records else None,
+        "peak_mem_gb": max((r["mem_gb"] for r in records if r.get("mem_gb") is not None), default=None),
+    }
+    for key, name in (("step_time_s", "step_time_s"), ("tokens_per_sec", "tokens_per_sec"),
+                      ("tokens_per_sec_per_gpu", "tokens_per_sec_per_gpu"), ("tflops", "tflops_per_gpu"),
+                      ("model_tflops", "model_tflops_per_gpu"), ("mfu", "mfu")):  # fmt: skip
+        out[name] = _median([r.get(key) for r in measured])
+    return out
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    """End the torchrun and every worker it started (its own session), politely first."""
+    for sig, wait in ((signal.SIGTERM, 15), (signal.SIGKILL, 10)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(timeout=wait)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def cpu_extensions_dir() -> Path:
+    """A JIT-extension cache private to this Python environment.
+
+    On CPUs DeepSpeed JIT-compiles its shared-memory comm op at every ``init_distributed``; in the
+    shared default cache, environments with other compiler command lines rebuild it back and forth
+    (tens of seconds per launch). Keyed by the interpreter prefix and torch version, it builds once.
+    """
+    import hashlib
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        torch_version = version("torch")
+    except PackageNotFoundError:
+        torch_version = "none"
+    key = hashlib.sha1(f"{sys.prefix}|{torch_version}".encode()).hexdigest()[:12]
+    return Path.home() / ".cache" / "torch_extensions_by_env" / key
+
+
+def run_case(case: Case, args, log_dir: Path) -> dict:
+    """Launch one case, wait at most ``--case-timeout`` seconds, and summarize it."""
+    metrics_file = log_dir / f"{case.name}.jsonl"
+    log_file = log_dir / f"{case.name}.log"
+    metrics_file.unlink(missing_ok=True)
+    cmd = case_command(case, args.iters, metrics_file, args.extra if case.kind == "ours" else args.peer_extra)
+    pythonpath = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
+    env = dict(os.environ, PYTHONPATH=pythonpath, PYTHONUNBUFFERED="1")
+    env.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
+    if not case.bf16:  # CPU smoke runs: one thread per process on small machines, and DeepSpeed's
+        env.setdefault("OMP_NUM_THREADS", "1")  # CPU comm op built once per Python environment, not per launch
+        env.setdefault("TORCH_EXTENSIONS_DIR", str(cpu_extensions_dir()))
+    t0 = time.time()
+    timed_out = False
+    with open(log_file, "w") as log_f:
+        log_f.write(" ".join(cmd) + "\n")
+        log_f.flush()
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log_f, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            proc.wait(timeout=args.case_timeout)
+        except subprocess.TimeoutExpired:
+            timed_out = True
+            _kill_group(proc)
+        except BaseException:  # Ctrl-C or the caller's own time limit: leave no workers holding GPUs
+            _kill_group(proc)
+            raise
+    log = log_file.read_text(errors="replace")
+    records, meta = read_metrics(metrics_file)
+    outcome, error = classify(proc.returncode, log, len(records), timed_out)
+    res = {
+        "name": case.name, "kind": case.kind, "backend": case.backend, "shape": case.shape, "seq_len": case.seq_len,
+        "nproc": case.nproc, "sp": case.sp, "dp": case.nproc // case.sp, "precision": "bf16" if case.bf16 else "fp32",
+        "zero_stage": 3, "micro_batch_size": 1, "checkpoint_activations": True, "tiled_mlp": case.tiled_mlp,
+        "tiled_loss": case.tiled_loss, "warmup": args.warmup, "command": cmd, "log": str(log_file),
+        "metrics_file": str(metrics_file), "returncode": proc.returncode, "wall_s": round(time.time() - t0, 1),
+        "outcome": outcome, "error": error,
+    }  # fmt: skip
+    res.update(summarize(records, args.warmup))
+    if meta is not None:
+        res["peer"] = meta
+    if outcome == "ok" and res["measured_iterations"] == 0:
+        res.update(outcome="failed", error=f"only {len(records)} iterations logged, none after --warmup {args.warmup}")
+    return res
+
+
+# ----------------------------------------------------------------------------- report
+def case_key(c: dict) -> tuple:
+    """System (kind, backend) and setting of a case record."""
+    return (c["kind"], c["backend"], *_setting(c))
+
+
+def _setting(c: dict) -> tuple:
+    """What two systems must share to be compared: shape, length, GPUs, SP, precision and the ALST switches."""
+    return (c["shape"], c["seq_len"], c["nproc"], c["sp"], c.get("precision"), c.get("tiled_mlp"), c.get("tiled_loss"))
+
+
+def comparisons(cases: list) -> list:
+    """Ours (best backend) against the peer for each (shape, seq_len, nproc, sp) setting where both succeeded."""
+    out = []
+    for setting in sorted({_setting(c) for c in cases}, key=lambda t: [(x is None, 0 if x is None else x) for x in t]):
+        shape, seq, nproc, sp, precision, tiled_mlp, tiled_loss = setting
+        same = [c for c in cases if _setting(c) == setting]
+        ok = [c for c in same if c["outcome"] == "ok" and c.get("tokens_per_sec_per_gpu")]
+        peer = next((c for c in ok if c["kind"] == "peer"), None)
+        ours = [c for c in ok if c["kind"] == "ours"]
+        if peer is None or not ours:
+            continue
+        best = max(ours, key=lambda c: c["tokens_per_sec_per_gpu"])
+        out.append({
+            "shape": shape, "seq_len": seq, "nproc": nproc, "sp": sp, "precision": precision, "tiled_mlp": tiled_mlp,
+            "tiled_loss": tiled_loss, "best_backend": best["backend"],
+            "ours_tokens_per_sec_per_gpu": best["tokens_per_sec_per_gpu"],
+            "peer_tokens_per_sec_per_gpu": peer["tokens_per_sec_per_gpu"],
+            "ratio_tokens_per_sec": best["tokens_per_sec_per_gpu"] / peer["tokens_per_sec_per_gpu"],
+            "ours_mfu": best.get("mfu"), "peer_mfu": peer.get("mfu"),
+            "ours_peak_mem_gb": best.get("peak_mem_gb"), "peer_peak_mem_gb": peer.get("peak_mem_gb"),
+        })  # fmt: skip
+    return out
+
+
+_PROBE = """
+import importlib.metadata as md, json, platform, torch
+def v(name):
+    try:
+        return md.version(name)
+    except md.PackageNotFoundError:
+        return None
+cuda = torch.cuda.is_available()
+print(json.dumps({
+    "devices": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if cuda else ["cpu"],
+    "versions": {"python": platform.python_version(), "torch": torch.__version__, "cuda": torch.version.cuda,
+                 "cudnn": torch.backends.cudnn.version() if cuda else None, "deepspeed": v("deepspeed"),
+                 "transformers": v("transformers"), "triton": v("triton"), "numpy": v("numpy"),
+                 "flash_attn": v("flash-attn") or v("flash_attn")},
+}))
+"""
+
+
+def environment() -> dict:
+    """Devices and package versions, probed in a child process (this one never touches CUDA)."""
+    try:
+        out = subprocess.run([sys.executable, "-c", _PROBE], capture_output=True, text=True, timeout=300, check=True)
+        env = json.loads(out.stdout.strip().splitlines()[-1])
+    except (subprocess.SubprocessError, json.JSONDecodeError, IndexError) as e:
+        env = {"devices": None, "versions": {"python": platform.python_version()}, "probe_error": str(e)[:300]}
+    env["host"] = platform.node()
+    return env
+
+
+def write_report(path: Path, report: dict) -> None:
+    report["comparisons"] = comparisons(report["cases"])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(report, indent=1) + "\n")
+    tmp.replace(path)
+
+
+# ----------------------------------------------------------------------------- driver
+def plan(args) -> list:
+    """Every case to run, in order: for each length, ours per backend, then the peer."""
+    cases = []
+    for seq in args.seq_lens:
+        tiled_mlp = args.tiled_mlp == "on" or (args.tiled_mlp == "auto" and seq // args.sp >= args.tiled_mlp_from)
+        common = {"shape": args.shape, "seq_len": seq, "nproc": args.nproc, "sp": args.sp, "bf16": not args.tiny,
+                  "tiled_mlp": tiled_mlp, "tiled_loss": not args.no_tiled_loss}  # fmt: skip
+        if not args.peer_only:
+            cases += [Case(kind="ours", backend=b, **common) for b in args.backends]
+        if args.peer or args.peer_only:
+            cases.append(Case(kind="peer", backend=PEER_BACKEND, **common))
+    return cases
+
+
+def _csv_ints(text: str) -> list:
+    return [int(float(x)) for x in text.split(",") if x.strip()]
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--shape", choices=[s for s in SHAPES if s != "tiny"], default="gpt-1.3b")
+    p.add_argument("--tiny", action="store_true", help="CPU smoke run: tiny shape, fp32, gloo, 2 processes, SP 2")
+    p.add_argument("--seq-lens", type=_csv_ints, help="comma-separated (default 8192,32768,65536,131072; tiny 128)")
+    p.add_argument("--nproc", type=int, help="GPUs (processes) per case (default 1; tiny 2)")
+    p.add_argument("--sp", type=int, help="Ulysses sequence-parallel size (default --nproc)")
+    p.add_argument("--backends", default=None, help="our attention backends (default sdpa,flash_triton; tiny sdpa)")
+    p.add_argument("--peer", action="store_true", help="also run the HF + DeepSpeed-ALST peer for each length")
+    p.add_argument("--peer-only", action="store_true", help="run only the peer")
+    p.add_argument("--iters", type=int, help="training iterations per case (default 8; tiny 4)")
+    p.add_argument("--warmup", type=int, help="iterations left out of the medians (default 3; tiny 2)")
+    p.add_argument(
+        "--tiled-mlp",
+        choices=["off", "on", "auto"],
+        default=None,
+        help="TiledMLP in ours and the peer (default off; tiny on); auto: on when seq_len / SP >= --tiled-mlp-from",
+    )
+    p.add_argument("--tiled-mlp-from", type=int, default=131072, help="local tokens from which auto tiles the MLP")
+    p.add_argument("--no-tiled-loss", action="store_true", help="untiled output layer + loss (both systems)")
+    p.add_argument("--case-timeout", type=int, default=600, help="seconds per case before it is killed (timeout)")
+    p.add_argument(
+        "--keep-going-after-oom",
+        action="store_true",
+        help="also try longer sequences of a system that already ran out of memory (default: skip them)",
+    )
+    p.add_argument("--out", help="JSON (default docs/benchmarks/throughput/throughput_<shape>_<nproc>gpu_sp<sp>.json)")
+    p.add_argument("--append", action="store_true", help="merge into an existing --out (same case: replaced)")
+    p.add_argument("--log-dir", help="per-case logs and metrics (default runs/throughput/<out name>; tiny: a temp dir)")
+    p.add_argument("--peer-arg", action="append", default=[], dest="peer_extra", help="extra flag for the peer")
+    p.add_argument("--dry-run", action="store_true", help="print the commands and exit")
+    args, rest = p.parse_known_args(argv)
+    args.extra = rest[1:] if rest[:1] == ["--"] else rest  # after --: extra flags for pretrain_gpt.py
+    unknown = [a for a in args.extra if a.startswith("-") and rest[:1] != ["--"]]
+    if unknown:
+        p.error(f"unrecognized arguments {unknown} (pass flags for pretrain_gpt.py after --)")
+    if args.tiny:
+        args.shape = "tiny"
+    t = args.tiny
+    args.seq_lens = args.seq_lens or ([128] if t else [8192, 32768, 65536, 131072])
+    args.nproc = args.nproc or (2 if t else 1)
+    args.sp = args.sp or args.nproc
+    args.backends = [
+        b.strip() for b in (args.backends or ("sdpa" if t else "sdpa,flash_triton")).split(",") if b.strip()
+    ]
+    args.iters = args.iters or (4 if t else 8)
+    args.tiled_mlp = args.tiled_mlp or ("on" if t else "off")
+    args.warmup = args.warmup if args.warmup is not None else (2 if t else 3)
+    from megatron.config import ATTENTION_BACKENDS
+
+    bad = [b for b in args.backends if b not in ATTENTION_BACKENDS]
+    if bad:
+        p.error(f"unknown backend(s) {bad}; choose from {', '.join(ATTENTION_BACKENDS)}")
+    if args.nproc % args.sp:
+        p.error(f"--nproc {args.nproc} must be a multiple of --sp {args.sp}")
+    if any(s % args.sp for s in args.seq_lens):
+        p.error(f"every sequence length must be divisible by --sp {args.sp}")
+    if args.iters <= args.warmup:
+        p.error(f"--iters {args.iters} must exceed --warmup {args.warmup} (nothing left to measure)")
+    shape = SHAPES[args.shape]
+    if shape.heads % args.sp or (shape.kv_heads % args.sp and args.sp % shape.kv_heads):
+        p.error(f"{args.shape}: {shape.heads} heads / {shape.kv_heads} kv heads do not split over SP {args.sp}")
+    default_name = f"throughput_{args.shape}_{args.nproc}gpu_sp{args.sp}.json"
+    args.out = Path(args.out or ROOT / "docs" / "benchmarks" / "throughput" / default_name)
+    if args.log_dir:
+        args.log_dir = Path(args.log_dir)
+    elif t:
+        args.log_dir = Path(tempfile.mkdtemp(prefix="throughput_"))
+    else:
+        args.log_dir = ROOT / "runs" / "throughput" / args.out.stem
+    return args
+
+
+def main(argv=None) -> int:
+    sys.path.insert(0, str(ROOT))
+    args = parse_args(argv)
+    cases = plan(args)
+    if args.dry_run:
+        for case in cases:
+            print(" ".join(case_command(case, args.iters, args.log_dir / f"{case.name}.jsonl",
+                                        args.extra if case.kind == "ours" else args.peer_extra)))  # fmt: skip
+        return 0
+    args.log_dir.mkdir(parents=True, exist_ok=True)
+    report = None
+    if args.append and args.out.exists():
+        report = json.loads(args.out.read_text())
+    if report is None:
+        report = {"benchmark": "throughput", "cases": []}
+    report.update(environment())
+    report["updated"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    report["settings"] = {
+        "iters": args.iters, "warmup": args.warmup, "statistic": "median over the iterations after warmup",
+        "case_timeout_s": args.case_timeout, "tiled_mlp": args.tiled_mlp, "tiled_mlp_from": args.tiled_mlp_from,
+        "tiled_loss": not args.no_tiled_loss, "mfu_peak": "dense bf16 datasheet peak (989 TFLOP/s for H100/H200)",
+        "log_dir": str(args.log_dir),
+    }  # fmt: skip
+    shape = SHAPES[args.shape]
+    report.setdefault("shapes", {})[args.shape] = {**shape.__dict__, "megatron_flags": shape.megatron_flags()}
+    print(f"throughput: {args.shape} on {args.nproc} x {(report.get('devices') or ['?'])[0]}, SP {args.sp}, "
+          f"{len(cases)} cases, logs in {args.log_dir}", flush=True)  # fmt: skip
+    oom_at: dict = {}  # (kind, backend) -> shortest length that ran out of memory
+    for case in cases:
+        sys_key = (case.kind, case.backend)
+        if not args.keep_going_after_oom and sys_key in oom_at and case.seq_len > oom_at[sys_key]:
+            res = {"name": case.name, "kind": case.kind, "backend": case.backend, "shape": case.shape,
+                   "seq_len": case.seq_len, "nproc": case.nproc, "sp": case.sp, "dp": case.nproc // case.sp,
+                   "precision": "bf16" if case.bf16 else "fp32", "tiled_mlp": case.tiled_mlp,
+                   "tiled_loss": case.tiled_loss, "outcome": "skipped",
+                   "error": f"ran out of memory at seq_len {oom_at[sys_key]}"}  # fmt: skip
+        else:
+            res = run_case(case, args, args.log_dir)
+            if res["outcome"] == "oom":
+                oom_at[sys_key] = min(case.seq_len, oom_at.get(sys_key, math.inf))
+        report["cases"] = [c for c in report["cases"] if case_key(c) != case.key()] + [res]
+        write_report(args.out, report)
+        print(_line(res), flush=True)
+    for comp in report["comparisons"]:
+        print(f"  {comp['shape']} seq {comp['seq_len']} np {comp['nproc']} sp {comp['sp']}: ours "
+              f"({comp['best_backend']}) / peer = {comp['ratio_tokens_per_sec']:.2f}x tokens/s", flush=True)  # fmt: skip
+    print(f"wrote {args.out}")
+    return 0
+
+
+def _line(res: dict) -> str:
+    head = f"  {res['kind']:>4} {res['backend']:>12} seq {res['seq_len']:>7}: {res['outcome']}"
+    if res["outcome"] != "ok":
+        return head + (f" ({res['error']})" if res.get("error") else "")
+
+    def fmt(key: str, spec: str, scale: float = 1.0) -> str:
+        return "n/a" if res.get(key) is None else format(res[key] * scale, spec)
+
+    return (head + f", {fmt('tokens_per_sec_per_gpu', '.0f')} tokens/s/GPU, {fmt('tflops_per_gpu', '.1f')} TFLOPS/GPU"
+            f" (MD), MFU {fmt('mfu', '.1f', 100)}{'%' if res.get('mfu') is not None else ''}, peak {fmt('peak_mem_gb', '.2f')} GB, loss {fmt('final_loss', '.3f')}, "
+            f"{res['wall_s']:.0f} s")  # fmt: skip
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,220 @@
+"""bench/throughput.py (ours against the Hugging Face + DeepSpeed-ALST peer) and bench/plot_throughput.py."""
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.launch import ROOT, env
+
+sys.path.insert(0, str(ROOT / "bench"))
+import plot_throughput
+import throughput
+
+from megatron.arguments import parse_args
+from megatron.training import metrics
+
+
+def test_tiny_cpu_run_measures_ours_and_the_peer(tmp_path):
+    out = tmp_path / "tiny.json"
+    cmd = [sys.executable, str(ROOT / "bench" / "throughput.py"), "--tiny", "--peer", "--out", str(out),
+           "--log-dir", str(tmp_path / "logs")]  # fmt: skip
+    proc = subprocess.run(cmd, check=False, env=env(), cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert report["devices"] == ["cpu"]
+    for pkg in ("python", "torch", "deepspeed", "transformers"):
+        assert report["versions"][pkg], pkg
+    assert {"cuda", "triton"} <= set(report["versions"])
+    cases = {c["kind"]: c for c in report["cases"]}
+    assert sorted(cases) == ["ours", "peer"]
+    flops_per_token = metrics.model_flops_per_token(parse_args(throughput.SHAPES["tiny"].megatron_flags()).model, 128)
+    for kind, c in cases.items():
+        assert c["outcome"] == "ok" and c["error"] is None, (kind, c["error"], c["log"])
+        assert (
+            c["command"][1:4] == ["-m", "torch.distributed.run", "--standalone"]
+            and "--nproc_per_node=2" in c["command"]
+        )
+        assert (c["shape"], c["seq_len"], c["nproc"], c["sp"], c["precision"], c["tiled_mlp"]) == (
+            "tiny", 128, 2, 2, "fp32", True)  # fmt: skip
+        assert (c["iterations"], c["measured_iterations"]) == (4, 2)  # default --warmup 2 left out
+        assert c["tokens_per_sec_per_gpu"] > 0 and c["tflops_per_gpu"] > 0 and c["peak_mem_gb"] > 0
+        assert c["mfu"] is None  # no datasheet peak for CPUs
+        # the same model-FLOPs formula on the same (tiny Llama) architecture for both systems
+        assert c["model_tflops_per_gpu"] * 1e12 / c["tokens_per_sec_per_gpu"] == pytest.approx(flops_per_token)
+        assert len(c["losses"]) == 4 and all(math.isfinite(v) for v in c["losses"])
+        assert abs(c["losses"][0] - math.log(512)) < 0.3  # both start at chance on the same mock tokens
+    ours = cases["ours"]["command"]
+    for flag in ("--checkpoint-activations", "--tiled-logits-loss", "--tiled-mlp-compute", "--mock-data"):
+        assert flag in ours
+    assert ours[ours.index("--ds-sequence-parallel-size") + 1] == "2"
+    assert ours[ours.index("--attention-backend") + 1] == "sdpa"
+    assert ours[ours.index("--zero-stage") + 1] == "3"
+    peer = cases["peer"]["peer"]
+    assert (peer["sp"], peer["world"], peer["tiled_mlp"], peer["loss_shards"]) == (2, 2, True, 2)
+    assert peer["tied_head_grad_deferred"] and peer["hf_config"]["intermediate_size"] == 192
+    assert peer["model_flops_per_token"] == flops_per_token
+    (comp,) = report["comparisons"]
+    assert (comp["shape"], comp["seq_len"], comp["nproc"], comp["sp"], comp["best_backend"]) == (
+        "tiny",
+        128,
+        2,
+        2,
+        "sdpa",
+    )
+    assert comp["ratio_tokens_per_sec"] == pytest.approx(
+        cases["ours"]["tokens_per_sec_per_gpu"] / cases["peer"]["tokens_per_sec_per_gpu"]
+    )
+
+    # The peer is a correct training job: one process with the plain (untiled) head gives the losses and
+    # gradient norms of SP=2 with TiledFusedLogitsLoss (normalization and tied weight handled); --append merges.
+    cmd += ["--peer-only", "--nproc", "1", "--no-tiled-loss", "--append"]
+    proc = subprocess.run(cmd, check=False, env=env(), cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert len(report["cases"]) == 3 and len(report["comparisons"]) == 1
+    single = next(c for c in report["cases"] if c["nproc"] == 1)
+    assert single["outcome"] == "ok" and not single["tiled_loss"] and single["peer"]["loss_shards"] is None
+    assert single["losses"] == pytest.approx(cases["peer"]["losses"], rel=1e-5)
+    assert single["grad_norms"] == pytest.approx(cases["peer"]["grad_norms"], rel=1e-4)
+
+
+def test_dry_run_plans_ours_per_backend_then_the_peer(capsys):
+    argv = ["--shape", "llama-1b", "--nproc", "2", "--seq-lens", "8192,262144", "--backends", "sdpa,flash_triton",
+            "--peer", "--tiled-mlp", "auto", "--dry-run"]  # fmt: skip
+    assert throughput.main(argv) == 0
+    cmds = [line.split() for line in capsys.readouterr().out.splitlines()]
+    assert len(cmds) == 6
+    for cmd in cmds[:2] + cmds[3:5]:
+        assert cmd[5].endswith("pretrain_gpt.py") and "--bf16" in cmd
+        for flag, value in (("--ds-sequence-parallel-size", "2"), ("--num-key-value-heads", "8"),
+                            ("--ffn-hidden-size", "8192"), ("--vocab-size", "128256"), ("--rotary-base", "500000"),
+                            ("--global-batch-size", "1"), ("--micro-batch-size", "1")):  # fmt: skip
+            assert cmd[cmd.index(flag) + 1] == value, flag
+        assert "--swiglu" in cmd and "--untie-embeddings-and-output-weights" not in cmd
+    assert [c[c.index("--attention-backend") + 1] for c in (cmds[0], cmds[1])] == ["sdpa", "flash_triton"]
+    assert cmds[2][5].endswith("peer_hf_alst.py") and cmds[2][cmds[2].index("--sp") + 1] == "2"
+    # auto tiles the MLP only from 131072 local tokens (262144 / SP 2)
+    assert "--tiled-mlp-compute" not in cmds[0] and "--tiled-mlp-compute" in cmds[3]
+    assert "--tiled-mlp" not in cmds[2] and "--tiled-mlp" in cmds[5]
+
+
+def test_gpt_peer_matches_the_model_flops_of_gpt_1_3b():
+    pytest.importorskip("transformers")
+    import peer_hf_alst
+
+    ours = parse_args(throughput.SHAPES["gpt-1.3b"].megatron_flags()).model
+    hf_cfg = peer_hf_alst.llama_config("gpt-1.3b", 8192, "sdpa")
+    assert (hf_cfg.num_hidden_layers, hf_cfg.hidden_size, hf_cfg.num_attention_heads) == (24, 2048, 16)
+    assert (hf_cfg.num_key_value_heads, hf_cfg.vocab_size, hf_cfg.intermediate_size) == (16, 50257, 5440)
+    peer = peer_hf_alst.megatron_model_config(hf_cfg, 8192)
+    for seq in (8192, 131072):
+        ratio = metrics.model_flops_per_token(peer, seq) / metrics.model_flops_per_token(ours, seq)
+        assert abs(ratio - 1) < 0.005, (seq, ratio)
+    llama = peer_hf_alst.llama_config("llama-1b", 8192, "sdpa")
+    assert (llama.num_key_value_heads, llama.intermediate_size, llama.vocab_size) == (8, 8192, 128256)
+    assert llama.tie_word_embeddings and peer_hf_alst.llama_rope_theta(llama) == 500000.0
+
+
+def test_outcomes_from_logs():
+    oom = "Traceback...\ntorch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB\n" + (
+        "torch.distributed.elastic.multiprocessing.errors.ChildFailedError:\nexitcode  : 1\n")  # fmt: skip
+    assert throughput.classify(1, oom, 0, False) == (
+        "oom",
+        "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB",
+    )
+    crash = (
+        "[rank0]: Traceback\n[rank0]: RuntimeError: boom\nFutureWarning: x\ntorch...ChildFailedError: \n  rank : 0\n"
+    )
+    assert throughput.classify(1, crash, 0, False) == ("failed", "[rank0]: RuntimeError: boom")
+    assert throughput.classify(2, "error: --sp must divide\n", 0, False) == ("failed", "error: --sp must divide")
+    assert throughput.classify(None, "", 3, True) == ("timeout", None)
+    assert throughput.classify(0, "", 0, False)[0] == "failed"
+    assert throughput.classify(0, "", 4, False) == ("ok", None)
+
+
+def test_summary_drops_warmup_and_takes_medians():
+    recs = [{"iteration": i, "lm_loss": 7.0 - i, "step_time_s": t, "tokens_per_sec": 100 / t,
+             "tokens_per_sec_per_gpu": 50 / t, "tflops": 1 / t, "model_tflops": 0.5 / t, "mfu": None, "mem_gb": m,
+             "grad_norm": 1.0} for i, (t, m) in enumerate([(9.0, 1.0), (1.0, 2.0), (2.0, 1.5), (4.0, 1.0)], 1)]  # fmt: skip
+    s = throughput.summarize(recs, warmup=1)
+    assert (s["iterations"], s["measured_iterations"]) == (4, 3)
+    assert s["step_time_s"] == 2.0 and s["tokens_per_sec_per_gpu"] == 25.0 and s["mfu"] is None
+    assert s["peak_mem_gb"] == 2.0 and s["losses"] == [6.0, 5.0, 4.0, 3.0] and s["final_loss"] == 3.0
+
+
+def _case(kind, backend, seq, tps, mfu, outcome="ok"):
+    return {"kind": kind, "backend": backend, "shape": "gpt-1.3b", "seq_len": seq, "nproc": 1, "sp": 1,
+            "outcome": outcome, "tiled_mlp": False, "tokens_per_sec_per_gpu": tps if outcome == "ok" else None,
+            "tflops_per_gpu": tps / 100 if outcome == "ok" else None, "model_tflops_per_gpu": tps / 120,
+            "mfu": mfu, "peak_mem_gb": 30.0, "final_loss": 10.5}  # fmt: skip
+
+
+def _synthetic_report():
+    cases = [_case("ours", "sdpa", 8192, 9000.0, 0.40), _case("ours", "flash_triton", 8192, 11000.0, 0.49),
+             _case("peer", "hf-sdpa", 8192, 8000.0, 0.36), _case("ours", "sdpa", 32768, 6000.0, 0.45),
+             _case("ours", "flash_triton", 32768, 0.0, None, "oom"), _case("peer", "hf-sdpa", 32768, 5000.0, 0.37),
+             _case("ours", "sdpa", 65536, 0.0, None, "timeout"), _case("peer", "hf-sdpa", 65536, 4000.0, 0.4)]  # fmt: skip
+    report = {"devices": ["NVIDIA H100 80GB HBM3"], "versions": {"torch": "2.11.0", "deepspeed": "0.19.8"},
+              "settings": {"iters": 8, "warmup": 3, "tiled_loss": True}, "cases": cases}  # fmt: skip
+    report["comparisons"] = throughput.comparisons(cases)
+    return report
+
+
+def test_comparisons_use_the_fastest_backend_where_both_ran():
+    comps = throughput.comparisons(_synthetic_report()["cases"])
+    assert [(c["seq_len"], c["best_backend"]) for c in comps] == [(8192, "flash_triton"), (32768, "sdpa")]
+    assert comps[0]["ratio_tokens_per_sec"] == pytest.approx(11000 / 8000)
+    assert comps[1]["ratio_tokens_per_sec"] == pytest.approx(6000 / 5000)
+
+
+def test_plot_and_table(tmp_path, capsys, monkeypatch):
+    src = tmp_path / "h100.json"
+    src.write_text(json.dumps(_synthetic_report()))
+    assert plot_throughput.main([str(src)]) == 0
+    table = (tmp_path / "h100.md").read_text()
+    assert "NVIDIA H100 80GB HBM3" in table and "torch 2.11.0" in table and "iterations 4-8" in table
+    assert (
+        "| gpt-1.3b | 8,192 | 1 | 1 | ours (flash_triton) | no | 11,000 | 110.0 | 91.7 | 49.0% | 30.0 | 10.500 | ok |"
+        in table
+    )
+    assert "| gpt-1.3b | 32,768 | 1 | 1 | ours (flash_triton) | no | - | - | - | - | - | - | OOM |" in table
+    assert "| gpt-1.3b | 65,536 | 1 | 1 | ours (sdpa) | no | - | - | - | - | - | - | timeout |" in table
+    assert "| gpt-1.3b | 8,192 | 1 | 1 | 11,000 (flash_triton) | 8,000 | 1.38x | 49.0% | 36.0% |" in table
+    assert "| gpt-1.3b | 32,768 | 1 | 1 | 6,000 (sdpa) | 5,000 | 1.20x | 45.0% | 37.0% |" in table
+    assert table.count("x | ") == 2  # no ratio at 65,536, where ours did not finish
+    out = capsys.readouterr().out
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        assert "matplotlib is not installed" in out
+    else:
+        for name in ("h100_tokens_per_sec.png", "h100_mfu.png"):
+            assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
+    # without matplotlib: one clear line, the table still written
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    (tmp_path / "h100.md").unlink()
+    assert plot_throughput.main([str(src), "--out-dir", str(tmp_path / "nompl")]) == 0
+    assert "matplotlib is not installed" in capsys.readouterr().out
+    assert (tmp_path / "nompl" / "h100.md").read_text() == table
+    assert not list((tmp_path / "nompl").glob("*.png"))
+
+
+def test_case_timeout_kills_the_whole_job(tmp_path):
+    logs = tmp_path / "logs"
+    cmd = [sys.executable, str(ROOT / "bench" / "throughput.py"), "--tiny", "--peer-only", "--case-timeout", "3",
+           "--out", str(tmp_path / "t.json"), "--log-dir", str(logs)]  # fmt: skip
+    subprocess.run(cmd, check=True, env=env(), cwd=ROOT, capture_output=True, text=True, timeout=300)
+    (case,) = json.loads((tmp_path / "t.json").read_text())["cases"]
+    assert case["outcome"] == "timeout" and case["iterations"] == 0 and case["tokens_per_sec_per_gpu"] is None
+    survivors = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            if str(logs).encode() in (proc / "cmdline").read_bytes():
+                survivors.append(proc.name)
+        except OSError:
+            continue
+    assert not survivors  # torchrun and both workers are gone
