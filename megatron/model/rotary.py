@@ -7,13 +7,19 @@ The "rotate half" layout matches ``transformers``' Llama, so its weights load un
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
+
+
+def inv_freq(head_dim: int, base: float, device=None) -> torch.Tensor:
+    """The rotation frequencies, fp32, [head_dim / 2]."""
+    return 1.0 / (base ** (torch.arange(0, head_dim, 2, device=device).float() / head_dim))
 
 
 def rotary_cos_sin(position_ids_bs: torch.Tensor, head_dim: int, base: float, dtype: torch.dtype):
     """cos and sin of shape [b, s, 1, head_dim], computed in fp32."""
-    inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, device=position_ids_bs.device).float() / head_dim))
-    freqs_bsf = position_ids_bs.float()[..., None] * inv_freq
+    freqs_bsf = position_ids_bs.float()[..., None] * inv_freq(head_dim, base, position_ids_bs.device)
     emb = torch.cat([freqs_bsf, freqs_bsf], dim=-1)[:, :, None, :]
     return emb.cos().to(dtype), emb.sin().to(dtype)
 
@@ -23,7 +29,19 @@ def _rotate_half(x):
     return torch.cat([-x2, x1], dim=-1)
 
 
-def apply_rotary(q_bshd, k_bsgd, position_ids_bs, base: float):
+def apply_rotary(q_bshd, k_bsgd, position_ids_bs, base: float, fused: Optional[bool] = None):
+    """Rotate q and k. ``fused`` (default: on CUDA when supported) uses the Triton kernel of
+    ``megatron.model.rope_triton`` (one kernel per tensor, angles in fp32, contiguous output);
+    otherwise the eager rotate-half formula."""
+    from megatron.model import rope_triton
+
+    if fused is None:
+        fused = q_bshd.is_cuda and rope_triton.supported(q_bshd)
+    if fused:
+        freqs = inv_freq(q_bshd.shape[-1], base, q_bshd.device)
+        return rope_triton.fused_rotary(q_bshd, position_ids_bs, freqs), rope_triton.fused_rotary(
+            k_bsgd, position_ids_bs, freqs
+        )
     cos, sin = rotary_cos_sin(position_ids_bs, q_bshd.shape[-1], base, q_bshd.dtype)
     q = q_bshd * cos + _rotate_half(q_bshd) * sin
     k = k_bsgd * cos + _rotate_half(k_bsgd) * sin

@@ -1,0 +1,119 @@
+"""Where a training step's time goes: torch.profiler over steady-state steps of the real trainer.
+
+Takes the same flags as ``pretrain_gpt.py`` (launch it the same way, with torchrun) plus:
+
+    --profile-warmup N   steps run before profiling (default 3: allocator, autotuning, ZeRO warm-up)
+    --profile-steps N    steps profiled (default 2)
+    --profile-out FILE   JSON summary (rank 0): time per kernel category and the top kernels
+    --profile-trace FILE optional Chrome trace of rank 0 (large)
+
+    torchrun --nproc_per_node 1 bench/profile_step.py --num-layers 24 --hidden-size 2048 \\
+        --num-attention-heads 16 --seq-length 32768 --mock-data --bf16 --zero-stage 3 \\
+        --checkpoint-activations --micro-batch-size 1 --global-batch-size 1 --profile-out prof.json
+
+Categories (by kernel name): attention (flash/cuDNN/Triton attention kernels), matmul (GEMMs),
+communication (NCCL), copies (memcpy/memset, layout changes), elementwise/norm (the rest).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+CATEGORIES = [
+    ("attention", ("flash", "fmha", "attn", "attention", "cudnn_generated", "sdpa", "_attn_fwd", "_attn_bwd")),
+    ("matmul", ("gemm", "cutlass", "sm90_xmma", "nvjet", "cublas", "matmul", "wgmma")),
+    ("communication", ("nccl",)),
+    ("copies", ("memcpy", "memset", "copy", "transpose", "cat", "contiguous")),
+]
+
+
+def category(name: str) -> str:
+    low = name.lower()
+    for cat, keys in CATEGORIES:
+        if any(k in low for k in keys):
+            return cat
+    return "elementwise/norm/other"
+
+
+def _pop(argv: list, flag: str, default, typ=str):
+    if flag in argv:
+        i = argv.index(flag)
+        value = typ(argv[i + 1])
+        del argv[i : i + 2]
+        return value
+    return default
+
+
+def summarize(prof, steps: int, wall_s: float) -> dict:
+    """Per-category and top-kernel device time (ms per step) from a finished profiler."""
+    kernels = {}
+    for evt in prof.key_averages():
+        dev_us = getattr(evt, "self_device_time_total", None)
+        if dev_us is None:
+            dev_us = getattr(evt, "self_cuda_time_total", 0)
+        if dev_us and evt.device_type.name == "CUDA":
+            kernels[evt.key] = kernels.get(evt.key, 0.0) + dev_us / 1e3 / steps
+    total = sum(kernels.values())
+    cats = {}
+    for name, ms in kernels.items():
+        cats[category(name)] = cats.get(category(name), 0.0) + ms
+    top = sorted(kernels.items(), key=lambda kv: -kv[1])[:25]
+    return {
+        "step_wall_ms": 1e3 * wall_s / steps,
+        "kernel_ms_per_step": total,
+        "gpu_busy_fraction": total / (1e3 * wall_s / steps) if wall_s else None,
+        "categories_ms_per_step": dict(sorted(cats.items(), key=lambda kv: -kv[1])),
+        "top_kernels_ms_per_step": [{"kernel": k[:160], "ms": v, "category": category(k)} for k, v in top],
+    }
+
+
+def main() -> int:
+    argv = sys.argv[1:]
+    warmup = _pop(argv, "--profile-warmup", 3, int)
+    steps = _pop(argv, "--profile-steps", 2, int)
+    out = _pop(argv, "--profile-out", None)
+    trace = _pop(argv, "--profile-trace", None)
+    import torch
+    import torch.distributed as dist
+
+    from megatron.arguments import parse_args
+    from megatron.training.trainer import Trainer, initialize_distributed
+    from pretrain_gpt import build_datasets
+
+    cfg = parse_args(argv + ["--train-iters", str(warmup)])
+    initialize_distributed(cfg)
+    train_ds, valid_ds, eod = build_datasets(cfg)
+    trainer = Trainer(cfg, train_ds, valid_ds, eod_token=eod)
+    trainer.train()  # warm-up steps
+    cfg.train.train_iters = warmup + steps
+    acts = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    with torch.profiler.profile(activities=acts) as prof:
+        trainer.train()
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+    wall = time.perf_counter() - t0
+    if dist.get_rank() == 0:
+        summary = {"argv": argv, "warmup": warmup, "steps": steps, **summarize(prof, steps, wall)}
+        text = json.dumps(summary, indent=1)
+        print(text)
+        if out:
+            Path(out).parent.mkdir(parents=True, exist_ok=True)
+            Path(out).write_text(text)
+        if trace:
+            prof.export_chrome_trace(trace)
+    return 0
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
+    sys.exit(main())

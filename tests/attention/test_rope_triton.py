@@ -1,0 +1,61 @@
+"""The fused Triton RoPE kernel against the eager rotate-half formula (fp64 reference for
+values, autograd of the eager path for gradients), on strided views of a packed QKV tensor,
+with GQA head counts and global (sequence-parallel) positions. On CPU it runs in Triton's
+interpreter (conftest sets TRITON_INTERPRET=1)."""
+
+import pytest
+import torch
+
+from megatron.model import rope_triton
+from megatron.model.rotary import apply_rotary
+
+pytestmark = pytest.mark.skipif(not rope_triton.HAVE_TRITON, reason="triton is not installed")
+
+
+def _packed(b, s, h, g, d, dtype, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    qkv = torch.randn(b, s, (h + 2 * g) * d, generator=gen, dtype=torch.float64).to(dtype)
+    q, k, _ = qkv.split([h * d, g * d, g * d], dim=-1)
+    return qkv, q.view(b, s, h, d), k.view(b, s, g, d)
+
+
+@pytest.mark.parametrize("b,s,h,g,d,offset", [(1, 16, 4, 2, 16, 0), (2, 8, 3, 1, 32, 1000), (1, 5, 8, 8, 8, 70000)])
+def test_forward_matches_fp64_eager(b, s, h, g, d, offset):
+    _, q, k = _packed(b, s, h, g, d, torch.float32)
+    pos = (torch.arange(s) + offset).expand(b, s)  # a later sequence-parallel slice has large global positions
+    qf, kf = apply_rotary(q, k, pos, 10000.0, fused=True)
+    qr, kr = apply_rotary(q.double(), k.double(), pos, 10000.0, fused=False)
+    assert qf.is_contiguous() and qf.shape == q.shape and kf.shape == k.shape
+    torch.testing.assert_close(qf.double(), qr, rtol=0, atol=2e-5 * (1 + offset / 1000))
+    torch.testing.assert_close(kf.double(), kr, rtol=0, atol=2e-5 * (1 + offset / 1000))
+
+
+def test_gradients_match_eager_autograd():
+    b, s, h, g, d = 2, 12, 4, 2, 16
+    qkv, _, _ = _packed(b, s, h, g, d, torch.float32, seed=1)
+    pos = (torch.arange(s) + 37).expand(b, s)
+    grads = []
+    for fused in (True, False):
+        x = qkv.clone().requires_grad_(True)
+        q, k, _ = x.split([h * d, g * d, g * d], dim=-1)
+        qo, ko = apply_rotary(q.view(b, s, h, d), k.view(b, s, g, d), pos, 500000.0, fused=fused)
+        w = torch.randn(qo.shape, generator=torch.Generator().manual_seed(2))
+        wk = torch.randn(ko.shape, generator=torch.Generator().manual_seed(3))
+        ((qo * w).sum() + (ko * wk).sum()).backward()
+        grads.append(x.grad)
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-5, atol=1e-5)
+    assert grads[0][..., (h + g) * d :].abs().max() == 0  # v untouched
+
+
+def test_bf16_close_to_fp64():
+    _, q, k = _packed(1, 32, 4, 4, 64, torch.bfloat16, seed=4)
+    pos = torch.arange(32)[None]
+    qf, _ = apply_rotary(q, k, pos, 10000.0, fused=True)
+    qr, _ = apply_rotary(q.double(), k.double(), pos, 10000.0, fused=False)
+    assert qf.dtype == torch.bfloat16
+    torch.testing.assert_close(qf.double(), qr, rtol=1e-2, atol=1e-2)  # one bf16 rounding of an fp32 result
+
+
+def test_unsupported_head_dim_is_reported():
+    assert not rope_triton.supported(torch.empty(1, 1, 1, 24))  # half = 12 is not a power of two
+    assert rope_triton.supported(torch.empty(1, 1, 1, 128))
