@@ -9,7 +9,9 @@ position and RNG.
   unreadable file instead of failing deep inside ``torch.load``.
 * A checkpoint written with another layout (more or fewer processes, another SP size or ZeRO
   stage) is converted once to DeepSpeed's universal format (``ds_to_universal``, kept in
-  ``iter_*/universal``) and loaded from there, optimizer state included.
+  ``iter_*/universal``) and loaded from there, optimizer state included. Between ZeRO-3 and
+  stages 1-2 the universal files are rewritten once more into the other loader's layout
+  (``iter_*/universal_zero3`` / ``universal_zero12``, see ``_bridge_stages``).
 """
 
 from __future__ import annotations
@@ -58,6 +60,7 @@ class Resume:
     tag: str
     universal: bool
     saved: Optional[Layout]
+    universal_subdir: str = UNIVERSAL
 
 
 def _tag(iteration: int) -> str:
@@ -116,7 +119,7 @@ def _file_problem(path: str, size: Optional[int] = None) -> Optional[str]:
 def _listing(ckpt_dir: str) -> dict:
     files = {}
     for root, dirs, names in os.walk(ckpt_dir):
-        if os.path.relpath(root, ckpt_dir).split(os.sep)[0] == UNIVERSAL:
+        if os.path.relpath(root, ckpt_dir).split(os.sep)[0].startswith(UNIVERSAL):
             continue  # derived from the checkpoint, not part of it
         for name in names:
             if name != MANIFEST and ".tmp." not in name:
@@ -242,29 +245,101 @@ def prepare_resume(load_dir: str, layout: Layout) -> Optional[Resume]:
         return Resume(tag, universal=False, saved=saved)
     if saved.zero_stage == 0 and layout.zero_stage == 0:
         return Resume(tag, universal=False, saved=saved)  # full replicas: any world size reads them
-    if layout.zero_stage != saved.zero_stage:
+    if layout.zero_stage != saved.zero_stage and 0 in (layout.zero_stage, saved.zero_stage):
         raise ConfigError(
             f"{ckpt_dir} was written with ZeRO-{saved.zero_stage} and this run uses ZeRO-{layout.zero_stage}; "
-            f"DeepSpeed cannot carry optimizer state across stages: pass --zero-stage {saved.zero_stage} "
-            "(the number of processes and the SP size may change)"
+            "optimizer state moves between ZeRO stages 1-3 only: "
+            + (f"pass --zero-stage {saved.zero_stage}" if saved.zero_stage else "resume it with --zero-stage 0")
         )
+    subdir = UNIVERSAL if _stage_family(saved.zero_stage) == _stage_family(layout.zero_stage) else f"{UNIVERSAL}_zero3"
+    if subdir != UNIVERSAL and layout.zero_stage < 3:
+        subdir = f"{UNIVERSAL}_zero12"
     error = [None]
     if dist.get_rank() == 0:
         print(f"> {ckpt_dir} was written by {saved}; this run is {layout}", flush=True)
         try:
-            _convert_to_universal(ckpt_dir)
+            universal = _convert_to_universal(ckpt_dir)
+            if subdir != UNIVERSAL:
+                _bridge_stages(ckpt_dir, universal, os.path.join(ckpt_dir, subdir), layout)
         except ConfigError as e:
             error[0] = str(e)
     dist.broadcast_object_list(error, src=0)
     if error[0]:
         raise ConfigError(error[0])
-    return Resume(tag, universal=True, saved=saved)
+    return Resume(tag, universal=True, saved=saved, universal_subdir=subdir)
+
+
+def _link_or_copy(src: str, dst: str) -> None:
+    import shutil
+
+    if os.path.exists(dst):
+        return
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy(src, dst)
+
+
+def _stage_family(stage: int) -> str:
+    return "zero3" if stage == 3 else "zero12"
+
+
+def _bridge_stages(ckpt_dir: str, universal: str, out: str, layout: Layout) -> None:
+    """Rank 0: rewrite a universal checkpoint between DeepSpeed's two flavours. Converted from
+    ZeRO-3, each parameter's fp32/exp_avg/exp_avg_sq is a flat tensor and the step lives in the
+    optimizer state; the stage 1-2 loader wants shaped tensors, a step per parameter, a model
+    states file and ``ds_version``. The other way round, stage 3 reads shaped tensors as they
+    are but wants the step and hyperparameters under ``optimizer_state_dict``."""
+    import shutil
+
+    import deepspeed
+
+    if os.path.isdir(out):
+        return
+    tmp = f"{out}.tmp.{os.getpid()}"
+    shutil.copytree(universal, tmp)
+    opt_path = os.path.join(tmp, "zero", "optimizer_state.pt")
+    opt = torch.load(opt_path, weights_only=False)
+    params = sorted(d for d in os.listdir(os.path.join(tmp, "zero")) if os.path.isdir(os.path.join(tmp, "zero", d)))
+    model_states = sorted(n for n in os.listdir(ckpt_dir) if n.endswith("model_states.pt"))
+    if layout.zero_stage == 3:
+        step = torch.load(os.path.join(tmp, "zero", params[0], "step.pt"), weights_only=False)
+        opt["optimizer_state_dict"] = {"state": {0: {"step": step}}, "param_groups": opt["param_groups"]}
+        for rank in range(layout.world_size):  # stage 3 reads one model-states file per rank
+            _link_or_copy(os.path.join(tmp, model_states[0]), os.path.join(tmp, f"zero_pp_rank_{rank}_mp_rank_00_model_states.pt"))
+    else:
+        source = torch.load(os.path.join(ckpt_dir, model_states[0]), weights_only=False, mmap=True)
+        shapes = {k: v for group in source["param_shapes"] for k, v in group.items()}
+        step = opt["optimizer_state_dict"]["state"][0]["step"]
+        for name in params:
+            folder = os.path.join(tmp, "zero", name)
+            for key in ("fp32", "exp_avg", "exp_avg_sq"):
+                flat = torch.load(os.path.join(folder, f"{key}.pt"), weights_only=False)
+                flat = flat["param"] if isinstance(flat, dict) else flat
+                torch.save({"param": flat.detach().reshape(shapes[name]).clone(), "cat_dim": 0}, os.path.join(folder, f"{key}.pt"))
+            torch.save(torch.as_tensor(step, dtype=torch.float32), os.path.join(folder, "step.pt"))
+        # ZeRO-3 keeps one flat group; the stage 1-2 loader pairs saved groups with its own and
+        # stops at the shorter list, so offer one per group (hyperparameters are reset after load)
+        opt["param_groups"] = [dict(opt["optimizer_state_dict"]["param_groups"][0]) for _ in range(64)]
+        # ZeRO-3's module entries are empty partitions; stages 1-2 load whole weights from here
+        full = torch.load(os.path.join(ckpt_dir, model_states[0]), weights_only=False)
+        for name in full["module"]:
+            if name in shapes:
+                full["module"][name] = torch.load(os.path.join(tmp, "zero", name, "fp32.pt"), weights_only=False)["param"]
+        torch.save(full, os.path.join(tmp, "mp_rank_00_model_states.pt"))
+    opt.setdefault("ds_version", deepspeed.__version__)
+    opt["ds_version"] = opt["ds_version"] or deepspeed.__version__
+    torch.save(opt, opt_path)
+    os.replace(tmp, out)
 
 
 def load_checkpoint(engine, load_dir: str, resume: Resume) -> dict:
     """Load what ``prepare_resume`` chose. Returns the client state."""
     ckpt_dir = os.path.join(load_dir, resume.tag)
-    tag = f"{resume.tag}/{UNIVERSAL}" if resume.universal else resume.tag
+    tag = f"{resume.tag}/{resume.universal_subdir}" if resume.universal else resume.tag
+    # DeepSpeed's ZeRO-3 universal loader copies the first param group's hyperparameters into
+    # every group (weight decay included); they come from our config, so put them back.
+    hyper = [{k: g[k] for k in ("weight_decay", "betas", "eps") if k in g} for g in engine.optimizer.param_groups]
     try:
         path, client_state = engine.load_checkpoint(load_dir, tag=tag)
     except (RuntimeError, OSError, EOFError, zipfile.BadZipFile) as e:
@@ -272,6 +347,8 @@ def load_checkpoint(engine, load_dir: str, resume: Resume) -> dict:
         raise ConfigError(f"loading {ckpt_dir} failed ({first}); the checkpoint is incomplete or damaged") from None
     if path is None:
         raise ConfigError(f"DeepSpeed could not load {ckpt_dir}; the checkpoint is incomplete")
+    for group, saved in zip(engine.optimizer.param_groups, hyper):
+        group.update(saved)
     rng_path = os.path.join(ckpt_dir, f"rng_state_rank{dist.get_rank():05d}.pt")
     if not resume.universal and os.path.isfile(rng_path):
         _set_rng_state(torch.load(rng_path, weights_only=False))

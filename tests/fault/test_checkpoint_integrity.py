@@ -1,7 +1,7 @@
 """Checkpoint hygiene and portability: a shard cut short while saving keeps `latest` on the
 previous checkpoint; a damaged checkpoint is reported by file name on load; a checkpoint
-resumes on another layout (SP=2 -> SP=4, 2 -> 4 processes) with the losses of an
-uninterrupted run."""
+resumes on another layout (SP=2 -> SP=4, 2 -> 4 processes, ZeRO-3 <-> ZeRO-1) with the losses
+of an uninterrupted run."""
 
 import json
 
@@ -54,28 +54,33 @@ def test_damaged_checkpoint_is_named_on_load(tmp_path, damage):
 
 
 @pytest.mark.parametrize(
-    "saved_sp,zero,nproc,sp",
-    [(2, "1", 4, 4), (2, "3", 4, 2)],  # SP=2 -> SP=4; 2 processes SP=2 -> 4 processes SP=2 x DP=2
+    "saved_zero,nproc,sp,zero",
+    [
+        ("1", 4, 4, "1"),  # SP=2 -> SP=4
+        ("3", 4, 2, "3"),  # 2 processes SP=2 -> 4 processes SP=2 x DP=2
+        ("3", 2, 2, "1"),  # ZeRO-3 -> ZeRO-1
+        ("1", 4, 2, "3"),  # ZeRO-1 -> ZeRO-3 on 4 processes
+    ],
 )
-def test_resume_on_another_layout_continues_the_loss(tmp_path, saved_sp, zero, nproc, sp):
+def test_resume_on_another_layout_continues_the_loss(tmp_path, saved_zero, nproc, sp, zero):
     ckpt = tmp_path / "ckpt"
-    base = ARGS + ["--zero-stage", zero]
-    saved = base + ["--ds-sequence-parallel-size", str(saved_sp)]
+    saved = ARGS + SP2 + ["--zero-stage", saved_zero]
     full = train_records(tmp_path, "full", 2, saved + ["--train-iters", "5"])
     train_records(tmp_path, "first", 2, saved + ["--train-iters", "3", "--save", str(ckpt)])
-    proc = torchrun(nproc, base + ["--ds-sequence-parallel-size", str(sp), "--train-iters", "5", "--load", str(ckpt)],
-                    tmp_path / "resumed.jsonl")  # fmt: skip
+    resumed_args = ARGS + ["--ds-sequence-parallel-size", str(sp), "--zero-stage", zero]
+    proc = torchrun(nproc, resumed_args + ["--train-iters", "5", "--load", str(ckpt)], tmp_path / "resumed.jsonl")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "converting" in proc.stdout and "universal format" in proc.stdout
     resumed = [json.loads(x) for x in (tmp_path / "resumed.jsonl").read_text().splitlines()]
     assert [r["iteration"] for r in resumed] == [4, 5]
-    assert_close_records(full[3:], resumed, rtol=1e-5, grad_rtol=1e-4, what=f"SP{saved_sp} -> {nproc} procs SP{sp}")
+    what = f"ZeRO-{saved_zero} SP2 -> {nproc} procs SP{sp} ZeRO-{zero}"
+    assert_close_records(full[3:], resumed, rtol=1e-5, grad_rtol=1e-4, what=what)
 
 
-def test_zero_stage_change_is_refused_with_the_fix(tmp_path):
+def test_zero0_stage_change_is_refused_with_the_fix(tmp_path):
     ckpt = tmp_path / "ckpt"
     train_records(tmp_path, "save", 2, ARGS + SP2 + ["--zero-stage", "1", "--train-iters", "1", "--save", str(ckpt)])
-    proc = torchrun(2, ARGS + SP2 + ["--zero-stage", "3", "--train-iters", "2", "--load", str(ckpt)])
+    proc = torchrun(2, ARGS + SP2 + ["--zero-stage", "0", "--train-iters", "2", "--load", str(ckpt)])
     assert proc.returncode != 0
     err = _error_lines(proc)
-    assert len(err) == 1 and "written with ZeRO-1 and this run uses ZeRO-3" in err[0] and "--zero-stage 1" in err[0]
+    assert len(err) == 1 and "written with ZeRO-1 and this run uses ZeRO-0" in err[0] and "--zero-stage 1" in err[0]
