@@ -21,8 +21,9 @@ CASES_HEADER = (
     "| --- | ---: | ---: | ---: | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |"
 )
 RATIOS_HEADER = (
-    "| shape | seq len | GPUs | SP | ours (backend) tokens/s/GPU | peer tokens/s/GPU | ours / peer | ours MFU | peer MFU |\n"
-    "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+    "| shape | seq len | GPUs | SP | recompute | ours (backend) tokens/s/GPU | peer tokens/s/GPU | ours / peer | ours MFU "
+    "| peer MFU |\n"
+    "| --- | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: |"
 )
 OUTCOME_TEXT = {"oom": "OOM", "timeout": "timeout", "failed": "failed", "skipped": "skipped (OOM earlier)"}
 
@@ -32,7 +33,8 @@ def _fmt(value: float | None, spec: str, scale: float = 1.0) -> str:
 
 
 def system_label(case: dict) -> str:
-    return f"peer ({case['backend']})" if case["kind"] == "peer" else f"ours ({case['backend']})"
+    what = case["backend"] + ("" if case.get("checkpoint_activations", True) else ", no recompute")
+    return f"peer ({what})" if case["kind"] == "peer" else f"ours ({what})"
 
 
 def _group(case: dict) -> tuple:
@@ -57,7 +59,8 @@ def markdown_table(report: dict) -> str:
         "",
         "Versions: " + ", ".join(f"{k} {v}" for k, v in versions.items() if v) + ".",
         (
-            f"Median of {measured} of each run; ZeRO-3, micro batch 1, activation checkpointing, tiled logits loss "
+            f"Median of {measured} of each run; ZeRO-3, micro batch 1, full-layer activation checkpointing (unless marked "
+            f"'no recompute'), tiled logits loss "
             f"{'on' if settings.get('tiled_loss', True) else 'off'}. TFLOPS (MD) = Megatron-DeepSpeed's formula; "
             "model TFLOPS and MFU count model FLOPs only (no recomputation, causal attention) against the dense "
             "bf16 peak."
@@ -82,13 +85,15 @@ def markdown_table(report: dict) -> str:
     if comps:
         lines += [
             "",
-            "Ours (fastest backend) against the peer (Hugging Face Llama + DeepSpeed ALST), same length, GPUs and SP:",
+            "Ours (fastest backend) against the peer (Hugging Face Llama + DeepSpeed ALST), same length, GPUs, SP and "
+            "recomputation (full layers or none, in both):",
             "",
             RATIOS_HEADER,
         ]
         for r in sorted(comps, key=lambda r: (r["shape"], r["nproc"], r["sp"], r["seq_len"])):
+            recompute = "full" if r.get("checkpoint_activations", True) else "none"
             lines.append(
-                f"| {r['shape']} | {r['seq_len']:,} | {r['nproc']} | {r['sp']} | "
+                f"| {r['shape']} | {r['seq_len']:,} | {r['nproc']} | {r['sp']} | {recompute} | "
                 f"{r['ours_tokens_per_sec_per_gpu']:,.0f} ({r['best_backend']}) | {r['peer_tokens_per_sec_per_gpu']:,.0f} | "
                 f"{r['ratio_tokens_per_sec']:.2f}x | {_percent(r.get('ours_mfu'))} | {_percent(r.get('peer_mfu'))} |"
             )

@@ -61,17 +61,47 @@ def summarize(prof, steps: int, wall_s: float) -> dict:
         if dev_us and evt.device_type.name == "CUDA":
             kernels[evt.key] = kernels.get(evt.key, 0.0) + dev_us / 1e3 / steps
     total = sum(kernels.values())
+    cpu = {}
+    for evt in prof.key_averages():
+        if evt.device_type.name == "CPU" and evt.self_cpu_time_total:
+            cpu[evt.key] = (cpu.get(evt.key, (0.0, 0))[0] + evt.self_cpu_time_total / 1e3 / steps, evt.count // steps)
+    top_cpu = sorted(cpu.items(), key=lambda kv: -kv[1][0])[:30]
     cats = {}
     for name, ms in kernels.items():
         cats[category(name)] = cats.get(category(name), 0.0) + ms
     top = sorted(kernels.items(), key=lambda kv: -kv[1])[:25]
+    compute_ms, any_ms = (_union_ms(prof, comm) / steps for comm in (False, True))
     return {
         "step_wall_ms": 1e3 * wall_s / steps,
         "kernel_ms_per_step": total,
         "gpu_busy_fraction": total / (1e3 * wall_s / steps) if wall_s else None,
+        # kernels on all streams overlap: the union of their intervals is what the GPU was doing
+        "compute_busy_ms_per_step": compute_ms,
+        "exposed_communication_ms_per_step": any_ms - compute_ms,
+        "idle_ms_per_step": 1e3 * wall_s / steps - any_ms,
         "categories_ms_per_step": dict(sorted(cats.items(), key=lambda kv: -kv[1])),
         "top_kernels_ms_per_step": [{"kernel": k[:160], "ms": v, "category": category(k)} for k, v in top],
+        # host side: where the Python/C++ time of a step goes (self time, calls per step)
+        "top_cpu_ops_ms_per_step": [{"op": k[:160], "ms": v, "calls": n} for k, (v, n) in top_cpu],
     }
+
+
+def _union_ms(prof, with_communication: bool) -> float:
+    """Length of the union of GPU kernel intervals (ms), NCCL kernels included or not."""
+    spans = []
+    for evt in prof.events():
+        if evt.device_type.name != "CUDA" or evt.time_range.end <= evt.time_range.start:
+            continue
+        if not with_communication and category(evt.name) == "communication":
+            continue
+        spans.append((evt.time_range.start, evt.time_range.end))
+    spans.sort()
+    total, end = 0.0, float("-inf")
+    for a, b in spans:
+        if b > end:
+            total += b - max(a, end)
+            end = b
+    return total / 1e3
 
 
 def main() -> int:

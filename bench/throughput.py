@@ -108,10 +108,12 @@ class Case:
     bf16: bool
     tiled_mlp: bool
     tiled_loss: bool
+    checkpoint_activations: bool = True
 
     @property
     def name(self) -> str:
-        return f"{self.shape}_seq{self.seq_len}_np{self.nproc}_sp{self.sp}_{self.kind}_{self.backend}"
+        name = f"{self.shape}_seq{self.seq_len}_np{self.nproc}_sp{self.sp}_{self.kind}_{self.backend}"
+        return name if self.checkpoint_activations else name + "_norecompute"
 
     def key(self) -> tuple:
         """What makes a case distinct (``--append`` replaces a case with the same key)."""
@@ -124,7 +126,8 @@ def ours_flags(case: Case, iters: int, metrics_file: Path, extra: list) -> list:
         "--seq-length", str(case.seq_len), "--micro-batch-size", "1", "--global-batch-size", str(case.nproc // case.sp),
         "--train-iters", str(iters), "--lr", "1e-4", "--mock-data", "--num-workers", "0", "--eval-interval", "0",
         "--log-interval", "1", "--metrics-file", str(metrics_file), "--zero-stage", "3",
-        "--ds-sequence-parallel-size", str(case.sp), "--attention-backend", case.backend, "--checkpoint-activations",
+        "--ds-sequence-parallel-size", str(case.sp), "--attention-backend", case.backend,
+        "--checkpoint-activations" if case.checkpoint_activations else "--no-checkpoint-activations",
         "--tiled-logits-loss" if case.tiled_loss else "--no-tiled-logits-loss",
     ]  # fmt: skip
     flags += ["--tiled-mlp-compute"] if case.tiled_mlp else []
@@ -138,6 +141,7 @@ def peer_flags(case: Case, iters: int, metrics_file: Path, extra: list) -> list:
              "--metrics-file", str(metrics_file)]  # fmt: skip
     flags += ["--tiled-mlp"] if case.tiled_mlp else []
     flags += [] if case.tiled_loss else ["--no-tiled-loss"]
+    flags += [] if case.checkpoint_activations else ["--no-checkpointing"]
     flags += ["--bf16"] if case.bf16 else []
     return flags + extra
 
@@ -259,6 +263,12 @@ def cpu_extensions_dir() -> Path:
     return Path.home() / ".cache" / "torch_extensions_by_env" / key
 
 
+def _zero_stage(cmd: list) -> int:
+    """The ZeRO stage a command runs (the last ``--zero-stage`` wins, as in argparse; the peer's is 3)."""
+    stages = [int(cmd[i + 1]) for i, a in enumerate(cmd[:-1]) if a == "--zero-stage"]
+    return stages[-1] if stages else 3
+
+
 def run_case(case: Case, args, log_dir: Path) -> dict:
     """Launch one case, wait at most ``--case-timeout`` seconds, and summarize it."""
     metrics_file = log_dir / f"{case.name}.jsonl"
@@ -291,7 +301,8 @@ def run_case(case: Case, args, log_dir: Path) -> dict:
     res = {
         "name": case.name, "kind": case.kind, "backend": case.backend, "shape": case.shape, "seq_len": case.seq_len,
         "nproc": case.nproc, "sp": case.sp, "dp": case.nproc // case.sp, "precision": "bf16" if case.bf16 else "fp32",
-        "zero_stage": 3, "micro_batch_size": 1, "checkpoint_activations": True, "tiled_mlp": case.tiled_mlp,
+        "zero_stage": _zero_stage(cmd), "micro_batch_size": 1, "checkpoint_activations": case.checkpoint_activations,
+        "tiled_mlp": case.tiled_mlp,
         "tiled_loss": case.tiled_loss, "warmup": args.warmup, "command": cmd, "log": str(log_file),
         "metrics_file": str(metrics_file), "returncode": proc.returncode, "wall_s": round(time.time() - t0, 1),
         "outcome": outcome, "error": error,
@@ -311,15 +322,16 @@ def case_key(c: dict) -> tuple:
 
 
 def _setting(c: dict) -> tuple:
-    """What two systems must share to be compared: shape, length, GPUs, SP, precision and the ALST switches."""
-    return (c["shape"], c["seq_len"], c["nproc"], c["sp"], c.get("precision"), c.get("tiled_mlp"), c.get("tiled_loss"))
+    """What two systems must share to be compared: shape, length, GPUs, SP, precision, recomputation, ALST switches."""
+    return (c["shape"], c["seq_len"], c["nproc"], c["sp"], c.get("precision"), c.get("tiled_mlp"), c.get("tiled_loss"),
+            c.get("checkpoint_activations", True))  # fmt: skip
 
 
 def comparisons(cases: list) -> list:
     """Ours (best backend) against the peer for each (shape, seq_len, nproc, sp) setting where both succeeded."""
     out = []
     for setting in sorted({_setting(c) for c in cases}, key=lambda t: [(x is None, 0 if x is None else x) for x in t]):
-        shape, seq, nproc, sp, precision, tiled_mlp, tiled_loss = setting
+        shape, seq, nproc, sp, precision, tiled_mlp, tiled_loss, recompute = setting
         same = [c for c in cases if _setting(c) == setting]
         ok = [c for c in same if c["outcome"] == "ok" and c.get("tokens_per_sec_per_gpu")]
         peer = next((c for c in ok if c["kind"] == "peer"), None)
@@ -329,7 +341,7 @@ def comparisons(cases: list) -> list:
         best = max(ours, key=lambda c: c["tokens_per_sec_per_gpu"])
         out.append({
             "shape": shape, "seq_len": seq, "nproc": nproc, "sp": sp, "precision": precision, "tiled_mlp": tiled_mlp,
-            "tiled_loss": tiled_loss, "best_backend": best["backend"],
+            "tiled_loss": tiled_loss, "checkpoint_activations": recompute, "best_backend": best["backend"],
             "ours_tokens_per_sec_per_gpu": best["tokens_per_sec_per_gpu"],
             "peer_tokens_per_sec_per_gpu": peer["tokens_per_sec_per_gpu"],
             "ratio_tokens_per_sec": best["tokens_per_sec_per_gpu"] / peer["tokens_per_sec_per_gpu"],
@@ -383,7 +395,8 @@ def plan(args) -> list:
     for seq in args.seq_lens:
         tiled_mlp = args.tiled_mlp == "on" or (args.tiled_mlp == "auto" and seq // args.sp >= args.tiled_mlp_from)
         common = {"shape": args.shape, "seq_len": seq, "nproc": args.nproc, "sp": args.sp, "bf16": not args.tiny,
-                  "tiled_mlp": tiled_mlp, "tiled_loss": not args.no_tiled_loss}  # fmt: skip
+                  "tiled_mlp": tiled_mlp, "tiled_loss": not args.no_tiled_loss,
+                  "checkpoint_activations": not args.no_recompute}  # fmt: skip
         if not args.peer_only:
             cases += [Case(kind="ours", backend=b, **common) for b in args.backends]
         if args.peer or args.peer_only:
@@ -415,6 +428,11 @@ def parse_args(argv=None):
     )
     p.add_argument("--tiled-mlp-from", type=int, default=131072, help="local tokens from which auto tiles the MLP")
     p.add_argument("--no-tiled-loss", action="store_true", help="untiled output layer + loss (both systems)")
+    p.add_argument(
+        "--no-recompute",
+        action="store_true",
+        help="no activation checkpointing (both systems; default: full-layer recomputation in both)",
+    )
     p.add_argument("--case-timeout", type=int, default=600, help="seconds per case before it is killed (timeout)")
     p.add_argument(
         "--keep-going-after-oom",

@@ -126,7 +126,10 @@ def _full_recompute(value: str) -> bool:
 
 
 def _bool_flag(p, name, dest=None, help=""):
+    """``--x`` sets True, ``--no-x`` sets False, neither leaves the YAML/default value (None)."""
+    dest = dest or name.lstrip("-").replace("-", "_")
     p.add_argument(name, dest=dest, action="store_true", default=None, help=help)
+    p.add_argument("--no-" + name.lstrip("-"), dest=dest, action="store_false", default=None, help=argparse.SUPPRESS)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -184,7 +187,6 @@ def build_parser() -> argparse.ArgumentParser:
     _bool_flag(g, "--tiled-mlp-compute", help="MLP over sequence shards, recomputed in backward")
     g.add_argument("--tiled-mlp-shards", type=int, help="default: ceil(local sequence / hidden size)")
     _bool_flag(g, "--tiled-logits-loss", help="output layer + loss over token chunks (default: on when SP > 1)")
-    g.add_argument("--no-tiled-logits-loss", dest="tiled_logits_loss", action="store_false", default=None)
     g.add_argument("--tiled-logits-chunk-size", type=int, help="tokens per tiled-loss chunk")
     _bool_flag(g, "--use-liger-kernel", help="liger-kernel fused linear cross-entropy (pip install liger-kernel)")
     _bool_flag(g, "--checkpoint-in-cpu", help="checkpointed layer inputs in pinned host memory")

@@ -58,13 +58,15 @@ def build_deepspeed_config(cfg: Config, world_size: int) -> dict:
         zero.setdefault("overlap_comm", True)
         zero.setdefault("contiguous_gradients", True)
     if p.zero_stage == 3:
-        # Long-sequence defaults: prefetch the next layer's parameters while this one computes,
-        # keep small tensors (norms, biases) resident, and bound what is gathered at once.
+        # Long-sequence defaults: prefetch the next layer's parameters while this one computes
+        # (5e8 parameters, 1 GB in bf16, ten times DeepSpeed's default), keep small tensors (norms,
+        # biases) resident, and bound what is gathered at once (3e9 parameters, 6 GB).
+        # Measured on two H200s, GPT-1.3B, SP=2: docs/benchmarks/throughput/README.md.
         zero.setdefault("reduce_bucket_size", 5e8)
-        zero.setdefault("stage3_prefetch_bucket_size", 5e7)
+        zero.setdefault("stage3_prefetch_bucket_size", 5e8)
         zero.setdefault("stage3_max_reuse_distance", 1e9)
         zero.setdefault("stage3_param_persistence_threshold", 1e5)
-        zero.setdefault("stage3_max_live_parameters", 1e9)
+        zero.setdefault("stage3_max_live_parameters", 3e9)
         zero.setdefault("stage3_gather_16bit_weights_on_model_save", False)
     if p.reduce_bucket_size is not None:
         zero["reduce_bucket_size"] = p.reduce_bucket_size

@@ -171,6 +171,22 @@ def test_comparisons_use_the_fastest_backend_where_both_ran():
     assert comps[1]["ratio_tokens_per_sec"] == pytest.approx(6000 / 5000)
 
 
+def test_runs_without_recomputation_are_compared_only_with_each_other():
+    cases = _synthetic_report()["cases"]
+    fast = [dict(_case("ours", "sdpa", 32768, 7000.0, 0.5), checkpoint_activations=False),
+            dict(_case("peer", "hf-sdpa", 32768, 5600.0, 0.4), checkpoint_activations=False)]  # fmt: skip
+    comps = throughput.comparisons(cases + fast)
+    at_32k = sorted((c["checkpoint_activations"], c["ratio_tokens_per_sec"]) for c in comps if c["seq_len"] == 32768)
+    assert at_32k == [(False, pytest.approx(7000 / 5600)), (True, pytest.approx(6000 / 5000))]
+    # a run without recomputation alone (no peer run of its kind) gets no ratio
+    assert len(throughput.comparisons(cases + fast[:1])) == 2
+    args = throughput.parse_args(["--nproc", "2", "--backends", "sdpa", "--peer", "--no-recompute", "--seq-lens", "32768", "--dry-run"])
+    ours, peer = (throughput.case_command(c, 8, Path("m.jsonl"), []) for c in throughput.plan(args))
+    assert "--no-checkpoint-activations" in ours and "--checkpoint-activations" not in ours
+    assert "--no-checkpointing" in peer
+    assert throughput._zero_stage(ours + ["--zero-stage", "1"]) == 1 and throughput._zero_stage(peer) == 3
+
+
 def test_plot_and_table(tmp_path, capsys, monkeypatch):
     src = tmp_path / "h100.json"
     src.write_text(json.dumps(_synthetic_report()))
@@ -183,8 +199,8 @@ def test_plot_and_table(tmp_path, capsys, monkeypatch):
     )
     assert "| gpt-1.3b | 32,768 | 1 | 1 | ours (flash_triton) | no | - | - | - | - | - | - | OOM |" in table
     assert "| gpt-1.3b | 65,536 | 1 | 1 | ours (sdpa) | no | - | - | - | - | - | - | timeout |" in table
-    assert "| gpt-1.3b | 8,192 | 1 | 1 | 11,000 (flash_triton) | 8,000 | 1.38x | 49.0% | 36.0% |" in table
-    assert "| gpt-1.3b | 32,768 | 1 | 1 | 6,000 (sdpa) | 5,000 | 1.20x | 45.0% | 37.0% |" in table
+    assert "| gpt-1.3b | 8,192 | 1 | 1 | full | 11,000 (flash_triton) | 8,000 | 1.38x | 49.0% | 36.0% |" in table
+    assert "| gpt-1.3b | 32,768 | 1 | 1 | full | 6,000 (sdpa) | 5,000 | 1.20x | 45.0% | 37.0% |" in table
     assert table.count("x | ") == 2  # no ratio at 65,536, where ours did not finish
     out = capsys.readouterr().out
     try:

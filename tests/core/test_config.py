@@ -36,6 +36,15 @@ def test_yaml_with_alst_names_and_flag_override(tmp_path):
         parse_args(["--config", str(y)])
 
 
+def test_negated_switch_overrides_yaml(tmp_path):
+    y = tmp_path / "run.yaml"
+    y.write_text("activation_checkpointing: true\ntiled_mlp_compute: true\n")
+    base = ["--config", str(y), "--mock-data"]
+    assert parse_args(base).parallel.checkpoint_activations
+    cfg = parse_args(base + ["--no-checkpoint-activations", "--no-tiled-mlp-compute"])
+    assert not cfg.parallel.checkpoint_activations and not cfg.parallel.tiled_mlp_compute
+
+
 def test_rank_layout_eight_gpus_sp4():
     layout = build_rank_layout(8, 4)
     assert layout["sequence_parallel"] == [[0, 1, 2, 3], [4, 5, 6, 7]]
