@@ -233,13 +233,19 @@ def prepare_resume(load_dir: str, layout: Layout) -> Optional[Resume]:
     manifest = _read_manifest(ckpt_dir)
     if manifest is None:
         return Resume(tag, universal=False, saved=None)
-    for name, size in sorted(manifest["files"].items()):
-        problem = _file_problem(os.path.join(ckpt_dir, name), size)
-        if problem:
-            raise ConfigError(
-                f"checkpoint {ckpt_dir} is damaged: {name} {problem}; restore it, or point {latest} at an "
-                "earlier iter_* directory"
-            )
+    damaged = [None]  # rank 0 checks every file (as it does when saving) and tells the others
+    if dist.get_rank() == 0:
+        for name, size in sorted(manifest["files"].items()):
+            problem = _file_problem(os.path.join(ckpt_dir, name), size)
+            if problem:
+                damaged[0] = (
+                    f"checkpoint {ckpt_dir} is damaged: {name} {problem}; restore it, or point {latest} at an "
+                    "earlier iter_* directory"
+                )
+                break
+    dist.broadcast_object_list(damaged, src=0)
+    if damaged[0]:
+        raise ConfigError(damaged[0])
     saved = Layout(**manifest["layout"])
     if saved == layout:
         return Resume(tag, universal=False, saved=saved)
@@ -251,9 +257,8 @@ def prepare_resume(load_dir: str, layout: Layout) -> Optional[Resume]:
             "optimizer state moves between ZeRO stages 1-3 only: "
             + (f"pass --zero-stage {saved.zero_stage}" if saved.zero_stage else "resume it with --zero-stage 0")
         )
-    subdir = UNIVERSAL if _stage_family(saved.zero_stage) == _stage_family(layout.zero_stage) else f"{UNIVERSAL}_zero3"
-    if subdir != UNIVERSAL and layout.zero_stage < 3:
-        subdir = f"{UNIVERSAL}_zero12"
+    same_family = _stage_family(saved.zero_stage) == _stage_family(layout.zero_stage)
+    subdir = UNIVERSAL if same_family else f"{UNIVERSAL}_{_stage_family(layout.zero_stage)}"
     error = [None]
     if dist.get_rank() == 0:
         print(f"> {ckpt_dir} was written by {saved}; this run is {layout}", flush=True)
