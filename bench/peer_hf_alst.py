@@ -205,6 +205,7 @@ def parse_args(argv=None):
     p.add_argument("--loss-shards", type=int, help="TiledFusedLogitsLoss shards (default ~1 GiB fp32 logits each)")
     p.add_argument("--untie-embeddings", action="store_true", help="separate lm_head weight (the shape ties them)")
     p.add_argument("--no-checkpointing", action="store_true", help="no HF gradient checkpointing")
+    p.add_argument("--zero3-leaf-layers", action="store_true", help="ZeRO-3 gathers each decoder layer at once")
     p.add_argument("--attn-implementation", default="sdpa", help="transformers attention (sdpa, flash_attention_2)")
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--seed", type=int, default=1234)
@@ -227,6 +228,11 @@ def build_model(args, device: torch.device):
     if not args.no_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.config.use_cache = False
+    if args.zero3_leaf_layers:  # the same switch as ours: one ZeRO-3 gather per decoder layer
+        from deepspeed.utils import set_z3_leaf_modules
+        from transformers.models.llama.modeling_llama import LlamaDecoderLayer
+
+        set_z3_leaf_modules(model, [LlamaDecoderLayer])
     mpu = UlyssesSPAttentionHF.register_with_transformers(
         model_name_or_path=model, core_attn_implementation=args.attn_implementation, sequence_parallel_size=args.sp,
         micro_batch_size=1, seq_length=args.seq_length, seq_length_is_variable=False,

@@ -34,6 +34,7 @@ def _fmt(value: float | None, spec: str, scale: float = 1.0) -> str:
 
 def system_label(case: dict) -> str:
     what = case["backend"] + ("" if case.get("checkpoint_activations", True) else ", no recompute")
+    what += ", leaf layers" if case.get("zero3_leaf_layers") else ""
     return f"peer ({what})" if case["kind"] == "peer" else f"ours ({what})"
 
 
@@ -91,7 +92,9 @@ def markdown_table(report: dict) -> str:
             RATIOS_HEADER,
         ]
         for r in sorted(comps, key=lambda r: (r["shape"], r["nproc"], r["sp"], r["seq_len"])):
-            recompute = "full" if r.get("checkpoint_activations", True) else "none"
+            recompute = ("full" if r.get("checkpoint_activations", True) else "none") + (
+                ", leaf layers" if r.get("zero3_leaf_layers") else ""
+            )
             lines.append(
                 f"| {r['shape']} | {r['seq_len']:,} | {r['nproc']} | {r['sp']} | {recompute} | "
                 f"{r['ours_tokens_per_sec_per_gpu']:,.0f} ({r['best_backend']}) | {r['peer_tokens_per_sec_per_gpu']:,.0f} | "

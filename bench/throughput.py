@@ -109,11 +109,13 @@ class Case:
     tiled_mlp: bool
     tiled_loss: bool
     checkpoint_activations: bool = True
+    zero3_leaf_layers: bool = False
 
     @property
     def name(self) -> str:
         name = f"{self.shape}_seq{self.seq_len}_np{self.nproc}_sp{self.sp}_{self.kind}_{self.backend}"
-        return name if self.checkpoint_activations else name + "_norecompute"
+        name += "" if self.checkpoint_activations else "_norecompute"
+        return name + ("_leaf" if self.zero3_leaf_layers else "")
 
     def key(self) -> tuple:
         """What makes a case distinct (``--append`` replaces a case with the same key)."""
@@ -131,6 +133,7 @@ def ours_flags(case: Case, iters: int, metrics_file: Path, extra: list) -> list:
         "--tiled-logits-loss" if case.tiled_loss else "--no-tiled-logits-loss",
     ]  # fmt: skip
     flags += ["--tiled-mlp-compute"] if case.tiled_mlp else []
+    flags += ["--zero3-leaf-layers"] if case.zero3_leaf_layers else []
     flags += ["--bf16"] if case.bf16 else []
     return flags + extra
 
@@ -142,6 +145,7 @@ def peer_flags(case: Case, iters: int, metrics_file: Path, extra: list) -> list:
     flags += ["--tiled-mlp"] if case.tiled_mlp else []
     flags += [] if case.tiled_loss else ["--no-tiled-loss"]
     flags += [] if case.checkpoint_activations else ["--no-checkpointing"]
+    flags += ["--zero3-leaf-layers"] if case.zero3_leaf_layers else []
     flags += ["--bf16"] if case.bf16 else []
     return flags + extra
 
@@ -302,7 +306,7 @@ def run_case(case: Case, args, log_dir: Path) -> dict:
         "name": case.name, "kind": case.kind, "backend": case.backend, "shape": case.shape, "seq_len": case.seq_len,
         "nproc": case.nproc, "sp": case.sp, "dp": case.nproc // case.sp, "precision": "bf16" if case.bf16 else "fp32",
         "zero_stage": _zero_stage(cmd), "micro_batch_size": 1, "checkpoint_activations": case.checkpoint_activations,
-        "tiled_mlp": case.tiled_mlp,
+        "tiled_mlp": case.tiled_mlp, "zero3_leaf_layers": case.zero3_leaf_layers,
         "tiled_loss": case.tiled_loss, "warmup": args.warmup, "command": cmd, "log": str(log_file),
         "metrics_file": str(metrics_file), "returncode": proc.returncode, "wall_s": round(time.time() - t0, 1),
         "outcome": outcome, "error": error,
@@ -324,14 +328,14 @@ def case_key(c: dict) -> tuple:
 def _setting(c: dict) -> tuple:
     """What two systems must share to be compared: shape, length, GPUs, SP, precision, recomputation, ALST switches."""
     return (c["shape"], c["seq_len"], c["nproc"], c["sp"], c.get("precision"), c.get("tiled_mlp"), c.get("tiled_loss"),
-            c.get("checkpoint_activations", True))  # fmt: skip
+            c.get("checkpoint_activations", True), c.get("zero3_leaf_layers", False))  # fmt: skip
 
 
 def comparisons(cases: list) -> list:
     """Ours (best backend) against the peer for each (shape, seq_len, nproc, sp) setting where both succeeded."""
     out = []
     for setting in sorted({_setting(c) for c in cases}, key=lambda t: [(x is None, 0 if x is None else x) for x in t]):
-        shape, seq, nproc, sp, precision, tiled_mlp, tiled_loss, recompute = setting
+        shape, seq, nproc, sp, precision, tiled_mlp, tiled_loss, recompute, leaf = setting
         same = [c for c in cases if _setting(c) == setting]
         ok = [c for c in same if c["outcome"] == "ok" and c.get("tokens_per_sec_per_gpu")]
         peer = next((c for c in ok if c["kind"] == "peer"), None)
@@ -341,7 +345,8 @@ def comparisons(cases: list) -> list:
         best = max(ours, key=lambda c: c["tokens_per_sec_per_gpu"])
         out.append({
             "shape": shape, "seq_len": seq, "nproc": nproc, "sp": sp, "precision": precision, "tiled_mlp": tiled_mlp,
-            "tiled_loss": tiled_loss, "checkpoint_activations": recompute, "best_backend": best["backend"],
+            "tiled_loss": tiled_loss, "checkpoint_activations": recompute, "zero3_leaf_layers": leaf,
+            "best_backend": best["backend"],
             "ours_tokens_per_sec_per_gpu": best["tokens_per_sec_per_gpu"],
             "peer_tokens_per_sec_per_gpu": peer["tokens_per_sec_per_gpu"],
             "ratio_tokens_per_sec": best["tokens_per_sec_per_gpu"] / peer["tokens_per_sec_per_gpu"],
@@ -396,7 +401,7 @@ def plan(args) -> list:
         tiled_mlp = args.tiled_mlp == "on" or (args.tiled_mlp == "auto" and seq // args.sp >= args.tiled_mlp_from)
         common = {"shape": args.shape, "seq_len": seq, "nproc": args.nproc, "sp": args.sp, "bf16": not args.tiny,
                   "tiled_mlp": tiled_mlp, "tiled_loss": not args.no_tiled_loss,
-                  "checkpoint_activations": not args.no_recompute}  # fmt: skip
+                  "checkpoint_activations": not args.no_recompute, "zero3_leaf_layers": args.zero3_leaf_layers}  # fmt: skip
         if not args.peer_only:
             cases += [Case(kind="ours", backend=b, **common) for b in args.backends]
         if args.peer or args.peer_only:
@@ -432,6 +437,9 @@ def parse_args(argv=None):
         "--no-recompute",
         action="store_true",
         help="no activation checkpointing (both systems; default: full-layer recomputation in both)",
+    )
+    p.add_argument(
+        "--zero3-leaf-layers", action="store_true", help="both systems: ZeRO-3 gathers each decoder layer at once"
     )
     p.add_argument("--case-timeout", type=int, default=600, help="seconds per case before it is killed (timeout)")
     p.add_argument(

@@ -77,6 +77,7 @@ _FIELDS = {
     "checkpoint_in_cpu": ("parallel", "checkpoint_in_cpu"),
     "offload_param": ("parallel", "offload_param"),
     "offload_optimizer": ("parallel", "offload_optimizer"),
+    "zero3_leaf_layers": ("parallel", "zero3_leaf_layers"),
     # data
     "mock_data": ("data", "mock_data"),
     "data_path": ("data", "data_path"),
@@ -192,6 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
     _bool_flag(g, "--checkpoint-in-cpu", help="checkpointed layer inputs in pinned host memory")
     _bool_flag(g, "--offload-param", help="ZeRO-3 parameters in CPU memory")
     _bool_flag(g, "--offload-optimizer", help="optimizer states and step on the CPU")
+    _bool_flag(g, "--zero3-leaf-layers", help="ZeRO-3 gathers each transformer layer's parameters at once")
     _bool_flag(g, "--deepspeed", help="accepted: DeepSpeed is always used")
     g.add_argument("--tensor-model-parallel-size", type=int, default=1)
     g.add_argument("--pipeline-model-parallel-size", type=int, default=1)

@@ -130,7 +130,7 @@ class Trainer:
                 self.ds_config["checkpoint"] = {**self.ds_config.get("checkpoint", {}), "load_universal": True}
 
         set_seed(cfg.train.seed)
-        from megatron.model.gpt import GPTModel
+        from megatron.model.gpt import GPTModel, TransformerLayer
         from megatron.model.tiled import MemoryOptions
         from megatron.training import memory
 
@@ -169,6 +169,11 @@ class Trainer:
         )
         # The learning rate is a pure function of the iteration (set before each step), so
         # there is no scheduler state to checkpoint or to keep in sync with DeepSpeed's wrapper.
+        if cfg.parallel.zero3_leaf_layers:
+            from deepspeed.utils import set_z3_leaf_modules
+
+            leaves = set_z3_leaf_modules(model, [TransformerLayer])
+            print_rank0(f"> ZeRO-3: {len(leaves)} transformer layers gathered as whole modules (leaf modules)")
         self.engine, self.optimizer, _, _ = deepspeed.initialize(
             model=model, optimizer=optimizer, config=self.ds_config, mpu=ps
         )

@@ -1,8 +1,10 @@
 """SP=N reproduces SP=1: same per-step loss and gradient norm, GPT and Llama shapes, ZeRO-1 and ZeRO-3."""
 
+import json
+
 import pytest
 
-from tests.launch import TINY_GPT, TINY_LLAMA, TRAIN, assert_close_records, train_records
+from tests.launch import TINY_GPT, TINY_LLAMA, TRAIN, assert_close_records, torchrun, train_records
 
 SHAPES = {"gpt": TINY_GPT, "llama": TINY_LLAMA}
 
@@ -33,3 +35,15 @@ def test_dp2_equals_sp2_with_two_accumulation_steps(tmp_path):
     dp2 = train_records(tmp_path, "dp2", 2, args)
     sp2 = train_records(tmp_path, "sp2_gas2", 2, args + ["--ds-sequence-parallel-size", "2"])
     assert_close_records(dp2, sp2, what="DP=2 vs SP=2 x GAS=2")
+
+
+@pytest.mark.parametrize("shape", list(SHAPES))
+def test_zero3_leaf_layers_equal_sp1(reference, tmp_path, shape):
+    """--zero3-leaf-layers (one ZeRO-3 gather per layer, with recomputation) trains exactly like SP=1."""
+    args = SHAPES[shape] + TRAIN + ["--ds-sequence-parallel-size", "2", "--zero-stage", "3", "--zero3-leaf-layers",
+                                    "--checkpoint-activations"]  # fmt: skip
+    proc = torchrun(2, args, tmp_path / "leaf.jsonl")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "> ZeRO-3: 2 transformer layers gathered as whole modules" in proc.stdout
+    got = [json.loads(line) for line in (tmp_path / "leaf.jsonl").read_text().splitlines() if "lm_loss" in line]
+    assert_close_records(reference[shape], got, what=f"{shape} ZeRO-3 leaf layers")
