@@ -3,7 +3,7 @@
 For a model shape, a GPU count and an ablation ladder of ALST memory features, each rung's
 longest trainable sequence is found by doubling then bisecting the sequence length; every
 attempt is a fresh ``torchrun`` of the real trainer (so an OOM leaves nothing behind) that
-runs two steps and reports peak memory, its breakdown and the step time.
+runs ``--steps`` training steps (default 2) and reports peak memory, its breakdown and the step time.
 
     python bench/max_seqlen.py --shape llama-8b --nproc 8            # GPUs; writes docs/benchmarks/
     python bench/max_seqlen.py --shape gpt-1.3b --nproc 8 --rungs baseline,+tiled_loss
@@ -12,6 +12,16 @@ runs two steps and reports peak memory, its breakdown and the step time.
 Ladder (cumulative; activation checkpointing, ZeRO-3 and the expandable-segments allocator
 throughout): baseline (DP only, untiled loss) -> +tiled_loss -> +ulysses (SP = nproc) ->
 +tiled_mlp -> +offload (checkpointed activations, parameters and optimizer states on the CPU).
+
+Each attempt ends in one ``outcome``: ``ok``; ``oom`` (``"oom": "device"`` or ``"host"``: GPU memory,
+or pinned host memory for offload); ``host_killed`` (the host killed the workers, e.g. its
+out-of-memory killer: no Python error is left to read); ``timeout`` (``--attempt-timeout``, the
+whole process group is killed); ``too_slow`` (not run: from the last successful attempt's step
+time and the model's FLOPs per token, two steps would not finish within ``--attempt-timeout``);
+``failed`` (anything else, with its last error line; the rung stops there). A rung reports the
+longest length that trained and ``limited_by``, the outcome of the shortest failed length above
+it: only ``oom`` makes that length a memory limit; ``timeout`` and ``too_slow`` mean it was not
+reached within the time given. The JSON is rewritten after every attempt.
 
 Breakdown (GPU, rank 0): ``model_states_gb`` = memory still allocated after the steps (parameter,
 gradient and optimizer partitions), ``logits_gb`` = the analytic size of the logits buffers
@@ -24,6 +34,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -86,6 +97,8 @@ def worker(result_dir: Path, flags: list) -> int:
 
     rank = int(os.environ.get("RANK", "0"))
     out = result_dir / f"rank{rank}.json"
+    if os.environ.get("MAX_SEQLEN_TEST_SIGKILL"):  # tests: what the host's out-of-memory killer does
+        os.kill(os.getpid(), signal.SIGKILL)
     rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     try:
         from megatron.training.trainer import Trainer
@@ -128,13 +141,56 @@ def worker(result_dir: Path, flags: list) -> int:
 
 
 # ----------------------------------------------------------------------------- driver
-def attempt(args, rung: str, seq: int, workdir: Path) -> dict:
-    """One torchrun of the trainer at ``seq``; {'ok': bool, ...} from rank 0 (or the OOM)."""
+def _kill_group(proc: subprocess.Popen) -> None:
+    """End the torchrun and every worker it started (its own session), politely first."""
+    for sig, wait in ((signal.SIGTERM, 15), (signal.SIGKILL, 10)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(timeout=wait)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def _last_error_line(text: str) -> str:
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    errors = [ln for ln in lines if ("Error" in ln or "error:" in ln) and "ChildFailedError" not in ln]
+    return (errors or lines or ["(no output)"])[-1][:500]
+
+
+def shape_config(shape: str):
+    """The ModelConfig of a benchmark shape (for FLOPs per token)."""
+    from megatron.arguments import parse_args
+
+    return parse_args(SHAPES[shape] + ["--seq-length", "1024", "--mock-data"]).model
+
+
+def predicted_attempt_s(reference: dict, seq: int, flops_per_token, steps: int = 2) -> float:
+    """Wall time of an attempt at ``seq`` predicted from a successful one: the same start-up,
+    ``steps`` steps whose time scales with tokens x FLOPs per token (quadratic in the sequence
+    through attention)."""
+    s0, step0 = reference["seq"], reference["step_time_s"]
+    startup = max(0.0, reference["wall_s"] - steps * step0)
+    step = step0 * (seq * flops_per_token(seq)) / (s0 * flops_per_token(s0))
+    return startup + steps * step
+
+
+def attempt(args, rung: str, seq: int, workdir: Path, reference: dict | None = None, flops_per_token=None) -> dict:
+    """One torchrun of the trainer at ``seq``; {'ok': bool, 'outcome': ..., ...} from rank 0."""
+    if reference is not None and flops_per_token is not None:
+        eta = predicted_attempt_s(reference, seq, flops_per_token, args.steps)
+        if eta > args.attempt_timeout:
+            print(f"  {rung:>12} seq {seq:>8}: too slow to try (about {eta:.0f} s > --attempt-timeout "
+                  f"{args.attempt_timeout} s)", flush=True)  # fmt: skip
+            return {"ok": False, "outcome": "too_slow", "predicted_s": round(eta), "seq": seq, "wall_s": 0.0}
     run_dir = workdir / f"{rung.strip('+')}_{seq}"
     run_dir.mkdir(parents=True, exist_ok=True)
     shape = SHAPES["tiny" if args.tiny else args.shape]
     flags = shape + rung_flags(rung, args.nproc) + [
-        "--seq-length", str(seq), "--micro-batch-size", "1", "--train-iters", "2", "--log-interval", "1",
+        "--seq-length", str(seq), "--micro-batch-size", "1", "--train-iters", str(args.steps), "--log-interval", "1",
         "--mock-data", "--num-workers", "0", "--lr", "1e-5", "--eval-interval", "0",
     ] + ([] if args.tiny else ["--bf16", "--attention-backend", args.attention_backend]) + args.extra  # fmt: skip
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={args.nproc}",
@@ -144,32 +200,51 @@ def attempt(args, rung: str, seq: int, workdir: Path) -> dict:
     if args.tiny:
         env.setdefault("OMP_NUM_THREADS", "1")
     t0 = time.time()
-    try:
-        proc = subprocess.run(
-            cmd, check=False, env=env, cwd=ROOT, capture_output=True, text=True, timeout=args.attempt_timeout
-        )
-        rc, tail = proc.returncode, (proc.stdout + proc.stderr)[-3000:]
-    except subprocess.TimeoutExpired:
-        rc, tail = -1, "timed out"
+    log_path = run_dir / "log.txt"
+    timed_out = False
+    with open(log_path, "w") as log_f:
+        proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=log_f, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            proc.wait(timeout=args.attempt_timeout)
+        except subprocess.TimeoutExpired:
+            timed_out = True
+            _kill_group(proc)
+        except BaseException:  # Ctrl-C or the caller's own limit: leave no workers holding GPUs
+            _kill_group(proc)
+            raise
+    rc, log = proc.returncode, log_path.read_text(errors="replace")
     results = [json.loads(p.read_text()) for p in sorted(run_dir.glob("rank*.json"))]
     res = next((r for r in results if not r["ok"]), None) or (results[0] if results else None)
-    if res is None or (rc != 0 and res.get("ok")):
-        oom = "out of memory" in tail.lower() or "OutOfMemoryError" in tail
-        if not oom:
-            raise RuntimeError(f"attempt {rung} seq {seq} failed (rc {rc}):\n{tail}")
-        res = {"ok": False, "oom": True}
+    if res is not None and not res["ok"]:
+        res["outcome"] = "oom"
+    elif timed_out:
+        res = {"ok": False, "outcome": "timeout"}
+    elif res is None or rc != 0:
+        if "out of memory" in log.lower() or "OutOfMemoryError" in log:
+            res = {"ok": False, "outcome": "oom", "oom": "device"}
+        elif "SIGKILL" in log or "Signals.SIGKILL" in log or (rc is not None and rc < 0) or "exitcode  : -9" in log:
+            res = {"ok": False, "outcome": "host_killed", "error": _last_error_line(log)}
+        else:
+            res = {"ok": False, "outcome": "failed", "returncode": rc, "error": _last_error_line(log)}
+    else:
+        res["outcome"] = "ok"
     if res["ok"] and args.cpu_budget_mb and res["peak_gb"] * 1e3 > args.cpu_budget_mb:
-        res = {**res, "ok": False, "oom": True, "note": f"peak above --cpu-budget-mb {args.cpu_budget_mb}"}
+        res = {**res, "ok": False, "outcome": "oom", "oom": "host", "note": f"peak above --cpu-budget-mb {args.cpu_budget_mb}"}
     res.update(seq=seq, wall_s=round(time.time() - t0, 1))
-    print(f"  {rung:>12} seq {seq:>8}: " + (f"ok, peak {res['peak_gb']:.2f} GB, step {res['step_time_s']:.2f} s"
-          if res["ok"] else "OOM"), flush=True)  # fmt: skip
+    if res["ok"]:
+        text = f"ok, peak {res['peak_gb']:.2f} GB, step {res['step_time_s']:.2f} s"
+    else:
+        text = res["outcome"] + (f" ({res['oom']})" if res.get("oom") else "") + (f": {res['error']}" if res.get("error") else "")
+    print(f"  {rung:>12} seq {seq:>8}: {text}", flush=True)
     return res
 
 
 def search(try_seq, start: int, max_seq: int, granularity: int) -> tuple:
     """Largest multiple of ``granularity`` in [granularity, max_seq] for which ``try_seq`` succeeds.
 
-    Doubles from ``start`` until a failure (or ``max_seq``), then bisects. Returns (best or 0, attempts).
+    Doubles from ``start`` until a failure (or ``max_seq``), then bisects. Any unsuccessful
+    outcome bounds the search from above; ``failed`` (neither memory nor time) ends it.
+    Returns (best or 0, attempts).
     """
     attempts, good, bad = [], 0, None
     seq = start
@@ -178,6 +253,8 @@ def search(try_seq, start: int, max_seq: int, granularity: int) -> tuple:
         attempts.append(res)
         if not res["ok"]:
             bad = seq
+            if res.get("outcome") == "failed":
+                return good, attempts
             break
         good = seq
         if seq >= max_seq:
@@ -190,8 +267,19 @@ def search(try_seq, start: int, max_seq: int, granularity: int) -> tuple:
             break
         res = try_seq(mid)
         attempts.append(res)
+        if res.get("outcome") == "failed":
+            break
         lo, hi = (mid, hi) if res["ok"] else (lo, mid)
     return lo, attempts
+
+
+def limited_by(best: int, attempts: list) -> str | None:
+    """The outcome of the shortest unsuccessful length above ``best`` (None: the cap was reached)."""
+    above = sorted((a for a in attempts if not a["ok"] and a["seq"] > best), key=lambda a: a["seq"])
+    if not above:
+        return None
+    a = above[0]
+    return f"oom ({a['oom']})" if a["outcome"] == "oom" and a.get("oom") in ("device", "host") else a["outcome"]
 
 
 def main(argv=None) -> int:
@@ -205,7 +293,15 @@ def main(argv=None) -> int:
     p.add_argument("--granularity", type=int, help="answer resolution (default 1024 x nproc, tiny 32)")
     p.add_argument("--attention-backend", default="flash")
     p.add_argument("--cpu-budget-mb", type=float, help="CPU: treat a peak RSS above this as out of memory")
-    p.add_argument("--attempt-timeout", type=int, default=1800)
+    p.add_argument(
+        "--steps",
+        type=int,
+        default=2,
+        help="training steps per attempt (1 halves the time; ZeRO-3 allocates optimizer states at start-up)",
+    )
+    p.add_argument(
+        "--attempt-timeout", type=int, default=1800, help="seconds per attempt (also skips attempts predicted to exceed it)"
+    )
     p.add_argument("--out", help="JSON result (default docs/benchmarks/max_seqlen_<shape>_<nproc>gpu.json)")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--result-dir", help=argparse.SUPPRESS)
@@ -234,28 +330,55 @@ def main(argv=None) -> int:
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
     report = {
         "shape": shape, "shape_flags": SHAPES[shape], "nproc": args.nproc, "device": device,
-        "torch": torch.__version__, "deepspeed": deepspeed.__version__, "granularity": g, "rungs": [],
+        "torch": torch.__version__, "deepspeed": deepspeed.__version__, "granularity": g,
+        "command": [Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])],
+        "attempt_timeout_s": args.attempt_timeout, "steps_per_attempt": args.steps,
+        "host_memory_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1e9, 1), "rungs": [],
     }  # fmt: skip
     print(f"max sequence length: {shape} on {args.nproc} x {device}", flush=True)
+    if not args.tiny:
+        from megatron.training.metrics import model_flops_per_token
+
+        model_cfg = shape_config(shape)
+        flops_per_token = lambda seq: model_flops_per_token(model_cfg, seq)  # noqa: E731
+    else:
+        flops_per_token = None  # CPU smoke runs: nothing to predict
     for rung in rungs:
-        best, attempts = search(lambda s, r=rung: attempt(args, r, s, workdir), start, max_seq, g)
-        at_best = next((a for a in attempts if a["ok"] and a["seq"] == best), None)
-        report["rungs"].append(
-            {
-                "rung": rung,
-                "flags": rung_flags(rung, args.nproc),
-                "max_seq": best,
-                "at_max": at_best,
-                "attempts": attempts,
-            }
+        entry = {"rung": rung, "flags": rung_flags(rung, args.nproc), "max_seq": 0, "limited_by": None,
+                 "at_max": None, "attempts": []}  # fmt: skip
+        report["rungs"].append(entry)
+
+        def try_seq(seq, rung=rung, entry=entry):
+            oks = [a for a in entry["attempts"] if a["ok"] and a["seq"] < seq]
+            reference = max(oks, key=lambda a: a["seq"]) if oks else None
+            res = attempt(args, rung, seq, workdir, reference, flops_per_token)
+            entry["attempts"].append(res)
+            _write_json(out, report)  # what finished survives a killed run
+            return res
+
+        best, attempts = search(try_seq, start, max_seq, g)
+        entry.update(
+            max_seq=best,
+            limited_by=limited_by(best, attempts),
+            at_max=next((a for a in attempts if a["ok"] and a["seq"] == best), None),
         )
+        _write_json(out, report)
+        at_best = entry["at_max"]
         print(
-            f"{rung:>12}: max sequence {best}" + (f" (peak {at_best['peak_gb']:.2f} GB)" if at_best else ""), flush=True
+            f"{rung:>12}: max sequence {best}"
+            + (f" (peak {at_best['peak_gb']:.2f} GB)" if at_best else "")
+            + (f", limited by {entry['limited_by']}" if entry["limited_by"] else ", the cap --max-seq"),
+            flush=True,
         )
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=1) + "\n")
     print(f"wrote {out}")
     return 0
+
+
+def _write_json(path: Path, report: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(report, indent=1) + "\n")
+    tmp.replace(path)
 
 
 if __name__ == "__main__":

@@ -4,6 +4,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from tests.launch import ROOT, env
 
 sys.path.insert(0, str(ROOT / "bench"))
@@ -43,3 +45,60 @@ def test_tiny_cpu_run_reports_memory_breakdown(tmp_path):
         at = rung["at_max"]
         for key in ("peak_gb", "model_states_gb", "activations_gb", "logits_gb", "step_time_s"):
             assert at[key] >= 0, key
+
+
+def test_search_stops_on_a_failure_and_names_the_limit():
+    def outcome(seq):
+        if seq <= 128:
+            return {"ok": True, "seq": seq}
+        return {"ok": False, "seq": seq, "outcome": "too_slow" if seq >= 256 else "oom", "oom": "device"}
+
+    best, attempts = max_seqlen.search(outcome, start=64, max_seq=4096, granularity=32)
+    assert best == 128 and max_seqlen.limited_by(best, attempts) == "oom (device)"
+    best, attempts = max_seqlen.search(lambda s: {**outcome(s), "outcome": "too_slow"} if s > 128 else outcome(s), 64, 4096, 64)
+    assert best == 128 and max_seqlen.limited_by(best, attempts) == "too_slow"
+    broken = max_seqlen.search(lambda s: {"ok": False, "seq": s, "outcome": "failed"}, 64, 4096, 32)
+    assert broken[0] == 0 and len(broken[1]) == 1  # a non-memory, non-time failure is not bisected
+    assert max_seqlen.limited_by(4096, [{"ok": True, "seq": 4096}]) is None
+
+
+def test_attempts_predicted_too_slow_are_not_run():
+    cfg = max_seqlen.shape_config("llama-8b")
+    from megatron.training.metrics import model_flops_per_token
+
+    fpt = lambda s: model_flops_per_token(cfg, s)  # noqa: E731
+    ref = {"seq": 65536, "step_time_s": 10.0, "wall_s": 80.0}
+    assert max_seqlen.predicted_attempt_s(ref, 65536, fpt) == 80.0
+    # twice the length: more than twice the step time (attention is quadratic), same start-up
+    eta = max_seqlen.predicted_attempt_s(ref, 131072, fpt)
+    assert 60 + 2 * 2 * 10 < eta < 60 + 2 * 4 * 10
+    assert max_seqlen.predicted_attempt_s(ref, 131072, fpt, steps=1) == pytest.approx(70 + (eta - 60) / 2)
+
+    class Args:
+        attempt_timeout, steps = 100, 2
+
+    res = max_seqlen.attempt(Args, "+tiled_mlp", 131072, ROOT, ref, fpt)  # would launch if it were not skipped
+    assert res == {"ok": False, "outcome": "too_slow", "predicted_s": round(eta), "seq": 131072, "wall_s": 0.0}
+
+
+def test_timed_out_attempt_is_recorded_and_the_json_kept(tmp_path):
+    out = tmp_path / "max_seqlen.json"
+    cmd = [sys.executable, str(ROOT / "bench" / "max_seqlen.py"), "--tiny", "--nproc", "1", "--rungs", "baseline",
+           "--start-seq", "64", "--max-seq", "64", "--attempt-timeout", "2", "--out", str(out)]  # fmt: skip
+    proc = subprocess.run(cmd, env=env(), cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rung = json.loads(out.read_text())["rungs"][0]
+    assert rung["max_seq"] == 0 and rung["limited_by"] == "timeout"
+    assert [(a["seq"], a["outcome"]) for a in rung["attempts"]] == [(64, "timeout"), (32, "timeout")]  # bisected
+    assert "baseline: max sequence 0, limited by timeout" in proc.stdout
+
+
+def test_worker_killed_by_the_host_is_its_own_outcome(tmp_path):
+    out = tmp_path / "max_seqlen.json"
+    cmd = [sys.executable, str(ROOT / "bench" / "max_seqlen.py"), "--tiny", "--nproc", "1", "--rungs", "+offload",
+           "--start-seq", "64", "--max-seq", "64", "--granularity", "64", "--out", str(out)]  # fmt: skip
+    proc = subprocess.run(cmd, env={**env(), "MAX_SEQLEN_TEST_SIGKILL": "1"}, cwd=ROOT, capture_output=True, text=True,
+                          timeout=300)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rung = json.loads(out.read_text())["rungs"][0]
+    assert rung["max_seq"] == 0 and rung["limited_by"] == "host_killed", rung
