@@ -326,16 +326,17 @@ def case_key(c: dict) -> tuple:
 
 
 def _setting(c: dict) -> tuple:
-    """What two systems must share to be compared: shape, length, GPUs, SP, precision, recomputation, ALST switches."""
+    """What two systems must share to be compared: shape, length, GPUs, SP, precision, ZeRO stage, recomputation and
+    the ALST switches."""
     return (c["shape"], c["seq_len"], c["nproc"], c["sp"], c.get("precision"), c.get("tiled_mlp"), c.get("tiled_loss"),
-            c.get("checkpoint_activations", True), c.get("zero3_leaf_layers", False))  # fmt: skip
+            c.get("checkpoint_activations", True), c.get("zero3_leaf_layers", False), c.get("zero_stage", 3))  # fmt: skip
 
 
 def comparisons(cases: list) -> list:
     """Ours (best backend) against the peer for each (shape, seq_len, nproc, sp) setting where both succeeded."""
     out = []
     for setting in sorted({_setting(c) for c in cases}, key=lambda t: [(x is None, 0 if x is None else x) for x in t]):
-        shape, seq, nproc, sp, precision, tiled_mlp, tiled_loss, recompute, leaf = setting
+        shape, seq, nproc, sp, precision, tiled_mlp, tiled_loss, recompute, leaf, zero_stage = setting
         same = [c for c in cases if _setting(c) == setting]
         ok = [c for c in same if c["outcome"] == "ok" and c.get("tokens_per_sec_per_gpu")]
         peer = next((c for c in ok if c["kind"] == "peer"), None)
@@ -346,7 +347,7 @@ def comparisons(cases: list) -> list:
         out.append({
             "shape": shape, "seq_len": seq, "nproc": nproc, "sp": sp, "precision": precision, "tiled_mlp": tiled_mlp,
             "tiled_loss": tiled_loss, "checkpoint_activations": recompute, "zero3_leaf_layers": leaf,
-            "best_backend": best["backend"],
+            "zero_stage": zero_stage, "best_backend": best["backend"],
             "ours_tokens_per_sec_per_gpu": best["tokens_per_sec_per_gpu"],
             "peer_tokens_per_sec_per_gpu": peer["tokens_per_sec_per_gpu"],
             "ratio_tokens_per_sec": best["tokens_per_sec_per_gpu"] / peer["tokens_per_sec_per_gpu"],

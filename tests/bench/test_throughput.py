@@ -180,6 +180,9 @@ def test_runs_without_recomputation_are_compared_only_with_each_other():
     assert at_32k == [(False, pytest.approx(7000 / 5600)), (True, pytest.approx(6000 / 5000))]
     # a run without recomputation alone (no peer run of its kind) gets no ratio
     assert len(throughput.comparisons(cases + fast[:1])) == 2
+    # nor is a run of ours on another ZeRO stage compared with the peer's ZeRO-3 run
+    zero1 = dict(_case("ours", "sdpa", 65536, 9000.0, 0.5), zero_stage=1)
+    assert [c["seq_len"] for c in throughput.comparisons(cases + [zero1])] == [8192, 32768]
     args = throughput.parse_args(["--nproc", "2", "--backends", "sdpa", "--peer", "--no-recompute", "--seq-lens", "32768", "--dry-run"])
     ours, peer = (throughput.case_command(c, 8, Path("m.jsonl"), []) for c in throughput.plan(args))
     assert "--no-checkpoint-activations" in ours and "--checkpoint-activations" not in ours
