@@ -44,26 +44,39 @@ def available_host_memory(meminfo: str = "/proc/meminfo") -> int:
     return 0
 
 
-def check_host_memory_for_checkpoint_offload(
-    num_layers: int, micro_batch: int, local_seq: int, hidden: int, dtype_bytes: int, local_ranks: int,
-    meminfo: str = "/proc/meminfo",
+def check_host_memory(
+    *, checkpoint_bytes_per_rank: int = 0, num_params: int = 0, zero_shards: int = 1, offload_param: bool = False,
+    offload_optimizer: bool = False, param_bytes: int = 2, local_ranks: int = 1, meminfo: str = "/proc/meminfo",
 ) -> int:  # fmt: skip
-    """Raise ConfigError when the offloaded layer inputs of all ranks on this host exceed 90% of MemAvailable.
+    """Raise ConfigError when what the ranks of this host keep in host memory exceeds 90% of MemAvailable.
 
-    Returns the estimated bytes. The estimate is layers x b x s x H x bytes per rank.
+    Counted per rank: the offloaded layer inputs (``--checkpoint-in-cpu``), this rank's ZeRO partition
+    of the parameters (``--offload-param``: ``param_bytes`` each) and of the fp32 master weights,
+    gradients and Adam moments (``--offload-optimizer``: 16 bytes each). Returns the bytes for the host.
     """
-    per_rank = num_layers * micro_batch * local_seq * hidden * dtype_bytes
-    need = per_rank * local_ranks
+    items = []
+    if checkpoint_bytes_per_rank:
+        items.append(("--checkpoint-in-cpu", checkpoint_bytes_per_rank * local_ranks))
+    if offload_param:
+        items.append(("--offload-param", num_params * param_bytes * local_ranks // zero_shards))
+    if offload_optimizer:
+        items.append(("--offload-optimizer", num_params * 16 * local_ranks // zero_shards))
+    need = sum(b for _, b in items)
     avail = available_host_memory(meminfo)
-    if avail and need > 0.9 * avail:
+    if items and avail and need > 0.9 * avail:
         gib = 2**30
+        parts = " + ".join(f"{what} {b / gib:.1f}" for what, b in items)
         raise ConfigError(
-            f"--checkpoint-in-cpu needs about {need / gib:.1f} GiB of pinned host memory ({num_layers} layers x "
-            f"{micro_batch} x {local_seq} tokens x {hidden} x {dtype_bytes} B x {local_ranks} ranks on this host) "
-            f"but only {avail / gib:.1f} GiB is available; use a larger --ds-sequence-parallel-size, a shorter "
-            "--seq-length, or drop --checkpoint-in-cpu"
+            f"host memory: the {local_ranks} rank(s) on this host need about {need / gib:.1f} GiB ({parts} GiB) but "
+            f"only {avail / gib:.1f} GiB is available; spread the model over more GPUs or nodes (ZeRO shards, "
+            "--ds-sequence-parallel-size), shorten --seq-length, or drop an offload flag"
         )
     return need
+
+
+def checkpoint_offload_bytes(num_layers: int, micro_batch: int, local_seq: int, hidden: int, dtype_bytes: int) -> int:
+    """Host bytes of one rank's offloaded layer inputs: layers x b x s x H x bytes."""
+    return num_layers * micro_batch * local_seq * hidden * dtype_bytes
 
 
 def _to_host(x: torch.Tensor) -> torch.Tensor:

@@ -139,11 +139,16 @@ class Trainer:
         on += [k for k in ("offload_param", "offload_optimizer") if getattr(cfg.parallel, k)]
         if on:
             print_rank0(f"> memory: {', '.join(on)}")
-        if cfg.parallel.checkpoint_in_cpu:
-            memory.check_host_memory_for_checkpoint_offload(
+        dtype_bytes = 4 if cfg.train.dtype_name == "fp32" else 2
+        memory.check_host_memory(
+            checkpoint_bytes_per_rank=memory.checkpoint_offload_bytes(
                 cfg.model.num_layers, cfg.train.micro_batch_size, cfg.model.seq_length // self.sp,
-                cfg.model.hidden_size, 4 if cfg.train.dtype_name == "fp32" else 2, int(os.environ.get("LOCAL_WORLD_SIZE", 1)),
-            )  # fmt: skip
+                cfg.model.hidden_size, dtype_bytes,
+            ) if cfg.parallel.checkpoint_in_cpu else 0,
+            num_params=cfg.model.num_parameters(), zero_shards=self.world, offload_param=cfg.parallel.offload_param,
+            offload_optimizer=cfg.parallel.offload_optimizer, param_bytes=dtype_bytes,
+            local_ranks=int(os.environ.get("LOCAL_WORLD_SIZE", 1)),
+        )  # fmt: skip
         sp_group = ps.get_sequence_parallel_group() if self.sp > 1 else None
         with deepspeed.zero.Init(
             data_parallel_group=ps.get_sequence_data_parallel_group(),

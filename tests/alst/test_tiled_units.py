@@ -99,13 +99,25 @@ def test_expandable_segments_set_unless_user_configured():
     assert not memory.set_expandable_segments(env) and env["PYTORCH_CUDA_ALLOC_CONF"] == "max_split_size_mb:512"
 
 
-def test_checkpoint_offload_host_memory_check(tmp_path):
+def test_offload_host_memory_check(tmp_path):
     meminfo = tmp_path / "meminfo"
     meminfo.write_text("MemTotal: 100 kB\nMemAvailable:   1048576 kB\n")  # 1 GiB
-    need = memory.check_host_memory_for_checkpoint_offload(2, 1, 1024, 64, 2, 2, str(meminfo))
-    assert need == 2 * 1024 * 64 * 2 * 2
-    with pytest.raises(ConfigError, match="--checkpoint-in-cpu needs about 32.0 GiB"):
-        memory.check_host_memory_for_checkpoint_offload(32, 1, 131072, 4096, 2, 1, str(meminfo))
+    ckpt = memory.checkpoint_offload_bytes(2, 1, 1024, 64, 2)
+    assert memory.check_host_memory(checkpoint_bytes_per_rank=ckpt, local_ranks=2, meminfo=str(meminfo)) == 2 * ckpt
+    big = memory.checkpoint_offload_bytes(32, 1, 131072, 4096, 2)  # Llama-8B layer inputs at 128k: 32 GiB
+    with pytest.raises(ConfigError, match=r"need about 32.0 GiB \(--checkpoint-in-cpu 32.0 GiB\)"):
+        memory.check_host_memory(checkpoint_bytes_per_rank=big, meminfo=str(meminfo))
+    # ZeRO-Offload of 8B parameters on one GPU: 16 GiB of bf16 parameters + 128 GiB of fp32 optimizer state
+    n = 8 * 2**30
+    with pytest.raises(ConfigError, match=r"--offload-param 16.0 \+ --offload-optimizer 128.0 GiB"):
+        memory.check_host_memory(num_params=n, offload_param=True, offload_optimizer=True, meminfo=str(meminfo))
+    # the same over 512 ranks of 8 per host fits in 1 GiB x 0.9 (8 x 144 GiB / 512 = 2.25 GiB does not; 2048 does)
+    with pytest.raises(ConfigError, match="the 8 rank"):
+        memory.check_host_memory(num_params=n, zero_shards=512, offload_param=True, offload_optimizer=True,
+                                 local_ranks=8, meminfo=str(meminfo))  # fmt: skip
+    assert memory.check_host_memory(num_params=n, zero_shards=2048, offload_param=True, offload_optimizer=True,
+                                    local_ranks=8, meminfo=str(meminfo)) == n * 18 * 8 // 2048  # fmt: skip
+    assert memory.check_host_memory(num_params=n, meminfo=str(meminfo)) == 0  # nothing offloaded: no check
 
 
 def test_alst_flags_and_yaml_names(tmp_path):

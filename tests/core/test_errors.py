@@ -40,3 +40,18 @@ def test_accepted_legacy_flags_do_not_error():
 
     cfg = parse_args(BASE + ["--no-pipeline-parallel", "--tensor-model-parallel-size", "1", "--deepspeed", "--use-flash-attn", "--local_rank=0"])  # fmt: skip
     assert cfg.model.attention_backend == "flash"
+
+
+def test_offload_beyond_host_memory_stops_before_building_the_model():
+    """ZeRO-Offload of a 52B model on one CPU rank: one line with the breakdown, nothing allocated."""
+    from tests.launch import torchrun
+
+    big = ["--num-layers", "64", "--hidden-size", "8192", "--num-attention-heads", "64", "--seq-length", "64",
+           "--vocab-size", "128", "--mock-data", "--micro-batch-size", "1", "--train-iters", "1", "--zero-stage", "3",
+           "--offload-param", "--offload-optimizer"]  # fmt: skip
+    proc = torchrun(1, big, timeout=300)
+    assert proc.returncode != 0
+    lines = [ln for ln in proc.stderr.splitlines() if "host memory:" in ln]
+    assert len(lines) == 1, proc.stderr[-3000:]
+    assert "need about 960.2 GiB (--offload-param 192.0 + --offload-optimizer 768.1 GiB)" in lines[0]
+    assert lines[0].startswith("error: ") and "drop an offload flag" in lines[0]
