@@ -35,7 +35,6 @@ import argparse
 import json
 import os
 import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -43,6 +42,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from procgroup import run_logged  # noqa: E402
 
 SHAPES = {
     # GPT-3 1.3B (24 x 2048, 16 heads, GPT-2 vocabulary); RoPE so that no position table grows with the sequence
@@ -141,20 +142,6 @@ def worker(result_dir: Path, flags: list) -> int:
 
 
 # ----------------------------------------------------------------------------- driver
-def _kill_group(proc: subprocess.Popen) -> None:
-    """End the torchrun and every worker it started (its own session), politely first."""
-    for sig, wait in ((signal.SIGTERM, 15), (signal.SIGKILL, 10)):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            proc.wait(timeout=wait)
-            return
-        except subprocess.TimeoutExpired:
-            continue
-
-
 def _last_error_line(text: str) -> str:
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
     errors = [ln for ln in lines if ("Error" in ln or "error:" in ln) and "ChildFailedError" not in ln]
@@ -201,18 +188,8 @@ def attempt(args, rung: str, seq: int, workdir: Path, reference: dict | None = N
         env.setdefault("OMP_NUM_THREADS", "1")
     t0 = time.time()
     log_path = run_dir / "log.txt"
-    timed_out = False
-    with open(log_path, "w") as log_f:
-        proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=log_f, stderr=subprocess.STDOUT, start_new_session=True)
-        try:
-            proc.wait(timeout=args.attempt_timeout)
-        except subprocess.TimeoutExpired:
-            timed_out = True
-            _kill_group(proc)
-        except BaseException:  # Ctrl-C or the caller's own limit: leave no workers holding GPUs
-            _kill_group(proc)
-            raise
-    rc, log = proc.returncode, log_path.read_text(errors="replace")
+    rc, timed_out = run_logged(cmd, ROOT, env, log_path, args.attempt_timeout)
+    log = log_path.read_text(errors="replace")
     results = [json.loads(p.read_text()) for p in sorted(run_dir.glob("rank*.json"))]
     res = next((r for r in results if not r["ok"]), None) or (results[0] if results else None)
     if res is not None and not res["ok"]:

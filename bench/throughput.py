@@ -28,7 +28,6 @@ import math
 import os
 import platform
 import re
-import signal
 import statistics
 import subprocess
 import sys
@@ -39,6 +38,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = Path(__file__).resolve().parent
+sys.path.insert(0, str(BENCH))
+from procgroup import run_logged  # noqa: E402  (bench/ helper, importable however this file is loaded)
+
 PEER_SCRIPT = BENCH / "peer_hf_alst.py"
 PEER_BACKEND = "hf-sdpa"  # the peer's attention: transformers' SDPA under DeepSpeed's Ulysses wrapper
 
@@ -235,20 +237,6 @@ def summarize(records: list, warmup: int) -> dict:
     return out
 
 
-def _kill_group(proc: subprocess.Popen) -> None:
-    """End the torchrun and every worker it started (its own session), politely first."""
-    for sig, wait in ((signal.SIGTERM, 15), (signal.SIGKILL, 10)):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            proc.wait(timeout=wait)
-            return
-        except subprocess.TimeoutExpired:
-            continue
-
-
 def cpu_extensions_dir() -> Path:
     """A JIT-extension cache private to this Python environment.
 
@@ -286,29 +274,17 @@ def run_case(case: Case, args, log_dir: Path) -> dict:
         env.setdefault("OMP_NUM_THREADS", "1")  # CPU comm op built once per Python environment, not per launch
         env.setdefault("TORCH_EXTENSIONS_DIR", str(cpu_extensions_dir()))
     t0 = time.time()
-    timed_out = False
-    with open(log_file, "w") as log_f:
-        log_f.write(" ".join(cmd) + "\n")
-        log_f.flush()
-        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log_f, stderr=subprocess.STDOUT, start_new_session=True)
-        try:
-            proc.wait(timeout=args.case_timeout)
-        except subprocess.TimeoutExpired:
-            timed_out = True
-            _kill_group(proc)
-        except BaseException:  # Ctrl-C or the caller's own time limit: leave no workers holding GPUs
-            _kill_group(proc)
-            raise
+    returncode, timed_out = run_logged(cmd, ROOT, env, log_file, args.case_timeout)
     log = log_file.read_text(errors="replace")
     records, meta = read_metrics(metrics_file)
-    outcome, error = classify(proc.returncode, log, len(records), timed_out)
+    outcome, error = classify(returncode, log, len(records), timed_out)
     res = {
         "name": case.name, "kind": case.kind, "backend": case.backend, "shape": case.shape, "seq_len": case.seq_len,
         "nproc": case.nproc, "sp": case.sp, "dp": case.nproc // case.sp, "precision": "bf16" if case.bf16 else "fp32",
         "zero_stage": _zero_stage(cmd), "micro_batch_size": 1, "checkpoint_activations": case.checkpoint_activations,
         "tiled_mlp": case.tiled_mlp, "zero3_leaf_layers": case.zero3_leaf_layers,
         "tiled_loss": case.tiled_loss, "warmup": args.warmup, "command": cmd, "log": str(log_file),
-        "metrics_file": str(metrics_file), "returncode": proc.returncode, "wall_s": round(time.time() - t0, 1),
+        "metrics_file": str(metrics_file), "returncode": returncode, "wall_s": round(time.time() - t0, 1),
         "outcome": outcome, "error": error,
     }  # fmt: skip
     res.update(summarize(records, args.warmup))

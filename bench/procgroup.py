@@ -1,0 +1,41 @@
+"""Running one torchrun of a benchmark attempt in its own process group, with a time limit."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+from pathlib import Path
+
+
+def kill_group(proc: subprocess.Popen) -> None:
+    """End the torchrun and every worker it started (its own session), politely first."""
+    for sig, wait in ((signal.SIGTERM, 15), (signal.SIGKILL, 10)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(timeout=wait)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def run_logged(cmd: list, cwd: Path, env: dict, log_file: Path, timeout: float) -> tuple:
+    """Run ``cmd`` with stdout and stderr in ``log_file`` (the command on its first line), killing
+    its whole process group after ``timeout`` seconds or on any interruption (so that no worker
+    keeps holding a GPU). Returns (returncode or None, timed_out)."""
+    with open(log_file, "w") as log_f:
+        log_f.write(" ".join(map(str, cmd)) + "\n")
+        log_f.flush()
+        proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=log_f, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            kill_group(proc)
+            return proc.returncode, True
+        except BaseException:  # Ctrl-C or the caller's own time limit
+            kill_group(proc)
+            raise
+    return proc.returncode, False
