@@ -65,6 +65,22 @@ def _exit_now(code: int) -> int:
     return code
 
 
+def _finish() -> int:
+    """Training ended on every rank: tear the process group down in order, then leave without
+    running C++ static destructors. Left to interpreter exit, the teardown of communication
+    threads occasionally aborted a finished run ("terminate called without an active exception",
+    exit code -6) on CPU/gloo."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized() and __name__ == "__main__"):
+        return 0
+    dist.barrier()
+    dist.destroy_process_group()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
+
+
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     from megatron.training.memory import set_expandable_segments
@@ -97,6 +113,7 @@ def main(argv=None) -> int:
         initialize_distributed(cfg)
         train_ds, valid_ds, eod = build_datasets(cfg)
         Trainer(cfg, train_ds, valid_ds, eod_token=eod).train()
+        return _finish()
     except ConfigError as e:
         if _is_rank0():
             print(f"error: {e}", file=sys.stderr, flush=True)
