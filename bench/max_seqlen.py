@@ -138,6 +138,11 @@ def worker(result_dir: Path, flags: list) -> int:
         out.write_text(json.dumps({"ok": False, "oom": "host" if host else "device", "error": str(e)[:500]}))
         return OOM_EXIT
     out.write_text(json.dumps(res))
+    import torch.distributed as dist
+
+    if dist.is_initialized():  # an orderly teardown, as the peer and pretrain_gpt.py do
+        dist.barrier()
+        dist.destroy_process_group()
     return 0
 
 
