@@ -147,6 +147,13 @@ def _verify_written(ckpt_dir: str, layout: Layout) -> tuple:
     return None, files
 
 
+def _rank0_verdict(check) -> Optional[str]:
+    """Collective: rank 0 runs ``check`` (a problem as a string, or None) and every rank gets its answer."""
+    verdict = [check() if dist.get_rank() == 0 else None]
+    dist.broadcast_object_list(verdict, src=0)
+    return verdict[0]
+
+
 def save_checkpoint(
     engine, save_dir: str, iteration: int, client_state: dict, layout: Layout, keep_last_n: int = 0
 ) -> str:
@@ -166,22 +173,24 @@ def save_checkpoint(
         with open(rng_path, "r+b") as f:  # test hook: a shard is cut short (full disk, lost node)
             f.truncate(16)
     dist.barrier()
-    problem = [None]
     ckpt_dir = os.path.join(save_dir, tag)
-    if rank == 0:
-        problem[0], files = _verify_written(ckpt_dir, layout)
-        if problem[0] is None:
+
+    def verify_and_publish() -> Optional[str]:
+        problem, files = _verify_written(ckpt_dir, layout)
+        if problem is None:
             manifest = {"iteration": iteration, "layout": asdict(layout), "files": files}
             _atomic_write_text(os.path.join(ckpt_dir, MANIFEST), json.dumps(manifest, indent=1))
             _atomic_write_text(os.path.join(save_dir, LATEST), tag)
             if keep_last_n > 0:
                 _prune(save_dir, keep_last_n, keep=tag)
-    dist.broadcast_object_list(problem, src=0)
-    if problem[0] is not None:
+        return problem
+
+    problem = _rank0_verdict(verify_and_publish)
+    if problem is not None:
         previous = os.path.join(save_dir, LATEST)
         prev = open(previous).read().strip() if os.path.isfile(previous) else None
         raise CheckpointError(
-            f"checkpoint {ckpt_dir} failed verification: {problem[0]}; 'latest' still points at "
+            f"checkpoint {ckpt_dir} failed verification: {problem}; 'latest' still points at "
             f"{prev or 'nothing'}. Check free disk space and the file system, then resume with --load"
         )
     return ckpt_dir
@@ -233,19 +242,19 @@ def prepare_resume(load_dir: str, layout: Layout) -> Optional[Resume]:
     manifest = _read_manifest(ckpt_dir)
     if manifest is None:
         return Resume(tag, universal=False, saved=None)
-    damaged = [None]  # rank 0 checks every file (as it does when saving) and tells the others
-    if dist.get_rank() == 0:
+    def first_damaged() -> Optional[str]:  # rank 0 checks every file, as it does when saving
         for name, size in sorted(manifest["files"].items()):
             problem = _file_problem(os.path.join(ckpt_dir, name), size)
             if problem:
-                damaged[0] = (
+                return (
                     f"checkpoint {ckpt_dir} is damaged: {name} {problem}; restore it, or point {latest} at an "
                     "earlier iter_* directory"
                 )
-                break
-    dist.broadcast_object_list(damaged, src=0)
-    if damaged[0]:
-        raise ConfigError(damaged[0])
+        return None
+
+    damaged = _rank0_verdict(first_damaged)
+    if damaged:
+        raise ConfigError(damaged)
     saved = Layout(**manifest["layout"])
     if saved == layout:
         return Resume(tag, universal=False, saved=saved)
@@ -259,18 +268,19 @@ def prepare_resume(load_dir: str, layout: Layout) -> Optional[Resume]:
         )
     same_family = _stage_family(saved.zero_stage) == _stage_family(layout.zero_stage)
     subdir = UNIVERSAL if same_family else f"{UNIVERSAL}_{_stage_family(layout.zero_stage)}"
-    error = [None]
-    if dist.get_rank() == 0:
+    def convert() -> Optional[str]:
         print(f"> {ckpt_dir} was written by {saved}; this run is {layout}", flush=True)
         try:
             universal = _convert_to_universal(ckpt_dir)
             if subdir != UNIVERSAL:
                 _bridge_stages(ckpt_dir, universal, os.path.join(ckpt_dir, subdir), layout)
         except ConfigError as e:
-            error[0] = str(e)
-    dist.broadcast_object_list(error, src=0)
-    if error[0]:
-        raise ConfigError(error[0])
+            return str(e)
+        return None
+
+    error = _rank0_verdict(convert)
+    if error:
+        raise ConfigError(error)
     return Resume(tag, universal=True, saved=saved, universal_subdir=subdir)
 
 
