@@ -59,10 +59,14 @@ def _exit_now(code: int) -> int:
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized() and __name__ == "__main__":
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(code)
+        _leave(code)
     return code
+
+
+def _leave(code: int) -> None:
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def _finish() -> int:
@@ -76,9 +80,7 @@ def _finish() -> int:
         return 0
     dist.barrier()
     dist.destroy_process_group()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
+    _leave(0)
 
 
 def main(argv=None) -> int:

@@ -43,7 +43,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from procgroup import run_logged  # noqa: E402
+from procgroup import last_error_line, run_logged  # noqa: E402
 
 SHAPES = {
     # GPT-3 1.3B (24 x 2048, 16 heads, GPT-2 vocabulary); RoPE so that no position table grows with the sequence
@@ -147,12 +147,6 @@ def worker(result_dir: Path, flags: list) -> int:
 
 
 # ----------------------------------------------------------------------------- driver
-def _last_error_line(text: str) -> str:
-    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-    errors = [ln for ln in lines if ("Error" in ln or "error:" in ln) and "ChildFailedError" not in ln]
-    return (errors or lines or ["(no output)"])[-1][:500]
-
-
 def shape_config(shape: str):
     """The ModelConfig of a benchmark shape (for FLOPs per token)."""
     from megatron.arguments import parse_args
@@ -204,10 +198,10 @@ def attempt(args, rung: str, seq: int, workdir: Path, reference: dict | None = N
     elif res is None or rc != 0:
         if "out of memory" in log.lower() or "OutOfMemoryError" in log:
             res = {"ok": False, "outcome": "oom", "oom": "device"}
-        elif "SIGKILL" in log or "Signals.SIGKILL" in log or (rc is not None and rc < 0) or "exitcode  : -9" in log:
-            res = {"ok": False, "outcome": "host_killed", "error": _last_error_line(log)}
+        elif "SIGKILL" in log or (rc is not None and rc < 0) or "exitcode  : -9" in log:
+            res = {"ok": False, "outcome": "host_killed", "error": last_error_line(log)}
         else:
-            res = {"ok": False, "outcome": "failed", "returncode": rc, "error": _last_error_line(log)}
+            res = {"ok": False, "outcome": "failed", "returncode": rc, "error": last_error_line(log)}
     else:
         res["outcome"] = "ok"
     if res["ok"] and args.cpu_budget_mb and res["peak_gb"] * 1e3 > args.cpu_budget_mb:

@@ -1,8 +1,10 @@
-"""Running one torchrun of a benchmark attempt in its own process group, with a time limit."""
+"""Running one torchrun of a benchmark attempt in its own process group, with a time limit,
+and reading the reason out of its log."""
 
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 from pathlib import Path
@@ -39,3 +41,16 @@ def run_logged(cmd: list, cwd: Path, env: dict, log_file: Path, timeout: float) 
             kill_group(proc)
             raise
     return proc.returncode, False
+
+
+_ERROR_LINE = re.compile(r"^\s*(?:\[rank\d+\]:\s*)?(?:[\w.]+(?:Error|Exception|Interrupt)\b|error:)(?:.*)$")
+_NOISE = ("ChildFailedError", "torch.distributed.elastic", "FutureWarning", "UserWarning", "DeprecationWarning")
+
+
+def last_error_line(log: str) -> str | None:
+    """The last line of a log that looks like an exception or an ``error:`` message (torchrun's noise skipped)."""
+    lines = [ln.strip() for ln in log.splitlines() if ln.strip()]
+    for ln in reversed(lines):
+        if _ERROR_LINE.match(ln) and not any(n in ln for n in _NOISE):
+            return ln[:500]
+    return lines[-1][:500] if lines else None

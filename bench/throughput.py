@@ -27,7 +27,6 @@ import json
 import math
 import os
 import platform
-import re
 import statistics
 import subprocess
 import sys
@@ -39,7 +38,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
-from procgroup import run_logged  # noqa: E402  (bench/ helper, importable however this file is loaded)
+from procgroup import last_error_line, run_logged  # noqa: E402  (bench/ helper, importable however this file is loaded)
 
 PEER_SCRIPT = BENCH / "peer_hf_alst.py"
 PEER_BACKEND = "hf-sdpa"  # the peer's attention: transformers' SDPA under DeepSpeed's Ulysses wrapper
@@ -167,19 +166,6 @@ def case_command(case: Case, iters: int, metrics_file: Path, extra: list) -> lis
     )
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={case.nproc}",
             str(script), *flags]  # fmt: skip
-
-
-_ERROR_LINE = re.compile(r"^\s*(?:\[rank\d+\]:\s*)?(?:[\w.]+(?:Error|Exception|Interrupt)\b|error:)(?:.*)$")
-_NOISE = ("ChildFailedError", "torch.distributed.elastic", "FutureWarning", "UserWarning", "DeprecationWarning")
-
-
-def last_error_line(log: str) -> str | None:
-    """The last line of a log that looks like an exception or an ``error:`` message (torchrun's noise skipped)."""
-    lines = [ln.strip() for ln in log.splitlines() if ln.strip()]
-    for ln in reversed(lines):
-        if _ERROR_LINE.match(ln) and not any(n in ln for n in _NOISE):
-            return ln[:500]
-    return lines[-1][:500] if lines else None
 
 
 def is_oom(log: str) -> bool:
