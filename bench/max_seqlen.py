@@ -258,6 +258,23 @@ def limited_by(best: int, attempts: list) -> str | None:
     return f"oom ({a['oom']})" if a["outcome"] == "oom" and a.get("oom") in ("device", "host") else a["outcome"]
 
 
+def memory_projection(attempts: list, capacity_gb: float | None) -> dict | None:
+    """The length at which device memory would run out, extrapolated linearly from the two longest
+    successful attempts (with flash attention, tiled MLP and tiled loss every activation grows
+    linearly with the sequence). A projection, not a trained run: it says how far memory alone
+    would go where time (``timeout``/``too_slow``) or the cap ended the search."""
+    oks = sorted((a for a in attempts if a["ok"]), key=lambda a: a["seq"])[-2:]
+    if capacity_gb is None or len(oks) < 2:
+        return None
+    (s1, a1), (s2, a2) = ((a["seq"], a) for a in oks)
+    p1, p2 = (max(a["peak_gb"], a.get("reserved_gb") or 0.0) for a in (a1, a2))
+    slope = (p2 - p1) / (s2 - s1)
+    if slope <= 0:
+        return None
+    return {"seq": int(s2 + (capacity_gb - p2) / slope), "from_seqs": [s1, s2], "gb_per_1k_tokens": round(slope * 1024, 4),
+            "capacity_gb": round(capacity_gb, 2), "basis": "max(peak allocated, peak reserved), linear in the sequence"}  # fmt: skip
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--shape", choices=[s for s in SHAPES if s != "tiny"], default="llama-8b")
@@ -304,6 +321,7 @@ def main(argv=None) -> int:
     import torch
 
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
+    capacity = torch.cuda.get_device_properties(0).total_memory / 1e9 if torch.cuda.is_available() else None
     report = {
         "shape": shape, "shape_flags": SHAPES[shape], "nproc": args.nproc, "device": device,
         "torch": torch.__version__, "deepspeed": deepspeed.__version__, "granularity": g,
@@ -337,13 +355,16 @@ def main(argv=None) -> int:
             max_seq=best,
             limited_by=limited_by(best, attempts),
             at_max=next((a for a in attempts if a["ok"] and a["seq"] == best), None),
+            memory_projection=memory_projection(attempts, capacity),
         )
         _write_json(out, report)
         at_best = entry["at_max"]
         print(
             f"{rung:>12}: max sequence {best}"
             + (f" (peak {at_best['peak_gb']:.2f} GB)" if at_best else "")
-            + (f", limited by {entry['limited_by']}" if entry["limited_by"] else ", the cap --max-seq"),
+            + (f", limited by {entry['limited_by']}" if entry["limited_by"] else ", the cap --max-seq")
+            + (f"; device memory projected to last to ~{entry['memory_projection']['seq']}"
+               if entry["memory_projection"] and entry["limited_by"] not in ("oom (device)",) else ""),
             flush=True,
         )
     print(f"wrote {out}")

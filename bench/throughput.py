@@ -110,13 +110,13 @@ class Case:
     tiled_mlp: bool
     tiled_loss: bool
     checkpoint_activations: bool = True
-    zero3_leaf_layers: bool = False
+    zero3_leaf_layers: bool = True
 
     @property
     def name(self) -> str:
         name = f"{self.shape}_seq{self.seq_len}_np{self.nproc}_sp{self.sp}_{self.kind}_{self.backend}"
         name += "" if self.checkpoint_activations else "_norecompute"
-        return name + ("_leaf" if self.zero3_leaf_layers else "")
+        return name + ("" if self.zero3_leaf_layers else "_noleaf")
 
     def key(self) -> tuple:
         """What makes a case distinct (``--append`` replaces a case with the same key)."""
@@ -134,7 +134,8 @@ def ours_flags(case: Case, iters: int, metrics_file: Path, extra: list) -> list:
         "--tiled-logits-loss" if case.tiled_loss else "--no-tiled-logits-loss",
     ]  # fmt: skip
     flags += ["--tiled-mlp-compute"] if case.tiled_mlp else []
-    flags += ["--zero3-leaf-layers"] if case.zero3_leaf_layers else []
+    if _zero_stage(flags + extra) == 3:  # leaf layers are a ZeRO-3 setting (an extra --zero-stage may change it)
+        flags += ["--zero3-leaf-layers" if case.zero3_leaf_layers else "--no-zero3-leaf-layers"]
     flags += ["--bf16"] if case.bf16 else []
     return flags + extra
 
@@ -268,7 +269,7 @@ def run_case(case: Case, args, log_dir: Path) -> dict:
         "name": case.name, "kind": case.kind, "backend": case.backend, "shape": case.shape, "seq_len": case.seq_len,
         "nproc": case.nproc, "sp": case.sp, "dp": case.nproc // case.sp, "precision": "bf16" if case.bf16 else "fp32",
         "zero_stage": _zero_stage(cmd), "micro_batch_size": 1, "checkpoint_activations": case.checkpoint_activations,
-        "tiled_mlp": case.tiled_mlp, "zero3_leaf_layers": case.zero3_leaf_layers,
+        "tiled_mlp": case.tiled_mlp, "zero3_leaf_layers": case.zero3_leaf_layers and _zero_stage(cmd) == 3,
         "tiled_loss": case.tiled_loss, "warmup": args.warmup, "command": cmd, "log": str(log_file),
         "metrics_file": str(metrics_file), "returncode": returncode, "wall_s": round(time.time() - t0, 1),
         "outcome": outcome, "error": error,
@@ -402,7 +403,10 @@ def parse_args(argv=None):
         help="no activation checkpointing (both systems; default: full-layer recomputation in both)",
     )
     p.add_argument(
-        "--zero3-leaf-layers", action="store_true", help="both systems: ZeRO-3 gathers each decoder layer at once"
+        "--zero3-leaf-layers",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="both systems: ZeRO-3 gathers each decoder layer at once (default; --no-zero3-leaf-layers: per linear)",
     )
     p.add_argument("--case-timeout", type=int, default=600, help="seconds per case before it is killed (timeout)")
     p.add_argument(

@@ -193,7 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
     _bool_flag(g, "--checkpoint-in-cpu", help="checkpointed layer inputs in pinned host memory")
     _bool_flag(g, "--offload-param", help="ZeRO-3 parameters in CPU memory")
     _bool_flag(g, "--offload-optimizer", help="optimizer states and step on the CPU")
-    _bool_flag(g, "--zero3-leaf-layers", help="ZeRO-3 gathers each transformer layer's parameters at once")
+    _bool_flag(g, "--zero3-leaf-layers", help="ZeRO-3 gathers each transformer layer's parameters at once (default: on with ZeRO-3; --no-zero3-leaf-layers)")
     _bool_flag(g, "--deepspeed", help="accepted: DeepSpeed is always used")
     g.add_argument("--tensor-model-parallel-size", type=int, default=1)
     g.add_argument("--pipeline-model-parallel-size", type=int, default=1)

@@ -174,7 +174,7 @@ class Trainer:
         )
         # The learning rate is a pure function of the iteration (set before each step), so
         # there is no scheduler state to checkpoint or to keep in sync with DeepSpeed's wrapper.
-        if cfg.parallel.zero3_leaf_layers:
+        if cfg.parallel.use_zero3_leaf_layers:
             from deepspeed.utils import set_z3_leaf_modules
 
             leaves = set_z3_leaf_modules(model, [TransformerLayer])

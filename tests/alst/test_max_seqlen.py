@@ -25,6 +25,16 @@ def test_search_doubles_then_bisects_to_the_granularity():
     assert max_seqlen.search(lambda s: {"ok": False, "seq": s}, 64, 128, 32)[0] == 0
 
 
+def test_memory_projection_extrapolates_the_two_longest_successes():
+    attempts = [{"ok": True, "seq": 64, "peak_gb": 99.0}, {"ok": True, "seq": 128, "peak_gb": 30.0},
+                {"ok": True, "seq": 256, "peak_gb": 40.0, "reserved_gb": 42.0}, {"ok": False, "seq": 512}]  # fmt: skip
+    proj = max_seqlen.memory_projection(attempts, capacity_gb=100.0)
+    # slope from (128, 30 GB) and (256, 42 GB reserved): 12 GB per 128 tokens; 58 GB left -> 256 + 618
+    assert proj["seq"] == 256 + int(58 / (12 / 128)) and proj["from_seqs"] == [128, 256]
+    assert max_seqlen.memory_projection(attempts[:1], 100.0) is None  # one point gives no slope
+    assert max_seqlen.memory_projection(attempts, None) is None  # CPU: no device capacity
+
+
 def test_ladder_flags_are_cumulative():
     assert "--no-tiled-logits-loss" in max_seqlen.rung_flags("baseline", 8)
     top = max_seqlen.rung_flags("+offload", 8)

@@ -188,9 +188,12 @@ def test_runs_without_recomputation_are_compared_only_with_each_other():
     assert "--no-checkpoint-activations" in ours and "--checkpoint-activations" not in ours
     assert "--no-checkpointing" in peer
     assert throughput._zero_stage(ours + ["--zero-stage", "1"]) == 1 and throughput._zero_stage(peer) == 3
-    args = throughput.parse_args(["--nproc", "2", "--backends", "sdpa", "--peer", "--zero3-leaf-layers", "--seq-lens", "64"])
+    args = throughput.parse_args(["--nproc", "2", "--backends", "sdpa", "--peer", "--seq-lens", "64"])
     ours, peer = (throughput.case_command(c, 8, Path("m.jsonl"), []) for c in throughput.plan(args))
-    assert "--zero3-leaf-layers" in ours and "--zero3-leaf-layers" in peer
+    assert "--zero3-leaf-layers" in ours and "--zero3-leaf-layers" in peer  # the default, in both
+    args = throughput.parse_args(["--nproc", "2", "--backends", "sdpa", "--peer", "--no-zero3-leaf-layers", "--seq-lens", "64"])
+    ours, peer = (throughput.case_command(c, 8, Path("m.jsonl"), []) for c in throughput.plan(args))
+    assert "--no-zero3-leaf-layers" in ours and "--zero3-leaf-layers" not in peer
 
 
 def test_plot_and_table(tmp_path, capsys, monkeypatch):
