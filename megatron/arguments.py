@@ -13,7 +13,7 @@ import argparse
 import sys
 from typing import Optional, Sequence
 
-from megatron.config import ATTENTION_BACKENDS, Config, ConfigError, DataConfig, LoggingConfig, ModelConfig
+from megatron.config import ATTENTION_BACKENDS, ULYSSES_EXCHANGES, Config, ConfigError, DataConfig, LoggingConfig, ModelConfig
 from megatron.config import ParallelConfig, TrainConfig
 
 # dest -> (section, field). Everything a flag sets lands in exactly one dataclass field.
@@ -39,6 +39,7 @@ _FIELDS = {
     "attention_dropout": ("model", "attention_dropout"),
     "hidden_dropout": ("model", "hidden_dropout"),
     "attention_backend": ("model", "attention_backend"),
+    "ulysses_exchange": ("model", "ulysses_exchange"),
     "activation": ("model", "activation"),
     # training
     "micro_batch_size": ("train", "micro_batch_size"),
@@ -158,6 +159,8 @@ def build_parser() -> argparse.ArgumentParser:
     _bool_flag(g, "--untie-embeddings-and-output-weights")
     g.add_argument("--attention-backend", choices=list(ATTENTION_BACKENDS))
     g.add_argument("--activation", choices=["gelu", "gelu_tanh"], help="MLP activation without --swiglu")
+    g.add_argument("--ulysses-exchange", choices=list(ULYSSES_EXCHANGES),
+                   help="SP all-to-all: fused (default; Q, K, V in one) or deepspeed (DistributedAttention)")
     g.add_argument("--use-flash-attn", "--use-flash-attn-v2", dest="attention_backend", action="store_const", const="flash")
     g.add_argument("--use-flash-attn-triton", dest="attention_backend", action="store_const", const="flash_triton")
 

@@ -20,6 +20,7 @@ class ConfigError(ValueError):
 
 
 ATTENTION_BACKENDS = ("classic", "sdpa", "flash", "flash_triton")
+ULYSSES_EXCHANGES = ("fused", "deepspeed")
 
 
 @dataclass
@@ -64,6 +65,9 @@ class ModelConfig:
     """Dropout on the residual branches."""
     attention_backend: str = "sdpa"
     """One of classic, sdpa, flash, flash_triton (see megatron.model.attention)."""
+    ulysses_exchange: str = "fused"
+    """SP > 1: fused (megatron.model.ulysses: one all-to-all for Q, K, V, fewer copies) or deepspeed
+    (DeepSpeed's DistributedAttention, one all-to-all per tensor). Same results."""
     activation: str = "gelu"
     """Non-SwiGLU MLP activation: gelu (exact, erf) or gelu_tanh (GPT-2's gelu_new)."""
 
@@ -84,6 +88,10 @@ class ModelConfig:
         if self.attention_backend not in ATTENTION_BACKENDS:
             raise ConfigError(
                 f"attention backend {self.attention_backend!r} is unknown; use one of {', '.join(ATTENTION_BACKENDS)}"
+            )
+        if self.ulysses_exchange not in ULYSSES_EXCHANGES:
+            raise ConfigError(
+                f"--ulysses-exchange {self.ulysses_exchange!r} is unknown; use one of {', '.join(ULYSSES_EXCHANGES)}"
             )
         if self.hidden_size % self.num_attention_heads:
             raise ConfigError(

@@ -22,6 +22,7 @@ from torch import nn
 
 from megatron.config import ModelConfig
 from megatron.model.rotary import apply_rotary
+from megatron.model.ulysses import FusedUlyssesAttention
 
 _LOGGED = set()
 
@@ -170,7 +171,8 @@ class CoreAttention(nn.Module):
 
 
 class ParallelAttention(nn.Module):
-    """Self-attention with fused QKV, GQA and RoPE, sequence-parallel through DistributedAttention.
+    """Self-attention with fused QKV, GQA and RoPE, sequence-parallel through a Ulysses exchange
+    (ours, fused, or DeepSpeed's DistributedAttention: ``ModelConfig.ulysses_exchange``).
 
     Inputs are this rank's contiguous slice of the sequence, ``x_bsH`` with global
     ``position_ids_bs``; ``document_ids_bS`` (optional) covers the whole sequence.
@@ -190,10 +192,12 @@ class ParallelAttention(nn.Module):
         self.sp_size = 1 if sp_group is None else torch.distributed.get_world_size(sp_group)
         # Fewer kv heads than SP ranks: replicate them so each rank gets one (see replicate_kv).
         self.kv_repeat = self.sp_size // self.g if self.g < self.sp_size else 1
-        if self.sp_size > 1:
+        if self.sp_size > 1 and cfg.ulysses_exchange == "deepspeed":
             from deepspeed.sequence.layer import DistributedAttention
 
             self.dist_attn = DistributedAttention(self.core_attention, sp_group, scatter_idx=2, gather_idx=1)
+        elif self.sp_size > 1:
+            self.dist_attn = FusedUlyssesAttention(self.core_attention, sp_group)
         else:
             self.dist_attn = None
 
@@ -209,8 +213,10 @@ class ParallelAttention(nn.Module):
         if self.kv_repeat > 1:
             k_bsgd = k_bsgd.repeat_interleave(self.kv_repeat, dim=2)
             v_bsgd = v_bsgd.repeat_interleave(self.kv_repeat, dim=2)
-        if self.dist_attn is not None:
+        if isinstance(self.dist_attn, FusedUlyssesAttention):
             # [b, s, h, d] -> all-to-all -> [b, S, h/sp, d] -> attention -> back to [b, s, h, d]
+            out_bshd = self.dist_attn(q_bshd, k_bsgd, v_bsgd, document_ids_bS)
+        elif self.dist_attn is not None:  # DeepSpeed's: (q, k, v, batch_dim_idx, rotary_pos_emb, *args)
             out_bshd = self.dist_attn(q_bshd, k_bsgd, v_bsgd, 0, None, document_ids_bS)
         else:
             out_bshd = self.core_attention(q_bshd, k_bsgd, v_bsgd, document_ids_bS)

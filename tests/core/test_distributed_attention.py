@@ -1,4 +1,5 @@
-"""DistributedAttention (Ulysses all-to-all) forward and backward equal single-process attention."""
+"""The Ulysses exchanges (ours fused, DeepSpeed's DistributedAttention): forward and backward equal
+single-process attention."""
 
 import os
 import socket
@@ -65,7 +66,7 @@ def _run_case(cfg, docs_on, sp_group, sp, rank):
     return out.detach(), x_local.grad, grads
 
 
-def _worker(rank, world, port, result_file):
+def _worker(rank, world, port, result_file, exchange):
     import deepspeed
 
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1",
@@ -78,7 +79,7 @@ def _worker(rank, world, port, result_file):
     for backend, heads, kv, docs_on in CASES:
         cfg = ModelConfig(
             hidden_size=HIDDEN, num_attention_heads=heads, num_key_value_heads=kv, seq_length=S,
-            use_rotary_position_embeddings=True, attention_backend=backend,
+            use_rotary_position_embeddings=True, attention_backend=backend, ulysses_exchange=exchange,
         )  # fmt: skip
         results.append(_run_case(cfg, docs_on, ps.get_sequence_parallel_group(), world, rank))
     if rank == 0:
@@ -87,11 +88,12 @@ def _worker(rank, world, port, result_file):
     dist.destroy_process_group()
 
 
+@pytest.mark.parametrize("exchange", ["fused", "deepspeed"])
 @pytest.mark.parametrize("sp", [2, 4])
-def test_distributed_attention_matches_single_process(sp):
+def test_distributed_attention_matches_single_process(sp, exchange):
     with tempfile.TemporaryDirectory() as tmp:
         result_file = os.path.join(tmp, "out.pt")
-        mp.start_processes(_worker, args=(sp, _free_port(), result_file), nprocs=sp, start_method="spawn")
+        mp.start_processes(_worker, args=(sp, _free_port(), result_file, exchange), nprocs=sp, start_method="spawn")
         results = torch.load(result_file)
     for (backend, heads, kv, docs_on), (out, dx, grads) in zip(CASES, results):
         cfg = ModelConfig(
@@ -99,7 +101,7 @@ def test_distributed_attention_matches_single_process(sp):
             use_rotary_position_embeddings=True, attention_backend=backend,
         )  # fmt: skip
         ref_out, ref_dx, ref_grads = _run_case(cfg, docs_on, None, 1, 0)
-        what = f"{backend} h={heads} kv={kv} docs={docs_on} sp={sp}"
+        what = f"{backend} h={heads} kv={kv} docs={docs_on} sp={sp} {exchange}"
         torch.testing.assert_close(out, ref_out, rtol=1e-10, atol=1e-10, msg=what)
         torch.testing.assert_close(dx, ref_dx, rtol=1e-10, atol=1e-10, msg=what)
         for name in ref_grads:

@@ -1,0 +1,23 @@
+"""bench/profile_step.py: kernels are attributed to the ops (and their callers) that launched them."""
+
+import sys
+from types import SimpleNamespace as NS
+
+from tests.launch import ROOT
+
+sys.path.insert(0, str(ROOT / "bench"))
+import profile_step
+
+
+def test_launched_by_sums_device_time_per_caller_path():
+    backward = NS(name="autograd::engine::evaluate_function: SplitBackward0", cpu_parent=None)
+    cat = NS(name="aten::cat", cpu_parent=backward, kernels=[NS(name="copy_kernel", duration=3000.0)])
+    add = NS(name="aten::add", cpu_parent=NS(name="TransformerLayer", cpu_parent=None),
+             kernels=[NS(name="add_kernel", duration=500.0), NS(name="copy_kernel", duration=1000.0)])  # fmt: skip
+    prof = NS(events=lambda: [backward, cat, add, cat])
+    got = profile_step.launched_by(prof, "copy_kernel", steps=2)
+    assert got == [
+        {"path": "aten::cat < autograd::engine::evaluate_function: SplitBackward0", "ms": 3.0},
+        {"path": "aten::add < TransformerLayer", "ms": 0.5},
+    ]
+    assert profile_step.launched_by(prof, "missing", steps=1) == []
