@@ -160,7 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--attention-backend", choices=list(ATTENTION_BACKENDS))
     g.add_argument("--activation", choices=["gelu", "gelu_tanh"], help="MLP activation without --swiglu")
     g.add_argument("--ulysses-exchange", choices=list(ULYSSES_EXCHANGES),
-                   help="SP all-to-all: fused (default; Q, K, V in one) or deepspeed (DistributedAttention)")
+                   help="SP all-to-all: deepspeed (default; DistributedAttention) or fused (Q, K, V in one)")
     g.add_argument("--use-flash-attn", "--use-flash-attn-v2", dest="attention_backend", action="store_const", const="flash")
     g.add_argument("--use-flash-attn-triton", dest="attention_backend", action="store_const", const="flash_triton")
 

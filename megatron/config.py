@@ -20,7 +20,7 @@ class ConfigError(ValueError):
 
 
 ATTENTION_BACKENDS = ("classic", "sdpa", "flash", "flash_triton")
-ULYSSES_EXCHANGES = ("fused", "deepspeed")
+ULYSSES_EXCHANGES = ("deepspeed", "fused")
 
 
 @dataclass
@@ -65,9 +65,10 @@ class ModelConfig:
     """Dropout on the residual branches."""
     attention_backend: str = "sdpa"
     """One of classic, sdpa, flash, flash_triton (see megatron.model.attention)."""
-    ulysses_exchange: str = "fused"
-    """SP > 1: fused (megatron.model.ulysses: one all-to-all for Q, K, V, fewer copies) or deepspeed
-    (DeepSpeed's DistributedAttention, one all-to-all per tensor). Same results."""
+    ulysses_exchange: str = "deepspeed"
+    """SP > 1: deepspeed (DeepSpeed's DistributedAttention, one all-to-all per tensor) or fused
+    (megatron.model.ulysses: one all-to-all for Q, K, V, fewer copies). Same results; on two H200s
+    the same speed (docs/benchmarks/throughput/ulysses_exchange), so the default stays DeepSpeed's."""
     activation: str = "gelu"
     """Non-SwiGLU MLP activation: gelu (exact, erf) or gelu_tanh (GPT-2's gelu_new)."""
 
