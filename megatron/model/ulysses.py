@@ -49,33 +49,24 @@ def heads_to_seq(tensors: list, group) -> list:
     return [x.permute(1, 2, 0, 3, 4).reshape(b, s, sp * n, x.shape[4]) for x, n in zip(recv.split(heads, dim=3), heads)]
 
 
-class _SeqToHeads(torch.autograd.Function):
+class _Exchange(torch.autograd.Function):
+    """One direction of the exchange; its backward is the other direction."""
+
     @staticmethod
-    def forward(ctx, group, *tensors):
-        ctx.group = group
-        return tuple(seq_to_heads(list(tensors), group))
+    def forward(ctx, group, to_heads: bool, *tensors):
+        ctx.group, ctx.to_heads = group, to_heads
+        return tuple((seq_to_heads if to_heads else heads_to_seq)(list(tensors), group))
 
     @staticmethod
     def backward(ctx, *grads):
-        return (None, *heads_to_seq(list(grads), ctx.group))
-
-
-class _HeadsToSeq(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, group, *tensors):
-        ctx.group = group
-        return tuple(heads_to_seq(list(tensors), group))
-
-    @staticmethod
-    def backward(ctx, *grads):
-        return (None, *seq_to_heads(list(grads), ctx.group))
+        return (None, None, *(heads_to_seq if ctx.to_heads else seq_to_heads)(list(grads), ctx.group))
 
 
 class FusedUlyssesAttention(torch.nn.Module):
     """``local_attention`` over the whole sequence for this rank's heads, with fused exchanges.
 
-    Called like DeepSpeed's ``DistributedAttention`` with ``[b, s, h, d]`` query and
-    ``[b, s, g, d]`` key/value (h and g divisible by the group size).
+    Called with ``[b, s, h, d]`` query and ``[b, s, g, d]`` key/value (h and g divisible by the
+    group size), then the local attention's own arguments (e.g. document ids).
     """
 
     def __init__(self, local_attention: torch.nn.Module, group):
@@ -83,7 +74,7 @@ class FusedUlyssesAttention(torch.nn.Module):
         self.local_attention, self.group = local_attention, group
 
     def forward(self, q_bshd, k_bsgd, v_bsgd, *args):
-        q_bShd, k_bSgd, v_bSgd = _SeqToHeads.apply(self.group, q_bshd, k_bsgd, v_bsgd)
+        q_bShd, k_bSgd, v_bSgd = _Exchange.apply(self.group, True, q_bshd, k_bsgd, v_bsgd)
         out_bShd = self.local_attention(q_bShd, k_bSgd, v_bSgd, *args)
-        (out_bshd,) = _HeadsToSeq.apply(self.group, out_bShd)
+        (out_bshd,) = _Exchange.apply(self.group, False, out_bShd)
         return out_bshd
