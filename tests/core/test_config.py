@@ -95,3 +95,15 @@ def test_mock_data_depends_only_on_seed_and_index():
     a, b = MockGPTDataset(32, 100, seed=3), MockGPTDataset(32, 100, seed=3)
     assert (a[5]["tokens"] == b[5]["tokens"]).all() and not (a[5]["tokens"] == a[6]["tokens"]).all()
     assert a[5]["tokens"].shape == (33,) and a[5]["tokens"].max() < 100
+
+
+def test_zero3_leaf_layers_default_follows_the_zero_stage():
+    base = ["--num-layers", "2", "--hidden-size", "64", "--num-attention-heads", "4", "--seq-length", "32", "--mock-data"]
+    assert parse_args(base + ["--zero-stage", "3"]).parallel.use_zero3_leaf_layers
+    assert not parse_args(base + ["--zero-stage", "3", "--no-zero3-leaf-layers"]).parallel.use_zero3_leaf_layers
+    assert not parse_args(base + ["--zero-stage", "1"]).parallel.use_zero3_leaf_layers
+    with pytest.raises(ConfigError, match="needs ZeRO-3"):
+        parse_args(base + ["--zero-stage", "1", "--zero3-leaf-layers"])
+    assert parse_args(base).model.ulysses_exchange == "deepspeed"
+    with pytest.raises(ConfigError, match="ulysses-exchange"):
+        ModelConfig(ulysses_exchange="ring")
