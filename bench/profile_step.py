@@ -71,6 +71,7 @@ def summarize(prof, steps: int, wall_s: float) -> dict:
         cats[category(name)] = cats.get(category(name), 0.0) + ms
     top = sorted(kernels.items(), key=lambda kv: -kv[1])[:25]
     compute_ms, any_ms = (_union_ms(prof, comm) / steps for comm in (False, True))
+    sources = launched_by(prof, {k for k, _ in top}, steps)
     return {
         "step_wall_ms": 1e3 * wall_s / steps,
         "kernel_ms_per_step": total,
@@ -81,27 +82,29 @@ def summarize(prof, steps: int, wall_s: float) -> dict:
         "idle_ms_per_step": 1e3 * wall_s / steps - any_ms,
         "categories_ms_per_step": dict(sorted(cats.items(), key=lambda kv: -kv[1])),
         "top_kernels_ms_per_step": [{"kernel": k[:160], "ms": v, "category": category(k),
-                                     "launched_by": launched_by(prof, k, steps)} for k, v in top],  # fmt: skip
+                                     "launched_by": sources.get(k, [])} for k, v in top],  # fmt: skip
         # host side: where the Python/C++ time of a step goes (self time, calls per step)
         "top_cpu_ops_ms_per_step": [{"op": k[:160], "ms": v, "calls": n} for k, (v, n) in top_cpu],
     }
 
 
-def launched_by(prof, kernel: str, steps: int, depth: int = 3, top: int = 3) -> list:
-    """The CPU ops that launched ``kernel``, with their callers (``op < parent < ...``, autograd's
-    ``evaluate_function: XBackward0`` names the backward of X), by device ms per step."""
-    paths = {}
+def launched_by(prof, kernels: set, steps: int, depth: int = 3, top: int = 3) -> dict:
+    """For each of ``kernels``: the CPU ops that launched it, with their callers (``op < parent < ...``,
+    autograd's ``evaluate_function: XBackward0`` names the backward of X), by device ms per step.
+    One pass over the profiler's events."""
+    paths = {k: {} for k in kernels}
     for evt in prof.events():
         for kern in getattr(evt, "kernels", None) or []:
-            if kern.name != kernel:
+            if kern.name not in paths:
                 continue
             names, parent = [evt.name], evt.cpu_parent
             while parent is not None and len(names) < depth:
                 names.append(parent.name)
                 parent = parent.cpu_parent
             key = " < ".join(n[:80] for n in names)
-            paths[key] = paths.get(key, 0.0) + kern.duration / 1e3 / steps
-    return [{"path": k, "ms": round(v, 3)} for k, v in sorted(paths.items(), key=lambda kv: -kv[1])[:top]]
+            paths[kern.name][key] = paths[kern.name].get(key, 0.0) + kern.duration / 1e3 / steps
+    return {k: [{"path": p, "ms": round(v, 3)} for p, v in sorted(ps.items(), key=lambda kv: -kv[1])[:top]]
+            for k, ps in paths.items()}  # fmt: skip
 
 
 def _union_ms(prof, with_communication: bool) -> float:

@@ -265,11 +265,12 @@ def run_case(case: Case, args, log_dir: Path) -> dict:
     log = log_file.read_text(errors="replace")
     records, meta = read_metrics(metrics_file)
     outcome, error = classify(returncode, log, len(records), timed_out)
+    zero_stage = _zero_stage(cmd)
     res = {
         "name": case.name, "kind": case.kind, "backend": case.backend, "shape": case.shape, "seq_len": case.seq_len,
         "nproc": case.nproc, "sp": case.sp, "dp": case.nproc // case.sp, "precision": "bf16" if case.bf16 else "fp32",
-        "zero_stage": _zero_stage(cmd), "micro_batch_size": 1, "checkpoint_activations": case.checkpoint_activations,
-        "tiled_mlp": case.tiled_mlp, "zero3_leaf_layers": case.zero3_leaf_layers and _zero_stage(cmd) == 3,
+        "zero_stage": zero_stage, "micro_batch_size": 1, "checkpoint_activations": case.checkpoint_activations,
+        "tiled_mlp": case.tiled_mlp, "zero3_leaf_layers": case.zero3_leaf_layers and zero_stage == 3,
         "tiled_loss": case.tiled_loss, "warmup": args.warmup, "command": cmd, "log": str(log_file),
         "metrics_file": str(metrics_file), "returncode": returncode, "wall_s": round(time.time() - t0, 1),
         "outcome": outcome, "error": error,

@@ -15,9 +15,10 @@ def test_launched_by_sums_device_time_per_caller_path():
     add = NS(name="aten::add", cpu_parent=NS(name="TransformerLayer", cpu_parent=None),
              kernels=[NS(name="add_kernel", duration=500.0), NS(name="copy_kernel", duration=1000.0)])  # fmt: skip
     prof = NS(events=lambda: [backward, cat, add, cat])
-    got = profile_step.launched_by(prof, "copy_kernel", steps=2)
-    assert got == [
+    got = profile_step.launched_by(prof, {"copy_kernel", "add_kernel", "missing"}, steps=2)
+    assert got["copy_kernel"] == [
         {"path": "aten::cat < autograd::engine::evaluate_function: SplitBackward0", "ms": 3.0},
         {"path": "aten::add < TransformerLayer", "ms": 0.5},
     ]
-    assert profile_step.launched_by(prof, "missing", steps=1) == []
+    assert got["add_kernel"] == [{"path": "aten::add < TransformerLayer", "ms": 0.25}]
+    assert got["missing"] == []
