@@ -107,3 +107,16 @@ def test_zero3_leaf_layers_default_follows_the_zero_stage():
     assert parse_args(base).model.ulysses_exchange == "deepspeed"
     with pytest.raises(ConfigError, match="ulysses-exchange"):
         ModelConfig(ulysses_exchange="ring")
+
+
+def test_zero3_uses_plain_linear_unless_the_user_json_says_otherwise(tmp_path):
+    cfg = parse_args("--mock-data --micro-batch-size 1 --global-batch-size 2 --zero-stage 3".split())
+    cfg.validate_world(2)
+    assert build_deepspeed_config(cfg, 2)["zero_optimization"]["memory_efficient_linear"] is False
+    user = tmp_path / "ds.json"
+    user.write_text('{"zero_optimization": {"stage": 3, "memory_efficient_linear": true}}')
+    cfg.parallel.deepspeed_config = str(user)
+    assert build_deepspeed_config(cfg, 2)["zero_optimization"]["memory_efficient_linear"] is True
+    cfg = parse_args("--mock-data --micro-batch-size 1 --global-batch-size 2 --zero-stage 1".split())
+    cfg.validate_world(2)
+    assert "memory_efficient_linear" not in build_deepspeed_config(cfg, 2)["zero_optimization"]
