@@ -26,6 +26,10 @@ reached within the time given. The JSON is rewritten after every attempt.
 Breakdown (GPU, rank 0): ``model_states_gb`` = memory still allocated after the steps (parameter,
 gradient and optimizer partitions), ``logits_gb`` = the analytic size of the logits buffers
 (full fp32 logits and their gradient, or one tiled chunk), ``activations_gb`` = peak minus both.
+With ``--steps 1`` part of the model states (e.g. ZeRO-3's fp32 gradient partitions) may only be
+allocated by the step itself, after the peak: ``first_step_growth_gb`` is what the step left
+allocated beyond the start, which a second step would start with, and ``activations_gb`` is then
+the peak minus the start's allocation.
 On CPUs the peak is the process RSS and ``--cpu-budget-mb`` plays the part of GPU memory.
 """
 
@@ -107,8 +111,9 @@ def worker(result_dir: Path, flags: list) -> int:
         cfg = parse_args(flags)
         ds = MockGPTDataset(cfg.model.seq_length, cfg.model.vocab_size, cfg.train.seed)
         trainer = Trainer(cfg, ds)
-        records = trainer.train()
         cuda = trainer.device.type == "cuda"
+        at_start = torch.cuda.memory_allocated() / 1e9 if cuda else 0.0
+        records = trainer.train()
         gb = 1e9
         if cuda:
             torch.cuda.synchronize()
@@ -118,13 +123,18 @@ def worker(result_dir: Path, flags: list) -> int:
             peak = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - rss0) / gb
             states = 16 * cfg.model.num_parameters() / trainer.world / gb  # fp32 param + grad + Adam m, v
         logits = _logits_bytes(cfg) / gb
+        one_step = cuda and cfg.train.train_iters == 1
         res = {
             "ok": True,
             "peak_gb": peak,
             "reserved_gb": torch.cuda.max_memory_reserved() / gb if cuda else None,
             "model_states_gb": states,
             "logits_gb": logits,
-            "activations_gb": max(0.0, peak - states - logits),
+            # a one-step attempt's peak comes before the step allocates what it keeps (below)
+            "activations_gb": max(0.0, peak - (at_start if one_step else states) - logits),
+            # what the first step left allocated (e.g. gradient partitions) that a second step
+            # starts with: a one-step attempt's peak may miss it
+            "first_step_growth_gb": max(0.0, states - at_start) if one_step else 0.0,
             "host_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / gb,
             "step_time_s": records[-1]["step_time_s"],
             "tokens_per_sec_per_gpu": records[-1]["tokens_per_sec_per_gpu"],
@@ -164,6 +174,24 @@ def predicted_attempt_s(reference: dict, seq: int, flops_per_token, steps: int =
     return startup + steps * step
 
 
+def attempt_flags(args, rung: str, seq: int) -> list:
+    """The trainer flags of one attempt: shape, rung, length, one micro batch of mock data."""
+    shape = SHAPES["tiny" if args.tiny else args.shape]
+    return shape + rung_flags(rung, args.nproc) + [
+        "--seq-length", str(seq), "--micro-batch-size", "1", "--train-iters", str(args.steps), "--log-interval", "1",
+        "--mock-data", "--num-workers", "0", "--lr", "1e-5", "--eval-interval", "0",
+    ] + ([] if args.tiny else ["--bf16", "--attention-backend", args.attention_backend]) + args.extra  # fmt: skip
+
+
+def checkpoint_bytes_per_token(cfg) -> float:
+    """Device bytes per token of the sequence that the checkpointed layer inputs hold (none when
+    they go to the host or nothing is checkpointed): a floor under any measured memory slope."""
+    m, p, t = cfg.model, cfg.parallel, cfg.train
+    if not p.checkpoint_activations or p.checkpoint_in_cpu:
+        return 0.0
+    return m.num_layers * m.hidden_size * (2 if (t.bf16 or t.fp16) else 4) * t.micro_batch_size / p.sequence_parallel_size
+
+
 def attempt(args, rung: str, seq: int, workdir: Path, reference: dict | None = None, flops_per_token=None) -> dict:
     """One torchrun of the trainer at ``seq``; {'ok': bool, 'outcome': ..., ...} from rank 0."""
     if reference is not None and flops_per_token is not None:
@@ -174,11 +202,7 @@ def attempt(args, rung: str, seq: int, workdir: Path, reference: dict | None = N
             return {"ok": False, "outcome": "too_slow", "predicted_s": round(eta), "seq": seq, "wall_s": 0.0}
     run_dir = workdir / f"{rung.strip('+')}_{seq}"
     run_dir.mkdir(parents=True, exist_ok=True)
-    shape = SHAPES["tiny" if args.tiny else args.shape]
-    flags = shape + rung_flags(rung, args.nproc) + [
-        "--seq-length", str(seq), "--micro-batch-size", "1", "--train-iters", str(args.steps), "--log-interval", "1",
-        "--mock-data", "--num-workers", "0", "--lr", "1e-5", "--eval-interval", "0",
-    ] + ([] if args.tiny else ["--bf16", "--attention-backend", args.attention_backend]) + args.extra  # fmt: skip
+    flags = attempt_flags(args, rung, seq)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={args.nproc}",
            str(Path(__file__).resolve()), "--worker", "--result-dir", str(run_dir), "--", *flags]  # fmt: skip
     pythonpath = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
@@ -258,21 +282,31 @@ def limited_by(best: int, attempts: list) -> str | None:
     return f"oom ({a['oom']})" if a["outcome"] == "oom" and a.get("oom") in ("device", "host") else a["outcome"]
 
 
-def memory_projection(attempts: list, capacity_gb: float | None) -> dict | None:
+def memory_projection(attempts: list, capacity_gb: float | None, floor_gb_per_token: float = 0.0) -> dict | None:
     """The length at which device memory would run out, extrapolated linearly from the two longest
     successful attempts (with flash attention, tiled MLP and tiled loss every activation grows
     linearly with the sequence). A projection, not a trained run: it says how far memory alone
-    would go where time (``timeout``/``too_slow``) or the cap ended the search."""
+    would go where time (``timeout``/``too_slow``) or the cap ended the search.
+
+    Each point is max(peak allocated + first-step growth, peak reserved): a one-step attempt's
+    peak misses what the step leaves allocated for the next one. The slope is at least
+    ``floor_gb_per_token`` (the checkpointed layer inputs, ``checkpoint_bytes_per_token``): a
+    shorter point whose peak came from a phase that does not grow with the sequence (e.g. the
+    optimizer step) flattens the line below what the activations must cost."""
     oks = sorted((a for a in attempts if a["ok"]), key=lambda a: a["seq"])[-2:]
     if capacity_gb is None or len(oks) < 2:
         return None
     (s1, a1), (s2, a2) = ((a["seq"], a) for a in oks)
-    p1, p2 = (max(a["peak_gb"], a.get("reserved_gb") or 0.0) for a in (a1, a2))
-    slope = (p2 - p1) / (s2 - s1)
+    p1, p2 = (max(a["peak_gb"] + (a.get("first_step_growth_gb") or 0.0), a.get("reserved_gb") or 0.0) for a in (a1, a2))
+    line = (p2 - p1) / (s2 - s1)
+    slope = max(line, floor_gb_per_token)
     if slope <= 0:
         return None
     return {"seq": int(s2 + (capacity_gb - p2) / slope), "from_seqs": [s1, s2], "gb_per_1k_tokens": round(slope * 1024, 4),
-            "capacity_gb": round(capacity_gb, 2), "basis": "max(peak allocated, peak reserved), linear in the sequence"}  # fmt: skip
+            "line_gb_per_1k_tokens": round(line * 1024, 4), "floor_gb_per_1k_tokens": round(floor_gb_per_token * 1024, 4),
+            "capacity_gb": round(capacity_gb, 2),
+            "basis": "max(peak allocated + first-step growth, peak reserved), linear in the sequence"
+                     + (", slope raised to the checkpointed inputs' floor" if floor_gb_per_token > line else "")}  # fmt: skip
 
 
 def main(argv=None) -> int:
@@ -290,7 +324,8 @@ def main(argv=None) -> int:
         "--steps",
         type=int,
         default=2,
-        help="training steps per attempt (1 halves the time; ZeRO-3 allocates optimizer states at start-up)",
+        help="training steps per attempt (1 halves the time; what the first step leaves allocated for a second "
+        "is then reported as first_step_growth_gb and added to the peak in the memory projection)",
     )
     p.add_argument(
         "--attempt-timeout", type=int, default=1800, help="seconds per attempt (also skips attempts predicted to exceed it)"
@@ -338,6 +373,9 @@ def main(argv=None) -> int:
     else:
         flops_per_token = None  # CPU smoke runs: nothing to predict
     for rung in rungs:
+        from megatron.arguments import parse_args
+
+        floor = checkpoint_bytes_per_token(parse_args(attempt_flags(args, rung, start))) / 1e9
         entry = {"rung": rung, "flags": rung_flags(rung, args.nproc), "max_seq": 0, "limited_by": None,
                  "at_max": None, "attempts": []}  # fmt: skip
         report["rungs"].append(entry)
@@ -355,7 +393,7 @@ def main(argv=None) -> int:
             max_seq=best,
             limited_by=limited_by(best, attempts),
             at_max=next((a for a in attempts if a["ok"] and a["seq"] == best), None),
-            memory_projection=memory_projection(attempts, capacity),
+            memory_projection=memory_projection(attempts, capacity, floor),
         )
         _write_json(out, report)
         at_best = entry["at_max"]

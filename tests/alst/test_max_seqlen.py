@@ -33,6 +33,25 @@ def test_memory_projection_extrapolates_the_two_longest_successes():
     assert proj["seq"] == 256 + int(58 / (12 / 128)) and proj["from_seqs"] == [128, 256]
     assert max_seqlen.memory_projection(attempts[:1], 100.0) is None  # one point gives no slope
     assert max_seqlen.memory_projection(attempts, None) is None  # CPU: no device capacity
+    # a slope below the checkpointed inputs' floor is raised to it: 58 GB at 0.5 GB per token
+    raised = max_seqlen.memory_projection(attempts, 100.0, floor_gb_per_token=0.5)
+    assert raised["seq"] == 256 + int(58 / 0.5) and "floor" in raised["basis"]
+    assert raised["line_gb_per_1k_tokens"] == proj["gb_per_1k_tokens"]
+    # what a one-step attempt's step left allocated is added to its peak (here above reserved)
+    grown = [dict(a, first_step_growth_gb=20.0) if a["ok"] else a for a in attempts]
+    g = max_seqlen.memory_projection(grown, 100.0)  # points 50 and 60 GB: 10 GB per 128 tokens
+    assert g["seq"] == 256 + int(40 / (10 / 128))
+
+
+def test_checkpoint_floor_counts_the_checkpointed_layer_inputs():
+    from megatron.arguments import parse_args
+
+    base = "--num-layers 4 --hidden-size 64 --num-attention-heads 4 --seq-length 128 --mock-data --bf16".split()
+    cfg = parse_args(base + "--checkpoint-activations --ds-sequence-parallel-size 2".split())
+    assert max_seqlen.checkpoint_bytes_per_token(cfg) == 4 * 64 * 2 / 2  # layers x hidden x bf16 / SP
+    assert max_seqlen.checkpoint_bytes_per_token(parse_args(base)) == 0.0  # nothing checkpointed
+    in_cpu = parse_args(base + ["--checkpoint-activations", "--checkpoint-in-cpu"])
+    assert max_seqlen.checkpoint_bytes_per_token(in_cpu) == 0.0  # the host holds them
 
 
 def test_ladder_flags_are_cumulative():
