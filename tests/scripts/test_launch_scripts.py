@@ -88,6 +88,22 @@ def test_two_nodes_match_one_node(corpus_env, tmp_path):
     assert_close_records(_records(tmp_path / "one" / "metrics.jsonl"), _records(tmp_path / "two" / "metrics.jsonl"))
 
 
+def test_30b_script_eight_ranks_sp8_matches_one_rank(corpus_env, tmp_path):
+    """The eight-GPU layout of the 30B sweep's longer lengths (SP=8, ZeRO-3 over eight ranks), as
+    eight CPU processes, against one process: the same losses and gradient norms."""
+    tiny = TINY_GPT + ["--num-attention-heads", "8", "--max-position-embeddings", "64", "--train-iters", "3", "--log-interval", "1"]
+    base = dict(corpus_env, LAUNCHER="torchrun", PRECISION="fp32", OMP_NUM_THREADS="1")
+    runs = {}
+    for n in ("1", "8"):
+        e = dict(base, NUM_GPUS=n, SP=n, SAVE_DIR=str(tmp_path / n), MASTER_PORT=str(_free_port()))
+        proc = _run("ds_pretrain_gpt_30B_seq_parallel.sh", e, *tiny, timeout=600)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        assert f"world {n} = SP {n} x DP 1" in proc.stdout and "ZeRO-3" in proc.stdout
+        runs[n] = _records(tmp_path / n / "metrics.jsonl")
+    assert [r["iteration"] for r in runs["8"]] == [1, 2, 3]
+    assert_close_records(runs["1"], runs["8"], what="SP=8 on eight ranks against one rank")
+
+
 def test_alst_yaml_configs_parse_and_run_tiny(tmp_path):
     from megatron.arguments import parse_args
 
