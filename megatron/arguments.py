@@ -40,6 +40,7 @@ _FIELDS = {
     "hidden_dropout": ("model", "hidden_dropout"),
     "attention_backend": ("model", "attention_backend"),
     "ulysses_exchange": ("model", "ulysses_exchange"),
+    "ulysses_overlap_chunks": ("model", "ulysses_overlap_chunks"),
     "activation": ("model", "activation"),
     # training
     "micro_batch_size": ("train", "micro_batch_size"),
@@ -160,7 +161,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--attention-backend", choices=list(ATTENTION_BACKENDS))
     g.add_argument("--activation", choices=["gelu", "gelu_tanh"], help="MLP activation without --swiglu")
     g.add_argument("--ulysses-exchange", choices=list(ULYSSES_EXCHANGES),
-                   help="SP all-to-all: deepspeed (default; DistributedAttention) or fused (Q, K, V in one)")
+                   help="SP all-to-all: deepspeed (default; DistributedAttention), fused (Q, K, V in one) "
+                   "or overlap (fused, pipelined over head chunks with the attention)")
+    g.add_argument("--ulysses-overlap-chunks", type=int, help="--ulysses-exchange overlap: head chunks per rank (default 2)")
     g.add_argument("--use-flash-attn", "--use-flash-attn-v2", dest="attention_backend", action="store_const", const="flash")
     g.add_argument("--use-flash-attn-triton", dest="attention_backend", action="store_const", const="flash_triton")
 

@@ -20,7 +20,7 @@ class ConfigError(ValueError):
 
 
 ATTENTION_BACKENDS = ("classic", "sdpa", "flash", "flash_triton")
-ULYSSES_EXCHANGES = ("deepspeed", "fused")
+ULYSSES_EXCHANGES = ("deepspeed", "fused", "overlap")
 
 
 @dataclass
@@ -68,7 +68,11 @@ class ModelConfig:
     ulysses_exchange: str = "deepspeed"
     """SP > 1: deepspeed (DeepSpeed's DistributedAttention, one all-to-all per tensor) or fused
     (megatron.model.ulysses: one all-to-all for Q, K, V, fewer copies). Same results; on two H200s
-    the same speed (docs/benchmarks/throughput/ulysses_exchange), so the default stays DeepSpeed's."""
+    the same speed (docs/benchmarks/throughput/ulysses_exchange), so the default stays DeepSpeed's.
+    overlap: fused, pipelined over head chunks so that exchanges run while attention computes."""
+    ulysses_overlap_chunks: int = 2
+    """--ulysses-exchange overlap: head chunks per rank (reduced to the largest count that divides
+    the key/value heads per rank; 1 overlaps nothing)."""
     activation: str = "gelu"
     """Non-SwiGLU MLP activation: gelu (exact, erf) or gelu_tanh (GPT-2's gelu_new)."""
 
@@ -94,6 +98,8 @@ class ModelConfig:
             raise ConfigError(
                 f"--ulysses-exchange {self.ulysses_exchange!r} is unknown; use one of {', '.join(ULYSSES_EXCHANGES)}"
             )
+        if self.ulysses_overlap_chunks < 1:
+            raise ConfigError(f"--ulysses-overlap-chunks {self.ulysses_overlap_chunks} must be at least 1")
         if self.hidden_size % self.num_attention_heads:
             raise ConfigError(
                 f"--hidden-size {self.hidden_size} is not divisible by --num-attention-heads "

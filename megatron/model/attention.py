@@ -22,7 +22,7 @@ from torch import nn
 
 from megatron.config import ModelConfig
 from megatron.model.rotary import apply_rotary
-from megatron.model.ulysses import FusedUlyssesAttention
+from megatron.model.ulysses import FusedUlyssesAttention, OverlappedUlyssesAttention
 
 _LOGGED = set()
 
@@ -196,6 +196,13 @@ class ParallelAttention(nn.Module):
             from deepspeed.sequence.layer import DistributedAttention
 
             self.dist_attn = DistributedAttention(self.core_attention, sp_group, scatter_idx=2, gather_idx=1)
+        elif self.sp_size > 1 and cfg.ulysses_exchange == "overlap":
+            kv_per_rank = self.g * self.kv_repeat // self.sp_size
+            chunks = math.gcd(cfg.ulysses_overlap_chunks, kv_per_rank)
+            if chunks != cfg.ulysses_overlap_chunks:
+                _log_once(f"--ulysses-overlap-chunks {cfg.ulysses_overlap_chunks} -> {chunks}: "
+                          f"the chunk count must divide the {kv_per_rank} key/value heads per rank")  # fmt: skip
+            self.dist_attn = OverlappedUlyssesAttention(self.core_attention, sp_group, chunks)
         elif self.sp_size > 1:
             self.dist_attn = FusedUlyssesAttention(self.core_attention, sp_group)
         else:
@@ -213,7 +220,7 @@ class ParallelAttention(nn.Module):
         if self.kv_repeat > 1:
             k_bsgd = k_bsgd.repeat_interleave(self.kv_repeat, dim=2)
             v_bsgd = v_bsgd.repeat_interleave(self.kv_repeat, dim=2)
-        if isinstance(self.dist_attn, FusedUlyssesAttention):
+        if isinstance(self.dist_attn, (FusedUlyssesAttention, OverlappedUlyssesAttention)):
             # [b, s, h, d] -> all-to-all -> [b, S, h/sp, d] -> attention -> back to [b, s, h, d]
             out_bshd = self.dist_attn(q_bshd, k_bsgd, v_bsgd, document_ids_bS)
         elif self.dist_attn is not None:  # DeepSpeed's: (q, k, v, batch_dim_idx, rotary_pos_emb, *args)

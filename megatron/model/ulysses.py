@@ -1,4 +1,6 @@
-"""DeepSpeed-Ulysses exchange, fused: one all-to-all for Q, K and V together, one for the output.
+"""DeepSpeed-Ulysses exchange, fused: one all-to-all for Q, K and V together, one for the output;
+and overlapped: the same, pipelined over head chunks so that each chunk's all-to-all runs while
+another chunk's attention computes (``OverlappedUlyssesAttention``).
 
 DeepSpeed's ``DistributedAttention`` exchanges Q, K and V one by one and makes each contiguous
 twice around its all-to-all (before: heads-major, after: sequence-major), and the output twice
@@ -78,3 +80,101 @@ class FusedUlyssesAttention(torch.nn.Module):
         out_bShd = self.local_attention(q_bShd, k_bSgd, v_bSgd, *args)
         (out_bshd,) = _Exchange.apply(self.group, False, out_bShd)
         return out_bshd
+
+
+# ----------------------------------------------------------------------------- overlapped (head chunks)
+def _chunk_to_heads_send(tensors: list, sp: int, chunks: int, c: int) -> torch.Tensor:
+    """Send buffer ``[sp, b, s, sum(n_i)/(sp*chunks), d]`` of head chunk ``c`` of every peer's heads."""
+    b, s = tensors[0].shape[:2]
+    views = []
+    for t in tensors:
+        n = t.shape[2] // (sp * chunks)
+        views.append(t.reshape(b, s, sp, chunks, n, t.shape[3])[:, :, :, c].permute(2, 0, 1, 3, 4))
+    return _pack(views)
+
+
+def _split_heads_recv(recv: torch.Tensor, heads: list) -> list:
+    """``[sp: whose tokens, b, s, c, d]`` -> ``[b, S, n_i, d]`` per tensor."""
+    sp, b, s = recv.shape[:3]
+    return [x.transpose(0, 1).reshape(b, sp * s, n, x.shape[4]) for x, n in zip(recv.split(heads, dim=3), heads)]
+
+
+def _to_seq_send(tensors: list, sp: int) -> torch.Tensor:
+    """``[b, S, n_i, d]`` (this rank's chunk heads, all tokens) -> send ``[sp: whose tokens, b, s, sum n_i, d]``."""
+    b, S = tensors[0].shape[:2]
+    return _pack([t.reshape(b, sp, S // sp, t.shape[2], t.shape[3]).transpose(0, 1) for t in tensors])
+
+
+def _async_all_to_all(send: torch.Tensor, group):
+    recv = torch.empty_like(send)
+    return recv, dist.all_to_all_single(recv, send, group=group, async_op=True)
+
+
+def _assemble_seq(recvs: list, index: int, heads: list, chunks: int) -> torch.Tensor:
+    """Tensor ``index`` as ``[b, s, sp*chunks*n, d]`` from each chunk's ``[sp: whose heads, b, s, c, d]``."""
+    sp, b, s, _, d = recvs[0].shape
+    n = heads[index]
+    off = sum(heads[:index])
+    out = recvs[0].new_empty(b, s, sp, chunks, n, d)
+    for c, recv in enumerate(recvs):
+        out[:, :, :, c] = recv[:, :, :, off : off + n].permute(1, 2, 0, 3, 4)
+    return out.view(b, s, sp * chunks * n, d)
+
+
+class _Overlapped(torch.autograd.Function):
+    """Attention over head chunks with their exchanges in flight: chunk c's all-to-all runs on
+    the communication stream while chunk c-1 computes, in forward and in backward. Each chunk's
+    attention is its own small autograd graph, replayed by ``torch.autograd.grad`` in backward."""
+
+    @staticmethod
+    def forward(ctx, local_attention, group, chunks, build_graph, extra, q, k, v):
+        sp = dist.get_world_size(group)
+        heads = [t.shape[2] // (sp * chunks) for t in (q, k, v)]
+        inflight = [_async_all_to_all(_chunk_to_heads_send([q, k, v], sp, chunks, c), group) for c in range(chunks)]
+        graphs, outs = [], []
+        for recv, work in inflight:
+            work.wait()
+            parts = [x.detach().requires_grad_(build_graph) for x in _split_heads_recv(recv, heads)]
+            with torch.set_grad_enabled(build_graph):  # no graph in a no-grad pass (e.g. checkpointing's first)
+                out = local_attention(*parts, *extra)
+            if build_graph:
+                graphs.append((parts, out))
+            outs.append(_async_all_to_all(_to_seq_send([out.detach()], sp), group))
+        for _, work in outs:
+            work.wait()
+        ctx.group, ctx.chunks, ctx.heads, ctx.graphs = group, chunks, heads, graphs
+        return _assemble_seq([recv for recv, _ in outs], 0, [heads[0]], chunks)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        sp = dist.get_world_size(ctx.group)
+        chunks, heads = ctx.chunks, ctx.heads
+        inflight = [_async_all_to_all(_chunk_to_heads_send([grad_out], sp, chunks, c), ctx.group) for c in range(chunks)]
+        back = []
+        for (recv, work), (parts, out) in zip(inflight, ctx.graphs):
+            work.wait()
+            (g_out,) = _split_heads_recv(recv, [heads[0]])
+            grads = torch.autograd.grad(out, parts, g_out)
+            back.append(_async_all_to_all(_to_seq_send(list(grads), sp), ctx.group))
+        for _, work in back:
+            work.wait()
+        ctx.graphs = None
+        recvs = [recv for recv, _ in back]
+        return (None, None, None, None, None, *(_assemble_seq(recvs, i, heads, chunks) for i in range(3)))
+
+
+class OverlappedUlyssesAttention(torch.nn.Module):
+    """``FusedUlyssesAttention`` pipelined over ``chunks`` head chunks per rank: while one chunk's
+    attention runs, the next chunk's Q, K, V and the previous chunk's output are exchanged.
+
+    ``chunks`` must divide the key/value heads per rank (``ParallelAttention`` picks the largest
+    count up to the requested one that does); with one chunk nothing overlaps.
+    """
+
+    def __init__(self, local_attention: torch.nn.Module, group, chunks: int):
+        super().__init__()
+        self.local_attention, self.group, self.chunks = local_attention, group, chunks
+
+    def forward(self, q_bshd, k_bsgd, v_bsgd, *args):
+        build_graph = torch.is_grad_enabled() and any(t.requires_grad for t in (q_bshd, k_bsgd, v_bsgd))
+        return _Overlapped.apply(self.local_attention, self.group, self.chunks, build_graph, args, q_bshd, k_bsgd, v_bsgd)

@@ -107,6 +107,9 @@ def test_zero3_leaf_layers_default_follows_the_zero_stage():
     assert parse_args(base).model.ulysses_exchange == "deepspeed"
     with pytest.raises(ConfigError, match="ulysses-exchange"):
         ModelConfig(ulysses_exchange="ring")
+    with pytest.raises(ConfigError, match="ulysses-overlap-chunks 0"):
+        ModelConfig(ulysses_overlap_chunks=0)
+    assert parse_args(base + ["--ulysses-exchange", "overlap", "--ulysses-overlap-chunks", "4"]).model.ulysses_overlap_chunks == 4
 
 
 def test_zero3_uses_plain_linear_unless_the_user_json_says_otherwise(tmp_path):

@@ -1,5 +1,5 @@
-"""The Ulysses exchanges (ours fused, DeepSpeed's DistributedAttention): forward and backward equal
-single-process attention."""
+"""The Ulysses exchanges (ours fused and overlapped, DeepSpeed's DistributedAttention): forward and
+backward equal single-process attention."""
 
 import os
 import socket
@@ -18,7 +18,9 @@ CASES = [
     ("sdpa", 4, 2, False),  # GQA, kv heads == SP
     ("sdpa", 4, 1, True),  # kv heads < SP: replicated before the all-to-all; packed documents
     ("classic", 8, 2, True),
+    ("sdpa", 8, 8, True),  # 4 (SP=2) or 2 (SP=4) kv heads per rank: the overlapped exchange pipelines them
 ]
+OVERLAP_CHUNKS = 4  # reduced per case to what divides the kv heads per rank: 1, 2 and 4 chunks all run
 B, S, HIDDEN = 2, 24, 32
 
 
@@ -80,6 +82,7 @@ def _worker(rank, world, port, result_file, exchange):
         cfg = ModelConfig(
             hidden_size=HIDDEN, num_attention_heads=heads, num_key_value_heads=kv, seq_length=S,
             use_rotary_position_embeddings=True, attention_backend=backend, ulysses_exchange=exchange,
+            ulysses_overlap_chunks=OVERLAP_CHUNKS,
         )  # fmt: skip
         results.append(_run_case(cfg, docs_on, ps.get_sequence_parallel_group(), world, rank))
     if rank == 0:
@@ -88,7 +91,7 @@ def _worker(rank, world, port, result_file, exchange):
     dist.destroy_process_group()
 
 
-@pytest.mark.parametrize("exchange", ["fused", "deepspeed"])
+@pytest.mark.parametrize("exchange", ["fused", "overlap", "deepspeed"])
 @pytest.mark.parametrize("sp", [2, 4])
 def test_distributed_attention_matches_single_process(sp, exchange):
     with tempfile.TemporaryDirectory() as tmp:

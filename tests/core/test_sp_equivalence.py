@@ -47,3 +47,15 @@ def test_zero3_leaf_layers_equal_sp1(reference, tmp_path, shape):
     assert "> ZeRO-3: 2 transformer layers gathered as whole modules" in proc.stdout
     got = [json.loads(line) for line in (tmp_path / "leaf.jsonl").read_text().splitlines() if "lm_loss" in line]
     assert_close_records(reference[shape], got, what=f"{shape} ZeRO-3 leaf layers")
+
+
+def test_overlapped_exchange_trains_like_sp1(reference, tmp_path):
+    """--ulysses-exchange overlap (two head chunks per rank, their exchanges pipelined with the
+    attention) under ZeRO-3 with recomputation trains exactly like SP=1."""
+    args = TINY_GPT + TRAIN + ["--ds-sequence-parallel-size", "2", "--zero-stage", "3", "--checkpoint-activations",
+                               "--ulysses-exchange", "overlap", "--ulysses-overlap-chunks", "2"]  # fmt: skip
+    proc = torchrun(2, args, tmp_path / "overlap.jsonl")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "--ulysses-overlap-chunks" not in proc.stdout  # 4 heads / SP 2: two chunks, no reduction
+    got = [json.loads(line) for line in (tmp_path / "overlap.jsonl").read_text().splitlines() if "lm_loss" in line]
+    assert_close_records(reference["gpt"], got, what="gpt SP=2 ZeRO-3 overlapped exchange")
