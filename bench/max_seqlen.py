@@ -47,7 +47,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from procgroup import last_error_line, run_logged  # noqa: E402
+from procgroup import last_error_line, oom_in_log, run_logged  # noqa: E402
 
 SHAPES = {
     # GPT-3 1.3B (24 x 2048, 16 heads, GPT-2 vocabulary); RoPE so that no position table grows with the sequence
@@ -220,7 +220,7 @@ def attempt(args, rung: str, seq: int, workdir: Path, reference: dict | None = N
     elif timed_out:
         res = {"ok": False, "outcome": "timeout"}
     elif res is None or rc != 0:
-        if "out of memory" in log.lower() or "OutOfMemoryError" in log:
+        if oom_in_log(log):
             res = {"ok": False, "outcome": "oom", "oom": "device"}
         elif "SIGKILL" in log or (rc is not None and rc < 0) or "exitcode  : -9" in log:
             res = {"ok": False, "outcome": "host_killed", "error": last_error_line(log)}

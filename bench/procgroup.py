@@ -54,3 +54,9 @@ def last_error_line(log: str) -> str | None:
         if _ERROR_LINE.match(ln) and not any(n in ln for n in _NOISE):
             return ln[:500]
     return lines[-1][:500] if lines else None
+
+
+def oom_in_log(log: str) -> bool:
+    """Whether a run's log shows the device running out of memory (torch's OutOfMemoryError,
+    CUDA's or NCCL's "out of memory", cuBLAS failing to allocate its workspace)."""
+    return "out of memory" in log.lower() or "OutOfMemoryError" in log or "CUBLAS_STATUS_ALLOC_FAILED" in log

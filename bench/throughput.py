@@ -38,7 +38,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
-from procgroup import last_error_line, run_logged  # noqa: E402  (bench/ helper, importable however this file is loaded)
+from procgroup import last_error_line, oom_in_log, run_logged  # noqa: E402  (bench/ helper, importable however this file is loaded)
 
 PEER_SCRIPT = BENCH / "peer_hf_alst.py"
 PEER_BACKEND = "hf-sdpa"  # the peer's attention: transformers' SDPA under DeepSpeed's Ulysses wrapper
@@ -169,17 +169,13 @@ def case_command(case: Case, iters: int, metrics_file: Path, extra: list) -> lis
             str(script), *flags]  # fmt: skip
 
 
-def is_oom(log: str) -> bool:
-    return "CUDA out of memory" in log or "OutOfMemoryError" in log or "CUBLAS_STATUS_ALLOC_FAILED" in log
-
-
 def classify(returncode: int | None, log: str, n_records: int, timed_out: bool) -> tuple:
     """(outcome, error line or None) of a finished case."""
     if timed_out:
         return "timeout", None
     if returncode == 0 and n_records > 0:
         return "ok", None
-    if is_oom(log):
+    if oom_in_log(log):
         return "oom", last_error_line(log)
     if returncode == 0:
         return "failed", "the run exited cleanly but wrote no metrics"

@@ -134,6 +134,10 @@ def test_outcomes_from_logs():
     assert throughput.classify(None, "", 3, True) == ("timeout", None)
     assert throughput.classify(0, "", 0, False)[0] == "failed"
     assert throughput.classify(0, "", 4, False) == ("ok", None)
+    # the one out-of-memory test both benchmarks use (bench/procgroup.py)
+    nccl = "[rank1]: torch.distributed.DistBackendError: NCCL error: Cuda failure 'out of memory'\n"
+    assert throughput.classify(1, nccl, 0, False)[0] == "oom"
+    assert throughput.classify(1, "RuntimeError: CUBLAS_STATUS_ALLOC_FAILED when calling cublasCreate\n", 0, False)[0] == "oom"
 
 
 def test_summary_drops_warmup_and_takes_medians():
