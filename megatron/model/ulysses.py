@@ -121,46 +121,102 @@ def _assemble_seq(recvs: list, index: int, heads: list, chunks: int) -> torch.Te
     return out.view(b, s, sp * chunks * n, d)
 
 
-class _Overlapped(torch.autograd.Function):
-    """Attention over head chunks with their exchanges in flight: chunk c's all-to-all runs on
-    the communication stream while chunk c-1 computes, in forward and in backward. Each chunk's
-    attention is its own small autograd graph, replayed by ``torch.autograd.grad`` in backward."""
+class _Pending:
+    """The in-flight all-to-alls of one overlapped call, shared by its autograd nodes. A handle is
+    dropped once waited on, so that nothing here keeps a buffer alive."""
+
+    def __init__(self):
+        self.works = {}
+
+    def put(self, key, work) -> None:
+        self.works[key] = work
+
+    def wait(self, key) -> None:
+        self.works.pop(key).wait()
+
+
+class _ScatterHeads(torch.autograd.Function):
+    """Q, K, V ``[b, s, n_i, d]`` -> one receive buffer ``[sp, b, s, sum n_i/(sp*C), d]`` per head
+    chunk, every chunk's all-to-all started at once (the buffers fill as they arrive: ``_WaitHeads``
+    waits). Backward: the chunk buffers hold dQ, dK, dV exchanged back by ``_WaitHeads``; wait for
+    them all and assemble."""
 
     @staticmethod
-    def forward(ctx, local_attention, group, chunks, build_graph, extra, q, k, v):
+    def forward(ctx, pending, group, chunks, q, k, v):
         sp = dist.get_world_size(group)
-        heads = [t.shape[2] // (sp * chunks) for t in (q, k, v)]
-        inflight = [_async_all_to_all(_chunk_to_heads_send([q, k, v], sp, chunks, c), group) for c in range(chunks)]
-        graphs, outs = [], []
-        for recv, work in inflight:
-            work.wait()
-            parts = [x.detach().requires_grad_(build_graph) for x in _split_heads_recv(recv, heads)]
-            with torch.set_grad_enabled(build_graph):  # no graph in a no-grad pass (e.g. checkpointing's first)
-                out = local_attention(*parts, *extra)
-            if build_graph:
-                graphs.append((parts, out))
-            outs.append(_async_all_to_all(_to_seq_send([out.detach()], sp), group))
-        for _, work in outs:
-            work.wait()
-        ctx.group, ctx.chunks, ctx.heads, ctx.graphs = group, chunks, heads, graphs
-        return _assemble_seq([recv for recv, _ in outs], 0, [heads[0]], chunks)
+        ctx.pending, ctx.chunks = pending, chunks
+        ctx.heads = [t.shape[2] // (sp * chunks) for t in (q, k, v)]
+        recvs = []
+        for c in range(chunks):
+            recv, work = _async_all_to_all(_chunk_to_heads_send([q, k, v], sp, chunks, c), group)
+            pending.put(("heads", c), work)
+            recvs.append(recv)
+        return tuple(recvs)
+
+    @staticmethod
+    def backward(ctx, *grad_recvs):
+        for c in range(ctx.chunks):
+            ctx.pending.wait(("grads", c))
+        return (None, None, None, *(_assemble_seq(list(grad_recvs), i, ctx.heads, ctx.chunks) for i in range(3)))
+
+
+class _WaitHeads(torch.autograd.Function):
+    """Chunk ``c``'s Q, K, V ``[b, S, n_i, d]`` once its exchange has arrived. Backward: start the
+    exchange of this chunk's dQ, dK, dV back to sequence shards and hand its receive buffer on."""
+
+    @staticmethod
+    def forward(ctx, pending, group, c, heads, recv):
+        pending.wait(("heads", c))
+        ctx.pending, ctx.group, ctx.c = pending, group, c
+        return tuple(_split_heads_recv(recv, heads))
+
+    @staticmethod
+    def backward(ctx, *grads):
+        sp = dist.get_world_size(ctx.group)
+        recv, work = _async_all_to_all(_to_seq_send(list(grads), sp), ctx.group)
+        ctx.pending.put(("grads", ctx.c), work)
+        return None, None, None, None, recv
+
+
+class _SendOut(torch.autograd.Function):
+    """Start chunk ``c``'s output exchange ``[b, S, n, d]`` -> ``[sp: whose heads, b, s, n, d]``
+    (``_GatherOut`` waits). Backward: wait for this chunk's gradient exchange (started by
+    ``_GatherOut``) and return it in the attention's layout."""
+
+    @staticmethod
+    def forward(ctx, pending, group, c, out):
+        sp = dist.get_world_size(group)
+        recv, work = _async_all_to_all(_to_seq_send([out], sp), group)
+        pending.put(("out", c), work)
+        ctx.pending, ctx.c = pending, c
+        return recv
+
+    @staticmethod
+    def backward(ctx, grad_recv):
+        ctx.pending.wait(("grad_out", ctx.c))
+        (g,) = _split_heads_recv(grad_recv, [grad_recv.shape[3]])
+        return None, None, None, g
+
+
+class _GatherOut(torch.autograd.Function):
+    """Wait for every chunk's output exchange and assemble ``[b, s, h, d]``. Backward: start the
+    gradient's exchange chunk by chunk, last chunk first (the order autograd runs them in)."""
+
+    @staticmethod
+    def forward(ctx, pending, group, *recvs):
+        for c in range(len(recvs)):
+            pending.wait(("out", c))
+        ctx.pending, ctx.group, ctx.chunks = pending, group, len(recvs)
+        return _assemble_seq(list(recvs), 0, [recvs[0].shape[3]], len(recvs))
 
     @staticmethod
     def backward(ctx, grad_out):
         sp = dist.get_world_size(ctx.group)
-        chunks, heads = ctx.chunks, ctx.heads
-        inflight = [_async_all_to_all(_chunk_to_heads_send([grad_out], sp, chunks, c), ctx.group) for c in range(chunks)]
-        back = []
-        for (recv, work), (parts, out) in zip(inflight, ctx.graphs):
-            work.wait()
-            (g_out,) = _split_heads_recv(recv, [heads[0]])
-            grads = torch.autograd.grad(out, parts, g_out)
-            back.append(_async_all_to_all(_to_seq_send(list(grads), sp), ctx.group))
-        for _, work in back:
-            work.wait()
-        ctx.graphs = None
-        recvs = [recv for recv, _ in back]
-        return (None, None, None, None, None, *(_assemble_seq(recvs, i, heads, chunks) for i in range(3)))
+        grads = [None] * ctx.chunks
+        for c in reversed(range(ctx.chunks)):
+            grads[c], work = _async_all_to_all(_chunk_to_heads_send([grad_out], sp, ctx.chunks, c), ctx.group)
+            ctx.pending.put(("grad_out", c), work)
+        return (None, None, *grads)
 
 
 class OverlappedUlyssesAttention(torch.nn.Module):
@@ -176,5 +232,14 @@ class OverlappedUlyssesAttention(torch.nn.Module):
         self.local_attention, self.group, self.chunks = local_attention, group, chunks
 
     def forward(self, q_bshd, k_bsgd, v_bsgd, *args):
-        build_graph = torch.is_grad_enabled() and any(t.requires_grad for t in (q_bshd, k_bsgd, v_bsgd))
-        return _Overlapped.apply(self.local_attention, self.group, self.chunks, build_graph, args, q_bshd, k_bsgd, v_bsgd)
+        # Ordinary autograd nodes (no nested graphs), so activation checkpointing drops and
+        # recomputes everything here as it does for any other layer.
+        sp = dist.get_world_size(self.group)
+        heads = [t.shape[2] // (sp * self.chunks) for t in (q_bshd, k_bsgd, v_bsgd)]
+        pending = _Pending()
+        recvs = _ScatterHeads.apply(pending, self.group, self.chunks, q_bshd, k_bsgd, v_bsgd)
+        outs = []
+        for c, recv in enumerate(recvs):
+            q_c, k_c, v_c = _WaitHeads.apply(pending, self.group, c, heads, recv)
+            outs.append(_SendOut.apply(pending, self.group, c, self.local_attention(q_c, k_c, v_c, *args)))
+        return _GatherOut.apply(pending, self.group, *outs)

@@ -122,3 +122,48 @@ def test_document_mask_blocks_cross_document_attention():
     out2 = attn(x2, positions, docs)
     torch.testing.assert_close(out[0, 7:], out2[0, 7:], rtol=0, atol=1e-12)
     assert (out[0, :7] - out2[0, :7]).abs().max() > 1e-3
+
+
+def _retained_worker(rank, world, port, result_file):
+    """Bytes of tensors a checkpointed attention keeps alive after its forward, per exchange."""
+    import gc
+
+    import deepspeed
+    from torch.utils.checkpoint import checkpoint
+
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))  # fmt: skip
+    deepspeed.init_distributed("gloo", verbose=False)
+    from megatron import parallel_state as ps
+
+    ps.initialize_model_parallel(world)
+    seq, retained = 512, {}
+    for exchange in ("fused", "overlap"):
+        cfg = ModelConfig(hidden_size=HIDDEN, num_attention_heads=8, seq_length=seq, attention_backend="sdpa",
+                          ulysses_exchange=exchange, ulysses_overlap_chunks=2)  # fmt: skip
+        attn = _attention(cfg, ps.get_sequence_parallel_group())
+        x = torch.randn(1, seq // world, HIDDEN, dtype=torch.float64, requires_grad=True)
+        positions = torch.arange(seq).view(1, seq)[:, rank * (seq // world) : (rank + 1) * (seq // world)]
+        gc.collect()
+        before = {t.untyped_storage().data_ptr() for t in gc.get_objects() if torch.is_tensor(t)}
+        out = checkpoint(attn, x, positions, None, use_reentrant=False)
+        gc.collect()
+        live = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in gc.get_objects() if torch.is_tensor(t)}
+        retained[exchange] = sum(n for p, n in live.items() if p not in before and p != out.untyped_storage().data_ptr())
+        out.sum().backward()  # and it still runs backward
+        del out, x, attn
+    if rank == 0:
+        torch.save(retained, result_file)
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+def test_overlapped_exchange_keeps_nothing_under_checkpointing():
+    """Under activation checkpointing the overlapped exchange holds no more than the fused one
+    after forward (its chunks are ordinary autograd nodes, so checkpointing drops their tensors)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        result_file = os.path.join(tmp, "retained.pt")
+        mp.start_processes(_retained_worker, args=(2, _free_port(), result_file), nprocs=2, start_method="spawn")
+        retained = torch.load(result_file)
+    # one [1, 512, 8/2, 4] fp64 tensor is 64 KiB; holding the chunks' Q, K, V and outputs would be 256 KiB
+    assert retained["overlap"] <= retained["fused"] + 16 * 1024, retained
