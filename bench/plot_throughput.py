@@ -34,6 +34,7 @@ def _fmt(value: float | None, spec: str, scale: float = 1.0) -> str:
 
 def system_label(case: dict) -> str:
     what = case["backend"] + ("" if case.get("checkpoint_activations", True) else ", no recompute")
+    what += f", {case['ulysses_exchange']} exchange" if case.get("ulysses_exchange") not in (None, "deepspeed") else ""
     what += ", leaf layers" if case.get("zero3_leaf_layers") else ""
     return f"peer ({what})" if case["kind"] == "peer" else f"ours ({what})"
 
@@ -97,7 +98,9 @@ def markdown_table(report: dict) -> str:
             )
             lines.append(
                 f"| {r['shape']} | {r['seq_len']:,} | {r['nproc']} | {r['sp']} | {recompute} | "
-                f"{r['ours_tokens_per_sec_per_gpu']:,.0f} ({r['best_backend']}) | {r['peer_tokens_per_sec_per_gpu']:,.0f} | "
+                f"{r['ours_tokens_per_sec_per_gpu']:,.0f} ({r['best_backend']}"
+                f"{'' if r.get('best_exchange') in (None, 'deepspeed') else ', ' + r['best_exchange']}) | "
+                f"{r['peer_tokens_per_sec_per_gpu']:,.0f} | "
                 f"{r['ratio_tokens_per_sec']:.2f}x | {_percent(r.get('ours_mfu'))} | {_percent(r.get('peer_mfu'))} |"
             )
     return "\n".join(lines) + "\n"

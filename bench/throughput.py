@@ -111,10 +111,12 @@ class Case:
     tiled_loss: bool
     checkpoint_activations: bool = True
     zero3_leaf_layers: bool = True
+    exchange: str = "deepspeed"  # ours with SP > 1: --ulysses-exchange
 
     @property
     def name(self) -> str:
         name = f"{self.shape}_seq{self.seq_len}_np{self.nproc}_sp{self.sp}_{self.kind}_{self.backend}"
+        name += f"_{self.exchange}" if self.kind == "ours" and self.exchange != "deepspeed" else ""
         name += "" if self.checkpoint_activations else "_norecompute"
         return name + ("" if self.zero3_leaf_layers else "_noleaf")
 
@@ -134,6 +136,7 @@ def ours_flags(case: Case, iters: int, metrics_file: Path, extra: list) -> list:
         "--tiled-logits-loss" if case.tiled_loss else "--no-tiled-logits-loss",
     ]  # fmt: skip
     flags += ["--tiled-mlp-compute"] if case.tiled_mlp else []
+    flags += ["--ulysses-exchange", case.exchange] if case.sp > 1 else []
     if _zero_stage(flags + extra) == 3:  # leaf layers are a ZeRO-3 setting (an extra --zero-stage may change it)
         flags += ["--zero3-leaf-layers" if case.zero3_leaf_layers else "--no-zero3-leaf-layers"]
     flags += ["--bf16"] if case.bf16 else []
@@ -238,6 +241,14 @@ def cpu_extensions_dir() -> Path:
     return Path.home() / ".cache" / "torch_extensions_by_env" / key
 
 
+def _exchange(cmd: list, kind: str, sp: int) -> str | None:
+    """Our Ulysses exchange in a command (the last ``--ulysses-exchange`` wins); None for the peer or SP=1."""
+    if kind != "ours" or sp == 1:
+        return None
+    values = [cmd[i + 1] for i, a in enumerate(cmd[:-1]) if a == "--ulysses-exchange"]
+    return values[-1] if values else "deepspeed"
+
+
 def _zero_stage(cmd: list) -> int:
     """The ZeRO stage a command runs (the last ``--zero-stage`` wins, as in argparse; the peer's is 3)."""
     stages = [int(cmd[i + 1]) for i, a in enumerate(cmd[:-1]) if a == "--zero-stage"]
@@ -267,7 +278,8 @@ def run_case(case: Case, args, log_dir: Path) -> dict:
         "nproc": case.nproc, "sp": case.sp, "dp": case.nproc // case.sp, "precision": "bf16" if case.bf16 else "fp32",
         "zero_stage": zero_stage, "micro_batch_size": 1, "checkpoint_activations": case.checkpoint_activations,
         "tiled_mlp": case.tiled_mlp, "zero3_leaf_layers": case.zero3_leaf_layers and zero_stage == 3,
-        "tiled_loss": case.tiled_loss, "warmup": args.warmup, "command": cmd, "log": str(log_file),
+        "tiled_loss": case.tiled_loss, "ulysses_exchange": _exchange(cmd, case.kind, case.sp),
+        "warmup": args.warmup, "command": cmd, "log": str(log_file),
         "metrics_file": str(metrics_file), "returncode": returncode, "wall_s": round(time.time() - t0, 1),
         "outcome": outcome, "error": error,
     }  # fmt: skip
@@ -281,8 +293,8 @@ def run_case(case: Case, args, log_dir: Path) -> dict:
 
 # ----------------------------------------------------------------------------- report
 def case_key(c: dict) -> tuple:
-    """System (kind, backend) and setting of a case record."""
-    return (c["kind"], c["backend"], *_setting(c))
+    """System (kind, backend, exchange) and setting of a case record."""
+    return (c["kind"], c["backend"], c.get("ulysses_exchange"), *_setting(c))
 
 
 def _setting(c: dict) -> tuple:
@@ -307,7 +319,7 @@ def comparisons(cases: list) -> list:
         out.append({
             "shape": shape, "seq_len": seq, "nproc": nproc, "sp": sp, "precision": precision, "tiled_mlp": tiled_mlp,
             "tiled_loss": tiled_loss, "checkpoint_activations": recompute, "zero3_leaf_layers": leaf,
-            "zero_stage": zero_stage, "best_backend": best["backend"],
+            "zero_stage": zero_stage, "best_backend": best["backend"], "best_exchange": best.get("ulysses_exchange"),
             "ours_tokens_per_sec_per_gpu": best["tokens_per_sec_per_gpu"],
             "peer_tokens_per_sec_per_gpu": peer["tokens_per_sec_per_gpu"],
             "ratio_tokens_per_sec": best["tokens_per_sec_per_gpu"] / peer["tokens_per_sec_per_gpu"],
@@ -364,7 +376,7 @@ def plan(args) -> list:
                   "tiled_mlp": tiled_mlp, "tiled_loss": not args.no_tiled_loss,
                   "checkpoint_activations": not args.no_recompute, "zero3_leaf_layers": args.zero3_leaf_layers}  # fmt: skip
         if not args.peer_only:
-            cases += [Case(kind="ours", backend=b, **common) for b in args.backends]
+            cases += [Case(kind="ours", backend=b, exchange=x, **common) for b in args.backends for x in args.exchanges]
         if args.peer or args.peer_only:
             cases.append(Case(kind="peer", backend=PEER_BACKEND, **common))
     return cases
@@ -405,6 +417,8 @@ def parse_args(argv=None):
         default=True,
         help="both systems: ZeRO-3 gathers each decoder layer at once (default; --no-zero3-leaf-layers: per linear)",
     )
+    p.add_argument("--exchanges", default="deepspeed",
+                   help="ours with SP > 1: comma-separated --ulysses-exchange values, one case each (default deepspeed)")
     p.add_argument("--case-timeout", type=int, default=600, help="seconds per case before it is killed (timeout)")
     p.add_argument(
         "--keep-going-after-oom",
@@ -433,11 +447,17 @@ def parse_args(argv=None):
     args.iters = args.iters or (4 if t else 8)
     args.tiled_mlp = args.tiled_mlp or ("on" if t else "off")
     args.warmup = args.warmup if args.warmup is not None else (2 if t else 3)
-    from megatron.config import ATTENTION_BACKENDS
+    from megatron.config import ATTENTION_BACKENDS, ULYSSES_EXCHANGES
 
     bad = [b for b in args.backends if b not in ATTENTION_BACKENDS]
     if bad:
         p.error(f"unknown backend(s) {bad}; choose from {', '.join(ATTENTION_BACKENDS)}")
+    args.exchanges = [x.strip() for x in args.exchanges.split(",") if x.strip()]
+    bad = [x for x in args.exchanges if x not in ULYSSES_EXCHANGES]
+    if bad:
+        p.error(f"unknown exchange(s) {bad}; choose from {', '.join(ULYSSES_EXCHANGES)}")
+    if args.sp == 1 and args.exchanges != ["deepspeed"]:
+        p.error("--exchanges compares Ulysses exchanges, which only run with --sp > 1")
     if args.nproc % args.sp:
         p.error(f"--nproc {args.nproc} must be a multiple of --sp {args.sp}")
     if any(s % args.sp for s in args.seq_lens):

@@ -247,3 +247,25 @@ def test_case_timeout_kills_the_whole_job(tmp_path):
         except OSError:
             continue
     assert not survivors  # torchrun and both workers are gone
+
+
+def test_exchanges_are_cases_of_ours_compared_as_one_system():
+    args = throughput.parse_args(["--nproc", "2", "--backends", "sdpa", "--exchanges", "deepspeed,overlap", "--peer",
+                                  "--seq-lens", "32768", "--dry-run"])  # fmt: skip
+    cases = throughput.plan(args)
+    assert [(c.kind, c.exchange) for c in cases] == [("ours", "deepspeed"), ("ours", "overlap"), ("peer", "deepspeed")]
+    assert len({c.name for c in cases}) == 3  # each case its own log and metrics file
+    cmds = [throughput.case_command(c, 8, Path("m.jsonl"), []) for c in cases]
+    assert [c[c.index("--ulysses-exchange") + 1] for c in cmds[:2]] == ["deepspeed", "overlap"]
+    assert "--ulysses-exchange" not in cmds[2]  # the peer has DeepSpeed's own Ulysses
+    assert throughput._exchange(cmds[1] + ["--ulysses-exchange", "fused"], "ours", 2) == "fused"  # an extra flag wins
+    assert throughput._exchange(cmds[2], "peer", 2) is None
+    # the fastest exchange of ours is compared with the peer; both records stay distinct
+    recs = [dict(_case("ours", "sdpa", 32768, 6000.0, 0.4), sp=2, nproc=2, ulysses_exchange="deepspeed"),
+            dict(_case("ours", "sdpa", 32768, 6300.0, 0.42), sp=2, nproc=2, ulysses_exchange="overlap"),
+            dict(_case("peer", "hf-sdpa", 32768, 5000.0, 0.35), sp=2, nproc=2)]  # fmt: skip
+    (comp,) = throughput.comparisons(recs)
+    assert comp["best_exchange"] == "overlap" and comp["ratio_tokens_per_sec"] == pytest.approx(6300 / 5000)
+    assert throughput.case_key(recs[0]) != throughput.case_key(recs[1])
+    with pytest.raises(SystemExit):
+        throughput.parse_args(["--nproc", "1", "--exchanges", "deepspeed,fused", "--dry-run"])  # SP=1: nothing to exchange
