@@ -25,30 +25,62 @@ def _all_to_all(send: torch.Tensor, group) -> torch.Tensor:
     return recv
 
 
+def _async_all_to_all(send: torch.Tensor, group):
+    recv = torch.empty_like(send)
+    return recv, dist.all_to_all_single(recv, send, group=group, async_op=True)
+
+
 def _pack(parts: list) -> torch.Tensor:
     """One contiguous ``[sp, b, s, c, d]`` buffer from ``[sp, b, s, n_i, d]`` views (one copy)."""
     return torch.cat(parts, dim=3) if len(parts) > 1 else parts[0].contiguous()
 
 
+# Layouts, shared by the fused and the overlapped exchange (the fused one is one chunk).
+def _chunk_to_heads_send(tensors: list, sp: int, chunks: int, c: int) -> torch.Tensor:
+    """Send buffer ``[sp, b, s, sum(n_i)/(sp*chunks), d]`` of head chunk ``c`` of every peer's heads."""
+    b, s = tensors[0].shape[:2]
+    views = []
+    for t in tensors:
+        n = t.shape[2] // (sp * chunks)
+        views.append(t.reshape(b, s, sp, chunks, n, t.shape[3])[:, :, :, c].permute(2, 0, 1, 3, 4))
+    return _pack(views)
+
+
+def _split_heads_recv(recv: torch.Tensor, heads: list) -> list:
+    """``[sp: whose tokens, b, s, c, d]`` -> ``[b, S, n_i, d]`` per tensor."""
+    sp, b, s = recv.shape[:3]
+    return [x.transpose(0, 1).reshape(b, sp * s, n, x.shape[4]) for x, n in zip(recv.split(heads, dim=3), heads)]
+
+
+def _to_seq_send(tensors: list, sp: int) -> torch.Tensor:
+    """``[b, S, n_i, d]`` (this rank's chunk heads, all tokens) -> send ``[sp: whose tokens, b, s, sum n_i, d]``."""
+    b, S = tensors[0].shape[:2]
+    return _pack([t.reshape(b, sp, S // sp, t.shape[2], t.shape[3]).transpose(0, 1) for t in tensors])
+
+
+def _assemble_seq(recvs: list, index: int, heads: list, chunks: int) -> torch.Tensor:
+    """Tensor ``index`` as ``[b, s, sp*chunks*n, d]`` from each chunk's ``[sp: whose heads, b, s, c, d]``."""
+    sp, b, s, _, d = recvs[0].shape
+    n = heads[index]
+    off = sum(heads[:index])
+    out = recvs[0].new_empty(b, s, sp, chunks, n, d)
+    for c, recv in enumerate(recvs):
+        out[:, :, :, c] = recv[:, :, :, off : off + n].permute(1, 2, 0, 3, 4)
+    return out.view(b, s, sp * chunks * n, d)
+
+
 def seq_to_heads(tensors: list, group) -> list:
     """``[b, s, n_i, d]`` (local tokens, all heads) -> ``[b, S, n_i/sp, d]`` (all tokens, this rank's heads)."""
     sp = dist.get_world_size(group)
-    b, s = tensors[0].shape[:2]
-    heads = [t.shape[2] // sp for t in tensors]
-    send = _pack([t.reshape(b, s, sp, n, t.shape[3]).permute(2, 0, 1, 3, 4) for t, n in zip(tensors, heads)])
-    recv = _all_to_all(send, group)  # [sp: whose tokens, b, s, c, d]
-    return [x.transpose(0, 1).reshape(b, sp * s, n, x.shape[4]) for x, n in zip(recv.split(heads, dim=3), heads)]
+    recv = _all_to_all(_chunk_to_heads_send(tensors, sp, 1, 0), group)  # [sp: whose tokens, b, s, c, d]
+    return _split_heads_recv(recv, [t.shape[2] // sp for t in tensors])
 
 
 def heads_to_seq(tensors: list, group) -> list:
     """``[b, S, n_i, d]`` (all tokens, this rank's heads) -> ``[b, s, n_i*sp, d]`` (local tokens, all heads)."""
-    sp = dist.get_world_size(group)
-    b, S = tensors[0].shape[:2]
-    s = S // sp
+    recv = _all_to_all(_to_seq_send(tensors, dist.get_world_size(group)), group)  # [sp: whose heads, b, s, c, d]
     heads = [t.shape[2] for t in tensors]
-    send = _pack([t.reshape(b, sp, s, n, t.shape[3]).transpose(0, 1) for t, n in zip(tensors, heads)])
-    recv = _all_to_all(send, group)  # [sp: whose heads, b, s, c, d]
-    return [x.permute(1, 2, 0, 3, 4).reshape(b, s, sp * n, x.shape[4]) for x, n in zip(recv.split(heads, dim=3), heads)]
+    return [_assemble_seq([recv], i, heads, 1) for i in range(len(tensors))]
 
 
 class _Exchange(torch.autograd.Function):
@@ -83,44 +115,6 @@ class FusedUlyssesAttention(torch.nn.Module):
 
 
 # ----------------------------------------------------------------------------- overlapped (head chunks)
-def _chunk_to_heads_send(tensors: list, sp: int, chunks: int, c: int) -> torch.Tensor:
-    """Send buffer ``[sp, b, s, sum(n_i)/(sp*chunks), d]`` of head chunk ``c`` of every peer's heads."""
-    b, s = tensors[0].shape[:2]
-    views = []
-    for t in tensors:
-        n = t.shape[2] // (sp * chunks)
-        views.append(t.reshape(b, s, sp, chunks, n, t.shape[3])[:, :, :, c].permute(2, 0, 1, 3, 4))
-    return _pack(views)
-
-
-def _split_heads_recv(recv: torch.Tensor, heads: list) -> list:
-    """``[sp: whose tokens, b, s, c, d]`` -> ``[b, S, n_i, d]`` per tensor."""
-    sp, b, s = recv.shape[:3]
-    return [x.transpose(0, 1).reshape(b, sp * s, n, x.shape[4]) for x, n in zip(recv.split(heads, dim=3), heads)]
-
-
-def _to_seq_send(tensors: list, sp: int) -> torch.Tensor:
-    """``[b, S, n_i, d]`` (this rank's chunk heads, all tokens) -> send ``[sp: whose tokens, b, s, sum n_i, d]``."""
-    b, S = tensors[0].shape[:2]
-    return _pack([t.reshape(b, sp, S // sp, t.shape[2], t.shape[3]).transpose(0, 1) for t in tensors])
-
-
-def _async_all_to_all(send: torch.Tensor, group):
-    recv = torch.empty_like(send)
-    return recv, dist.all_to_all_single(recv, send, group=group, async_op=True)
-
-
-def _assemble_seq(recvs: list, index: int, heads: list, chunks: int) -> torch.Tensor:
-    """Tensor ``index`` as ``[b, s, sp*chunks*n, d]`` from each chunk's ``[sp: whose heads, b, s, c, d]``."""
-    sp, b, s, _, d = recvs[0].shape
-    n = heads[index]
-    off = sum(heads[:index])
-    out = recvs[0].new_empty(b, s, sp, chunks, n, d)
-    for c, recv in enumerate(recvs):
-        out[:, :, :, c] = recv[:, :, :, off : off + n].permute(1, 2, 0, 3, 4)
-    return out.view(b, s, sp * chunks * n, d)
-
-
 class _Pending:
     """The in-flight all-to-alls of one overlapped call, shared by its autograd nodes. A handle is
     dropped once waited on, so that nothing here keeps a buffer alive."""
@@ -142,10 +136,9 @@ class _ScatterHeads(torch.autograd.Function):
     them all and assemble."""
 
     @staticmethod
-    def forward(ctx, pending, group, chunks, q, k, v):
+    def forward(ctx, pending, group, chunks, heads, q, k, v):
         sp = dist.get_world_size(group)
-        ctx.pending, ctx.chunks = pending, chunks
-        ctx.heads = [t.shape[2] // (sp * chunks) for t in (q, k, v)]
+        ctx.pending, ctx.chunks, ctx.heads = pending, chunks, heads
         recvs = []
         for c in range(chunks):
             recv, work = _async_all_to_all(_chunk_to_heads_send([q, k, v], sp, chunks, c), group)
@@ -157,7 +150,7 @@ class _ScatterHeads(torch.autograd.Function):
     def backward(ctx, *grad_recvs):
         for c in range(ctx.chunks):
             ctx.pending.wait(("grads", c))
-        return (None, None, None, *(_assemble_seq(list(grad_recvs), i, ctx.heads, ctx.chunks) for i in range(3)))
+        return (None, None, None, None, *(_assemble_seq(list(grad_recvs), i, ctx.heads, ctx.chunks) for i in range(3)))
 
 
 class _WaitHeads(torch.autograd.Function):
@@ -237,7 +230,7 @@ class OverlappedUlyssesAttention(torch.nn.Module):
         sp = dist.get_world_size(self.group)
         heads = [t.shape[2] // (sp * self.chunks) for t in (q_bshd, k_bsgd, v_bsgd)]
         pending = _Pending()
-        recvs = _ScatterHeads.apply(pending, self.group, self.chunks, q_bshd, k_bsgd, v_bsgd)
+        recvs = _ScatterHeads.apply(pending, self.group, self.chunks, heads, q_bshd, k_bsgd, v_bsgd)
         outs = []
         for c, recv in enumerate(recvs):
             q_c, k_c, v_c = _WaitHeads.apply(pending, self.group, c, heads, recv)
