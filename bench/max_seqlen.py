@@ -372,9 +372,9 @@ def main(argv=None) -> int:
         flops_per_token = lambda seq: model_flops_per_token(model_cfg, seq)  # noqa: E731
     else:
         flops_per_token = None  # CPU smoke runs: nothing to predict
-    for rung in rungs:
-        from megatron.arguments import parse_args
+    from megatron.arguments import parse_args
 
+    for rung in rungs:
         floor = checkpoint_bytes_per_token(parse_args(attempt_flags(args, rung, start))) / 1e9
         entry = {"rung": rung, "flags": rung_flags(rung, args.nproc), "max_seq": 0, "limited_by": None,
                  "at_max": None, "attempts": []}  # fmt: skip

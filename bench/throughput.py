@@ -241,18 +241,20 @@ def cpu_extensions_dir() -> Path:
     return Path.home() / ".cache" / "torch_extensions_by_env" / key
 
 
+def _last_value(cmd: list, flag: str) -> str | None:
+    """The value of ``flag`` in a command (the last one wins, as in argparse), or None."""
+    values = [cmd[i + 1] for i, a in enumerate(cmd[:-1]) if a == flag]
+    return values[-1] if values else None
+
+
 def _exchange(cmd: list, kind: str, sp: int) -> str | None:
-    """Our Ulysses exchange in a command (the last ``--ulysses-exchange`` wins); None for the peer or SP=1."""
-    if kind != "ours" or sp == 1:
-        return None
-    values = [cmd[i + 1] for i, a in enumerate(cmd[:-1]) if a == "--ulysses-exchange"]
-    return values[-1] if values else "deepspeed"
+    """Our Ulysses exchange in a command; None for the peer or SP=1."""
+    return None if kind != "ours" or sp == 1 else _last_value(cmd, "--ulysses-exchange") or "deepspeed"
 
 
 def _zero_stage(cmd: list) -> int:
-    """The ZeRO stage a command runs (the last ``--zero-stage`` wins, as in argparse; the peer's is 3)."""
-    stages = [int(cmd[i + 1]) for i, a in enumerate(cmd[:-1]) if a == "--zero-stage"]
-    return stages[-1] if stages else 3
+    """The ZeRO stage a command runs (the peer's is 3)."""
+    return int(_last_value(cmd, "--zero-stage") or 3)
 
 
 def run_case(case: Case, args, log_dir: Path) -> dict:

@@ -69,7 +69,7 @@ def build_deepspeed_config(cfg: Config, world_size: int) -> dict:
         zero.setdefault("stage3_max_live_parameters", 3e9)
         zero.setdefault("stage3_gather_16bit_weights_on_model_save", False)
         # Plain F.linear instead of DeepSpeed's LinearFunctionForZeroStage3, whose separate
-        # `output += bias` pass is a full read-write of every linear's output: +6.5% tokens/s at
+        # `output += bias` pass is a full read-write of every linear's output: +6.6% tokens/s at
         # 32k with recomputation, no change elsewhere, lower peak memory, same loss
         # (docs/benchmarks/throughput/memory_efficient_linear/).
         zero.setdefault("memory_efficient_linear", False)
