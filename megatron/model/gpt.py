@@ -16,7 +16,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from megatron.config import ModelConfig
-from megatron.training.memory import offloaded_checkpoint
+from megatron.training.memory import OffloadTape, offloaded_checkpoint
 from megatron.model.attention import ParallelAttention
 from megatron.model.tiled import MemoryOptions, tiled_cross_entropy, tiled_mlp
 
@@ -142,9 +142,10 @@ class GPTModel(nn.Module):
         if not self.cfg.use_rotary_position_embeddings:
             x = x + self.position_embeddings(position_ids_bs)
         x = self.embedding_dropout(x)
+        tape = OffloadTape()  # this pass's offloaded layer inputs (--checkpoint-in-cpu)
         for layer in self.layers:
             if self.checkpoint_activations and self.training and self.memory.checkpoint_in_cpu:
-                x = offloaded_checkpoint(layer, x, position_ids_bs, document_ids_bS)
+                x = offloaded_checkpoint(layer, x, position_ids_bs, document_ids_bS, tape=tape)
             elif self.checkpoint_activations and self.training:
                 x = checkpoint(layer, x, position_ids_bs, document_ids_bS, use_reentrant=False)
             else:

@@ -2,8 +2,9 @@
 
 * ``set_expandable_segments()``: PyTorch's expandable-segments allocator, which stops the
   fragmentation that otherwise makes long-sequence runs OOM with GBs "reserved but unallocated".
-* ``offloaded_checkpoint(layer, x, ...)``: activation checkpointing whose kept layer input lives
-  in pinned host memory (``--checkpoint-in-cpu``), plus the host-memory check it needs.
+* ``offloaded_checkpoint(layer, x, ..., tape=)``: activation checkpointing whose kept layer input
+  lives in pinned host memory (``--checkpoint-in-cpu``), copied on a side stream and prefetched
+  one layer ahead in backward (``OffloadTape``), plus the host-memory check it needs.
 * ``build_optimizer(...)``: AdamW for the trainer, DeepSpeedCPUAdam when optimizer states are
   offloaded on GPUs.
 """
@@ -79,21 +80,83 @@ def checkpoint_offload_bytes(num_layers: int, micro_batch: int, local_seq: int, 
     return num_layers * micro_batch * local_seq * hidden * dtype_bytes
 
 
-def _to_host(x: torch.Tensor) -> torch.Tensor:
-    if x.device.type == "cpu":
-        return x.detach()
-    buf = torch.empty(x.shape, dtype=x.dtype, device="cpu", pin_memory=True)
-    buf.copy_(x.detach(), non_blocking=True)  # ordered before any later use on the same stream
-    return buf
+_copy_streams: dict = {}
+
+
+def _copy_stream(device: torch.device) -> torch.cuda.Stream:
+    """One side stream per GPU for the offload copies, so they run on the copy engines beside compute."""
+    if device not in _copy_streams:
+        _copy_streams[device] = torch.cuda.Stream(device)
+    return _copy_streams[device]
+
+
+class OffloadTape:
+    """One forward pass's offloaded layer inputs, in layer order, for ``--checkpoint-in-cpu``.
+
+    Forward: ``push(x)`` copies a layer input to pinned host memory on a side stream, so the
+    device-to-host copy overlaps the layer's own forward. Backward visits the layers in reverse;
+    ``take(slot)`` returns that layer's input on the GPU and starts bringing back the one below
+    it (``slot - 1``) on the side stream, so that copy overlaps this layer's recompute and
+    backward. At most two layer inputs are on the GPU at once. On CPU the "host copy" is the
+    tensor itself and nothing is copied. ``overlap=False`` (for ``bench/offload_copies.py``)
+    copies on the compute stream when each copy is needed, without prefetch.
+    """
+
+    def __init__(self, overlap: bool = True):
+        self.overlap = overlap
+        self._host: list = []  # slot -> pinned host tensor until brought back, then None
+        self._fetched: dict = {}  # slot -> (device tensor, event that marks its copy done, or None)
+        self.prefetched = 0  # inputs that were already on their way when backward asked for them
+
+    def push(self, x: torch.Tensor) -> int:
+        x = x.detach()
+        if x.device.type != "cuda":
+            self._host.append(x)
+            return len(self._host) - 1
+        stream = _copy_stream(x.device) if self.overlap else torch.cuda.current_stream(x.device)
+        stream.wait_stream(torch.cuda.current_stream(x.device))  # x is written by the compute stream
+        buf = torch.empty(x.shape, dtype=x.dtype, device="cpu", pin_memory=True)
+        with torch.cuda.stream(stream):
+            buf.copy_(x, non_blocking=True)
+        x.record_stream(stream)  # the allocator keeps x's memory until the copy has read it
+        self._host.append(buf)
+        return len(self._host) - 1
+
+    def _fetch(self, slot: int, device: torch.device) -> None:
+        host, self._host[slot] = self._host[slot], None
+        if device.type != "cuda":
+            self._fetched[slot] = (host, None)
+            return
+        stream = _copy_stream(device) if self.overlap else torch.cuda.current_stream(device)
+        with torch.cuda.stream(stream):  # ordered after this slot's device-to-host copy
+            dev = host.to(device, non_blocking=True)
+            done = torch.cuda.Event()
+            done.record(stream)
+        self._fetched[slot] = (dev, done)
+
+    def take(self, slot: int, device: torch.device) -> torch.Tensor:
+        """Layer ``slot``'s input on ``device`` (ready for the current stream); prefetches ``slot - 1``."""
+        if slot in self._fetched:
+            self.prefetched += 1
+        else:
+            self._fetch(slot, device)
+        if self.overlap and slot > 0 and self._host[slot - 1] is not None:
+            self._fetch(slot - 1, device)
+        x, done = self._fetched.pop(slot)
+        if done is not None:
+            compute = torch.cuda.current_stream(device)
+            compute.wait_event(done)
+            x.record_stream(compute)  # allocated on the side stream, used and freed on this one
+        return x
 
 
 class OffloadedCheckpoint(torch.autograd.Function):
-    """``run(x, *args)`` without stored activations; x kept on the host, brought back to recompute in backward."""
+    """``run(x, *args)`` without stored activations; x kept on the host (``tape``), brought back to recompute."""
 
     @staticmethod
-    def forward(ctx, run, x, *args):
-        ctx.run, ctx.args, ctx.device = run, args, x.device
-        ctx.x_host = _to_host(x)
+    def forward(ctx, run, tape, x, *args):
+        ctx.run, ctx.tape, ctx.args, ctx.device = run, tape, args, x.device
+        ctx.slot = tape.push(x)
         ctx.cpu_rng = torch.get_rng_state()
         ctx.cuda_rng = torch.cuda.get_rng_state(x.device) if x.device.type == "cuda" else None
         with torch.no_grad():
@@ -101,8 +164,8 @@ class OffloadedCheckpoint(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_out):
-        x = ctx.x_host.to(ctx.device, non_blocking=True).detach().requires_grad_(ctx.needs_input_grad[1])
-        ctx.x_host = None
+        x = ctx.tape.take(ctx.slot, ctx.device).detach().requires_grad_(ctx.needs_input_grad[2])
+        ctx.tape = None
         devices = [ctx.device] if ctx.cuda_rng is not None else []
         with torch.random.fork_rng(devices=devices), torch.enable_grad():  # same dropout masks as forward
             torch.set_rng_state(ctx.cpu_rng)
@@ -110,16 +173,18 @@ class OffloadedCheckpoint(torch.autograd.Function):
                 torch.cuda.set_rng_state(ctx.cuda_rng, ctx.device)
             out = ctx.run(x, *ctx.args)
         torch.autograd.backward(out, grad_out)
-        return (None, x.grad) + (None,) * len(ctx.args)
+        return (None, None, x.grad) + (None,) * len(ctx.args)
 
 
-def offloaded_checkpoint(run, x: torch.Tensor, *args):
+def offloaded_checkpoint(run, x: torch.Tensor, *args, tape: OffloadTape | None = None):
     """Activation checkpointing of ``run(x, *args)`` with ``x`` in (pinned) host memory until backward.
 
+    Pass one ``OffloadTape`` to every layer of a forward pass so that backward prefetches each
+    layer's input while the layer above runs (without one, each input comes back unprefetched).
     Parameters get their gradients from an inner backward, which calls the modules again, so
     ZeRO-3's gather hooks fire as in torch's checkpoint.
     """
-    return OffloadedCheckpoint.apply(run, x, *args)
+    return OffloadedCheckpoint.apply(run, tape or OffloadTape(), x, *args)
 
 
 # ----------------------------------------------------------------------------- optimizer

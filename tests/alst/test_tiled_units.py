@@ -92,6 +92,55 @@ def test_offloaded_checkpoint_equals_plain_layer_with_dropout():
         torch.testing.assert_close(a, b)
 
 
+def _layer_stack(device, dtype, n=4):
+    torch.manual_seed(0)
+    cfg = ModelConfig(hidden_size=16, num_attention_heads=2, hidden_dropout=0.3)
+    return torch.nn.ModuleList(TransformerLayer(cfg, i + 1) for i in range(n)).to(device, dtype)
+
+
+def _stack_grads(layers, x, pos, offload: bool):
+    """Input and parameter gradients of a layer stack, plain or with every layer's input on one tape."""
+    layers.zero_grad(set_to_none=True)
+    x = x.detach().requires_grad_()
+    tape = memory.OffloadTape()
+    torch.manual_seed(1)
+    h = x
+    for layer in layers:
+        h = memory.offloaded_checkpoint(layer, h, pos, None, tape=tape) if offload else layer(h, pos)
+    h.square().sum().backward()
+    return [x.grad] + _grads(layers), tape
+
+
+def test_offload_tape_prefetches_each_layer_input_for_the_layer_below():
+    """Four layers on one tape: the same gradients as plain layers (each layer recomputes from its own
+    input, not a neighbour's), and every input but the first one backward asks for was prefetched."""
+    layers = _layer_stack("cpu", torch.float64)
+    x = torch.randn(2, 8, 16, dtype=torch.float64)
+    pos = torch.arange(8).expand(2, 8)
+    ref, _ = _stack_grads(layers, x, pos, offload=False)
+    got, tape = _stack_grads(layers, x, pos, offload=True)
+    for a, b in zip(got, ref):
+        torch.testing.assert_close(a, b)
+    assert tape.prefetched == len(layers) - 1
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_offload_tape_side_stream_copies_match_plain_layers_on_gpu():
+    """On a GPU the copies run on a side stream (device-to-host in forward, host-to-device prefetch in
+    backward); the gradients equal plain layers', so no copy is read before it has landed."""
+    layers = _layer_stack("cuda", torch.float32, n=6)
+    x = torch.randn(2, 4096, 16, device="cuda")
+    pos = torch.arange(4096, device="cuda").expand(2, 4096)
+    ref, _ = _stack_grads(layers, x, pos, offload=False)
+    for _ in range(3):
+        got, tape = _stack_grads(layers, x, pos, offload=True)
+        torch.cuda.synchronize()
+        for a, b in zip(got, ref):
+            torch.testing.assert_close(a, b)
+        assert tape.prefetched == len(layers) - 1
+
+
 def test_expandable_segments_set_unless_user_configured():
     env = {}
     assert memory.set_expandable_segments(env) and env["PYTORCH_CUDA_ALLOC_CONF"] == "expandable_segments:True"
