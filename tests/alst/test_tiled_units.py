@@ -92,9 +92,9 @@ def test_offloaded_checkpoint_equals_plain_layer_with_dropout():
         torch.testing.assert_close(a, b)
 
 
-def _layer_stack(device, dtype, n=4):
+def _layer_stack(device, dtype, n=4, hidden=16, heads=2):
     torch.manual_seed(0)
-    cfg = ModelConfig(hidden_size=16, num_attention_heads=2, hidden_dropout=0.3)
+    cfg = ModelConfig(hidden_size=hidden, num_attention_heads=heads, hidden_dropout=0.3)
     return torch.nn.ModuleList(TransformerLayer(cfg, i + 1) for i in range(n)).to(device, dtype)
 
 
@@ -128,16 +128,17 @@ def test_offload_tape_prefetches_each_layer_input_for_the_layer_below():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_offload_tape_side_stream_copies_match_plain_layers_on_gpu():
     """On a GPU the copies run on a side stream (device-to-host in forward, host-to-device prefetch in
-    backward); the gradients equal plain layers', so no copy is read before it has landed."""
-    layers = _layer_stack("cuda", torch.float32, n=6)
-    x = torch.randn(2, 4096, 16, device="cuda")
-    pos = torch.arange(4096, device="cuda").expand(2, 4096)
+    backward); the gradients equal plain layers' up to the attention backward's non-deterministic
+    accumulation (~1e-5 in fp32), so no copy is read before it has landed (that would be O(1))."""
+    layers = _layer_stack("cuda", torch.float32, n=6, hidden=256, heads=4)
+    x = torch.randn(1, 16384, 256, device="cuda")  # 16 MB per layer input
+    pos = torch.arange(16384, device="cuda").unsqueeze(0)
     ref, _ = _stack_grads(layers, x, pos, offload=False)
     for _ in range(3):
         got, tape = _stack_grads(layers, x, pos, offload=True)
         torch.cuda.synchronize()
         for a, b in zip(got, ref):
-            torch.testing.assert_close(a, b)
+            assert ((a - b).norm() / b.norm()).item() < 1e-4
         assert tape.prefetched == len(layers) - 1
 
 
