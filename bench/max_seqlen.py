@@ -29,7 +29,8 @@ gradient and optimizer partitions), ``logits_gb`` = the analytic size of the log
 With ``--steps 1`` part of the model states (e.g. ZeRO-3's fp32 gradient partitions) may only be
 allocated by the step itself, after the peak: ``first_step_growth_gb`` is what the step left
 allocated beyond the start, which a second step would start with, and ``activations_gb`` is then
-the peak minus the start's allocation.
+the peak minus the start's allocation. A one-step attempt whose peak plus that growth exceeds the
+GPU counts as ``oom`` (``"oom": "device, next step"``): it trained once, but a second step would not fit.
 On CPUs the peak is the process RSS and ``--cpu-budget-mb`` plays the part of GPU memory.
 """
 
@@ -192,7 +193,18 @@ def checkpoint_bytes_per_token(cfg) -> float:
     return m.num_layers * m.hidden_size * (2 if (t.bf16 or t.fp16) else 4) * t.micro_batch_size / p.sequence_parallel_size
 
 
-def attempt(args, rung: str, seq: int, workdir: Path, reference: dict | None = None, flops_per_token=None) -> dict:
+def next_step_oom(res: dict, capacity_gb: float | None) -> bool:
+    """A one-step attempt whose peak plus what the step left allocated (``first_step_growth_gb``,
+    e.g. Adam's moments, created by the first optimizer step) exceeds the device: the second step
+    would start that much higher and run out of memory."""
+    growth = res.get("first_step_growth_gb") or 0.0
+    return bool(capacity_gb and growth and res["peak_gb"] + growth > capacity_gb)
+
+
+def attempt(
+    args, rung: str, seq: int, workdir: Path, reference: dict | None = None, flops_per_token=None,
+    capacity_gb: float | None = None,
+) -> dict:  # fmt: skip
     """One torchrun of the trainer at ``seq``; {'ok': bool, 'outcome': ..., ...} from rank 0."""
     if reference is not None and flops_per_token is not None:
         eta = predicted_attempt_s(reference, seq, flops_per_token, args.steps)
@@ -228,13 +240,18 @@ def attempt(args, rung: str, seq: int, workdir: Path, reference: dict | None = N
             res = {"ok": False, "outcome": "failed", "returncode": rc, "error": last_error_line(log)}
     else:
         res["outcome"] = "ok"
+    if res["ok"] and next_step_oom(res, capacity_gb):
+        grown = res["peak_gb"] + res["first_step_growth_gb"]
+        res = {**res, "ok": False, "outcome": "oom", "oom": "device, next step",
+               "note": f"peak + first-step growth {grown:.1f} GB > {capacity_gb:.1f} GB"}  # fmt: skip
     if res["ok"] and args.cpu_budget_mb and res["peak_gb"] * 1e3 > args.cpu_budget_mb:
         res = {**res, "ok": False, "outcome": "oom", "oom": "host", "note": f"peak above --cpu-budget-mb {args.cpu_budget_mb}"}
     res.update(seq=seq, wall_s=round(time.time() - t0, 1))
     if res["ok"]:
         text = f"ok, peak {res['peak_gb']:.2f} GB, step {res['step_time_s']:.2f} s"
     else:
-        text = res["outcome"] + (f" ({res['oom']})" if res.get("oom") else "") + (f": {res['error']}" if res.get("error") else "")
+        why = res.get("error") or res.get("note")
+        text = res["outcome"] + (f" ({res['oom']})" if res.get("oom") else "") + (f": {why}" if why else "")
     print(f"  {rung:>12} seq {seq:>8}: {text}", flush=True)
     return res
 
@@ -279,7 +296,7 @@ def limited_by(best: int, attempts: list) -> str | None:
     if not above:
         return None
     a = above[0]
-    return f"oom ({a['oom']})" if a["outcome"] == "oom" and a.get("oom") in ("device", "host") else a["outcome"]
+    return f"oom ({a['oom']})" if a["outcome"] == "oom" and a.get("oom") else a["outcome"]
 
 
 def memory_projection(attempts: list, capacity_gb: float | None, floor_gb_per_token: float = 0.0) -> dict | None:
@@ -383,7 +400,7 @@ def main(argv=None) -> int:
         def try_seq(seq, rung=rung, entry=entry):
             oks = [a for a in entry["attempts"] if a["ok"] and a["seq"] < seq]
             reference = max(oks, key=lambda a: a["seq"]) if oks else None
-            res = attempt(args, rung, seq, workdir, reference, flops_per_token)
+            res = attempt(args, rung, seq, workdir, reference, flops_per_token, capacity)
             entry["attempts"].append(res)
             _write_json(out, report)  # what finished survives a killed run
             return res
@@ -402,7 +419,7 @@ def main(argv=None) -> int:
             + (f" (peak {at_best['peak_gb']:.2f} GB)" if at_best else "")
             + (f", limited by {entry['limited_by']}" if entry["limited_by"] else ", the cap --max-seq")
             + (f"; device memory projected to last to ~{entry['memory_projection']['seq']}"
-               if entry["memory_projection"] and entry["limited_by"] not in ("oom (device)",) else ""),
+               if entry["memory_projection"] and not (entry["limited_by"] or "").startswith("oom (device") else ""),
             flush=True,
         )
     print(f"wrote {out}")

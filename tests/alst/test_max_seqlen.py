@@ -131,3 +131,24 @@ def test_worker_killed_by_the_host_is_its_own_outcome(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     rung = json.loads(out.read_text())["rungs"][0]
     assert rung["max_seq"] == 0 and rung["limited_by"] == "host_killed", rung
+
+
+def test_one_step_attempt_that_a_second_step_would_not_fit_is_an_oom(tmp_path, monkeypatch):
+    """Llama-8B +tiled_loss at 196,608 on an H200 (recorded): peak 132.7 GB plus the 32.2 GB that the
+    first step leaves allocated (Adam's moments) is over the 150.1 GB device, so it is not a success."""
+    recorded = {"ok": True, "peak_gb": 132.67, "first_step_growth_gb": 32.19, "step_time_s": 107.1}
+
+    def fake_run(cmd, cwd, env, log_path, timeout):  # what a worker leaves behind
+        result_dir = cmd[cmd.index("--result-dir") + 1]
+        (max_seqlen.Path(result_dir) / "rank0.json").write_text(json.dumps(recorded))
+        log_path.write_text("")
+        return 0, False
+
+    monkeypatch.setattr(max_seqlen, "run_logged", fake_run)
+    args = max_seqlen.argparse.Namespace(tiny=False, shape="llama-8b", nproc=2, steps=1, attempt_timeout=150,
+                                         attention_backend="flash", extra=[], cpu_budget_mb=None)  # fmt: skip
+    res = max_seqlen.attempt(args, "+tiled_loss", 196608, tmp_path, capacity_gb=150.11)
+    assert not res["ok"] and res["outcome"] == "oom" and res["oom"] == "device, next step"
+    assert max_seqlen.limited_by(131072, [res]) == "oom (device, next step)"
+    assert max_seqlen.attempt(args, "+tiled_loss", 196608, tmp_path, capacity_gb=170.0)["ok"]
+    assert max_seqlen.attempt(args, "+tiled_loss", 196608, tmp_path, capacity_gb=None)["ok"]  # CPU: no device
