@@ -186,11 +186,18 @@ def attempt_flags(args, rung: str, seq: int) -> list:
 
 def checkpoint_bytes_per_token(cfg) -> float:
     """Device bytes per token of the sequence that the checkpointed layer inputs hold (none when
-    they go to the host or nothing is checkpointed): a floor under any measured memory slope."""
+    they go to the host or nothing is checkpointed): a floor under any measured memory slope.
+    With ``--checkpoint-keep-attention`` each layer also keeps the attention's q, k, v and output,
+    and (under SP, after the exchange back) the output projection's input."""
     m, p, t = cfg.model, cfg.parallel, cfg.train
     if not p.checkpoint_activations or p.checkpoint_in_cpu:
         return 0.0
-    return m.num_layers * m.hidden_size * (2 if (t.bf16 or t.fp16) else 4) * t.micro_batch_size / p.sequence_parallel_size
+    per_layer = m.hidden_size
+    if p.checkpoint_keep_attention:
+        sp = p.sequence_parallel_size
+        kv_heads = max(m.num_key_value_heads, sp if sp > 1 else 1)  # replicated up to SP (ParallelAttention.kv_repeat)
+        per_layer += (2 * m.num_attention_heads + 2 * kv_heads + (1 if sp > 1 else 0) * m.num_attention_heads) * m.head_dim
+    return m.num_layers * per_layer * (2 if (t.bf16 or t.fp16) else 4) * t.micro_batch_size / p.sequence_parallel_size
 
 
 def next_step_oom(res: dict, capacity_gb: float | None) -> bool:

@@ -34,6 +34,7 @@ def _fmt(value: float | None, spec: str, scale: float = 1.0) -> str:
 
 def system_label(case: dict) -> str:
     what = case["backend"] + ("" if case.get("checkpoint_activations", True) else ", no recompute")
+    what += ", attention kept" if case.get("checkpoint_keep_attention") else ""
     what += f", {case['ulysses_exchange']} exchange" if case.get("ulysses_exchange") not in (None, "deepspeed") else ""
     what += ", leaf layers" if case.get("zero3_leaf_layers") else ""
     return f"peer ({what})" if case["kind"] == "peer" else f"ours ({what})"

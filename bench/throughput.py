@@ -252,6 +252,12 @@ def _exchange(cmd: list, kind: str, sp: int) -> str | None:
     return None if kind != "ours" or sp == 1 else _last_value(cmd, "--ulysses-exchange") or "deepspeed"
 
 
+def _switch(cmd: list, flag: str) -> bool:
+    """Whether ``--flag`` is on in a command (the last of ``--flag`` / ``--no-flag`` wins)."""
+    last = [a for a in cmd if a in (flag, "--no-" + flag[2:])]
+    return bool(last) and last[-1] == flag
+
+
 def _zero_stage(cmd: list) -> int:
     """The ZeRO stage a command runs (the peer's is 3)."""
     return int(_last_value(cmd, "--zero-stage") or 3)
@@ -281,6 +287,7 @@ def run_case(case: Case, args, log_dir: Path) -> dict:
         "zero_stage": zero_stage, "micro_batch_size": 1, "checkpoint_activations": case.checkpoint_activations,
         "tiled_mlp": case.tiled_mlp, "zero3_leaf_layers": case.zero3_leaf_layers and zero_stage == 3,
         "tiled_loss": case.tiled_loss, "ulysses_exchange": _exchange(cmd, case.kind, case.sp),
+        "checkpoint_keep_attention": case.checkpoint_activations and _switch(cmd, "--checkpoint-keep-attention"),
         "warmup": args.warmup, "command": cmd, "log": str(log_file),
         "metrics_file": str(metrics_file), "returncode": returncode, "wall_s": round(time.time() - t0, 1),
         "outcome": outcome, "error": error,
@@ -300,17 +307,18 @@ def case_key(c: dict) -> tuple:
 
 
 def _setting(c: dict) -> tuple:
-    """What two systems must share to be compared: shape, length, GPUs, SP, precision, ZeRO stage, recomputation and
-    the ALST switches."""
+    """What two systems must share to be compared: shape, length, GPUs, SP, precision, ZeRO stage, recomputation (and
+    whether it keeps the attention) and the ALST switches."""
     return (c["shape"], c["seq_len"], c["nproc"], c["sp"], c.get("precision"), c.get("tiled_mlp"), c.get("tiled_loss"),
-            c.get("checkpoint_activations", True), c.get("zero3_leaf_layers", False), c.get("zero_stage", 3))  # fmt: skip
+            c.get("checkpoint_activations", True), c.get("zero3_leaf_layers", False), c.get("zero_stage", 3),
+            c.get("checkpoint_keep_attention", False))  # fmt: skip
 
 
 def comparisons(cases: list) -> list:
     """Ours (best backend) against the peer for each (shape, seq_len, nproc, sp) setting where both succeeded."""
     out = []
     for setting in sorted({_setting(c) for c in cases}, key=lambda t: [(x is None, 0 if x is None else x) for x in t]):
-        shape, seq, nproc, sp, precision, tiled_mlp, tiled_loss, recompute, leaf, zero_stage = setting
+        shape, seq, nproc, sp, precision, tiled_mlp, tiled_loss, recompute, leaf, zero_stage, keep_attention = setting
         same = [c for c in cases if _setting(c) == setting]
         ok = [c for c in same if c["outcome"] == "ok" and c.get("tokens_per_sec_per_gpu")]
         peer = next((c for c in ok if c["kind"] == "peer"), None)

@@ -77,6 +77,7 @@ _FIELDS = {
     "tiled_logits_chunk_size": ("parallel", "tiled_logits_chunk_size"),
     "use_liger_kernel": ("parallel", "use_liger_kernel"),
     "checkpoint_in_cpu": ("parallel", "checkpoint_in_cpu"),
+    "checkpoint_keep_attention": ("parallel", "checkpoint_keep_attention"),
     "offload_param": ("parallel", "offload_param"),
     "offload_optimizer": ("parallel", "offload_optimizer"),
     "zero3_leaf_layers": ("parallel", "zero3_leaf_layers"),
@@ -124,7 +125,11 @@ _SECTIONS = {"model": ModelConfig, "train": TrainConfig, "parallel": ParallelCon
 
 def _full_recompute(value: str) -> bool:
     if value != "full":
-        raise argparse.ArgumentTypeError(f"only 'full' is supported (got {value!r}); use --recompute-granularity full")
+        raise argparse.ArgumentTypeError(
+            f"only 'full' is supported (got {value!r}): Megatron's 'selective' recomputes the core attention, "
+            "which FlashAttention-style kernels never store; use --recompute-granularity full, and add "
+            "--checkpoint-keep-attention to keep the attention instead of recomputing it"
+        )
     return True
 
 
@@ -186,6 +191,8 @@ def build_parser() -> argparse.ArgumentParser:
     _bool_flag(g, "--checkpoint-activations")
     g.add_argument("--recompute-granularity", dest="checkpoint_activations", type=_full_recompute,
                    help="'full' is an alias of --checkpoint-activations")  # fmt: skip
+    _bool_flag(g, "--checkpoint-keep-attention",
+               help="with --checkpoint-activations: run the core attention and its all-to-alls once, recompute the rest")
     g.add_argument("--seq-parallel-communication-data-type", choices=["fp32", "bf16", "fp16"])
     g.add_argument("--reduce-bucket-size", type=lambda v: int(float(v)))
     g.add_argument("--distributed-backend", choices=["nccl", "gloo"])

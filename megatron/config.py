@@ -229,6 +229,10 @@ class ParallelConfig:
     """Use liger-kernel's fused linear cross-entropy for the loss (needs `pip install liger-kernel`)."""
     checkpoint_in_cpu: bool = False
     """With --checkpoint-activations, keep each layer's checkpointed input in pinned host memory."""
+    checkpoint_keep_attention: bool = False
+    """With --checkpoint-activations, keep the core attention's inputs and outputs instead of recomputing
+    it (and its Ulysses all-to-alls) in backward; the rest of each layer is recomputed. More memory per
+    layer (q, k, v and the output besides the layer input), less recomputation at long sequences."""
     offload_param: bool = False
     """ZeRO-3: keep partitioned parameters in pinned CPU memory (DeepSpeed offload_param)."""
     offload_optimizer: bool = False
@@ -249,6 +253,11 @@ class ParallelConfig:
             raise ConfigError(f"--tiled-logits-chunk-size {self.tiled_logits_chunk_size} must be >= 1 token")
         if self.checkpoint_in_cpu and not self.checkpoint_activations:
             raise ConfigError("--checkpoint-in-cpu offloads checkpointed activations; add --checkpoint-activations")
+        if self.checkpoint_keep_attention and not self.checkpoint_activations:
+            raise ConfigError("--checkpoint-keep-attention chooses what --checkpoint-activations recomputes; add --checkpoint-activations")
+        if self.checkpoint_keep_attention and self.checkpoint_in_cpu:
+            raise ConfigError("--checkpoint-keep-attention and --checkpoint-in-cpu do not combine (the kept attention "
+                              "tensors stay on the GPU); drop one of them")  # fmt: skip
         if self.offload_param and self.zero_stage != 3:
             raise ConfigError(f"--offload-param needs ZeRO-3 (got --zero-stage {self.zero_stage}); use --zero-stage 3")
         if self.zero3_leaf_layers is True and self.zero_stage != 3:

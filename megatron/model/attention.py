@@ -208,7 +208,8 @@ class ParallelAttention(nn.Module):
         else:
             self.dist_attn = None
 
-    def forward(self, x_bsH, position_ids_bs, document_ids_bS=None):
+    def project(self, x_bsH, position_ids_bs):
+        """Fused QKV projection, RoPE and kv-head replication: this rank's q [b, s, h, d], k and v [b, s, g', d]."""
         b, s, _ = x_bsH.shape
         qkv = self.qkv(x_bsH)
         q, k, v = qkv.split([self.h * self.d, self.g * self.d, self.g * self.d], dim=-1)
@@ -220,11 +221,19 @@ class ParallelAttention(nn.Module):
         if self.kv_repeat > 1:
             k_bsgd = k_bsgd.repeat_interleave(self.kv_repeat, dim=2)
             v_bsgd = v_bsgd.repeat_interleave(self.kv_repeat, dim=2)
+        return q_bshd, k_bsgd, v_bsgd
+
+    def attend(self, q_bshd, k_bsgd, v_bsgd, document_ids_bS=None):
+        """The Ulysses exchange around the core attention: [b, s, h, d] -> [b, S, h/sp, d] -> back to [b, s, h, d]."""
         if isinstance(self.dist_attn, (FusedUlyssesAttention, OverlappedUlyssesAttention)):
-            # [b, s, h, d] -> all-to-all -> [b, S, h/sp, d] -> attention -> back to [b, s, h, d]
-            out_bshd = self.dist_attn(q_bshd, k_bsgd, v_bsgd, document_ids_bS)
-        elif self.dist_attn is not None:  # DeepSpeed's: (q, k, v, batch_dim_idx, rotary_pos_emb, *args)
-            out_bshd = self.dist_attn(q_bshd, k_bsgd, v_bsgd, 0, None, document_ids_bS)
-        else:
-            out_bshd = self.core_attention(q_bshd, k_bsgd, v_bsgd, document_ids_bS)
-        return self.dense(out_bshd.reshape(b, s, self.h * self.d))
+            return self.dist_attn(q_bshd, k_bsgd, v_bsgd, document_ids_bS)
+        if self.dist_attn is not None:  # DeepSpeed's: (q, k, v, batch_dim_idx, rotary_pos_emb, *args)
+            return self.dist_attn(q_bshd, k_bsgd, v_bsgd, 0, None, document_ids_bS)
+        return self.core_attention(q_bshd, k_bsgd, v_bsgd, document_ids_bS)
+
+    def output(self, out_bshd):
+        """The output projection of the attention heads: [b, s, h, d] -> [b, s, H]."""
+        return self.dense(out_bshd.flatten(2))
+
+    def forward(self, x_bsH, position_ids_bs, document_ids_bS=None):
+        return self.output(self.attend(*self.project(x_bsH, position_ids_bs), document_ids_bS))

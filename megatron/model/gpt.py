@@ -65,7 +65,13 @@ class MLP(nn.Module):
 
 
 class TransformerLayer(nn.Module):
-    """Pre-norm decoder layer: x + attn(norm(x)), then x + mlp(norm(x))."""
+    """Pre-norm decoder layer: x + attn(norm(x)), then x + mlp(norm(x)).
+
+    With ``keep_attention`` (``--checkpoint-keep-attention``, set by GPTModel) a training forward
+    checkpoints the layer in two pieces around the attention: norm + QKV + RoPE, and output
+    projection + MLP, are recomputed in backward; the Ulysses exchange and the core attention run
+    once and keep what their backward needs (q, k, v, the output and its softmax statistics).
+    """
 
     def __init__(self, cfg: ModelConfig, layer_number: int, sp_group=None, device=None):
         super().__init__()
@@ -74,9 +80,21 @@ class TransformerLayer(nn.Module):
         self.post_attention_norm = make_norm(cfg)
         self.mlp = MLP(cfg)
         self.dropout = nn.Dropout(cfg.hidden_dropout)
+        self.keep_attention = False
 
     def forward(self, x_bsH, position_ids_bs, document_ids_bS=None):
-        x_bsH = x_bsH + self.dropout(self.attention(self.input_norm(x_bsH), position_ids_bs, document_ids_bS))
+        if self.keep_attention and self.training and torch.is_grad_enabled():
+            q, k, v = checkpoint(self._project, x_bsH, position_ids_bs, use_reentrant=False)
+            out_bshd = self.attention.attend(q, k, v, document_ids_bS)
+            return checkpoint(self._after_attention, out_bshd, x_bsH, use_reentrant=False)
+        out_bshd = self.attention.attend(*self._project(x_bsH, position_ids_bs), document_ids_bS)
+        return self._after_attention(out_bshd, x_bsH)
+
+    def _project(self, x_bsH, position_ids_bs):
+        return self.attention.project(self.input_norm(x_bsH), position_ids_bs)
+
+    def _after_attention(self, out_bshd, x_bsH):
+        x_bsH = x_bsH + self.dropout(self.attention.output(out_bshd))
         return x_bsH + self.dropout(self.mlp(self.post_attention_norm(x_bsH)))
 
 
@@ -108,6 +126,7 @@ class GPTModel(nn.Module):
             self.output_layer = nn.Linear(cfg.hidden_size, V, bias=False)
         for layer in self.layers:
             layer.mlp.tiled, layer.mlp.tiled_shards = self.memory.tiled_mlp, self.memory.mlp_shards
+            layer.keep_attention = checkpoint_activations and self.memory.checkpoint_keep_attention
         self.reset_parameters()
 
     @torch.no_grad()
@@ -146,7 +165,7 @@ class GPTModel(nn.Module):
         for layer in self.layers:
             if self.checkpoint_activations and self.training and self.memory.checkpoint_in_cpu:
                 x = offloaded_checkpoint(layer, x, position_ids_bs, document_ids_bS, tape=tape)
-            elif self.checkpoint_activations and self.training:
+            elif self.checkpoint_activations and self.training and not self.memory.checkpoint_keep_attention:
                 x = checkpoint(layer, x, position_ids_bs, document_ids_bS, use_reentrant=False)
             else:
                 x = layer(x, position_ids_bs, document_ids_bS)

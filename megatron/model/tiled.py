@@ -50,6 +50,8 @@ class MemoryOptions:
     """Use liger-kernel's fused linear cross-entropy inside the tiled loss's backward."""
     checkpoint_in_cpu: bool = False
     """Offload checkpointed layer inputs to pinned host memory."""
+    checkpoint_keep_attention: bool = False
+    """Checkpoint each layer around its attention, which runs once (TransformerLayer.keep_attention)."""
 
     @classmethod
     def from_config(cls, p: ParallelConfig) -> MemoryOptions:
@@ -62,6 +64,7 @@ class MemoryOptions:
             logits_chunk_size=p.tiled_logits_chunk_size,
             use_liger=p.use_liger_kernel,
             checkpoint_in_cpu=p.checkpoint_in_cpu,
+            checkpoint_keep_attention=p.checkpoint_keep_attention,
         )
 
 

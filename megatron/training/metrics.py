@@ -41,12 +41,19 @@ def peak_flops(device_name: str) -> Optional[float]:
 
 
 def megatron_deepspeed_flops_per_iteration(
-    cfg: ModelConfig, global_batch_size: int, seq_length: int, checkpoint_activations: bool
-) -> float:
-    """FLOPs per iteration by Megatron-DeepSpeed's ``throughput_calculator``."""
+    cfg: ModelConfig, global_batch_size: int, seq_length: int, checkpoint_activations: bool,
+    keep_attention: bool = False,
+) -> float:  # fmt: skip
+    """FLOPs per iteration by Megatron-DeepSpeed's ``throughput_calculator``.
+
+    With ``keep_attention`` (``--checkpoint-keep-attention``) the attention term (s / 6h) keeps the
+    factor 3, since the attention is not recomputed; everything else gets the formula's 4.
+    """
     factor = 4 if checkpoint_activations else 3
+    attention_factor = 3 if keep_attention else factor
     h, L, V, s = cfg.hidden_size, cfg.num_layers, cfg.padded_vocab_size, seq_length
-    return 24 * factor * global_batch_size * s * L * h * h * (1.0 + s / (6.0 * h) + V / (16.0 * L * h))
+    terms = factor * (1.0 + V / (16.0 * L * h)) + attention_factor * s / (6.0 * h)
+    return 24 * global_batch_size * s * L * h * h * terms
 
 
 def model_flops_per_token(cfg: ModelConfig, seq_length: int) -> float:

@@ -52,6 +52,9 @@ def test_checkpoint_floor_counts_the_checkpointed_layer_inputs():
     assert max_seqlen.checkpoint_bytes_per_token(parse_args(base)) == 0.0  # nothing checkpointed
     in_cpu = parse_args(base + ["--checkpoint-activations", "--checkpoint-in-cpu"])
     assert max_seqlen.checkpoint_bytes_per_token(in_cpu) == 0.0  # the host holds them
+    kept = parse_args(base + "--checkpoint-activations --checkpoint-keep-attention --ds-sequence-parallel-size 2".split())
+    # layer input + q, k, v (4 heads of 16) + the attention output + its copy after the exchange back
+    assert max_seqlen.checkpoint_bytes_per_token(kept) == 4 * (64 + (4 + 4 + 4 + 4 + 4) * 16) * 2 / 2
 
 
 def test_ladder_flags_are_cumulative():

@@ -142,6 +142,61 @@ def test_offload_tape_side_stream_copies_match_plain_layers_on_gpu():
         assert tape.prefetched == len(layers) - 1
 
 
+def _count_calls(module, counts, key):
+    run = module.forward
+
+    def counted(*a, **k):
+        counts[key] = counts.get(key, 0) + 1
+        return run(*a, **k)
+
+    module.forward = counted
+
+
+@pytest.mark.parametrize("mode", ["plain", "full", "keep_attention"])
+def test_keep_attention_checkpoint_equals_plain_layer_and_runs_attention_once(mode):
+    """--checkpoint-keep-attention: the same outputs and gradients as the plain layer (fp64, dropout on,
+    GQA, RoPE), the core attention runs once per step as without checkpointing (full checkpointing runs
+    it twice), and the projections and MLP run twice (they are recomputed)."""
+    torch.manual_seed(0)
+    cfg = ModelConfig(hidden_size=32, num_attention_heads=4, num_key_value_heads=2, hidden_dropout=0.3,
+                      use_rotary_position_embeddings=True, swiglu=True)  # fmt: skip
+    layer = TransformerLayer(cfg, 1).double()
+    x = torch.randn(2, 12, 32, dtype=torch.float64, requires_grad=True)
+    pos = torch.arange(12).expand(2, 12)
+    torch.manual_seed(1)
+    ref = layer(x, pos)
+    ref.square().sum().backward()
+    ref_dx, ref_dp = x.grad.clone(), _grads(layer)
+    x.grad = None
+    layer.zero_grad(set_to_none=True)
+    counts = {}
+    _count_calls(layer.attention.core_attention, counts, "attention")
+    _count_calls(layer.attention.qkv, counts, "qkv")
+    _count_calls(layer.mlp, counts, "mlp")
+    layer.keep_attention = mode == "keep_attention"
+    torch.manual_seed(1)
+    if mode == "full":
+        out = torch.utils.checkpoint.checkpoint(layer, x, pos, use_reentrant=False)
+    else:
+        out = layer(x, pos)
+    out.square().sum().backward()
+    torch.testing.assert_close(out, ref)
+    torch.testing.assert_close(x.grad, ref_dx)
+    for a, b in zip(_grads(layer), ref_dp):
+        torch.testing.assert_close(a, b)
+    expected = {"plain": (1, 1), "full": (2, 2), "keep_attention": (1, 2)}[mode]
+    assert (counts["attention"], counts["qkv"]) == expected and counts["mlp"] == expected[1]
+
+
+def test_keep_attention_needs_checkpointing_and_does_not_combine_with_offload():
+    with pytest.raises(ConfigError, match="add --checkpoint-activations"):
+        parse_args(["--checkpoint-keep-attention", "--mock-data"])
+    with pytest.raises(ConfigError, match="do not combine"):
+        parse_args(["--checkpoint-activations", "--checkpoint-keep-attention", "--checkpoint-in-cpu", "--mock-data"])
+    cfg = parse_args(["--checkpoint-activations", "--checkpoint-keep-attention", "--mock-data"])
+    assert cfg.parallel.checkpoint_keep_attention
+
+
 def test_expandable_segments_set_unless_user_configured():
     env = {}
     assert memory.set_expandable_segments(env) and env["PYTORCH_CUDA_ALLOC_CONF"] == "expandable_segments:True"

@@ -269,3 +269,18 @@ def test_exchanges_are_cases_of_ours_compared_as_one_system():
     assert throughput.case_key(recs[0]) != throughput.case_key(recs[1])
     with pytest.raises(SystemExit):
         throughput.parse_args(["--nproc", "1", "--exchanges", "deepspeed,fused", "--dry-run"])  # SP=1: nothing to exchange
+
+
+def test_keep_attention_recomputation_is_its_own_setting():
+    """Ours with ``-- --checkpoint-keep-attention`` is recorded as such and not compared with a peer that
+    recomputes whole layers."""
+    args = throughput.parse_args(["--nproc", "2", "--backends", "sdpa", "--peer", "--seq-lens", "32768", "--dry-run",
+                                  "--", "--checkpoint-keep-attention"])  # fmt: skip
+    ours, peer = [throughput.case_command(c, 8, Path("m.jsonl"), args.extra if c.kind == "ours" else [])
+                  for c in throughput.plan(args)]  # fmt: skip
+    assert throughput._switch(ours, "--checkpoint-keep-attention") and not throughput._switch(peer, "--checkpoint-keep-attention")
+    assert not throughput._switch(ours + ["--no-checkpoint-keep-attention"], "--checkpoint-keep-attention")
+    recs = [dict(_case("ours", "sdpa", 32768, 6000.0, 0.4), checkpoint_keep_attention=True),
+            dict(_case("peer", "hf-sdpa", 32768, 5000.0, 0.35))]  # fmt: skip
+    assert throughput.comparisons(recs) == []
+    assert throughput.comparisons([dict(recs[0], checkpoint_keep_attention=False), recs[1]])

@@ -70,6 +70,10 @@ def test_megatron_deepspeed_flops_formula_gpt13b():
     got = metrics.megatron_deepspeed_flops_per_iteration(cfg, 1, 8192, False)
     h, L, s, V = 2048, 24, 8192, 50304
     assert got == pytest.approx(72 * s * L * h * h * (1 + s / (6 * h) + V / (16 * L * h)))
+    full = metrics.megatron_deepspeed_flops_per_iteration(cfg, 1, 8192, True)
+    assert full == pytest.approx(got * 4 / 3)
+    kept = metrics.megatron_deepspeed_flops_per_iteration(cfg, 1, 8192, True, keep_attention=True)
+    assert kept == pytest.approx(full - 24 * s * L * h * h * s / (6 * h))  # attention counted x3, not x4
 
 
 def test_model_flops_close_to_6n_plus_causal_attention():

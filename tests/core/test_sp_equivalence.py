@@ -59,3 +59,13 @@ def test_overlapped_exchange_trains_like_sp1(reference, tmp_path):
     assert "--ulysses-overlap-chunks" not in proc.stdout  # 4 heads / SP 2: two chunks, no reduction
     got = [json.loads(line) for line in (tmp_path / "overlap.jsonl").read_text().splitlines() if "lm_loss" in line]
     assert_close_records(reference["gpt"], got, what="gpt SP=2 ZeRO-3 overlapped exchange")
+
+
+@pytest.mark.parametrize("shape,zero", [("llama", 3), ("gpt", 1)])
+def test_keep_attention_checkpointing_trains_like_sp1(reference, tmp_path, shape, zero):
+    """--checkpoint-keep-attention (each layer checkpointed around its attention, which with its
+    all-to-alls runs once) at SP=2 trains exactly like SP=1, under ZeRO-3 with leaf layers and ZeRO-1."""
+    args = SHAPES[shape] + TRAIN + ["--ds-sequence-parallel-size", "2", "--zero-stage", str(zero),
+                                    "--checkpoint-activations", "--checkpoint-keep-attention"]  # fmt: skip
+    got = train_records(tmp_path, f"keep_attention_{shape}_z{zero}", 2, args)
+    assert_close_records(reference[shape], got, what=f"{shape} SP=2 ZeRO-{zero} keep-attention checkpointing")
