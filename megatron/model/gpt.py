@@ -167,7 +167,7 @@ class GPTModel(nn.Module):
                 x = offloaded_checkpoint(layer, x, position_ids_bs, document_ids_bS, tape=tape)
             elif self.checkpoint_activations and self.training and not self.memory.checkpoint_keep_attention:
                 x = checkpoint(layer, x, position_ids_bs, document_ids_bS, use_reentrant=False)
-            else:
+            else:  # no checkpointing, or the layer checkpoints itself around its attention (keep_attention)
                 x = layer(x, position_ids_bs, document_ids_bS)
         return self.final_norm(x)
 
