@@ -195,8 +195,9 @@ def checkpoint_bytes_per_token(cfg) -> float:
     per_layer = m.hidden_size
     if p.checkpoint_keep_attention:
         sp = p.sequence_parallel_size
-        kv_heads = max(m.num_key_value_heads, sp if sp > 1 else 1)  # replicated up to SP (ParallelAttention.kv_repeat)
-        per_layer += (2 * m.num_attention_heads + 2 * kv_heads + (1 if sp > 1 else 0) * m.num_attention_heads) * m.head_dim
+        kv_heads = max(m.num_key_value_heads, sp)  # replicated up to SP (ParallelAttention.kv_repeat)
+        out_copies = 2 if sp > 1 else 1  # the attention's output, and under SP its exchanged-back copy
+        per_layer += ((1 + out_copies) * m.num_attention_heads + 2 * kv_heads) * m.head_dim
     return m.num_layers * per_layer * (2 if (t.bf16 or t.fp16) else 4) * t.micro_batch_size / p.sequence_parallel_size
 
 

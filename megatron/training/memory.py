@@ -108,12 +108,15 @@ class OffloadTape:
         self._fetched: dict = {}  # slot -> (device tensor, event that marks its copy done, or None)
         self.prefetched = 0  # inputs that were already on their way when backward asked for them
 
+    def _stream(self, device: torch.device) -> torch.cuda.Stream:
+        return _copy_stream(device) if self.overlap else torch.cuda.current_stream(device)
+
     def push(self, x: torch.Tensor) -> int:
         x = x.detach()
         if x.device.type != "cuda":
             self._host.append(x)
             return len(self._host) - 1
-        stream = _copy_stream(x.device) if self.overlap else torch.cuda.current_stream(x.device)
+        stream = self._stream(x.device)
         stream.wait_stream(torch.cuda.current_stream(x.device))  # x is written by the compute stream
         buf = torch.empty(x.shape, dtype=x.dtype, device="cpu", pin_memory=True)
         with torch.cuda.stream(stream):
@@ -127,7 +130,7 @@ class OffloadTape:
         if device.type != "cuda":
             self._fetched[slot] = (host, None)
             return
-        stream = _copy_stream(device) if self.overlap else torch.cuda.current_stream(device)
+        stream = self._stream(device)
         with torch.cuda.stream(stream):  # ordered after this slot's device-to-host copy
             dev = host.to(device, non_blocking=True)
             done = torch.cuda.Event()
