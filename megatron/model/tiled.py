@@ -131,19 +131,35 @@ def tiled_mlp(run: Callable, x_bsH: torch.Tensor, shards: int | None, params: li
 
 
 # ----------------------------------------------------------------------------- tiled logits + loss
-def _chunk_grads(h_cH, w_VH, y_c, g_c):
-    """d(sum_i g_i * CE(h_i W^T, y_i)) / d(h, W) for one chunk, without keeping autograd state."""
+def _chunk_dlogits(h_cH, w_VH, y_c, g_c):
+    """d(sum_i g_i * CE(h_i W^T, y_i)) / d(logits) for one chunk, in fp32 then the input dtype (eager)."""
     p_cV = torch.softmax(F.linear(h_cH, w_VH).float(), dim=-1)
     valid = y_c != IGNORE_INDEX
     rows = torch.arange(y_c.shape[0], device=y_c.device)
     p_cV[rows, y_c.clamp(min=0)] -= valid.to(p_cV.dtype)
     p_cV.mul_((g_c.float() * valid)[:, None])
-    d_cV = p_cV.to(h_cH.dtype)
-    return d_cV @ w_VH, d_cV.t() @ h_cH
+    return p_cV.to(h_cH.dtype)
+
+
+_ADDMM_INTO_FP32: dict = {}  # device type -> whether addmm(out_dtype=float32) accumulates in place there
+
+
+def _add_weight_grad_(dw_VH, d_cV, h_cH):
+    """``dw_VH += d_cV^T h_cH`` with an fp32 ``dw_VH``: on CUDA one GEMM accumulating into it
+    (``addmm(out_dtype=float32)``, beta 1), elsewhere (or where torch lacks it) a product and an add."""
+    dev = dw_VH.device.type
+    if dw_VH.dtype != d_cV.dtype and dev == "cuda" and _ADDMM_INTO_FP32.get(dev, True):
+        try:
+            torch.addmm(dw_VH, d_cV.t(), h_cH, out_dtype=dw_VH.dtype, out=dw_VH)
+            _ADDMM_INTO_FP32[dev] = True
+            return
+        except (RuntimeError, TypeError):  # torch without the fp32-output GEMM for this dtype
+            _ADDMM_INTO_FP32[dev] = False
+    dw_VH += d_cV.t() @ h_cH
 
 
 def _chunk_grads_liger(h_cH, w_VH, y_c, g_c):
-    """Same as _chunk_grads through liger-kernel's fused kernel (uniform non-zero g only, else None)."""
+    """d(h, W) of the chunk through liger-kernel's fused kernel (uniform non-zero g only, else None)."""
     from liger_kernel.transformers import LigerFusedLinearCrossEntropyLoss
 
     nonzero = g_c[g_c != 0]
@@ -162,42 +178,65 @@ class TiledLogitsLoss(torch.autograd.Function):
     """Per-token fp32 cross-entropy of ``h W^T`` over token chunks; backward recomputes each chunk."""
 
     @staticmethod
-    def forward(ctx, h_bsH, w_VH, labels_bs, chunk: int, use_liger: bool):
-        ctx.chunk, ctx.use_liger = chunk, use_liger
-        ctx.save_for_backward(h_bsH, w_VH, labels_bs)
+    def forward(ctx, h_bsH, w_VH, labels_bs, chunk: int, use_liger: bool, fused: bool):
+        ctx.chunk, ctx.use_liger, ctx.fused = chunk, use_liger, fused
+        from megatron.model import cross_entropy_triton  # imported late: Triton's interpreter is chosen at import
         h_nH, y_n = h_bsH.reshape(-1, h_bsH.shape[-1]), labels_bs.reshape(-1)
         loss_n = torch.empty(y_n.shape, dtype=torch.float32, device=h_bsH.device)
+        lse_n = torch.empty(y_n.shape if fused else (0,), dtype=torch.float32, device=h_bsH.device)
         with torch.no_grad():
             for a in range(0, y_n.shape[0], chunk):
-                logits_cV = F.linear(h_nH[a : a + chunk], w_VH).float()
-                loss_n[a : a + chunk] = F.cross_entropy(logits_cV, y_n[a : a + chunk], reduction="none")
+                sl = slice(a, a + chunk)
+                if fused:  # logits stay in the input dtype; the kernel reads them once
+                    loss_n[sl], lse_n[sl] = cross_entropy_triton.row_loss(F.linear(h_nH[sl], w_VH), y_n[sl], IGNORE_INDEX)
+                else:
+                    loss_n[sl] = F.cross_entropy(F.linear(h_nH[sl], w_VH).float(), y_n[sl], reduction="none")
+        ctx.save_for_backward(h_bsH, w_VH, labels_bs, lse_n)
         return loss_n.view(labels_bs.shape)
 
     @staticmethod
     def backward(ctx, grad_loss_bs):
-        h_bsH, w_VH, labels_bs = ctx.saved_tensors
+        h_bsH, w_VH, labels_bs, lse_n = ctx.saved_tensors
         h_nH, y_n, g_n = h_bsH.reshape(-1, h_bsH.shape[-1]), labels_bs.reshape(-1), grad_loss_bs.reshape(-1)
         dh_nH = torch.empty_like(h_nH)
         dw_VH = torch.zeros(w_VH.shape, dtype=torch.promote_types(w_VH.dtype, torch.float32), device=w_VH.device)
+        from megatron.model import cross_entropy_triton
+
         for a in range(0, y_n.shape[0], ctx.chunk):
             sl = slice(a, a + ctx.chunk)
             grads = _chunk_grads_liger(h_nH[sl], w_VH, y_n[sl], g_n[sl]) if ctx.use_liger else None
-            dh_cH, dw = grads if grads is not None else _chunk_grads(h_nH[sl], w_VH, y_n[sl], g_n[sl])
-            dh_nH[sl] = dh_cH
-            dw_VH += dw
+            if grads is not None:
+                dh_nH[sl], dw = grads
+                dw_VH += dw
+                continue
+            if ctx.fused:
+                d_cV = cross_entropy_triton.row_grad_(F.linear(h_nH[sl], w_VH), y_n[sl], lse_n[sl], g_n[sl], IGNORE_INDEX)
+            else:
+                d_cV = _chunk_dlogits(h_nH[sl], w_VH, y_n[sl], g_n[sl])
+            torch.mm(d_cV, w_VH, out=dh_nH[sl])
+            _add_weight_grad_(dw_VH, d_cV, h_nH[sl])
         dh = dh_nH.view_as(h_bsH) if ctx.needs_input_grad[0] else None
         dw = dw_VH.to(w_VH.dtype) if ctx.needs_input_grad[1] else None
-        return dh, dw, None, None, None
+        return dh, dw, None, None, None, None
 
 
 def tiled_cross_entropy(
-    h_bsH: torch.Tensor, w_VH: torch.Tensor, labels_bs: torch.Tensor, chunk: int | None = None, use_liger=False
+    h_bsH: torch.Tensor,
+    w_VH: torch.Tensor,
+    labels_bs: torch.Tensor,
+    chunk: int | None = None,
+    use_liger=False,
+    fused: bool | None = None,
 ) -> torch.Tensor:
     """``F.cross_entropy(h @ W^T, labels, reduction='none')`` as fp32 ``[b, s]``, never holding all logits.
 
     ``chunk`` tokens at a time (default: LOGITS_PER_CHUNK // V); the weight gradient is accumulated
-    in fp32 over chunks and returned once.
+    in fp32 over chunks and returned once. ``fused`` (default: on CUDA when Triton is present) runs
+    each chunk's softmax and gradient as the kernels of ``megatron.model.cross_entropy_triton``
+    instead of the eager fp32 ops.
     """
     if chunk is None:
         chunk = max(1, LOGITS_PER_CHUNK // w_VH.shape[0])
-    return TiledLogitsLoss.apply(h_bsH, w_VH, labels_bs, chunk, use_liger)
+    if fused is None:
+        fused = h_bsH.is_cuda and importlib.util.find_spec("triton") is not None
+    return TiledLogitsLoss.apply(h_bsH, w_VH, labels_bs, chunk, use_liger, fused)

@@ -1,0 +1,136 @@
+"""What the output layer + cross-entropy costs, forward + backward, per implementation:
+
+* ``untiled``: ``F.linear`` to full logits, ``F.cross_entropy`` on their fp32 copy (``--no-tiled-logits-loss``);
+* ``tiled_eager``: the tiled loss with each chunk's softmax and gradient as eager fp32 ops;
+* ``tiled_fused``: the tiled loss with the Triton kernels of ``megatron/model/cross_entropy_triton.py``
+  (the default on GPUs);
+* ``tiled_fused_add``: the same, with the fp32 weight gradient accumulated by a product and an add
+  instead of one fp32-output GEMM;
+* ``liger``: the tiled loss's backward through liger-kernel (``--use-liger-kernel``), where installed.
+
+    python bench/tiled_loss.py --tokens 16384,65536 --out docs/benchmarks/throughput/loss/tiled_loss_h200.json
+    TRITON_INTERPRET=1 python bench/tiled_loss.py --tiny --device cpu --out /tmp/l.json   # CPU smoke run (tested)
+
+One process: ``--tokens`` are the rows one rank holds (16384 is a 32k sequence at SP=2). Per variant
+and length: median ms of forward + backward over ``--iters`` after ``--warmup``, peak GPU memory above
+the inputs, and the norm-relative difference of loss, dh and dW from ``untiled``'s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from megatron.model import tiled  # noqa: E402
+
+VARIANTS = ("untiled", "tiled_eager", "tiled_fused", "tiled_fused_add", "liger")
+
+
+def step(h, w, y, variant: str):
+    """Mean loss over the rows, forward and backward; returns (loss, dh, dW)."""
+    h.grad = w.grad = None
+    if variant == "untiled":
+        loss = F.cross_entropy(F.linear(h, w).float().flatten(0, 1), y.flatten(), reduction="none")
+    else:
+        fused = variant.startswith("tiled_fused")
+        tiled._ADDMM_INTO_FP32.clear()
+        if variant == "tiled_fused_add":
+            tiled._ADDMM_INTO_FP32[h.device.type] = False
+        loss = tiled.tiled_cross_entropy(h, w, y, use_liger=variant == "liger", fused=fused)
+    loss = loss.mean()
+    loss.backward()
+    return loss.detach(), h.grad, w.grad
+
+
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def measure(tokens: int, hidden: int, vocab: int, device, dtype, warmup: int, iters: int, variants, log) -> dict:
+    gen = torch.Generator(device=device).manual_seed(0)
+    h = torch.randn(1, tokens, hidden, device=device, generator=gen).to(dtype).requires_grad_()
+    w = (torch.randn(vocab, hidden, device=device, generator=gen) * hidden**-0.5).to(dtype).requires_grad_()
+    y = torch.randint(0, vocab, (1, tokens), device=device, generator=gen)
+    out = {"tokens": tokens, "hidden": hidden, "vocab": vocab, "variants": {}}
+    ref = None
+    for variant in variants:
+        for _ in range(warmup):
+            step(h, w, y, variant)
+        _sync(device)
+        base = torch.cuda.memory_allocated(device) if device.type == "cuda" else 0
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        times = []
+        for _ in range(iters):
+            _sync(device)
+            t = time.perf_counter()
+            res = step(h, w, y, variant)
+            _sync(device)
+            times.append((time.perf_counter() - t) * 1e3)
+        res = [r.float().cpu() for r in res]
+        if ref is None:
+            ref = res
+        row = {"ms": round(statistics.median(times), 3), "ms_all": [round(t, 3) for t in times],
+               "rel_diff_vs_" + variants[0]: [((a - b).norm() / b.norm().clamp_min(1e-30)).item() for a, b in zip(res, ref)]}  # fmt: skip
+        if device.type == "cuda":
+            row["peak_above_inputs_gb"] = round((torch.cuda.max_memory_allocated(device) - base) / 1e9, 3)
+        out["variants"][variant] = row
+        log(f"tokens {tokens:>7}  {variant:<16} {row['ms']:9.2f} ms  peak+ {row.get('peak_above_inputs_gb', '-')} GB")
+    return out
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--tiny", action="store_true", help="hidden 32, vocabulary 1000 (CPU smoke run)")
+    p.add_argument("--hidden", type=int, default=2048)
+    p.add_argument("--vocab", type=int, default=50257)
+    p.add_argument("--tokens", default="16384,65536", help="comma-separated rows per rank")
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--iters", type=int, default=5)
+    p.add_argument("--device", default="cuda")
+    p.add_argument("--out", required=True)
+    args = p.parse_args(argv)
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        p.error("no CUDA device; pass --device cpu for a smoke run")
+    hidden, vocab = (32, 1000) if args.tiny else (args.hidden, args.vocab)
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    variants = [v for v in VARIANTS if v != "liger" or importlib.util.find_spec("liger_kernel") is not None]
+    if device.type != "cuda":  # the fp32-output GEMM and liger are CUDA-only; the kernels need the interpreter
+        interpret = os.environ.get("TRITON_INTERPRET") == "1"
+        variants = [v for v in variants if v not in ("tiled_fused_add", "liger") and (interpret or v != "tiled_fused")]
+
+    def log(msg):
+        print(msg, flush=True)
+
+    report = {
+        "dtype": str(dtype),
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "versions": {"python": platform.python_version(), "torch": torch.__version__, "cuda": torch.version.cuda,
+                     "triton": importlib.util.find_spec("triton") and __import__("triton").__version__,
+                     "liger_kernel": importlib.util.find_spec("liger_kernel") is not None},
+        "command": ["bench/tiled_loss.py", *(argv if argv is not None else sys.argv[1:])],
+        "results": [],
+    }  # fmt: skip
+    for tokens in [int(t) for t in args.tokens.split(",")]:
+        report["results"].append(measure(tokens, hidden, vocab, device, dtype, args.warmup, args.iters, variants, log))
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(report, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
