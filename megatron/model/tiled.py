@@ -141,6 +141,13 @@ def _chunk_dlogits(h_cH, w_VH, y_c, g_c):
     return p_cV.to(h_cH.dtype)
 
 
+def _kernels():
+    """megatron.model.cross_entropy_triton, imported on first use (Triton picks its CPU interpreter at import)."""
+    from megatron.model import cross_entropy_triton
+
+    return cross_entropy_triton
+
+
 _ADDMM_INTO_FP32: dict = {}  # device type -> whether addmm(out_dtype=float32) accumulates in place there
 
 
@@ -180,7 +187,6 @@ class TiledLogitsLoss(torch.autograd.Function):
     @staticmethod
     def forward(ctx, h_bsH, w_VH, labels_bs, chunk: int, use_liger: bool, fused: bool):
         ctx.chunk, ctx.use_liger, ctx.fused = chunk, use_liger, fused
-        from megatron.model import cross_entropy_triton  # imported late: Triton's interpreter is chosen at import
         h_nH, y_n = h_bsH.reshape(-1, h_bsH.shape[-1]), labels_bs.reshape(-1)
         loss_n = torch.empty(y_n.shape, dtype=torch.float32, device=h_bsH.device)
         lse_n = torch.empty(y_n.shape if fused else (0,), dtype=torch.float32, device=h_bsH.device)
@@ -188,7 +194,7 @@ class TiledLogitsLoss(torch.autograd.Function):
             for a in range(0, y_n.shape[0], chunk):
                 sl = slice(a, a + chunk)
                 if fused:  # logits stay in the input dtype; the kernel reads them once
-                    loss_n[sl], lse_n[sl] = cross_entropy_triton.row_loss(F.linear(h_nH[sl], w_VH), y_n[sl], IGNORE_INDEX)
+                    loss_n[sl], lse_n[sl] = _kernels().row_loss(F.linear(h_nH[sl], w_VH), y_n[sl], IGNORE_INDEX)
                 else:
                     loss_n[sl] = F.cross_entropy(F.linear(h_nH[sl], w_VH).float(), y_n[sl], reduction="none")
         ctx.save_for_backward(h_bsH, w_VH, labels_bs, lse_n)
@@ -200,8 +206,6 @@ class TiledLogitsLoss(torch.autograd.Function):
         h_nH, y_n, g_n = h_bsH.reshape(-1, h_bsH.shape[-1]), labels_bs.reshape(-1), grad_loss_bs.reshape(-1)
         dh_nH = torch.empty_like(h_nH)
         dw_VH = torch.zeros(w_VH.shape, dtype=torch.promote_types(w_VH.dtype, torch.float32), device=w_VH.device)
-        from megatron.model import cross_entropy_triton
-
         for a in range(0, y_n.shape[0], ctx.chunk):
             sl = slice(a, a + ctx.chunk)
             grads = _chunk_grads_liger(h_nH[sl], w_VH, y_n[sl], g_n[sl]) if ctx.use_liger else None
@@ -210,7 +214,7 @@ class TiledLogitsLoss(torch.autograd.Function):
                 dw_VH += dw
                 continue
             if ctx.fused:
-                d_cV = cross_entropy_triton.row_grad_(F.linear(h_nH[sl], w_VH), y_n[sl], lse_n[sl], g_n[sl], IGNORE_INDEX)
+                d_cV = _kernels().row_grad_(F.linear(h_nH[sl], w_VH), y_n[sl], lse_n[sl], g_n[sl], IGNORE_INDEX)
             else:
                 d_cV = _chunk_dlogits(h_nH[sl], w_VH, y_n[sl], g_n[sl])
             torch.mm(d_cV, w_VH, out=dh_nH[sl])
