@@ -59,8 +59,12 @@ IGNORE_INDEX = -100
 LOSS_SHARD_BYTES = 2**30  # ArcticTraining's tiled-loss shard: about 1 GiB of fp32 logits
 
 
-def llama_config(shape_name: str, seq_length: int, attn_implementation: str, untie: bool = False):
-    """The peer's ``LlamaConfig`` for a bench shape (written to work with transformers 4.5x and 5.x)."""
+def llama_config(shape_name: str, seq_length: int, attn_implementation: str, untie: bool = False, pad_vocab: int = 128):
+    """The peer's ``LlamaConfig`` for a bench shape (written to work with transformers 4.5x and 5.x).
+
+    ``pad_vocab``: round the vocabulary up to a multiple of it, as our trainer does with
+    ``--make-vocab-size-divisible-by`` (128), so that both models have the same embedding shape. An
+    odd vocabulary (GPT-2's 50257) leaves the output layer's GEMMs misaligned and several times slower."""
     import inspect
 
     import transformers
@@ -68,6 +72,7 @@ def llama_config(shape_name: str, seq_length: int, attn_implementation: str, unt
 
     kwargs = SHAPES[shape_name].hf_llama_kwargs()
     kwargs.update(max_position_embeddings=seq_length, use_cache=False)
+    kwargs["vocab_size"] = -(-kwargs["vocab_size"] // pad_vocab) * pad_vocab
     if untie:
         kwargs["tie_word_embeddings"] = False
     params = inspect.signature(transformers.LlamaConfig.__init__).parameters
@@ -203,6 +208,9 @@ def parse_args(argv=None):
     p.add_argument("--mlp-shards", type=int, help="TiledMLP shards (default ceil(local tokens / hidden))")
     p.add_argument("--no-tiled-loss", action="store_true", help="full logits + loss instead of TiledFusedLogitsLoss")
     p.add_argument("--loss-shards", type=int, help="TiledFusedLogitsLoss shards (default ~1 GiB fp32 logits each)")
+    p.add_argument("--pad-vocab", type=int, default=128,
+                   help="round the vocabulary up to a multiple of this, as ours does (1: the shape's exact vocabulary, "
+                        "as in runs before 2026-11-30's third session); tokens stay below the shape's vocabulary")
     p.add_argument("--untie-embeddings", action="store_true", help="separate lm_head weight (the shape ties them)")
     p.add_argument("--no-checkpointing", action="store_true", help="no HF gradient checkpointing")
     p.add_argument("--zero3-leaf-layers", action="store_true", help="ZeRO-3 gathers each decoder layer at once")
@@ -220,7 +228,7 @@ def build_model(args, device: torch.device):
 
     transformers.logging.set_verbosity_error()
     torch.manual_seed(args.seed)
-    hf_cfg = llama_config(args.shape, args.seq_length, args.attn_implementation, args.untie_embeddings)
+    hf_cfg = llama_config(args.shape, args.seq_length, args.attn_implementation, args.untie_embeddings, args.pad_vocab)
     with torch.device(device):  # initialize on the GPU (fast); deepspeed.initialize partitions it (ZeRO-3)
         model = transformers.LlamaForCausalLM(hf_cfg)
     if args.tiled_mlp:
@@ -291,6 +299,7 @@ def main(argv=None) -> int:
     import deepspeed
     import torch.distributed as dist
     import transformers
+    from throughput import SHAPES
 
     from megatron.training import metrics
 
@@ -311,7 +320,7 @@ def main(argv=None) -> int:
     engine = build_engine(model, mpu, ds_config, args.lr, cuda)
     lm = engine.module
     sp_group = mpu.get_sequence_parallel_group() if sp > 1 else None
-    loader = batches(args, hf_cfg.vocab_size, mpu, device, rank, world)
+    loader = batches(args, SHAPES[args.shape].vocab, mpu, device, rank, world)  # the token stream ours sees
 
     tiled_loss = not args.no_tiled_loss
     n_loss_shards = loss_shards(S // sp, hf_cfg.vocab_size, args.loss_shards)

@@ -11,7 +11,9 @@
     python bench/tiled_loss.py --tokens 16384,65536 --out docs/benchmarks/throughput/loss/tiled_loss_h200.json
     TRITON_INTERPRET=1 python bench/tiled_loss.py --tiny --device cpu --out /tmp/l.json   # CPU smoke run (tested)
 
-One process: ``--tokens`` are the rows one rank holds (16384 is a 32k sequence at SP=2). Per variant
+One process: ``--tokens`` are the rows one rank holds (16384 is a 32k sequence at SP=2); ``--vocab`` the
+output weight's rows (default 50304, the trainer's padded GPT-2 vocabulary; an odd size such as 50257
+misaligns every logits GEMM). Per variant
 and length: median ms of forward + backward over ``--iters`` after ``--warmup``, peak GPU memory above
 the inputs, and the norm-relative difference of loss, dh and dW from ``untiled``'s.
 """
@@ -96,7 +98,8 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--tiny", action="store_true", help="hidden 32, vocabulary 1000 (CPU smoke run)")
     p.add_argument("--hidden", type=int, default=2048)
-    p.add_argument("--vocab", type=int, default=50257)
+    p.add_argument("--vocab", type=int, default=50304,
+                   help="rows of the output weight: GPT-2's 50257 padded to a multiple of 128, as the trainer pads it")
     p.add_argument("--tokens", default="16384,65536", help="comma-separated rows per rank")
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--iters", type=int, default=5)

@@ -109,7 +109,9 @@ def test_gpt_peer_matches_the_model_flops_of_gpt_1_3b():
     ours = parse_args(throughput.SHAPES["gpt-1.3b"].megatron_flags()).model
     hf_cfg = peer_hf_alst.llama_config("gpt-1.3b", 8192, "sdpa")
     assert (hf_cfg.num_hidden_layers, hf_cfg.hidden_size, hf_cfg.num_attention_heads) == (24, 2048, 16)
-    assert (hf_cfg.num_key_value_heads, hf_cfg.vocab_size, hf_cfg.intermediate_size) == (16, 50257, 5440)
+    assert (hf_cfg.num_key_value_heads, hf_cfg.vocab_size, hf_cfg.intermediate_size) == (16, 50304, 5440)
+    assert ours.padded_vocab_size == hf_cfg.vocab_size  # the same embedding shape on both sides
+    assert peer_hf_alst.llama_config("gpt-1.3b", 8192, "sdpa", pad_vocab=1).vocab_size == 50257
     peer = peer_hf_alst.megatron_model_config(hf_cfg, 8192)
     for seq in (8192, 131072):
         ratio = metrics.model_flops_per_token(peer, seq) / metrics.model_flops_per_token(ours, seq)
