@@ -1,8 +1,11 @@
 """Plots and a markdown table from a ``bench/throughput.py`` JSON.
 
     python bench/plot_throughput.py docs/benchmarks/throughput/h100_gpt-1.3b_sp1.json
+    python bench/plot_throughput.py A.json B.json C.json --name combined    # several device calls
 
-Writes, next to the JSON: ``<name>.md`` (every case, then ours vs the peer) and, when matplotlib
+Several JSONs are first merged into ``<name>.json`` (cases in the order given, a later case replacing
+an earlier one with the same system and setting; comparisons recomputed; ``merged_from`` lists the
+sources). Writes, next to the (first) JSON: ``<name>.md`` (every case, then ours vs the peer) and, when matplotlib
 is importable, ``<name>_tokens_per_sec.png`` and ``<name>_mfu.png`` (one line per system and
 attention backend, sequence length on a log2 axis). Without matplotlib it says so and writes
 only the table.
@@ -156,15 +159,42 @@ def plot(report: dict, metric: str, ylabel: str, path: Path, scale: float = 1.0)
     return True
 
 
+def merge(paths: list) -> dict:
+    """One report from several bench/throughput.py JSONs (see the module docstring)."""
+    import throughput
+
+    reports = [json.loads(Path(p).read_text()) for p in paths]
+    merged = {k: v for k, v in reports[0].items() if k not in ("cases", "comparisons")}
+    merged["merged_from"] = [str(p) for p in paths]
+    if any(r.get("versions") != reports[0].get("versions") for r in reports):
+        merged["versions_per_source"] = {str(p): r.get("versions") for p, r in zip(paths, reports)}
+    cases: list = []
+    for r in reports:
+        for c in r.get("cases", []):
+            cases = [old for old in cases if throughput.case_key(old) != throughput.case_key(c)] + [c]
+    merged["cases"] = cases
+    merged["comparisons"] = throughput.comparisons(cases)
+    return merged
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("json", help="bench/throughput.py output")
-    p.add_argument("--out-dir", help="where to write (default: next to the JSON)")
+    p.add_argument("json", nargs="+", help="bench/throughput.py output(s)")
+    p.add_argument("--name", help="file stem of the merged JSON, table and plots (needed with several JSONs)")
+    p.add_argument("--out-dir", help="where to write (default: next to the (first) JSON)")
     args = p.parse_args(argv)
-    src = Path(args.json)
-    report = json.loads(src.read_text())
+    src = Path(args.json[0])
     out_dir = Path(args.out_dir) if args.out_dir else src.parent
     out_dir.mkdir(parents=True, exist_ok=True)
+    if len(args.json) > 1:
+        if not args.name:
+            p.error("several JSONs are merged into one: name it with --name")
+        report = merge(args.json)
+        src = out_dir / f"{args.name}.json"
+        src.write_text(json.dumps(report, indent=1) + "\n")
+        print(f"wrote {src} (merged from {len(args.json)} files)")
+    else:
+        report = json.loads(src.read_text())
     table = out_dir / f"{src.stem}.md"
     table.write_text(markdown_table(report))
     print(f"wrote {table}")

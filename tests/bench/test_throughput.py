@@ -234,6 +234,29 @@ def test_plot_and_table(tmp_path, capsys, monkeypatch):
     assert not list((tmp_path / "nompl").glob("*.png"))
 
 
+def test_several_calls_merge_into_one_table(tmp_path, capsys):
+    """Cases from several device calls: a later case replaces the same system and setting, ratios are
+    recomputed over the merged cases, and the sources are listed."""
+    first = _synthetic_report()
+    second = {**_synthetic_report(), "versions": {"torch": "2.11.0", "deepspeed": "0.19.9"},
+              "cases": [_case("ours", "sdpa", 65536, 4800.0, 0.5), _case("peer", "hf-sdpa", 8192, 10000.0, 0.4)]}  # fmt: skip
+    paths = []
+    for i, rep in enumerate((first, second)):
+        paths.append(tmp_path / f"call{i}.json")
+        paths[-1].write_text(json.dumps(rep))
+    with pytest.raises(SystemExit):
+        plot_throughput.main([str(p) for p in paths])  # several JSONs need --name
+    assert "--name" in capsys.readouterr().err
+    assert plot_throughput.main([str(p) for p in paths] + ["--name", "merged"]) == 0
+    merged = json.loads((tmp_path / "merged.json").read_text())
+    assert merged["merged_from"] == [str(p) for p in paths] and "versions_per_source" in merged
+    assert len(merged["cases"]) == len(first["cases"])  # the 65,536 timeout and the 8,192 peer were replaced
+    ratios = {c["seq_len"]: c["ratio_tokens_per_sec"] for c in merged["comparisons"]}
+    assert ratios == {8192: pytest.approx(11000 / 10000), 32768: pytest.approx(6000 / 5000),
+                      65536: pytest.approx(4800 / 4000)}  # fmt: skip
+    assert "| gpt-1.3b | 65,536 | 1 | 1 | full | 4,800 (sdpa) | 4,000 | 1.20x |" in (tmp_path / "merged.md").read_text()
+
+
 def test_case_timeout_kills_the_whole_job(tmp_path):
     logs = tmp_path / "logs"
     cmd = [sys.executable, str(ROOT / "bench" / "throughput.py"), "--tiny", "--peer-only", "--case-timeout", "3",
