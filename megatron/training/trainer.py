@@ -214,6 +214,7 @@ class Trainer:
 
     def _make_batch(self, dataset, indices: list) -> Batch:
         tokens = torch.from_numpy(np.stack([dataset[i]["tokens"] for i in indices])).long()
+        self._check_token_ids(tokens, indices)
         input_ids, labels = tokens[:, :-1], tokens[:, 1:]
         d = self.cfg.data
         if self.eod is not None and (d.reset_position_ids or d.reset_attention_mask or d.eod_mask_loss):
@@ -236,6 +237,23 @@ class Trainer:
             to(position_ids[:, sl].contiguous()),
             None if document_ids is None else to(document_ids),
         )
+
+    def _check_token_ids(self, tokens: torch.Tensor, indices: list) -> None:
+        """Stop on a token id the embedding and the loss have no row for (data tokenized with a larger
+        vocabulary). Checked on the host, before the copy to the GPU: no synchronization, and no
+        device-side assert or silently masked label later."""
+        rows = self.cfg.model.padded_vocab_size
+        top = int(tokens.max()) if tokens.numel() else 0
+        if top >= rows:
+            from megatron.data.errors import DataError
+
+            sample = indices[int((tokens >= rows).any(dim=1).nonzero()[0])]
+            raise DataError(
+                f"token id {top} in sample {sample} of the data is outside the model's vocabulary ({rows} rows: "
+                f"vocabulary {self.cfg.model.vocab_size} padded to a multiple of "
+                f"{self.cfg.model.make_vocab_size_divisible_by}); the data was tokenized with a larger vocabulary: "
+                "train with that tokenizer (or its --vocab-size), or preprocess the data again with this one"
+            )
 
     def _grad_divisor(self) -> int:
         """What DeepSpeed divides the summed gradients by (see the module docstring)."""

@@ -23,3 +23,26 @@ def test_null_tokenizer_dataset_trains(tmp_path):
             "--num-workers", "0", "--split", "100,0,0"]  # fmt: skip
     recs = train_records(tmp_path, "null", 1, args)
     assert [r["iteration"] for r in recs] == [1, 2] and all(r["lm_loss"] > 0 for r in recs)
+
+
+def test_token_ids_beyond_the_vocabulary_stop_with_one_line(tmp_path):
+    """Data tokenized with a 1000-id vocabulary, trained with --vocab-size 100 (128 rows after padding)."""
+    docs = tmp_path / "docs.jsonl"
+    with docs.open("w") as f:
+        for i in range(50):
+            f.write(json.dumps({"text": " ".join(str((i * 37 + j * 11) % 1000) for j in range(50))}) + "\n")
+    subprocess.run(
+        [sys.executable, str(ROOT / "tools/preprocess_data.py"), "--input", str(docs), "--output-prefix",
+         str(tmp_path / "wide"), "--tokenizer-type", "NullTokenizer", "--vocab-size", "1000", "--append-eod"],
+        check=True, env=env(), capture_output=True,
+    )  # fmt: skip
+    args = [sys.executable, str(ROOT / "pretrain_gpt.py"), "--num-layers", "1", "--hidden-size", "32",
+            "--num-attention-heads", "2", "--seq-length", "32", "--data-path", str(tmp_path / "wide_text_document"),
+            "--tokenizer-type", "NullTokenizer", "--vocab-size", "100", "--micro-batch-size", "2", "--train-iters", "2",
+            "--num-workers", "0", "--split", "100,0,0", "--save", str(tmp_path / "ckpt")]  # fmt: skip
+    proc = subprocess.run(args, env=env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "outside the model's vocabulary (128 rows" in errors[0], proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "ckpt").exists() or not any((tmp_path / "ckpt").iterdir())  # nothing saved
