@@ -166,8 +166,11 @@ def merge(paths: list) -> dict:
     reports = [json.loads(Path(p).read_text()) for p in paths]
     merged = {k: v for k, v in reports[0].items() if k not in ("cases", "comparisons")}
     merged["merged_from"] = [str(p) for p in paths]
-    if any(r.get("versions") != reports[0].get("versions") for r in reports):
-        merged["versions_per_source"] = {str(p): r.get("versions") for p, r in zip(paths, reports)}
+    for key in ("versions", "settings"):  # where the sources differ, each source's own is kept
+        if any(r.get(key) != reports[0].get(key) for r in reports):
+            merged[f"{key}_per_source"] = {str(p): r.get(key) for p, r in zip(paths, reports)}
+    if "settings_per_source" in merged:  # the table must not claim one warm-up/iteration count for all
+        merged["settings"] = {k: v for k, v in (merged.get("settings") or {}).items() if k not in ("iters", "warmup")}
     cases: list = []
     for r in reports:
         for c in r.get("cases", []):

@@ -239,6 +239,7 @@ def test_several_calls_merge_into_one_table(tmp_path, capsys):
     recomputed over the merged cases, and the sources are listed."""
     first = _synthetic_report()
     second = {**_synthetic_report(), "versions": {"torch": "2.11.0", "deepspeed": "0.19.9"},
+              "settings": {"iters": 6, "warmup": 2, "tiled_loss": True},
               "cases": [_case("ours", "sdpa", 65536, 4800.0, 0.5), _case("peer", "hf-sdpa", 8192, 10000.0, 0.4)]}  # fmt: skip
     paths = []
     for i, rep in enumerate((first, second)):
@@ -254,7 +255,9 @@ def test_several_calls_merge_into_one_table(tmp_path, capsys):
     ratios = {c["seq_len"]: c["ratio_tokens_per_sec"] for c in merged["comparisons"]}
     assert ratios == {8192: pytest.approx(11000 / 10000), 32768: pytest.approx(6000 / 5000),
                       65536: pytest.approx(4800 / 4000)}  # fmt: skip
-    assert "| gpt-1.3b | 65,536 | 1 | 1 | full | 4,800 (sdpa) | 4,000 | 1.20x |" in (tmp_path / "merged.md").read_text()
+    table = (tmp_path / "merged.md").read_text()
+    assert "| gpt-1.3b | 65,536 | 1 | 1 | full | 4,800 (sdpa) | 4,000 | 1.20x |" in table
+    assert "settings_per_source" in merged and "iterations 4-8" not in table  # the calls ran different counts
 
 
 def test_case_timeout_kills_the_whole_job(tmp_path):
