@@ -83,9 +83,12 @@ def _logits_bytes(cfg) -> int:
     tokens = cfg.train.micro_batch_size * m.seq_length // p.sequence_parallel_size
     V = m.padded_vocab_size
     if p.use_tiled_logits_loss:
-        from megatron.model.tiled import LOGITS_PER_CHUNK
+        import torch
 
-        return min(tokens, p.tiled_logits_chunk_size or max(1, LOGITS_PER_CHUNK // V)) * V * 4 * 2
+        from megatron.model.tiled import chunk_bytes, default_chunk, fused_loss_available
+
+        fused = torch.cuda.is_available() and fused_loss_available(torch.device("cuda"))
+        return chunk_bytes(min(tokens, p.tiled_logits_chunk_size or default_chunk(V, fused)), V, fused)
     return tokens * V * ((2 if cfg.train.bf16 else 4) + 4 + 4)  # logits, their fp32 copy, its gradient
 
 

@@ -40,7 +40,7 @@ from megatron.model import tiled  # noqa: E402
 VARIANTS = ("untiled", "tiled_eager", "tiled_fused", "tiled_fused_add", "liger")
 
 
-def step(h, w, y, variant: str):
+def step(h, w, y, variant: str, chunk_logits: int | None = None):
     """Mean loss over the rows, forward and backward; returns (loss, dh, dW)."""
     h.grad = w.grad = None
     if variant == "untiled":
@@ -50,7 +50,8 @@ def step(h, w, y, variant: str):
         tiled._ADDMM_INTO_FP32.clear()
         if variant == "tiled_fused_add":
             tiled._ADDMM_INTO_FP32[h.device.type] = False
-        loss = tiled.tiled_cross_entropy(h, w, y, use_liger=variant == "liger", fused=fused)
+        chunk = None if chunk_logits is None else max(1, chunk_logits // w.shape[0])
+        loss = tiled.tiled_cross_entropy(h, w, y, chunk, use_liger=variant == "liger", fused=fused)
     loss = loss.mean()
     loss.backward()
     return loss.detach(), h.grad, w.grad
@@ -61,16 +62,18 @@ def _sync(device):
         torch.cuda.synchronize(device)
 
 
-def measure(tokens: int, hidden: int, vocab: int, device, dtype, warmup: int, iters: int, variants, log) -> dict:
+def measure(tokens: int, hidden: int, vocab: int, device, dtype, warmup: int, iters: int, variants, log,
+            chunk_logits: int | None = None) -> dict:
     gen = torch.Generator(device=device).manual_seed(0)
     h = torch.randn(1, tokens, hidden, device=device, generator=gen).to(dtype).requires_grad_()
     w = (torch.randn(vocab, hidden, device=device, generator=gen) * hidden**-0.5).to(dtype).requires_grad_()
     y = torch.randint(0, vocab, (1, tokens), device=device, generator=gen)
-    out = {"tokens": tokens, "hidden": hidden, "vocab": vocab, "variants": {}}
+    out = {"tokens": tokens, "hidden": hidden, "vocab": vocab, "chunk_logits": chunk_logits or "library default (tiled.default_chunk)",
+           "variants": {}}
     ref = None
     for variant in variants:
         for _ in range(warmup):
-            step(h, w, y, variant)
+            step(h, w, y, variant, chunk_logits)
         _sync(device)
         base = torch.cuda.memory_allocated(device) if device.type == "cuda" else 0
         if device.type == "cuda":
@@ -79,7 +82,7 @@ def measure(tokens: int, hidden: int, vocab: int, device, dtype, warmup: int, it
         for _ in range(iters):
             _sync(device)
             t = time.perf_counter()
-            res = step(h, w, y, variant)
+            res = step(h, w, y, variant, chunk_logits)
             _sync(device)
             times.append((time.perf_counter() - t) * 1e3)
         res = [r.float().cpu() for r in res]
@@ -101,6 +104,8 @@ def main(argv=None) -> int:
     p.add_argument("--vocab", type=int, default=50304,
                    help="rows of the output weight: GPT-2's 50257 padded to a multiple of 128, as the trainer pads it")
     p.add_argument("--tokens", default="16384,65536", help="comma-separated rows per rank")
+    p.add_argument("--chunk-logits", type=int, help="logits per tiled-loss chunk (default: the library's)")
+    p.add_argument("--variants", help=f"comma-separated subset of {','.join(VARIANTS)}")
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--iters", type=int, default=5)
     p.add_argument("--device", default="cuda")
@@ -112,6 +117,8 @@ def main(argv=None) -> int:
     hidden, vocab = (32, 1000) if args.tiny else (args.hidden, args.vocab)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     variants = [v for v in VARIANTS if v != "liger" or importlib.util.find_spec("liger_kernel") is not None]
+    if args.variants:
+        variants = [v for v in variants if v in args.variants.split(",")]
     if device.type != "cuda":  # the fp32-output GEMM and liger are CUDA-only; the kernels need the interpreter
         interpret = os.environ.get("TRITON_INTERPRET") == "1"
         variants = [v for v in variants if v not in ("tiled_fused_add", "liger") and (interpret or v != "tiled_fused")]
@@ -129,7 +136,9 @@ def main(argv=None) -> int:
         "results": [],
     }  # fmt: skip
     for tokens in [int(t) for t in args.tokens.split(",")]:
-        report["results"].append(measure(tokens, hidden, vocab, device, dtype, args.warmup, args.iters, variants, log))
+        report["results"].append(
+            measure(tokens, hidden, vocab, device, dtype, args.warmup, args.iters, variants, log, args.chunk_logits)
+        )
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(report, indent=1) + "\n")
     return 0

@@ -224,7 +224,8 @@ class ParallelConfig:
     tiled_logits_loss: Optional[bool] = None
     """Output layer + cross-entropy over token chunks (no full fp32 logits); None means on when SP > 1."""
     tiled_logits_chunk_size: Optional[int] = None
-    """Tokens per tiled-loss chunk; None means about 64M logits (256 MiB fp32) per chunk."""
+    """Tokens per tiled-loss chunk; None means about 256M bf16 logits (512 MiB) per chunk on GPUs
+    (the Triton kernels), 64M fp32 logits (256 MiB, plus their gradient) elsewhere."""
     use_liger_kernel: bool = False
     """Use liger-kernel's fused linear cross-entropy for the loss (needs `pip install liger-kernel`)."""
     checkpoint_in_cpu: bool = False
