@@ -263,3 +263,14 @@ def test_ds_config_honours_comm_dtype_bucket_and_offload():
     assert parsed.zero_config.reduce_bucket_size == 2_000_000
     assert parsed.zero_config.offload_param.device == "cpu"
     assert parsed.zero_config.offload_optimizer.device == "cpu"
+
+
+@pytest.mark.parametrize("vocab", [512, 50304, 128256, 262144])
+def test_fused_loss_chunks_take_the_eager_chunks_bytes(vocab):
+    """The Triton path's default chunk holds 4x the logits in bf16, in place: the eager chunk's memory."""
+    from megatron.model.tiled import chunk_bytes, default_chunk
+
+    fused, eager = default_chunk(vocab, True), default_chunk(vocab, False)
+    assert fused >= 4 * eager
+    assert chunk_bytes(fused, vocab, True) == pytest.approx(chunk_bytes(eager, vocab, False), rel=1e-3)
+    assert chunk_bytes(fused, vocab, True) <= 2**29
