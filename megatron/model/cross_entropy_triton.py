@@ -69,13 +69,15 @@ if HAVE_TRITON:
             tl.store(x_row + start + cols, d.to(X.dtype.element_ty), mask=mask)
 
 
-def supported(logits_cV: torch.Tensor) -> bool:
-    """The kernels handle this tensor: Triton present, rows contiguous, a floating dtype."""
-    return HAVE_TRITON and logits_cV.dim() == 2 and logits_cV.stride(1) == 1 and logits_cV.is_floating_point()
+def _check_rows(logits_cV: torch.Tensor) -> None:
+    if logits_cV.dim() != 2 or logits_cV.stride(1) != 1:
+        raise ValueError(f"expected [rows, vocab] logits with contiguous rows, got shape {tuple(logits_cV.shape)} "
+                         f"and strides {logits_cV.stride()}")  # fmt: skip
 
 
 def row_loss(logits_cV: torch.Tensor, y_c: torch.Tensor, ignore_index: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-row fp32 cross-entropy and log-sum-exp of ``logits_cV`` (any float dtype)."""
+    """Per-row fp32 cross-entropy and log-sum-exp of ``logits_cV`` (any float dtype, contiguous rows)."""
+    _check_rows(logits_cV)
     c, v = logits_cV.shape
     loss = torch.empty(c, dtype=torch.float32, device=logits_cV.device)
     lse = torch.empty(c, dtype=torch.float32, device=logits_cV.device)
@@ -89,6 +91,7 @@ def row_grad_(
     logits_cV: torch.Tensor, y_c: torch.Tensor, lse_c: torch.Tensor, g_c: torch.Tensor, ignore_index: int
 ) -> torch.Tensor:
     """Overwrite ``logits_cV`` with d(sum_i g_i * CE_i)/d(logits): ``(softmax - onehot(y)) * g``."""
+    _check_rows(logits_cV)
     c, v = logits_cV.shape
     if c:
         _grad_kernel[(c,)](logits_cV, y_c.contiguous(), lse_c.contiguous(), g_c.contiguous(), logits_cV.stride(0), v,

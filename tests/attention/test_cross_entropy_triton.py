@@ -47,6 +47,12 @@ def test_row_kernels_match_fp64(monkeypatch, c, v, block, offset):
     assert dx[1].abs().max() == 0
 
 
+def test_logits_with_strided_rows_are_refused():
+    x, y, _ = _rows(3, 40)
+    with pytest.raises(ValueError, match="contiguous rows"):
+        ce.row_loss(x.float().t(), y, IGNORE_INDEX)
+
+
 def test_grad_is_written_in_place():
     x, y, g = _rows(3, 40, seed=1)
     xf = x.float()
