@@ -62,14 +62,29 @@ def _sync(device):
         torch.cuda.synchronize(device)
 
 
-def measure(tokens: int, hidden: int, vocab: int, device, dtype, warmup: int, iters: int, variants, log,
-            chunk_logits: int | None = None) -> dict:
+def measure(
+    tokens: int,
+    hidden: int,
+    vocab: int,
+    device,
+    dtype,
+    warmup: int,
+    iters: int,
+    variants,
+    log,
+    chunk_logits: int | None = None,
+) -> dict:
     gen = torch.Generator(device=device).manual_seed(0)
     h = torch.randn(1, tokens, hidden, device=device, generator=gen).to(dtype).requires_grad_()
     w = (torch.randn(vocab, hidden, device=device, generator=gen) * hidden**-0.5).to(dtype).requires_grad_()
     y = torch.randint(0, vocab, (1, tokens), device=device, generator=gen)
-    out = {"tokens": tokens, "hidden": hidden, "vocab": vocab, "chunk_logits": chunk_logits or "library default (tiled.default_chunk)",
-           "variants": {}}
+    out = {
+        "tokens": tokens,
+        "hidden": hidden,
+        "vocab": vocab,
+        "chunk_logits": chunk_logits or "library default (tiled.default_chunk)",
+        "variants": {},
+    }
     ref = None
     for variant in variants:
         for _ in range(warmup):
@@ -88,8 +103,9 @@ def measure(tokens: int, hidden: int, vocab: int, device, dtype, warmup: int, it
         res = [r.float().cpu() for r in res]
         if ref is None:
             ref = res
+        rel = [((a - b).norm() / b.norm().clamp_min(1e-30)).item() for a, b in zip(res, ref)]  # loss, dh, dW
         row = {"ms": round(statistics.median(times), 3), "ms_all": [round(t, 3) for t in times],
-               "rel_diff_vs_" + variants[0]: [((a - b).norm() / b.norm().clamp_min(1e-30)).item() for a, b in zip(res, ref)]}  # fmt: skip
+               "rel_diff_vs_" + variants[0]: rel}  # fmt: skip
         if device.type == "cuda":
             row["peak_above_inputs_gb"] = round((torch.cuda.max_memory_allocated(device) - base) / 1e9, 3)
         out["variants"][variant] = row
@@ -101,8 +117,12 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--tiny", action="store_true", help="hidden 32, vocabulary 1000 (CPU smoke run)")
     p.add_argument("--hidden", type=int, default=2048)
-    p.add_argument("--vocab", type=int, default=50304,
-                   help="rows of the output weight: GPT-2's 50257 padded to a multiple of 128, as the trainer pads it")
+    p.add_argument(
+        "--vocab",
+        type=int,
+        default=50304,
+        help="rows of the output weight: GPT-2's 50257 padded to a multiple of 128, as the trainer pads it",
+    )
     p.add_argument("--tokens", default="16384,65536", help="comma-separated rows per rank")
     p.add_argument("--chunk-logits", type=int, help="logits per tiled-loss chunk (default: the library's)")
     p.add_argument("--variants", help=f"comma-separated subset of {','.join(VARIANTS)}")

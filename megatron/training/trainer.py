@@ -380,8 +380,9 @@ class Trainer:
         cfg, t, lg = self.cfg, self.cfg.train, self.cfg.logging
         S = cfg.model.seq_length
         flops_md = metrics.megatron_deepspeed_flops_per_iteration(
-            cfg.model, t.global_batch_size, S, cfg.parallel.checkpoint_activations, cfg.parallel.checkpoint_keep_attention
-        )
+            cfg.model, t.global_batch_size, S, cfg.parallel.checkpoint_activations,
+            cfg.parallel.checkpoint_keep_attention,
+        )  # fmt: skip
         flops_model = metrics.model_flops_per_token(cfg.model, S) * t.global_batch_size * S
         peak = metrics.peak_flops(torch.cuda.get_device_name(self.device)) if self.device.type == "cuda" else None
         records, window, window_start = [], [], time.perf_counter()

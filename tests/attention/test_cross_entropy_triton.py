@@ -31,7 +31,9 @@ def _reference(x, y, g):
 
 
 # offset 100: exp of the raw logits overflows fp32, so only a max-shifted sum gets it right
-@pytest.mark.parametrize("c,v,block,offset", [(5, 50, 16, 0.0), (4, 50, 4096, 100.0), (3, 9000, 4096, 0.0), (6, 33, 8, -50.0)])
+@pytest.mark.parametrize(
+    "c,v,block,offset", [(5, 50, 16, 0.0), (4, 50, 4096, 100.0), (3, 9000, 4096, 0.0), (6, 33, 8, -50.0)]
+)
 def test_row_kernels_match_fp64(monkeypatch, c, v, block, offset):
     monkeypatch.setattr(ce, "BLOCK_V", block)  # small blocks: several online-max steps and a partial last block
     x, y, g = _rows(c, v, offset=offset)
