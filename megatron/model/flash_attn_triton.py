@@ -15,10 +15,6 @@ Kernels (all exp in base 2, with log2(e) folded into the softmax scale):
   _bwd_dkdv_kernel one program per (key block, b*g): loops over the query heads of the
                    group and their query blocks, so GQA gradients sum in registers.
   _bwd_dq_kernel   one program per (query block, b*h): loops over key blocks.
-Backward "split" (default): dkdv and dq kernels, 7 GEMM units per block pair (the dq kernel
-recomputes the scores). Backward "fused": the dkdv kernel's loop takes queries as rows (k and v
-stay in shared memory), forms each block pair's dq partial and adds it into an fp32 buffer: by
-TMA reduce-add on GPUs (`DQ_REDUCE = "tma"`), by atomics otherwise. 5 GEMM units; no dq kernel.
 Key/query block ranges skip fully masked blocks (causal, documents); only blocks that
 touch the diagonal, a document edge or the sequence tail pay for the element mask.
 """
@@ -64,10 +60,7 @@ GPU_CONFIGS = {
     "fwd": {64: (128, 64, 4, 3), 128: (128, 128, 8, 3)},
     "dkdv": {64: (64, 128, 4, 2), 128: (64, 128, 8, 3)},
     "dq": {64: (128, 64, 4, 2), 128: (128, 128, 8, 2)},
-    "dkdv_fused": {64: (64, 128, 4, 2), 128: (64, 128, 8, 2)},
 }
-BACKWARD = "split"  # "split" | "fused" (see the module docstring)
-DQ_REDUCE = "tma"  # fused backward on GPUs: "tma" (reduce-add through a tensor descriptor) | "atomic"
 INTERPRETER_CONFIG = (16, 16, 4, 1)  # small blocks so tiny CPU tests cross block edges
 # Compiled kernels of the latest launches, by name: registers, spills, shared memory, PTX for bench.
 LAST_COMPILED: dict = {}
@@ -252,61 +245,8 @@ if triton is not None:
         return dk, dv
 
     @triton.jit
-    def _bwd_fused_block_loop(
-        dk, dv, k, v, offs_n, seg_k, q_base, do_base, lse_base, delta_base, seg_base,
-        stride_qs, stride_dos, lo, hi, S, qk_scale, dq_base, dq_desc, dq_row0,
-        BLOCK_M: tl.constexpr, HEAD_DIM: tl.constexpr,
-        MASKED: tl.constexpr, CAUSAL: tl.constexpr, HAS_DOC: tl.constexpr, DQ_TMA: tl.constexpr,
-    ):
-        """The fused backward's loop: scores with queries as rows (k, v stay B operands in shared
-        memory, which leaves registers for dq), and each block's dq partial added to the fp32
-        buffer."""
-        offs_d = tl.arange(0, HEAD_DIM)
-        for start_m in range(lo, hi, BLOCK_M):
-            start_m = tl.multiple_of(start_m, BLOCK_M)
-            offs_m = start_m + tl.arange(0, BLOCK_M)
-            q_ptrs = q_base + offs_m[:, None] * stride_qs + offs_d[None, :]
-            do_ptrs = do_base + offs_m[:, None] * stride_dos + offs_d[None, :]
-            if MASKED:
-                row_ok = offs_m < S
-                q = tl.load(q_ptrs, mask=row_ok[:, None], other=0.0)
-                lse = tl.load(lse_base + offs_m, mask=row_ok, other=float("inf"))
-            else:
-                q = tl.load(q_ptrs)
-                lse = tl.load(lse_base + offs_m)
-            s = tl.dot(q, tl.trans(k)) * qk_scale
-            p = tl.math.exp2(s - lse[:, None])
-            if MASKED:
-                keep = offs_m[:, None] < S
-                if CAUSAL:
-                    keep = keep & (offs_m[:, None] >= offs_n[None, :])
-                if HAS_DOC:
-                    seg_q = tl.load(seg_base + offs_m, mask=offs_m < S, other=-2)
-                    keep = keep & (seg_q[:, None] == seg_k[None, :])
-                p = tl.where(keep, p, 0.0)
-                do = tl.load(do_ptrs, mask=row_ok[:, None], other=0.0)
-                delta = tl.load(delta_base + offs_m, mask=row_ok, other=0.0)
-            else:
-                do = tl.load(do_ptrs)
-                delta = tl.load(delta_base + offs_m)
-            dv += tl.dot(tl.trans(p.to(do.dtype)), do)
-            dp = tl.dot(do, tl.trans(v))
-            ds = (p * (dp - delta[:, None])).to(q.dtype)
-            dk += tl.dot(tl.trans(ds), q)
-            dq = tl.dot(ds, k)  # unscaled; masked rows are exact zeros
-            if DQ_TMA:
-                dq_desc.atomic_add([dq_row0 + start_m, 0], dq)
-            else:
-                dq_ptrs = dq_base + offs_m[:, None] * HEAD_DIM + offs_d[None, :]
-                if MASKED:
-                    tl.atomic_add(dq_ptrs, dq, mask=(offs_m < S)[:, None], sem="relaxed")
-                else:
-                    tl.atomic_add(dq_ptrs, dq, sem="relaxed")
-        return dk, dv
-
-    @triton.jit
     def _bwd_dkdv_kernel(
-        Q, K, V, DO, LSE, DELTA, DK, DV, SEG, RUN_START, RUN_END, DQ_ACC, dq_desc, S_ACC,
+        Q, K, V, DO, LSE, DELTA, DK, DV, SEG, RUN_START, RUN_END,
         stride_qb, stride_qs, stride_qh,
         stride_kb, stride_ks, stride_kh,
         stride_vb, stride_vs, stride_vh,
@@ -315,7 +255,7 @@ if triton is not None:
         stride_dvb, stride_dvs, stride_dvh,
         S, H, KV_H, GROUP, qk_scale, sm_scale,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr,
-        CAUSAL: tl.constexpr, HAS_DOC: tl.constexpr, FUSED_DQ: tl.constexpr, DQ_TMA: tl.constexpr,
+        CAUSAL: tl.constexpr, HAS_DOC: tl.constexpr,
     ):
         pid_n = tl.program_id(0)
         pid_bg = tl.program_id(1)
@@ -356,40 +296,21 @@ if triton is not None:
             do_base = DO + b64 * stride_dob + h * stride_doh
             lse_base = LSE + (b64 * H + h) * S
             delta_base = DELTA + (b64 * H + h) * S
-            if FUSED_DQ:
-                dq_row0 = (b * H + h) * S_ACC  # this head's rows of the [b*h*S_ACC, d] dq buffer
-                dq_base = DQ_ACC + dq_row0.to(tl.int64) * HEAD_DIM
-                dk, dv = _bwd_fused_block_loop(
-                    dk, dv, k, v, offs_n, seg_k, q_base, do_base, lse_base, delta_base, seg_base,
-                    stride_qs, stride_dos, lo, tl.minimum(full_lo, hi), S, qk_scale, dq_base, dq_desc, dq_row0,
-                    BLOCK_M, HEAD_DIM, True, CAUSAL, HAS_DOC, DQ_TMA,
-                )
-                dk, dv = _bwd_fused_block_loop(
-                    dk, dv, k, v, offs_n, seg_k, q_base, do_base, lse_base, delta_base, seg_base,
-                    stride_qs, stride_dos, full_lo, full_hi, S, qk_scale, dq_base, dq_desc, dq_row0,
-                    BLOCK_M, HEAD_DIM, False, CAUSAL, HAS_DOC, DQ_TMA,
-                )
-                dk, dv = _bwd_fused_block_loop(
-                    dk, dv, k, v, offs_n, seg_k, q_base, do_base, lse_base, delta_base, seg_base,
-                    stride_qs, stride_dos, tl.maximum(full_lo, full_hi), hi, S, qk_scale, dq_base, dq_desc, dq_row0,
-                    BLOCK_M, HEAD_DIM, True, CAUSAL, HAS_DOC, DQ_TMA,
-                )
-            else:
-                dk, dv = _bwd_dkdv_block_loop(
-                    dk, dv, k, v, offs_n, seg_k, q_base, do_base, lse_base, delta_base, seg_base,
-                    stride_qs, stride_dos, lo, tl.minimum(full_lo, hi), S, qk_scale,
-                    BLOCK_M, HEAD_DIM, True, CAUSAL, HAS_DOC,
-                )
-                dk, dv = _bwd_dkdv_block_loop(
-                    dk, dv, k, v, offs_n, seg_k, q_base, do_base, lse_base, delta_base, seg_base,
-                    stride_qs, stride_dos, full_lo, full_hi, S, qk_scale,
-                    BLOCK_M, HEAD_DIM, False, CAUSAL, HAS_DOC,
-                )
-                dk, dv = _bwd_dkdv_block_loop(
-                    dk, dv, k, v, offs_n, seg_k, q_base, do_base, lse_base, delta_base, seg_base,
-                    stride_qs, stride_dos, tl.maximum(full_lo, full_hi), hi, S, qk_scale,
-                    BLOCK_M, HEAD_DIM, True, CAUSAL, HAS_DOC,
-                )
+            dk, dv = _bwd_dkdv_block_loop(
+                dk, dv, k, v, offs_n, seg_k, q_base, do_base, lse_base, delta_base, seg_base,
+                stride_qs, stride_dos, lo, tl.minimum(full_lo, hi), S, qk_scale,
+                BLOCK_M, HEAD_DIM, True, CAUSAL, HAS_DOC,
+            )
+            dk, dv = _bwd_dkdv_block_loop(
+                dk, dv, k, v, offs_n, seg_k, q_base, do_base, lse_base, delta_base, seg_base,
+                stride_qs, stride_dos, full_lo, full_hi, S, qk_scale,
+                BLOCK_M, HEAD_DIM, False, CAUSAL, HAS_DOC,
+            )
+            dk, dv = _bwd_dkdv_block_loop(
+                dk, dv, k, v, offs_n, seg_k, q_base, do_base, lse_base, delta_base, seg_base,
+                stride_qs, stride_dos, tl.maximum(full_lo, full_hi), hi, S, qk_scale,
+                BLOCK_M, HEAD_DIM, True, CAUSAL, HAS_DOC,
+            )
         dk = dk * sm_scale
         tl.store(DK + b64 * stride_dkb + kvh * stride_dkh + offs_n[:, None] * stride_dks + offs_d[None, :],
                  dk.to(DK.dtype.element_ty), mask=col_ok[:, None])
@@ -508,13 +429,6 @@ def _last_dim_contiguous(x: torch.Tensor) -> torch.Tensor:
     return x if x.stride(-1) == 1 else x.contiguous()
 
 
-def _dq_descriptor(dq_acc: torch.Tensor, block_m: int):
-    """TMA descriptor over the [rows, d] fp32 dq buffer; one block = block_m rows of one head."""
-    from triton.tools.tensor_descriptor import TensorDescriptor
-
-    return TensorDescriptor(dq_acc, list(dq_acc.shape), list(dq_acc.stride()), [block_m, dq_acc.shape[1]])
-
-
 def _strides3(x):
     return x.stride(0), x.stride(1), x.stride(2)
 
@@ -560,33 +474,17 @@ class _FlashAttnTriton(torch.autograd.Function):
             out, dout, delta, *_strides3(out), *_strides3(dout), seq, heads,
             BLOCK_M=block_m, HEAD_DIM=head_dim,
         )
+        dq = torch.empty_like(q)
         dk = torch.empty_like(k)
         dv = torch.empty_like(v)
-        fused = BACKWARD == "fused"
-        block_m, block_n, warps, stages = _config("dkdv_fused" if fused else "dkdv", head_dim)
-        dq_tma = fused and DQ_REDUCE == "tma" and not _interpreting()
-        if fused:
-            # dq summed in fp32, [b*h*seq_acc, d]: each head's rows padded to whole query blocks,
-            # so a block never reaches into the next head's rows.
-            seq_acc = triton.cdiv(seq, block_m) * block_m
-            dq_acc = torch.zeros(bsz * heads * seq_acc, head_dim, dtype=torch.float32, device=q.device)
-            dq_desc = _dq_descriptor(dq_acc, block_m) if dq_tma else None
-        else:
-            seq_acc, dq_acc, dq_desc = 0, delta, None  # unused
+        block_m, block_n, warps, stages = _config("dkdv", head_dim)
         LAST_COMPILED["dkdv"] = _bwd_dkdv_kernel[(triton.cdiv(seq, block_n), bsz * kv_heads)](
-            q, k, v, dout, lse, delta, dk, dv, seg, run_start, run_end, dq_acc, dq_desc, seq_acc,
+            q, k, v, dout, lse, delta, dk, dv, seg, run_start, run_end,
             *_strides3(q), *_strides3(k), *_strides3(v), *_strides3(dout), *_strides3(dk), *_strides3(dv),
             seq, heads, kv_heads, group, scale * LOG2E, scale,
             BLOCK_M=block_m, BLOCK_N=block_n, HEAD_DIM=head_dim, CAUSAL=ctx.causal, HAS_DOC=ctx.has_doc,
-            FUSED_DQ=fused, DQ_TMA=dq_tma, num_warps=warps, num_stages=stages,
+            num_warps=warps, num_stages=stages,
         )
-        if fused:
-            LAST_COMPILED.pop("dq", None)  # no dq kernel ran
-            dq_bhsd = dq_acc.view(bsz, heads, seq_acc, head_dim)[:, :, :seq]
-            dq = torch.empty_like(q)
-            dq.copy_(dq_bhsd.transpose(1, 2).mul(scale))  # scaled in fp32, then rounded once
-            return dq, dk, dv, None, None, None
-        dq = torch.empty_like(q)
         block_m, block_n, warps, stages = _config("dq", head_dim)
         LAST_COMPILED["dq"] = _bwd_dq_kernel[(triton.cdiv(seq, block_m), bsz * heads)](
             q, k, v, dout, lse, delta, dq, seg, run_start, run_end,
