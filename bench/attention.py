@@ -25,13 +25,6 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from megatron.model import flash_attn_triton as fat
 
 IMPLS = ("triton", "sdpa_flash", "sdpa_cudnn", "flash_attn")
-# Our kernel's backward designs (megatron/model/flash_attn_triton.py): (BACKWARD, DQ_REDUCE, RELOAD_KV).
-TRITON_IMPLS = {
-    "triton": ("split", "tma", False),
-    "triton_fused": ("fused", "tma", True),
-    "triton_fused_keepkv": ("fused", "tma", False),
-    "triton_fused_atomic": ("fused", "atomic", True),
-}
 
 
 def causal_flops(bsz, heads, seq, head_dim, backward):
@@ -41,16 +34,11 @@ def causal_flops(bsz, heads, seq, head_dim, backward):
 
 def make_attention(impl):
     """Returns f(q_bshd, k_bshd, v_bshd) -> out_bshd, or raises if the impl is unavailable."""
-    if impl in TRITON_IMPLS:
+    if impl == "triton":
         ok, why = fat.is_available()
         if not ok:
             raise RuntimeError(why)
-
-        def triton_attn(q, k, v):
-            fat.BACKWARD, fat.DQ_REDUCE, fat.RELOAD_KV = TRITON_IMPLS[impl]  # read when the backward launches
-            return fat.flash_attn_triton(q, k, v, causal=True)
-
-        return triton_attn
+        return lambda q, k, v: fat.flash_attn_triton(q, k, v, causal=True)
     if impl in ("sdpa_flash", "sdpa_cudnn"):
         from torch.nn.attention import SDPBackend, sdpa_kernel
 
@@ -68,7 +56,7 @@ def make_attention(impl):
         from flash_attn import flash_attn_func
 
         return lambda q, k, v: flash_attn_func(q, k, v, causal=True)
-    raise ValueError(f"unknown impl {impl!r}; choose from {IMPLS + tuple(TRITON_IMPLS)}")
+    raise ValueError(f"unknown impl {impl!r}; choose from {IMPLS}")
 
 
 def make_inputs(bsz, seq, heads, head_dim, seed=0):
@@ -130,28 +118,19 @@ def sweep(args, log):
     d = args.head_dim
     bsz = batch_for(args.sweep_seq, args.tokens)
     q, k, v, dout = make_inputs(bsz, args.sweep_seq, args.heads, d)
+    attn = make_attention("triton")
     candidates = {
         "fwd": [(128, 128, 8, 3), (128, 64, 8, 3), (128, 128, 8, 2), (64, 64, 4, 3)],
         "dkdv": [(64, 128, 8, 3), (64, 128, 8, 2), (32, 128, 8, 3), (64, 64, 4, 2)],
         "dq": [(128, 128, 8, 2), (128, 64, 8, 3), (128, 64, 8, 2), (64, 64, 4, 2)],
-        "dkdv_fused": [
-            (64, 128, 8, 3),
-            (64, 128, 8, 2),
-            (32, 128, 8, 3),
-            (32, 128, 8, 2),
-            (64, 64, 4, 3),
-            (64, 64, 8, 2),
-        ],
     }
-    candidates = {k: v for k, v in candidates.items() if k in args.sweep_kernels.split(",")}
     results = []
     for kernel, configs in candidates.items():
-        attn = make_attention("triton_fused" if kernel == "dkdv_fused" else "triton")
         metric_key = "fwd_ms" if kernel == "fwd" else "fwd_bwd_ms"
         timed = []
         for cfg in configs:
             fat.GPU_CONFIGS[kernel][d] = cfg
-            row = {"kernel": kernel, "config": cfg, **_try(attn, q, k, v, dout, kernel.removesuffix("_fused"))}
+            row = {"kernel": kernel, "config": cfg, **_try(attn, q, k, v, dout, kernel)}
             results.append(row)
             timed.append((row.get(metric_key, math.inf), cfg))
             log(
@@ -206,7 +185,6 @@ def main():
     p.add_argument("--impls", default=",".join(IMPLS))
     p.add_argument("--sweep", action="store_true", help="tune Triton block configs first")
     p.add_argument("--sweep-seq", type=int, default=16384)
-    p.add_argument("--sweep-kernels", default="fwd,dkdv,dq,dkdv_fused", help="which kernels' configs to sweep")
     p.add_argument("--profile-seq", type=int, default=0, help="also profile kernels per impl at this seq")
     p.add_argument("--out", default=None, help="JSON path (default docs/benchmarks/attention_<gpu>.json)")
     p.add_argument("--dry-run", action="store_true")
@@ -280,7 +258,7 @@ def main():
                     fwd_tflops=causal_flops(bsz, args.heads, seq, args.head_dim, False) / fwd_ms / 1e9,
                     fwd_bwd_tflops=causal_flops(bsz, args.heads, seq, args.head_dim, True) / fwd_bwd_ms / 1e9,
                 )
-                if impl in TRITON_IMPLS:
+                if impl == "triton":
                     row["compiled"] = kernel_report()
             except Exception as e:  # noqa: BLE001 - an impl that fails is recorded, not fatal
                 row["error"] = f"{type(e).__name__}: {str(e)[:300]}"

@@ -15,11 +15,6 @@ Kernels (all exp in base 2, with log2(e) folded into the softmax scale):
   _bwd_dkdv_kernel one program per (key block, b*g): loops over the query heads of the
                    group and their query blocks, so GQA gradients sum in registers.
   _bwd_dq_kernel   one program per (query block, b*h): loops over key blocks.
-Backward "split" (default): dkdv and dq kernels, 7 GEMM units per block pair (the dq kernel
-recomputes the scores). Backward "fused": the dkdv kernel also forms dq's partial per block pair,
-transposed (dq^T = k^T ds^T, so the product's M is head_dim and stays on wgmma), and adds it into
-an fp32 [b*h*d, s] buffer: by TMA reduce-add on GPUs (`DQ_REDUCE = "tma"`), by atomics otherwise.
-5 GEMM units; no dq kernel.
 Key/query block ranges skip fully masked blocks (causal, documents); only blocks that
 touch the diagonal, a document edge or the sequence tail pay for the element mask.
 """
@@ -65,11 +60,7 @@ GPU_CONFIGS = {
     "fwd": {64: (128, 64, 4, 3), 128: (128, 128, 8, 3)},
     "dkdv": {64: (64, 128, 4, 2), 128: (64, 128, 8, 3)},
     "dq": {64: (128, 64, 4, 2), 128: (128, 128, 8, 2)},
-    "dkdv_fused": {64: (32, 128, 4, 2), 128: (32, 128, 8, 3)},
 }
-BACKWARD = "split"  # "split" | "fused" (see the module docstring)
-RELOAD_KV = True  # fused backward: re-read k, v per query block (shared-memory operands, fewer registers)
-DQ_REDUCE = "tma"  # fused backward on GPUs: "tma" (reduce-add through a tensor descriptor) | "atomic"
 INTERPRETER_CONFIG = (16, 16, 4, 1)  # small blocks so tiny CPU tests cross block edges
 # Compiled kernels of the latest launches, by name: registers, spills, shared memory, PTX for bench.
 LAST_COMPILED: dict = {}
@@ -214,18 +205,12 @@ if triton is not None:
     @triton.jit
     def _bwd_dkdv_block_loop(
         dk, dv, k, v, offs_n, seg_k, q_base, do_base, lse_base, delta_base, seg_base,
-        stride_qs, stride_dos, lo, hi, S, qk_scale, dqt_base, dqt_desc, dqt_row0, stride_dqt,
-        k_ptrs, v_ptrs, col_ok,
+        stride_qs, stride_dos, lo, hi, S, qk_scale,
         BLOCK_M: tl.constexpr, HEAD_DIM: tl.constexpr,
         MASKED: tl.constexpr, CAUSAL: tl.constexpr, HAS_DOC: tl.constexpr,
-        FUSED_DQ: tl.constexpr, DQ_TMA: tl.constexpr, RELOAD_KV: tl.constexpr,
     ):
         offs_d = tl.arange(0, HEAD_DIM)
         for start_m in range(lo, hi, BLOCK_M):
-            if RELOAD_KV:
-                # k, v re-read each block (L2 hits) so they live in shared memory, not registers.
-                k = tl.load(k_ptrs, mask=col_ok[:, None], other=0.0)
-                v = tl.load(v_ptrs, mask=col_ok[:, None], other=0.0)
             start_m = tl.multiple_of(start_m, BLOCK_M)
             offs_m = start_m + tl.arange(0, BLOCK_M)
             q_ptrs = q_base + offs_m[:, None] * stride_qs + offs_d[None, :]
@@ -257,22 +242,11 @@ if triton is not None:
             dp_t = tl.dot(v, tl.trans(do))
             ds_t = p_t * (dp_t - delta[None, :])
             dk += tl.dot(ds_t.to(q.dtype), q)
-            if FUSED_DQ:
-                # (ds @ k)^T = k^T @ ds^T: [HEAD_DIM, BLOCK_M], unscaled, summed over key blocks.
-                dqt = tl.dot(tl.trans(k), ds_t.to(k.dtype))
-                if DQ_TMA:
-                    dqt_desc.atomic_add([dqt_row0, start_m], dqt)
-                else:
-                    dqt_ptrs = dqt_base + offs_d[:, None] * stride_dqt + offs_m[None, :]
-                    if MASKED:
-                        tl.atomic_add(dqt_ptrs, dqt, mask=(offs_m < S)[None, :], sem="relaxed")
-                    else:
-                        tl.atomic_add(dqt_ptrs, dqt, sem="relaxed")
         return dk, dv
 
     @triton.jit
     def _bwd_dkdv_kernel(
-        Q, K, V, DO, LSE, DELTA, DK, DV, SEG, RUN_START, RUN_END, DQT, dqt_desc, stride_dqt,
+        Q, K, V, DO, LSE, DELTA, DK, DV, SEG, RUN_START, RUN_END,
         stride_qb, stride_qs, stride_qh,
         stride_kb, stride_ks, stride_kh,
         stride_vb, stride_vs, stride_vh,
@@ -281,8 +255,7 @@ if triton is not None:
         stride_dvb, stride_dvs, stride_dvh,
         S, H, KV_H, GROUP, qk_scale, sm_scale,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr,
-        CAUSAL: tl.constexpr, HAS_DOC: tl.constexpr, FUSED_DQ: tl.constexpr, DQ_TMA: tl.constexpr,
-        RELOAD_KV: tl.constexpr,
+        CAUSAL: tl.constexpr, HAS_DOC: tl.constexpr,
     ):
         pid_n = tl.program_id(0)
         pid_bg = tl.program_id(1)
@@ -293,10 +266,10 @@ if triton is not None:
         offs_d = tl.arange(0, HEAD_DIM)
         col_ok = offs_n < S
         b64 = b.to(tl.int64)
-        k_ptrs = K + b64 * stride_kb + kvh * stride_kh + offs_n[:, None] * stride_ks + offs_d[None, :]
-        v_ptrs = V + b64 * stride_vb + kvh * stride_vh + offs_n[:, None] * stride_vs + offs_d[None, :]
-        k = tl.load(k_ptrs, mask=col_ok[:, None], other=0.0)
-        v = tl.load(v_ptrs, mask=col_ok[:, None], other=0.0)
+        k = tl.load(K + b64 * stride_kb + kvh * stride_kh + offs_n[:, None] * stride_ks + offs_d[None, :],
+                    mask=col_ok[:, None], other=0.0)
+        v = tl.load(V + b64 * stride_vb + kvh * stride_vh + offs_n[:, None] * stride_vs + offs_d[None, :],
+                    mask=col_ok[:, None], other=0.0)
 
         # Query blocks [full_lo, full_hi) need no element mask; the rest of [lo, hi) do.
         lo = 0
@@ -323,22 +296,20 @@ if triton is not None:
             do_base = DO + b64 * stride_dob + h * stride_doh
             lse_base = LSE + (b64 * H + h) * S
             delta_base = DELTA + (b64 * H + h) * S
-            dqt_row0 = (b * H + h) * HEAD_DIM  # this head's rows of the [b*h*d, s] dq^T buffer
-            dqt_base = DQT + dqt_row0.to(tl.int64) * stride_dqt
             dk, dv = _bwd_dkdv_block_loop(
                 dk, dv, k, v, offs_n, seg_k, q_base, do_base, lse_base, delta_base, seg_base,
-                stride_qs, stride_dos, lo, tl.minimum(full_lo, hi), S, qk_scale, dqt_base, dqt_desc, dqt_row0, stride_dqt,
-                k_ptrs, v_ptrs, col_ok, BLOCK_M, HEAD_DIM, True, CAUSAL, HAS_DOC, FUSED_DQ, DQ_TMA, RELOAD_KV,
+                stride_qs, stride_dos, lo, tl.minimum(full_lo, hi), S, qk_scale,
+                BLOCK_M, HEAD_DIM, True, CAUSAL, HAS_DOC,
             )
             dk, dv = _bwd_dkdv_block_loop(
                 dk, dv, k, v, offs_n, seg_k, q_base, do_base, lse_base, delta_base, seg_base,
-                stride_qs, stride_dos, full_lo, full_hi, S, qk_scale, dqt_base, dqt_desc, dqt_row0, stride_dqt,
-                k_ptrs, v_ptrs, col_ok, BLOCK_M, HEAD_DIM, False, CAUSAL, HAS_DOC, FUSED_DQ, DQ_TMA, RELOAD_KV,
+                stride_qs, stride_dos, full_lo, full_hi, S, qk_scale,
+                BLOCK_M, HEAD_DIM, False, CAUSAL, HAS_DOC,
             )
             dk, dv = _bwd_dkdv_block_loop(
                 dk, dv, k, v, offs_n, seg_k, q_base, do_base, lse_base, delta_base, seg_base,
-                stride_qs, stride_dos, tl.maximum(full_lo, full_hi), hi, S, qk_scale, dqt_base, dqt_desc, dqt_row0,
-                stride_dqt, k_ptrs, v_ptrs, col_ok, BLOCK_M, HEAD_DIM, True, CAUSAL, HAS_DOC, FUSED_DQ, DQ_TMA, RELOAD_KV,
+                stride_qs, stride_dos, tl.maximum(full_lo, full_hi), hi, S, qk_scale,
+                BLOCK_M, HEAD_DIM, True, CAUSAL, HAS_DOC,
             )
         dk = dk * sm_scale
         tl.store(DK + b64 * stride_dkb + kvh * stride_dkh + offs_n[:, None] * stride_dks + offs_d[None, :],
@@ -458,13 +429,6 @@ def _last_dim_contiguous(x: torch.Tensor) -> torch.Tensor:
     return x if x.stride(-1) == 1 else x.contiguous()
 
 
-def _dqt_descriptor(dqt: torch.Tensor, seq: int, head_dim: int, block_m: int):
-    """TMA descriptor over the [b*h*d, s] fp32 dq^T buffer; one block = one head's d rows."""
-    from triton.tools.tensor_descriptor import TensorDescriptor
-
-    return TensorDescriptor(dqt, [dqt.shape[0], seq], [dqt.stride(0), 1], [head_dim, block_m])
-
-
 def _strides3(x):
     return x.stride(0), x.stride(1), x.stride(2)
 
@@ -510,32 +474,17 @@ class _FlashAttnTriton(torch.autograd.Function):
             out, dout, delta, *_strides3(out), *_strides3(dout), seq, heads,
             BLOCK_M=block_m, HEAD_DIM=head_dim,
         )
+        dq = torch.empty_like(q)
         dk = torch.empty_like(k)
         dv = torch.empty_like(v)
-        fused = BACKWARD == "fused"
-        block_m, block_n, warps, stages = _config("dkdv_fused" if fused else "dkdv", head_dim)
-        dq_tma = fused and DQ_REDUCE == "tma" and not _interpreting()
-        if fused:
-            # dq^T summed in fp32; rows padded to 16 bytes, as a tensor descriptor needs.
-            seq_pad = triton.cdiv(seq, 4) * 4
-            dqt = torch.zeros(bsz * heads * head_dim, seq_pad, dtype=torch.float32, device=q.device)
-            dqt_desc = _dqt_descriptor(dqt, seq, head_dim, block_m) if dq_tma else None
-        else:
-            seq_pad, dqt, dqt_desc = 0, delta, None  # unused
+        block_m, block_n, warps, stages = _config("dkdv", head_dim)
         LAST_COMPILED["dkdv"] = _bwd_dkdv_kernel[(triton.cdiv(seq, block_n), bsz * kv_heads)](
-            q, k, v, dout, lse, delta, dk, dv, seg, run_start, run_end, dqt, dqt_desc, seq_pad,
+            q, k, v, dout, lse, delta, dk, dv, seg, run_start, run_end,
             *_strides3(q), *_strides3(k), *_strides3(v), *_strides3(dout), *_strides3(dk), *_strides3(dv),
             seq, heads, kv_heads, group, scale * LOG2E, scale,
             BLOCK_M=block_m, BLOCK_N=block_n, HEAD_DIM=head_dim, CAUSAL=ctx.causal, HAS_DOC=ctx.has_doc,
-            FUSED_DQ=fused, DQ_TMA=dq_tma, RELOAD_KV=fused and RELOAD_KV, num_warps=warps, num_stages=stages,
+            num_warps=warps, num_stages=stages,
         )
-        if fused:
-            LAST_COMPILED.pop("dq", None)  # no dq kernel ran
-            dqt_bhds = dqt.view(bsz, heads, head_dim, seq_pad)[..., :seq]
-            dq = torch.empty_like(q)
-            dq.copy_(dqt_bhds.permute(0, 3, 1, 2).mul(scale))  # scaled in fp32, then rounded once
-            return dq, dk, dv, None, None, None
-        dq = torch.empty_like(q)
         block_m, block_n, warps, stages = _config("dq", head_dim)
         LAST_COMPILED["dq"] = _bwd_dq_kernel[(triton.cdiv(seq, block_m), bsz * heads)](
             q, k, v, dout, lse, delta, dq, seg, run_start, run_end,

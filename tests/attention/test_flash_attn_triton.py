@@ -12,7 +12,6 @@ import torch
 
 triton = pytest.importorskip("triton")
 
-from megatron.model import flash_attn_triton as fat
 from megatron.model.flash_attn_triton import flash_attn_triton, is_available
 
 AVAILABLE, WHY = is_available()
@@ -88,13 +87,6 @@ def check(bsz, seq, heads, kv_heads, head_dim, causal, dtype, use_docs, seed, to
         assert err < tol, f"{name}: rel err {err:.2e} >= {tol}"
 
 
-@pytest.fixture(params=["split", "fused"])
-def backward(request, monkeypatch):
-    """Both backward designs: dkdv + dq kernels, or one kernel adding dq^T partials (module docstring)."""
-    monkeypatch.setattr(fat, "BACKWARD", request.param)
-    return request.param
-
-
 # (bsz, seq, heads, kv_heads, head_dim, causal, use_docs)
 CASES = [
     (1, 16, 1, 1, 16, False, False),  # exactly one block
@@ -108,7 +100,7 @@ CASES = [
 
 
 @pytest.mark.parametrize("bsz,seq,heads,kv_heads,head_dim,causal,use_docs", CASES)
-def test_matches_fp64_reference_fp32(bsz, seq, heads, kv_heads, head_dim, causal, use_docs, backward):
+def test_matches_fp64_reference_fp32(bsz, seq, heads, kv_heads, head_dim, causal, use_docs):
     # fp32 on CPU (interpreter); on GPU fp32 dots run in tf32, hence the looser bound there.
     tol = 1e-4 if DEVICE == "cpu" else 5e-3
     check(bsz, seq, heads, kv_heads, head_dim, causal, torch.float32, use_docs, seed=seq * 31 + heads, tol=tol)
@@ -120,12 +112,12 @@ BF16_ON_CPU = pytest.mark.skipif(
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, pytest.param(torch.bfloat16, marks=BF16_ON_CPU)])
-def test_half_precision_matches_reference(dtype, backward):
+def test_half_precision_matches_reference(dtype):
     tol = 1e-2 if dtype == torch.float16 else 3e-2
     check(1, 35, 4, 2, 32, True, dtype, True, seed=5, tol=tol)
 
 
-def test_random_shapes_match_reference(backward):
+def test_random_shapes_match_reference():
     """Seeded random sweep: lengths 1..70, GQA groups 1..4, both masks, with and without documents."""
     gen = torch.Generator().manual_seed(1234)
     for trial in range(8):
@@ -198,7 +190,7 @@ def test_rejects_bad_shapes():
         (1024, 32, 8, 64, True),
     ],
 )
-def test_gpu_bf16_matches_sdpa(seq, heads, kv_heads, head_dim, causal, backward):
+def test_gpu_bf16_matches_sdpa(seq, heads, kv_heads, head_dim, causal):
     torch.manual_seed(seq)
     bsz = 2
     q = torch.randn(bsz, seq, heads, head_dim, device="cuda", dtype=torch.bfloat16, requires_grad=True)
@@ -226,5 +218,5 @@ def test_gpu_bf16_matches_sdpa(seq, heads, kv_heads, head_dim, causal, backward)
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_gpu_bf16_documents_match_reference(backward):
+def test_gpu_bf16_documents_match_reference():
     check(2, 1500, 8, 2, 128, True, torch.bfloat16, True, seed=3, tol=1e-2, device="cuda")
