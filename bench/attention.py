@@ -5,9 +5,16 @@
     python bench/attention.py --sweep                 # first tune Triton block configs at --sweep-seq
     python bench/attention.py --profile-seq 16384     # add per-kernel device times (torch.profiler)
     python bench/attention.py --dry-run               # print the plan, touch no GPU
+    python bench/attention.py --doc-len 2048 --impls triton,sdpa --out /tmp/docs.json   # packed documents
 
 Causal, bf16, head dim 128, layout [b, s, h, d]. FLOPs count only the unmasked half:
 fwd = 4*b*h*s*s*d / 2, fwd+bwd = 3.5 * fwd. Times are triton.testing.do_bench medians (ms).
+
+--doc-len L packs each sequence with documents of L tokens (the last one shorter), as
+`--reset-attention-mask` training does: a query sees earlier keys of its own document only. FLOPs
+then count that work only (sum over documents of 4*h*L*L*d / 2 per sequence). `triton` takes the
+document ids and skips masked blocks; `sdpa` is the model's SDPA path (megatron.model.attention),
+which builds the dense [b, 1, s, s] boolean mask; sdpa_cudnn / sdpa_flash take no mask.
 """
 
 import argparse
@@ -25,20 +32,39 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from megatron.model import flash_attn_triton as fat
 
 IMPLS = ("triton", "sdpa_flash", "sdpa_cudnn", "flash_attn")
+DOC_IMPLS = ("triton", "sdpa")  # the default --impls with --doc-len
 
 
-def causal_flops(bsz, heads, seq, head_dim, backward):
-    fwd = 4 * bsz * heads * seq * seq * head_dim / 2
+def causal_flops(bsz, heads, seq, head_dim, backward, doc_len=0):
+    if doc_len:
+        full, last = divmod(seq, doc_len)
+        squares = full * doc_len * doc_len + last * last
+    else:
+        squares = seq * seq
+    fwd = 4 * bsz * heads * squares * head_dim / 2
     return fwd * 3.5 if backward else fwd
 
 
-def make_attention(impl):
+def document_ids_for(bsz, seq, doc_len, device="cuda"):
+    """[b, s] int32 ids of documents of doc_len tokens, or None when doc_len is 0."""
+    if not doc_len:
+        return None
+    return (torch.arange(seq, device=device, dtype=torch.int32) // doc_len).expand(bsz, seq).contiguous()
+
+
+def make_attention(impl, document_ids=None):
     """Returns f(q_bshd, k_bshd, v_bshd) -> out_bshd, or raises if the impl is unavailable."""
     if impl == "triton":
         ok, why = fat.is_available()
         if not ok:
             raise RuntimeError(why)
-        return lambda q, k, v: fat.flash_attn_triton(q, k, v, causal=True)
+        return lambda q, k, v: fat.flash_attn_triton(q, k, v, causal=True, document_ids=document_ids)
+    if impl == "sdpa":
+        from megatron.model.attention import sdpa_attention
+
+        return lambda q, k, v: sdpa_attention(q, k, v, document_ids)
+    if document_ids is not None:
+        raise ValueError(f"{impl} takes no document mask (use triton or sdpa with --doc-len)")
     if impl in ("sdpa_flash", "sdpa_cudnn"):
         from torch.nn.attention import SDPBackend, sdpa_kernel
 
@@ -56,7 +82,7 @@ def make_attention(impl):
         from flash_attn import flash_attn_func
 
         return lambda q, k, v: flash_attn_func(q, k, v, causal=True)
-    raise ValueError(f"unknown impl {impl!r}; choose from {IMPLS}")
+    raise ValueError(f"unknown impl {impl!r}; choose from {IMPLS + ('sdpa',)}")
 
 
 def make_inputs(bsz, seq, heads, head_dim, seed=0):
@@ -182,7 +208,8 @@ def main():
     p.add_argument("--heads", type=int, default=16)
     p.add_argument("--head-dim", type=int, default=128)
     p.add_argument("--tokens", type=int, default=16384, help="batch = max(1, tokens // seq)")
-    p.add_argument("--impls", default=",".join(IMPLS))
+    p.add_argument("--impls", default=None, help=f"default {','.join(IMPLS)}; with --doc-len {','.join(DOC_IMPLS)}")
+    p.add_argument("--doc-len", type=int, default=0, help="pack documents of this many tokens (0: one per sequence)")
     p.add_argument("--sweep", action="store_true", help="tune Triton block configs first")
     p.add_argument("--sweep-seq", type=int, default=16384)
     p.add_argument("--profile-seq", type=int, default=0, help="also profile kernels per impl at this seq")
@@ -190,13 +217,17 @@ def main():
     p.add_argument("--dry-run", action="store_true")
     args = p.parse_args()
     seqs = [int(s) for s in args.seqs.split(",")]
-    impls = args.impls.split(",")
+    impls = (args.impls or ",".join(DOC_IMPLS if args.doc_len else IMPLS)).split(",")
+    if args.doc_len < 0:
+        sys.exit(f"--doc-len must be >= 0, got {args.doc_len}")
 
     if args.dry_run:
         for seq in seqs:
             bsz = batch_for(seq, args.tokens)
             print(
-                f"seq {seq}: batch {bsz}, heads {args.heads}, fwd {causal_flops(bsz, args.heads, seq, args.head_dim, False) / 1e12:.2f} TFLOP; impls {impls}"
+                f"seq {seq}: batch {bsz}, heads {args.heads}, "
+                f"fwd {causal_flops(bsz, args.heads, seq, args.head_dim, False, args.doc_len) / 1e12:.2f} TFLOP; "
+                f"impls {impls}"
             )
         return
     if not torch.cuda.is_available():
@@ -224,7 +255,9 @@ def main():
         "causal": True,
         "head_dim": args.head_dim,
         "heads": args.heads,
-        "flops": "fwd = 4*b*h*s*s*d/2 (causal half); fwd+bwd = 3.5*fwd",
+        "doc_len": args.doc_len,
+        "flops": "fwd = 4*b*h*s*s*d/2 (causal half; with doc_len, s*s is the sum of squared document lengths); "
+        "fwd+bwd = 3.5*fwd",
         "timer": "triton.testing.do_bench median, warmup 50 ms, rep 200 ms",
     }
     if args.sweep:
@@ -239,11 +272,15 @@ def main():
     for seq in seqs:
         bsz = batch_for(seq, args.tokens)
         q, k, v, dout = make_inputs(bsz, seq, args.heads, args.head_dim, seed=seq)
+        document_ids = document_ids_for(bsz, seq, args.doc_len)
+        flops_fwd, flops_fwd_bwd = (causal_flops(bsz, args.heads, seq, args.head_dim, b, args.doc_len) for b in (0, 1))
         reference_out = None
         for impl in impls:
             row = {"impl": impl, "seq": seq, "batch": bsz, "heads": args.heads, "head_dim": args.head_dim}
+            if args.doc_len:
+                row["doc_len"] = args.doc_len
             try:
-                attn = make_attention(impl)
+                attn = make_attention(impl, document_ids)
                 with torch.no_grad():
                     out = attn(q, k, v).float()
                 if reference_out is None:
@@ -251,12 +288,21 @@ def main():
                 else:  # each impl's output against the first impl's (a sanity check, not a test)
                     row["rel_diff_vs_" + impls[0]] = ((out - reference_out).norm() / reference_out.norm()).item()
                 del out
+                # Memory one forward+backward adds on top of the inputs (a dense mask shows here).
+                q.grad = k.grad = v.grad = None
+                torch.cuda.synchronize()
+                base = torch.cuda.memory_allocated()
+                torch.cuda.reset_peak_memory_stats()
+                attn(q, k, v).backward(dout)
+                torch.cuda.synchronize()
+                row["extra_mem_gb"] = (torch.cuda.max_memory_allocated() - base) / 1e9
+                q.grad = k.grad = v.grad = None
                 fwd_ms, fwd_bwd_ms = time_impl(attn, q, k, v, dout)
                 row.update(
                     fwd_ms=fwd_ms,
                     fwd_bwd_ms=fwd_bwd_ms,
-                    fwd_tflops=causal_flops(bsz, args.heads, seq, args.head_dim, False) / fwd_ms / 1e9,
-                    fwd_bwd_tflops=causal_flops(bsz, args.heads, seq, args.head_dim, True) / fwd_bwd_ms / 1e9,
+                    fwd_tflops=flops_fwd / fwd_ms / 1e9,
+                    fwd_bwd_tflops=flops_fwd_bwd / fwd_bwd_ms / 1e9,
                 )
                 if impl == "triton":
                     row["compiled"] = kernel_report()
@@ -265,7 +311,7 @@ def main():
             rows.append(row)
             log(json.dumps({k: v for k, v in row.items() if k != "compiled"}))
             torch.cuda.empty_cache()
-        del q, k, v, dout, reference_out
+        del q, k, v, dout, reference_out, document_ids
         torch.cuda.empty_cache()
     record["results"] = rows
 
