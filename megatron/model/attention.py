@@ -145,6 +145,20 @@ def select_core_attention(cfg: ModelConfig, device: torch.device) -> tuple[Calla
     raise ValueError(f"unknown attention backend {name}")
 
 
+def document_mask_note(backend: str, seq_length: int, micro_batch_size: int) -> Optional[str]:
+    """The one line to print when packed documents (--reset-attention-mask) meet a backend that
+    builds dense masks, else None. Only the Triton kernel takes document ids and skips masked blocks."""
+    if backend == "flash_triton":
+        return None
+    gb = 3 * micro_batch_size * seq_length**2 / 1e9  # the mask and its two boolean factors
+    return (
+        f"--reset-attention-mask with the {backend} backend builds dense [b, 1, S, S] masks (about {gb:.1f} GB "
+        f"at S={seq_length}, micro batch {micro_batch_size}) and computes every masked score; "
+        "--use-flash-attn-triton takes document ids and skips masked blocks instead "
+        "(17-56x faster at 64K on an H200: docs/benchmarks/attention_documents/)"
+    )
+
+
 def _bind(fn, dropout):
     def core(q, k, v, document_ids=None, training=False):
         return fn(q, k, v, document_ids, dropout, training)

@@ -130,6 +130,7 @@ class Trainer:
                 self.ds_config["checkpoint"] = {**self.ds_config.get("checkpoint", {}), "load_universal": True}
 
         set_seed(cfg.train.seed)
+        from megatron.model.attention import document_mask_note
         from megatron.model.gpt import GPTModel, TransformerLayer
         from megatron.model.tiled import MemoryOptions
         from megatron.training import memory
@@ -197,6 +198,10 @@ class Trainer:
             f"micro batch {t.micro_batch_size} x accumulation {self.gas} x DP {self.dp} = global batch "
             f"{t.global_batch_size} | ZeRO-{cfg.parallel.zero_stage} | {t.dtype_name} | device {self.device}"
         )
+        if cfg.data.reset_attention_mask:
+            note = document_mask_note(cfg.model.attention_backend, cfg.model.seq_length, t.micro_batch_size)
+            if note:
+                print_rank0(f"> note: {note}")
         self._tb = None
         if cfg.logging.tensorboard_dir and dist.get_rank() == 0:
             try:
