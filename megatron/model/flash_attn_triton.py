@@ -148,31 +148,42 @@ if triton is not None:
         v_base = V + b.to(tl.int64) * stride_vb + kvh * stride_vh
         q = tl.load(q_base + offs_m[:, None] * stride_qs + offs_d[None, :], mask=row_ok[:, None], other=0.0)
 
-        # Key blocks [lo, full_hi) need no element mask; [max(lo, full_hi), hi) do.
+        # Key blocks [full_lo, full_hi) need no element mask; [lo, full_lo) and [full_hi, hi) do.
         lo = 0
         hi = S
         full_hi = (S // BLOCK_N) * BLOCK_N
         if CAUSAL:
             hi = tl.minimum(S, m0 + BLOCK_M)
             full_hi = tl.minimum(full_hi, m0)
+        full_lo = lo
         seg_base = SEG + b.to(tl.int64) * S
         seg_q = offs_m
         if HAS_DOC:
             seg_q = tl.load(seg_base + offs_m, mask=row_ok, other=-2)
-            lo = (tl.load(RUN_START + b.to(tl.int64) * S + m0) // BLOCK_N) * BLOCK_N
-            hi = tl.minimum(hi, tl.load(RUN_END + b.to(tl.int64) * S + tl.minimum(m0 + BLOCK_M, S) - 1))
-            full_hi = lo
+            m_last = tl.minimum(m0 + BLOCK_M, S) - 1
+            doc_start = tl.load(RUN_START + b.to(tl.int64) * S + m0)
+            lo = (doc_start // BLOCK_N) * BLOCK_N
+            hi = tl.minimum(hi, tl.load(RUN_END + b.to(tl.int64) * S + m_last))
+            # Queries all in one document: key blocks wholly inside it (and causal-visible) are unmasked.
+            one_doc = tl.load(RUN_START + b.to(tl.int64) * S + m_last) == doc_start
+            full_lo = tl.cdiv(doc_start, BLOCK_N) * BLOCK_N
+            full_hi = tl.where(one_doc, tl.minimum(full_hi, (hi // BLOCK_N) * BLOCK_N), full_lo)
+            full_hi = tl.maximum(full_hi, full_lo)
 
         m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
         l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
         acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
         acc, l_i, m_i = _fwd_block_loop(
             acc, l_i, m_i, q, offs_m, seg_q, k_base, v_base, seg_base, stride_ks, stride_vs,
-            lo, full_hi, S, qk_scale, BLOCK_N, HEAD_DIM, False, CAUSAL, HAS_DOC,
+            lo, tl.minimum(full_lo, hi), S, qk_scale, BLOCK_N, HEAD_DIM, True, CAUSAL, HAS_DOC,
         )
         acc, l_i, m_i = _fwd_block_loop(
             acc, l_i, m_i, q, offs_m, seg_q, k_base, v_base, seg_base, stride_ks, stride_vs,
-            tl.maximum(lo, full_hi), hi, S, qk_scale, BLOCK_N, HEAD_DIM, True, CAUSAL, HAS_DOC,
+            full_lo, full_hi, S, qk_scale, BLOCK_N, HEAD_DIM, False, CAUSAL, HAS_DOC,
+        )
+        acc, l_i, m_i = _fwd_block_loop(
+            acc, l_i, m_i, q, offs_m, seg_q, k_base, v_base, seg_base, stride_ks, stride_vs,
+            tl.maximum(full_lo, full_hi), hi, S, qk_scale, BLOCK_N, HEAD_DIM, True, CAUSAL, HAS_DOC,
         )
         out = acc / l_i[:, None]
         o_base = O + b.to(tl.int64) * stride_ob + h * stride_oh
@@ -283,10 +294,16 @@ if triton is not None:
         seg_k = offs_n
         if HAS_DOC:
             seg_k = tl.load(seg_base + offs_n, mask=col_ok, other=-1)
-            lo = tl.maximum(lo, (tl.load(RUN_START + b64 * S + n0) // BLOCK_M) * BLOCK_M)
-            hi = tl.load(RUN_END + b64 * S + tl.minimum(n0 + BLOCK_N, S) - 1)
-            full_hi = full_lo
+            n_last = tl.minimum(n0 + BLOCK_N, S) - 1
+            doc_start = tl.load(RUN_START + b64 * S + n0)
+            lo = tl.maximum(lo, (doc_start // BLOCK_M) * BLOCK_M)
+            hi = tl.load(RUN_END + b64 * S + n_last)
+            # Keys all in one document: query blocks wholly inside it (and causal-visible) are unmasked.
+            one_doc = tl.load(RUN_START + b64 * S + n_last) == doc_start
+            full_lo = tl.maximum(full_lo, tl.cdiv(doc_start, BLOCK_M) * BLOCK_M)
+            full_hi = tl.where(one_doc, tl.minimum(full_hi, (hi // BLOCK_M) * BLOCK_M), full_lo)
         full_lo = tl.maximum(full_lo, lo)
+        full_hi = tl.maximum(full_hi, full_lo)
 
         dk = tl.zeros([BLOCK_N, HEAD_DIM], dtype=tl.float32)
         dv = tl.zeros([BLOCK_N, HEAD_DIM], dtype=tl.float32)
@@ -382,28 +399,39 @@ if triton is not None:
         k_base = K + b64 * stride_kb + kvh * stride_kh
         v_base = V + b64 * stride_vb + kvh * stride_vh
 
+        # Key blocks [full_lo, full_hi) need no element mask; [lo, full_lo) and [full_hi, hi) do.
         lo = 0
         hi = S
         full_hi = (S // BLOCK_N) * BLOCK_N
         if CAUSAL:
             hi = tl.minimum(S, m0 + BLOCK_M)
             full_hi = tl.minimum(full_hi, m0)
+        full_lo = lo
         seg_base = SEG + b64 * S
         seg_q = offs_m
         if HAS_DOC:
             seg_q = tl.load(seg_base + offs_m, mask=row_ok, other=-2)
-            lo = (tl.load(RUN_START + b64 * S + m0) // BLOCK_N) * BLOCK_N
-            hi = tl.minimum(hi, tl.load(RUN_END + b64 * S + tl.minimum(m0 + BLOCK_M, S) - 1))
-            full_hi = lo
+            m_last = tl.minimum(m0 + BLOCK_M, S) - 1
+            doc_start = tl.load(RUN_START + b64 * S + m0)
+            lo = (doc_start // BLOCK_N) * BLOCK_N
+            hi = tl.minimum(hi, tl.load(RUN_END + b64 * S + m_last))
+            one_doc = tl.load(RUN_START + b64 * S + m_last) == doc_start  # as in the forward
+            full_lo = tl.cdiv(doc_start, BLOCK_N) * BLOCK_N
+            full_hi = tl.where(one_doc, tl.minimum(full_hi, (hi // BLOCK_N) * BLOCK_N), full_lo)
+            full_hi = tl.maximum(full_hi, full_lo)
 
         dq = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
         dq = _bwd_dq_block_loop(
             dq, q, do, lse, delta, offs_m, seg_q, k_base, v_base, seg_base, stride_ks, stride_vs,
-            lo, full_hi, S, qk_scale, BLOCK_N, HEAD_DIM, False, CAUSAL, HAS_DOC,
+            lo, tl.minimum(full_lo, hi), S, qk_scale, BLOCK_N, HEAD_DIM, True, CAUSAL, HAS_DOC,
         )
         dq = _bwd_dq_block_loop(
             dq, q, do, lse, delta, offs_m, seg_q, k_base, v_base, seg_base, stride_ks, stride_vs,
-            tl.maximum(lo, full_hi), hi, S, qk_scale, BLOCK_N, HEAD_DIM, True, CAUSAL, HAS_DOC,
+            full_lo, full_hi, S, qk_scale, BLOCK_N, HEAD_DIM, False, CAUSAL, HAS_DOC,
+        )
+        dq = _bwd_dq_block_loop(
+            dq, q, do, lse, delta, offs_m, seg_q, k_base, v_base, seg_base, stride_ks, stride_vs,
+            tl.maximum(full_lo, full_hi), hi, S, qk_scale, BLOCK_N, HEAD_DIM, True, CAUSAL, HAS_DOC,
         )
         dq = dq * sm_scale
         tl.store(DQ + b64 * stride_dqb + h * stride_dqh + offs_m[:, None] * stride_dqs + offs_d[None, :],

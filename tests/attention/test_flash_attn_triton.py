@@ -57,7 +57,11 @@ def check(bsz, seq, heads, kv_heads, head_dim, causal, dtype, use_docs, seed, to
     k = torch.randn(bsz, seq, kv_heads, head_dim, generator=gen)
     v = torch.randn(bsz, seq, kv_heads, head_dim, generator=gen)
     dout = torch.randn(bsz, seq, heads, head_dim, generator=gen)
-    docs = random_document_ids(bsz, seq, gen) if use_docs else None
+    if isinstance(use_docs, tuple):  # explicit document lengths, the same for every sample
+        assert sum(use_docs) == seq
+        docs = torch.repeat_interleave(torch.arange(len(use_docs)), torch.tensor(use_docs)).expand(bsz, seq)
+    else:
+        docs = random_document_ids(bsz, seq, gen) if use_docs else None
     scale_used = scale if scale is not None else 1.0 / math.sqrt(head_dim)
 
     q64, k64, v64 = (t.double().requires_grad_() for t in (q, k, v))
@@ -96,6 +100,11 @@ CASES = [
     (1, 50, 2, 1, 16, True, True),  # documents + causal + GQA
     (2, 41, 2, 2, 32, False, True),  # documents, not causal, odd length
     (1, 7, 2, 2, 16, True, False),  # shorter than one block
+    # Documents longer than two blocks (16 on CPU): blocks wholly inside one document run unmasked,
+    # those at its edges masked. Edges on and off block boundaries.
+    (2, 80, 2, 1, 16, True, (37, 43)),
+    (1, 96, 2, 2, 16, False, (32, 5, 59)),
+    (1, 112, 4, 2, 32, True, (16, 48, 33, 15)),
 ]
 
 
@@ -218,5 +227,8 @@ def test_gpu_bf16_matches_sdpa(seq, heads, kv_heads, head_dim, causal):
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_gpu_bf16_documents_match_reference():
-    check(2, 1500, 8, 2, 128, True, torch.bfloat16, True, seed=3, tol=1e-2, device="cuda")
+@pytest.mark.parametrize("docs", [True, (1000, 2048, 1048), (640, 3456)])  # random; long, off and on 128-edges
+@pytest.mark.parametrize("causal", [True, False])
+def test_gpu_bf16_documents_match_reference(docs, causal):
+    seq = 1500 if docs is True else sum(docs)
+    check(2, seq, 8, 2, 128, causal, torch.bfloat16, docs, seed=3, tol=1e-2, device="cuda")
