@@ -173,10 +173,11 @@ if triton is not None:
         m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
         l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
         acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
-        acc, l_i, m_i = _fwd_block_loop(
-            acc, l_i, m_i, q, offs_m, seg_q, k_base, v_base, seg_base, stride_ks, stride_vs,
-            lo, tl.minimum(full_lo, hi), S, qk_scale, BLOCK_N, HEAD_DIM, True, CAUSAL, HAS_DOC,
-        )
+        if HAS_DOC:  # a document's first, partial key block (without documents full_lo == lo)
+            acc, l_i, m_i = _fwd_block_loop(
+                acc, l_i, m_i, q, offs_m, seg_q, k_base, v_base, seg_base, stride_ks, stride_vs,
+                lo, tl.minimum(full_lo, hi), S, qk_scale, BLOCK_N, HEAD_DIM, True, CAUSAL, HAS_DOC,
+            )
         acc, l_i, m_i = _fwd_block_loop(
             acc, l_i, m_i, q, offs_m, seg_q, k_base, v_base, seg_base, stride_ks, stride_vs,
             full_lo, full_hi, S, qk_scale, BLOCK_N, HEAD_DIM, False, CAUSAL, HAS_DOC,
@@ -421,10 +422,11 @@ if triton is not None:
             full_hi = tl.maximum(full_hi, full_lo)
 
         dq = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
-        dq = _bwd_dq_block_loop(
-            dq, q, do, lse, delta, offs_m, seg_q, k_base, v_base, seg_base, stride_ks, stride_vs,
-            lo, tl.minimum(full_lo, hi), S, qk_scale, BLOCK_N, HEAD_DIM, True, CAUSAL, HAS_DOC,
-        )
+        if HAS_DOC:  # as in the forward
+            dq = _bwd_dq_block_loop(
+                dq, q, do, lse, delta, offs_m, seg_q, k_base, v_base, seg_base, stride_ks, stride_vs,
+                lo, tl.minimum(full_lo, hi), S, qk_scale, BLOCK_N, HEAD_DIM, True, CAUSAL, HAS_DOC,
+            )
         dq = _bwd_dq_block_loop(
             dq, q, do, lse, delta, offs_m, seg_q, k_base, v_base, seg_base, stride_ks, stride_vs,
             full_lo, full_hi, S, qk_scale, BLOCK_N, HEAD_DIM, False, CAUSAL, HAS_DOC,
