@@ -27,10 +27,10 @@ def build_datasets(cfg: Config):
     if cfg.data.mock_data:
         from megatron.data.mock import MockGPTDataset
 
-        m = cfg.model
-        return MockGPTDataset(m.seq_length, m.vocab_size, cfg.train.seed), MockGPTDataset(
-            m.seq_length, m.vocab_size, cfg.train.seed + 1
-        ), None
+        m, n = cfg.model, cfg.data.mock_document_length
+        train = MockGPTDataset(m.seq_length, m.vocab_size, cfg.train.seed, document_length=n)
+        valid = MockGPTDataset(m.seq_length, m.vocab_size, cfg.train.seed + 1, document_length=n)
+        return train, valid, train.eod
     import torch.distributed as dist
 
     from megatron.data import build_gpt_datasets

@@ -96,6 +96,7 @@ _FIELDS = {
     "reset_position_ids": ("data", "reset_position_ids"),
     "reset_attention_mask": ("data", "reset_attention_mask"),
     "eod_mask_loss": ("data", "eod_mask_loss"),
+    "mock_document_length": ("data", "mock_document_length"),
     "num_workers": ("data", "num_workers"),
     # logging and checkpoints
     "log_interval": ("logging", "log_interval"),
@@ -221,6 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
     _bool_flag(g, "--reset-position-ids")
     _bool_flag(g, "--reset-attention-mask")
     _bool_flag(g, "--eod-mask-loss")
+    g.add_argument("--mock-document-length", type=int, help="--mock-data in documents of N tokens ending in EOD")
     g.add_argument("--num-workers", type=int)
 
     g = p.add_argument_group("logging and checkpoints")

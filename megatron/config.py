@@ -309,12 +309,30 @@ class DataConfig:
     """Do not attend across documents inside a packed sample."""
     eod_mask_loss: bool = False
     """Exclude end-of-document tokens from the loss."""
+    mock_document_length: int = 0
+    """With --mock-data: documents of this many tokens, each ending with an end-of-document token
+    (id vocab_size - 1), for --reset-position-ids / --reset-attention-mask / --eod-mask-loss (0: none)."""
     num_workers: int = 2
     """DataLoader worker processes."""
 
     @property
     def uses_files(self) -> bool:
         return bool(self.data_path or self.train_data_path)
+
+    def __post_init__(self):
+        if self.mock_document_length < 0:
+            raise ConfigError(f"--mock-document-length must be >= 0, got {self.mock_document_length}")
+        if self.mock_document_length and not self.mock_data:
+            raise ConfigError("--mock-document-length shapes the --mock-data stream; add --mock-data or drop it")
+        if self.mock_data and not self.mock_document_length:
+            used = [f for f, on in (("--reset-position-ids", self.reset_position_ids),
+                                    ("--reset-attention-mask", self.reset_attention_mask),
+                                    ("--eod-mask-loss", self.eod_mask_loss)) if on]  # fmt: skip
+            if used:
+                raise ConfigError(
+                    f"{' '.join(used)} would do nothing: the --mock-data stream has no documents; "
+                    "add --mock-document-length N (documents of N tokens)"
+                )
 
 
 @dataclass

@@ -16,7 +16,7 @@ def test_note_names_the_mask_size_and_the_triton_backend():
 
 def test_trainer_prints_the_note_once(tmp_path):
     args = TINY_LLAMA + TRAIN + ["--train-iters", "1", "--zero-stage", "1", "--attention-backend", "sdpa",
-                                 "--reset-attention-mask"]  # fmt: skip
+                                 "--reset-attention-mask", "--mock-document-length", "16"]  # fmt: skip
     proc = torchrun(1, args, tmp_path / "m.jsonl")
     assert proc.returncode == 0, proc.stderr[-3000:]
     notes = [line for line in proc.stdout.splitlines() if line.startswith("> note: --reset-attention-mask")]
