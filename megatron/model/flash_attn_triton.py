@@ -122,6 +122,32 @@ if triton is not None:
         return acc, l_i, m_i
 
     @triton.jit
+    def _key_block_ranges(
+        RUN_START, RUN_END, b64, m0, S,
+        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr, HAS_DOC: tl.constexpr,
+    ):
+        """Key range [lo, hi) of the query block [m0, m0 + BLOCK_M) (forward and dq kernels), and the
+        part [full_lo, full_hi) that needs no element mask; [lo, full_lo) and [full_hi, hi) do."""
+        lo = 0
+        hi = S
+        full_hi = (S // BLOCK_N) * BLOCK_N
+        if CAUSAL:
+            hi = tl.minimum(S, m0 + BLOCK_M)
+            full_hi = tl.minimum(full_hi, m0)
+        full_lo = lo
+        if HAS_DOC:
+            m_last = tl.minimum(m0 + BLOCK_M, S) - 1
+            doc_start = tl.load(RUN_START + b64 * S + m0)
+            lo = (doc_start // BLOCK_N) * BLOCK_N
+            hi = tl.minimum(hi, tl.load(RUN_END + b64 * S + m_last))
+            # Queries all in one document: key blocks wholly inside it (and causal-visible) are unmasked.
+            one_doc = tl.load(RUN_START + b64 * S + m_last) == doc_start
+            full_lo = tl.cdiv(doc_start, BLOCK_N) * BLOCK_N
+            full_hi = tl.where(one_doc, tl.minimum(full_hi, (hi // BLOCK_N) * BLOCK_N), full_lo)
+            full_hi = tl.maximum(full_hi, full_lo)
+        return lo, hi, full_lo, full_hi
+
+    @triton.jit
     def _fwd_kernel(
         Q, K, V, O, LSE, SEG, RUN_START, RUN_END,
         stride_qb, stride_qs, stride_qh,
@@ -148,27 +174,13 @@ if triton is not None:
         v_base = V + b.to(tl.int64) * stride_vb + kvh * stride_vh
         q = tl.load(q_base + offs_m[:, None] * stride_qs + offs_d[None, :], mask=row_ok[:, None], other=0.0)
 
-        # Key blocks [full_lo, full_hi) need no element mask; [lo, full_lo) and [full_hi, hi) do.
-        lo = 0
-        hi = S
-        full_hi = (S // BLOCK_N) * BLOCK_N
-        if CAUSAL:
-            hi = tl.minimum(S, m0 + BLOCK_M)
-            full_hi = tl.minimum(full_hi, m0)
-        full_lo = lo
         seg_base = SEG + b.to(tl.int64) * S
         seg_q = offs_m
         if HAS_DOC:
             seg_q = tl.load(seg_base + offs_m, mask=row_ok, other=-2)
-            m_last = tl.minimum(m0 + BLOCK_M, S) - 1
-            doc_start = tl.load(RUN_START + b.to(tl.int64) * S + m0)
-            lo = (doc_start // BLOCK_N) * BLOCK_N
-            hi = tl.minimum(hi, tl.load(RUN_END + b.to(tl.int64) * S + m_last))
-            # Queries all in one document: key blocks wholly inside it (and causal-visible) are unmasked.
-            one_doc = tl.load(RUN_START + b.to(tl.int64) * S + m_last) == doc_start
-            full_lo = tl.cdiv(doc_start, BLOCK_N) * BLOCK_N
-            full_hi = tl.where(one_doc, tl.minimum(full_hi, (hi // BLOCK_N) * BLOCK_N), full_lo)
-            full_hi = tl.maximum(full_hi, full_lo)
+        lo, hi, full_lo, full_hi = _key_block_ranges(
+            RUN_START, RUN_END, b.to(tl.int64), m0, S, BLOCK_M, BLOCK_N, CAUSAL, HAS_DOC
+        )
 
         m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
         l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
@@ -400,26 +412,13 @@ if triton is not None:
         k_base = K + b64 * stride_kb + kvh * stride_kh
         v_base = V + b64 * stride_vb + kvh * stride_vh
 
-        # Key blocks [full_lo, full_hi) need no element mask; [lo, full_lo) and [full_hi, hi) do.
-        lo = 0
-        hi = S
-        full_hi = (S // BLOCK_N) * BLOCK_N
-        if CAUSAL:
-            hi = tl.minimum(S, m0 + BLOCK_M)
-            full_hi = tl.minimum(full_hi, m0)
-        full_lo = lo
         seg_base = SEG + b64 * S
         seg_q = offs_m
         if HAS_DOC:
             seg_q = tl.load(seg_base + offs_m, mask=row_ok, other=-2)
-            m_last = tl.minimum(m0 + BLOCK_M, S) - 1
-            doc_start = tl.load(RUN_START + b64 * S + m0)
-            lo = (doc_start // BLOCK_N) * BLOCK_N
-            hi = tl.minimum(hi, tl.load(RUN_END + b64 * S + m_last))
-            one_doc = tl.load(RUN_START + b64 * S + m_last) == doc_start  # as in the forward
-            full_lo = tl.cdiv(doc_start, BLOCK_N) * BLOCK_N
-            full_hi = tl.where(one_doc, tl.minimum(full_hi, (hi // BLOCK_N) * BLOCK_N), full_lo)
-            full_hi = tl.maximum(full_hi, full_lo)
+        lo, hi, full_lo, full_hi = _key_block_ranges(
+            RUN_START, RUN_END, b64, m0, S, BLOCK_M, BLOCK_N, CAUSAL, HAS_DOC
+        )
 
         dq = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
         if HAS_DOC:  # as in the forward
