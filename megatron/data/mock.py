@@ -35,8 +35,8 @@ class MockGPTDataset:
         self.document_length = document_length
         self.eod = vocab_size - 1 if document_length else None
         table_rng = np.random.default_rng([seed, 0x5EED])
-        high = vocab_size - 1 if document_length else vocab_size  # the chain never emits the EOD id
-        self.successors = table_rng.integers(0, high, size=(vocab_size, branching), dtype=np.int64)
+        self._token_high = vocab_size - 1 if document_length else vocab_size  # the chain never emits the EOD id
+        self.successors = table_rng.integers(0, self._token_high, size=(vocab_size, branching), dtype=np.int64)
         self.branching = branching
 
     def __len__(self) -> int:
@@ -49,7 +49,7 @@ class MockGPTDataset:
         n = self.seq_length + 1
         choice = rng.integers(0, self.branching, size=n)
         tokens = np.empty(n, dtype=np.int64)
-        tokens[0] = rng.integers(0, self.vocab_size - 1 if self.document_length else self.vocab_size)
+        tokens[0] = rng.integers(0, self._token_high)
         succ = self.successors
         for j in range(1, n):
             tokens[j] = succ[tokens[j - 1], choice[j]]
