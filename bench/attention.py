@@ -115,6 +115,8 @@ def batch_for(seq, tokens):
 
 def kernel_report():
     """Registers, spills, shared memory and wgmma count of the latest Triton launches."""
+    from kernel_resources import mma_counts  # bench/, the script's own directory
+
     report = {}
     for name, compiled in fat.LAST_COMPILED.items():
         ptx = compiled.asm.get("ptx", "")
@@ -124,8 +126,7 @@ def kernel_report():
             "shared_bytes": compiled.metadata.shared,
             "num_warps": compiled.metadata.num_warps,
             "num_stages": compiled.metadata.num_stages,
-            "wgmma_in_ptx": len(re.findall(r"wgmma\.mma_async", ptx)),
-            "mma_sync_in_ptx": len(re.findall(r"\bmma\.sync", ptx)),
+            **mma_counts(ptx),
         }
     return report
 

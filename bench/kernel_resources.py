@@ -40,6 +40,14 @@ def _arg_type(name: str) -> str:
     return "*fp32" if name in FP32_POINTERS else "*bf16"
 
 
+def mma_counts(ptx: str) -> dict:
+    """Tensor-core instructions in a kernel's PTX: Hopper's wgmma, and the older mma.sync fallback."""
+    return {
+        "wgmma_in_ptx": len(re.findall(r"wgmma\.mma_async", ptx)),
+        "mma_sync_in_ptx": len(re.findall(r"\bmma\.sync", ptx)),
+    }
+
+
 def _ptxas_report(ptxas: str, ptx: str, arch: int) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "k.ptx")
@@ -89,8 +97,7 @@ def compile_report(kernel: str, config: tuple, head_dim: int, causal: bool, docs
         "config": list(config),
         **_ptxas_report(ptxas, ptx, arch),
         "shared_bytes": compiled.metadata.shared,
-        "wgmma_in_ptx": len(re.findall(r"wgmma\.mma_async", ptx)),
-        "mma_sync_in_ptx": len(re.findall(r"\bmma\.sync", ptx)),
+        **mma_counts(ptx),
     }
 
 
