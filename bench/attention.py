@@ -139,6 +139,14 @@ def _try(attn, q, k, v, dout, kernel):
         return {"error": f"{type(e).__name__}: {str(e)[:300]}"}
 
 
+# (BLOCK_M, BLOCK_N, warps, stages) tried by --sweep, after the current config of each kernel.
+SWEEP_CONFIGS = {
+    "fwd": [(128, 128, 8, 3), (128, 64, 8, 3), (128, 128, 8, 2), (64, 64, 4, 3)],
+    "dkdv": [(64, 128, 8, 3), (64, 128, 8, 2), (32, 128, 8, 3), (64, 64, 4, 2)],
+    "dq": [(128, 128, 8, 2), (128, 64, 8, 3), (128, 64, 8, 2), (64, 64, 4, 2)],
+}
+
+
 def sweep(args, log):
     """Coordinate search over Triton block configs: fwd alone (fwd time), then the dkdv and dq
     kernels (fwd+bwd time). Every row lands in the JSON; the best goes on to the benchmark."""
@@ -146,13 +154,10 @@ def sweep(args, log):
     bsz = batch_for(args.sweep_seq, args.tokens)
     q, k, v, dout = make_inputs(bsz, args.sweep_seq, args.heads, d)
     attn = make_attention("triton")
-    candidates = {
-        "fwd": [(128, 128, 8, 3), (128, 64, 8, 3), (128, 128, 8, 2), (64, 64, 4, 3)],
-        "dkdv": [(64, 128, 8, 3), (64, 128, 8, 2), (32, 128, 8, 3), (64, 64, 4, 2)],
-        "dq": [(128, 128, 8, 2), (128, 64, 8, 3), (128, 64, 8, 2), (64, 64, 4, 2)],
-    }
     results = []
-    for kernel, configs in candidates.items():
+    for kernel, listed in SWEEP_CONFIGS.items():
+        current = tuple(fat._config(kernel, d))  # today's config is always timed, first, as the baseline
+        configs = [current] + [c for c in listed if c != current]
         metric_key = "fwd_ms" if kernel == "fwd" else "fwd_bwd_ms"
         timed = []
         for cfg in configs:

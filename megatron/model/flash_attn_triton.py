@@ -53,13 +53,13 @@ def is_available() -> tuple[bool, str]:
     return True, ""
 
 
-# Block configs: (BLOCK_M, BLOCK_N, num_warps, num_stages); head_dim 128 tuned on H100 with
-# `bench/attention.py --sweep` (docs/benchmarks/attention_notes.md), 64 set by analogy.
+# Block configs: (BLOCK_M, BLOCK_N, num_warps, num_stages), tuned with `bench/attention.py --sweep`:
+# head_dim 128 on H100 (docs/benchmarks/attention_notes.md), 64 on H200 (attention_hd64/).
 # fwd and dq need BLOCK_M % BLOCK_N == 0; dkdv needs BLOCK_N % BLOCK_M == 0.
 GPU_CONFIGS = {
-    "fwd": {64: (128, 64, 4, 3), 128: (128, 128, 8, 3)},
-    "dkdv": {64: (64, 128, 4, 2), 128: (64, 128, 8, 3)},
-    "dq": {64: (128, 64, 4, 2), 128: (128, 128, 8, 2)},
+    "fwd": {64: (128, 64, 8, 3), 128: (128, 128, 8, 3)},
+    "dkdv": {64: (64, 64, 4, 2), 128: (64, 128, 8, 3)},
+    "dq": {64: (128, 64, 8, 3), 128: (128, 128, 8, 2)},
 }
 INTERPRETER_CONFIG = (16, 16, 4, 1)  # small blocks so tiny CPU tests cross block edges
 # Compiled kernels of the latest launches, by name: registers, spills, shared memory, PTX for bench.
