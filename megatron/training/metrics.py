@@ -7,6 +7,11 @@ Two different numbers, kept apart on purpose:
   with that table.
 * ``model_flops_per_token`` counts the model's own matmul FLOPs (no recomputation, causal
   attention counted as half of full) and is what MFU divides by the GPU's dense peak.
+
+With packed documents (``--reset-attention-mask``) a token attends to its own document only, so
+the attention work of a sequence is the sum of its documents' squared lengths, not S². The
+trainer's model FLOPs count that (``document_square_sum``, ``model_flops``); the
+Megatron-DeepSpeed formula stays as published (one document per sequence).
 """
 
 from __future__ import annotations
@@ -64,6 +69,21 @@ def model_flops_per_token(cfg: ModelConfig, seq_length: int) -> float:
     matmul_params = L * per_layer + cfg.padded_vocab_size * h
     attention = 6 * L * seq_length * h  # 2 matmuls x 2 FLOP/MAC x S x h, halved for causal, x3 fwd+bwd
     return 6 * matmul_params + attention
+
+
+def document_square_sum(document_ids_bs: torch.Tensor) -> int:
+    """Sum over the batch's sequences of their documents' squared lengths (S² per sequence of one
+    document). ``document_ids_bs`` [b, s]: ids from 0, non-decreasing along each sequence."""
+    b, s = document_ids_bs.shape
+    distinct = document_ids_bs.long() + torch.arange(b, device=document_ids_bs.device).unsqueeze(1) * s
+    return int((torch.bincount(distinct.reshape(-1)).long() ** 2).sum())
+
+
+def model_flops(cfg: ModelConfig, tokens: int, square_sum: int) -> float:
+    """Forward+backward model FLOPs of ``tokens`` tokens whose documents' squared lengths sum to
+    ``square_sum``; with one document per sequence of length S this is ``model_flops_per_token(cfg,
+    S) * tokens``."""
+    return model_flops_per_token(cfg, 0) * tokens + 6 * cfg.num_layers * cfg.hidden_size * square_sum
 
 
 def peak_memory_gb(device: torch.device) -> float:

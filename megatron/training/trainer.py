@@ -96,13 +96,16 @@ class TrainingStopped(RuntimeError):
 
 @dataclass
 class Batch:
-    """This rank's slice of one micro batch. ``document_ids`` covers the full sequence."""
+    """This rank's slice of one micro batch. ``document_ids`` covers the full sequence;
+    ``square_sum`` is its documents' squared lengths summed (b x S² without documents), for the
+    model FLOPs."""
 
     input_ids: torch.Tensor
     labels: torch.Tensor
     loss_mask: torch.Tensor
     position_ids: torch.Tensor
     document_ids: Optional[torch.Tensor]
+    square_sum: int
 
 
 class Trainer:
@@ -232,7 +235,8 @@ class Trainer:
             loss_mask = torch.ones_like(input_ids, dtype=torch.float32)
             position_ids = torch.arange(input_ids.shape[1]).expand_as(input_ids)
             document_ids = None
-        s = input_ids.shape[1] // self.sp
+        S = input_ids.shape[1]
+        s = S // self.sp
         sl = slice(self.sp_rank * s, (self.sp_rank + 1) * s)
         to = lambda x: x.to(self.device, non_blocking=True)  # noqa: E731
         return Batch(
@@ -241,6 +245,7 @@ class Trainer:
             to(loss_mask[:, sl].contiguous()),
             to(position_ids[:, sl].contiguous()),
             None if document_ids is None else to(document_ids),
+            metrics.document_square_sum(document_ids) if document_ids is not None else input_ids.numel() * S,
         )
 
     def _check_token_ids(self, tokens: torch.Tensor, indices: list) -> None:
@@ -266,6 +271,17 @@ class Trainer:
         if zero["stage"] == 3 and zero.get("reduce_scatter", True):
             return self.dp * self.sp
         return self.dp
+
+    def _square_sum(self, window: list) -> float:
+        """Documents' squared lengths per iteration over the global batch (gbs x S² without documents).
+        With documents they differ across data-parallel ranks and are summed over them; the SP
+        ranks of a group hold the same sequences."""
+        local = sum(w["square_sum"] for w in window) / len(window)
+        if not self.cfg.data.reset_attention_mask or self.dp == 1:
+            return local * self.dp
+        total = torch.tensor(local, dtype=torch.float64, device=self.device)
+        dist.all_reduce(total, group=ps.get_data_parallel_group())
+        return total.item()
 
     def _global_token_count(self, batches: list) -> torch.Tensor:
         n = torch.stack([b.loss_mask.sum() for b in batches]).sum().to(torch.float64)
@@ -388,7 +404,6 @@ class Trainer:
             cfg.model, t.global_batch_size, S, cfg.parallel.checkpoint_activations,
             cfg.parallel.checkpoint_keep_attention,
         )  # fmt: skip
-        flops_model = metrics.model_flops_per_token(cfg.model, S) * t.global_batch_size * S
         peak = metrics.peak_flops(torch.cuda.get_device_name(self.device)) if self.device.type == "cuda" else None
         records, window, window_start = [], [], time.perf_counter()
         metrics_f = open(lg.metrics_file, "a") if lg.metrics_file and dist.get_rank() == 0 else None
@@ -397,6 +412,7 @@ class Trainer:
             step_in_epoch = self.consumed_samples // t.global_batch_size
             batches = [self._make_batch(self.train_ds, self._sample_indices(0, step_in_epoch, m)) for m in range(self.gas)]
             out = self.train_step(batches)
+            out["square_sum"] = sum(b.square_sum for b in batches)  # this DP rank's, for the model FLOPs
             self.iteration += 1
             self.consumed_samples += t.global_batch_size
             if out["skipped"]:
@@ -413,6 +429,7 @@ class Trainer:
                 if self.device.type == "cuda":
                     torch.cuda.synchronize(self.device)
                 elapsed = (time.perf_counter() - window_start) / len(window)
+                flops_model = metrics.model_flops(cfg.model, t.global_batch_size * S, self._square_sum(window))
                 rec = {
                     "iteration": self.iteration,
                     "lm_loss": sum(w["lm_loss"] for w in window) / len(window),

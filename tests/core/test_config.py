@@ -85,6 +85,19 @@ def test_model_flops_close_to_6n_plus_causal_attention():
     assert metrics.peak_flops("NVIDIA H100 80GB HBM3") == 989e12 and metrics.peak_flops("cpu") is None
 
 
+def test_model_flops_with_documents():
+    import torch
+
+    cfg = ModelConfig(num_layers=2, hidden_size=64, num_attention_heads=4, seq_length=8, vocab_size=128)
+    one_doc = torch.zeros(3, 8, dtype=torch.long)
+    assert metrics.document_square_sum(one_doc) == 3 * 64
+    docs = torch.tensor([[0, 0, 0, 1, 1, 2, 2, 2], [0, 1, 1, 1, 1, 1, 1, 1]])
+    assert metrics.document_square_sum(docs) == (9 + 4 + 9) + (1 + 49)
+    assert metrics.model_flops(cfg, 3 * 8, 3 * 64) == pytest.approx(metrics.model_flops_per_token(cfg, 8) * 3 * 8)
+    dense = metrics.model_flops(cfg, 16, 64 * 2)
+    assert dense - metrics.model_flops(cfg, 16, 72) == pytest.approx(6 * 2 * 64 * (128 - 72))
+
+
 def test_lr_schedule_warmup_then_cosine_to_min():
     from megatron.config import TrainConfig
 
