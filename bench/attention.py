@@ -31,7 +31,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from megatron.model import flash_attn_triton as fat
 
-IMPLS = ("triton", "sdpa_flash", "sdpa_cudnn", "flash_attn")
+# triton: our kernels as the model runs them (the fused Gluon backward where it applies, see
+# flash_attn_triton.BACKWARD); triton_split: the same forward with the split backward always.
+IMPLS = ("triton", "triton_split", "sdpa_flash", "sdpa_cudnn", "flash_attn")
 DOC_IMPLS = ("triton", "sdpa")  # the default --impls with --doc-len
 
 
@@ -54,11 +56,16 @@ def document_ids_for(bsz, seq, doc_len, device="cuda"):
 
 def make_attention(impl, document_ids=None):
     """Returns f(q_bshd, k_bshd, v_bshd) -> out_bshd, or raises if the impl is unavailable."""
-    if impl == "triton":
+    if impl in ("triton", "triton_split"):
         ok, why = fat.is_available()
         if not ok:
             raise RuntimeError(why)
-        return lambda q, k, v: fat.flash_attn_triton(q, k, v, causal=True, document_ids=document_ids)
+
+        def triton_attn(q, k, v):
+            fat.BACKWARD = "split" if impl == "triton_split" else "auto"  # read by this output's backward
+            return fat.flash_attn_triton(q, k, v, causal=True, document_ids=document_ids)
+
+        return triton_attn
     if impl == "sdpa":
         from megatron.model.attention import sdpa_attention
 
@@ -153,7 +160,7 @@ def sweep(args, log):
     d = args.head_dim
     bsz = batch_for(args.sweep_seq, args.tokens)
     q, k, v, dout = make_inputs(bsz, args.sweep_seq, args.heads, d)
-    attn = make_attention("triton")
+    attn = make_attention("triton_split")  # the block configs tuned here are the split kernels'
     results = []
     for kernel, listed in SWEEP_CONFIGS.items():
         current = tuple(fat._config(kernel, d))  # today's config is always timed, first, as the baseline

@@ -15,6 +15,9 @@ Kernels (all exp in base 2, with log2(e) folded into the softmax scale):
   _bwd_dkdv_kernel one program per (key block, b*g): loops over the query heads of the
                    group and their query blocks, so GQA gradients sum in registers.
   _bwd_dq_kernel   one program per (query block, b*h): loops over key blocks.
+The backward is these split kernels (7 GEMM units per block pair), or, where it supports the
+inputs (causal, bf16, head dim 128, no GQA, no documents, sm_90, Triton 3.6), the fused
+warp-specialized Gluon kernel of `flash_attn_gluon` (5 units); `BACKWARD = "split"` forces the former.
 Key/query block ranges skip fully masked blocks (causal, documents); only blocks that
 touch the diagonal, a document edge or the sequence tail pay for the element mask.
 """
@@ -462,6 +465,31 @@ def _strides3(x):
     return x.stride(0), x.stride(1), x.stride(2)
 
 
+# "auto": the fused Gluon backward (flash_attn_gluon) where it supports the inputs, else the split
+# kernels below; "split": always the split kernels (for comparisons, e.g. bench/attention.py).
+BACKWARD = "auto"
+_NOTED: set = set()
+
+
+def _fused_backward_unsupported(q, k, causal: bool, has_doc: bool):
+    """None when the fused backward runs on these inputs, else why not."""
+    if BACKWARD == "split":
+        return "flash_attn_triton.BACKWARD = 'split'"
+    from megatron.model import flash_attn_gluon as fag
+
+    return fag.unsupported_reason(q, k, causal, has_doc)
+
+
+def _note_backward(reason) -> None:
+    """One line per distinct choice, on rank 0: which backward ran, and why not the fused one."""
+    msg = "fused Gluon kernel (5 GEMM units)" if reason is None else f"split kernels ({reason})"
+    if msg in _NOTED:
+        return
+    _NOTED.add(msg)
+    if not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0:
+        print(f"> attention: FlashAttention-Triton backward: {msg}", flush=True)
+
+
 class _FlashAttnTriton(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, causal, softmax_scale, document_ids):
@@ -503,6 +531,14 @@ class _FlashAttnTriton(torch.autograd.Function):
             out, dout, delta, *_strides3(out), *_strides3(dout), seq, heads,
             BLOCK_M=block_m, HEAD_DIM=head_dim,
         )
+        reason = _fused_backward_unsupported(q, k, ctx.causal, ctx.has_doc)
+        _note_backward(reason)
+        if reason is None:
+            from megatron.model import flash_attn_gluon as fag
+
+            dq, dk, dv = fag.backward(q, k, v, dout, lse, delta, scale)
+            LAST_COMPILED["bwd_fused"] = fag.LAST_COMPILED["ws"]
+            return dq, dk, dv, None, None, None
         dq = torch.empty_like(q)
         dk = torch.empty_like(k)
         dv = torch.empty_like(v)

@@ -1,0 +1,47 @@
+"""Which backward FlashAttention-Triton runs: the fused Gluon kernel only where it supports the inputs
+(its numerics are checked on the GPU in test_flash_attn_triton.py), the split kernels elsewhere, and
+one line saying which."""
+
+import pytest
+import torch
+
+from megatron.model import flash_attn_gluon as fag
+from megatron.model import flash_attn_triton as fat
+
+
+def _qk(b=1, s=256, h=4, g=4, d=128, dtype=torch.bfloat16):
+    return torch.zeros(b, s, h, d, dtype=dtype), torch.zeros(b, s, g, d, dtype=dtype)
+
+
+@pytest.mark.parametrize(
+    "kwargs,causal,docs,reason",
+    [
+        ({}, False, False, "not causal"),
+        ({}, True, True, "document masks"),
+        ({"dtype": torch.float16}, True, False, "torch.float16 (bf16 only)"),
+        ({"d": 64}, True, False, "head dim 64 (128 only)"),
+        ({"g": 2}, True, False, "grouped-query attention"),
+        ({"s": 200}, True, False, "sequence 200 not a multiple of 128"),
+        ({}, True, False, "not an sm_90 GPU"),  # supported inputs, on the CPU
+    ],
+)
+def test_unsupported_inputs_are_named(kwargs, causal, docs, reason):
+    q, k = _qk(**kwargs)
+    assert fag.unsupported_reason(q, k, causal, docs) == reason
+    assert fat._fused_backward_unsupported(q, k, causal, docs) == reason
+
+
+def test_split_can_be_forced(monkeypatch):
+    monkeypatch.setattr(fat, "BACKWARD", "split")
+    q, k = _qk()
+    assert "split" in fat._fused_backward_unsupported(q, k, True, False)
+
+
+def test_the_choice_is_printed_once(monkeypatch, capsys):
+    monkeypatch.setattr(fat, "_NOTED", set())
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(1, 40, 2, 16, requires_grad=True) for _ in range(3))
+    for _ in range(2):
+        fat.flash_attn_triton(q, k, v, causal=True).sum().backward()
+    lines = [line for line in capsys.readouterr().out.splitlines() if "backward" in line]
+    assert lines == ["> attention: FlashAttention-Triton backward: split kernels (torch.float32 (bf16 only))"]
