@@ -1,10 +1,11 @@
 """A fused FlashAttention backward for Hopper (sm_90) in Triton's Gluon dialect: 5 GEMM units per
-block pair instead of the split backward's 7, at head dim 128. Used by `flash_attn_triton` when
-`unsupported_reason` is None (causal, bf16, head dim 128, no GQA, no documents, sequence a multiple
-of 128, an sm_90 GPU, Triton 3.6); everything else takes the split backward.
+block pair instead of the split backward's 7. Used by `flash_attn_triton` when `unsupported_reason` is
+None (causal, bf16, head dim 64 or 128, grouped-query attention or not, no documents, sequence a
+multiple of 128, an sm_90 GPU, Triton 3.6); everything else takes the split backward.
 
-One program per (key block of BLOCK_N = 128 keys, head, batch). dK and dV accumulate in registers over
-the query blocks (BLOCK_M = 64) from the causal diagonal to the end. Per query block, 5 wgmma GEMMs:
+One program per (key block of BLOCK_N = 128 keys, kv head, batch). dK and dV accumulate in registers
+over the query blocks (BLOCK_M = 64) from the causal diagonal to the end, of each query head of the kv
+head's group in turn. Per query block, 5 wgmma GEMMs:
 
     S^T  = K Q^T        [128 x 64],  A = K (smem),      B = Q^T   (smem view)
     dP^T = V dO^T       [128 x 64],  A = V (smem),      B = dO^T  (smem view)
@@ -35,7 +36,7 @@ LOG2E = 1.4426950408889634
 VARIANTS = ("ws", "plain")
 BLOCK_M = 64  # queries per step
 BLOCK_N = 128  # keys per program
-HEAD_DIM = 128
+HEAD_DIMS = (64, 128)
 STAGES = 3  # depth of the Q / dO / lse / delta ring
 WS_WORKER_REGS = 24
 WS_MAXNREG = 168  # (8 + 4 warps) * 32 * 168 <= 64K registers; the default partition gets (12*168 - 4*24) / 8 = 240
@@ -100,9 +101,10 @@ if _IMPORT_ERROR is None:
         tma.async_copy_global_to_shared(delta_desc, [vec], do_bar, delta_bufs.index(s), pred=pred)
 
     @gluon.jit
-    def _bwd_step(i, n0, dk, dv, smem, bars, qk_scale, sm_scale, MASKED: gl.constexpr,
+    def _bwd_step(t, i, n0, dk, dv, smem, bars, qk_scale, sm_scale, MASKED: gl.constexpr,
                   BM: gl.constexpr, BN: gl.constexpr, D: gl.constexpr, STAGES: gl.constexpr):
-        """Query block i of this key block: the 5 GEMMs. Returns dk, dv and the scaled dQ partial (registers)."""
+        """Query block i (ring slot t) of this key block: the 5 GEMMs. Returns dk, dv and the scaled dQ
+        partial (registers)."""
         k_s, v_s, q_bufs, do_bufs, lse_bufs, delta_bufs, ds_s, dq_s = smem
         kv_bar, q_ready, do_ready, stage_empty, dq_ready, dq_empty = bars
         mma_s: gl.constexpr = _mma_layout([8, 1], BM)  # S^T, dP^T: [BN keys, BM queries]
@@ -111,8 +113,8 @@ if _IMPORT_ERROR is None:
         a_kv: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=mma_kv, k_width=2)
         col_l: gl.constexpr = gl.SliceLayout(0, mma_s)  # along queries
         row_l: gl.constexpr = gl.SliceLayout(1, mma_s)  # along keys
-        s = i % STAGES
-        phase = (i // STAGES) & 1
+        s = t % STAGES
+        phase = (t // STAGES) & 1
         q_s = q_bufs.index(s)
         do_s = do_bufs.index(s)
 
@@ -144,15 +146,15 @@ if _IMPORT_ERROR is None:
         return dk, dv, dq * sm_scale
 
     @gluon.jit
-    def _store_dkdv(dk, dv, DK, DV, S, H, sm_scale, BN: gl.constexpr, D: gl.constexpr):
+    def _store_dkdv(dk, dv, DK, DV, S, KV_H, sm_scale, BN: gl.constexpr, D: gl.constexpr):
         # Program ids re-read here rather than kept live across the loop.
         n0 = gl.program_id(0) * BN
-        h = gl.program_id(1)
+        g = gl.program_id(1)  # kv head
         b = gl.program_id(2)
         mma_kv: gl.constexpr = _mma_layout([8, 1], D)
         offs_n = n0 + gl.arange(0, BN, layout=gl.SliceLayout(1, mma_kv))
         offs_d = gl.arange(0, D, layout=gl.SliceLayout(0, mma_kv))
-        offs = (b.to(gl.int64) * S * H + h) * D + offs_n.to(gl.int64)[:, None] * (H * D) + offs_d[None, :]
+        offs = (b.to(gl.int64) * S * KV_H + g) * D + offs_n.to(gl.int64)[:, None] * (KV_H * D) + offs_d[None, :]
         gl.store(DK + offs, (dk * sm_scale).to(gl.bfloat16))
         gl.store(DV + offs, dv.to(gl.bfloat16))
 
@@ -160,8 +162,8 @@ if _IMPORT_ERROR is None:
     # Warp-specialized variant: three partitions
     # ---------------------------------------------------------------------------------------------------------
     @gluon.jit
-    def _ws_compute(descs, smem, bars, DK, DV, b, h, n0, S, H, n_iter, qk_scale, sm_scale,
-                    BM: gl.constexpr, BN: gl.constexpr, D: gl.constexpr, STAGES: gl.constexpr):
+    def _ws_compute(descs, smem, bars, DK, DV, n0, S, KV_H, n_iter, qk_scale, sm_scale,
+                    BM: gl.constexpr, BN: gl.constexpr, D: gl.constexpr, STAGES: gl.constexpr, GROUP: gl.constexpr):
         """Default partition (8 warps): the GEMMs and the elementwise math; dQ partials to dq_s."""
         k_s, v_s, q_bufs, do_bufs, lse_bufs, delta_bufs, ds_s, dq_s = smem
         kv_bar, q_ready, do_ready, stage_empty, dq_ready, dq_empty = bars
@@ -169,45 +171,48 @@ if _IMPORT_ERROR is None:
         dk = gl.zeros([BN, D], gl.float32, mma_kv)
         dv = gl.zeros([BN, D], gl.float32, mma_kv)
         mbarrier.wait(kv_bar, 0)
-        for i in range(n_iter):
+        for t in range(GROUP * n_iter):  # the group's query heads one after the other, n_iter blocks each
+            i = t % n_iter
             if i * BM < BN:  # the blocks on the causal diagonal
-                dk, dv, dq = _bwd_step(i, n0, dk, dv, smem, bars, qk_scale, sm_scale, True, BM, BN, D, STAGES)
+                dk, dv, dq = _bwd_step(t, i, n0, dk, dv, smem, bars, qk_scale, sm_scale, True, BM, BN, D, STAGES)
             else:
-                dk, dv, dq = _bwd_step(i, n0, dk, dv, smem, bars, qk_scale, sm_scale, False, BM, BN, D, STAGES)
-            mbarrier.wait(dq_empty, (i & 1) ^ 1)  # the previous reduce-add has read dq_s (fresh barrier: passes)
+                dk, dv, dq = _bwd_step(t, i, n0, dk, dv, smem, bars, qk_scale, sm_scale, False, BM, BN, D, STAGES)
+            mbarrier.wait(dq_empty, (t & 1) ^ 1)  # the previous reduce-add has read dq_s (fresh barrier: passes)
             dq_s.store(dq)
             fence_async_shared()  # also orders this step's generic reads of lse / delta before their TMA refill
             # One arrive (Triton puts a bar.sync of the 256 threads before it): dq_s is written and this block's
             # GEMMs are done with its Q / dO stage, which the dq writer then hands back to the loader.
             mbarrier.arrive(dq_ready, count=1)
-        _store_dkdv(dk, dv, DK, DV, S, H, sm_scale, BN, D)
+        _store_dkdv(dk, dv, DK, DV, S, KV_H, sm_scale, BN, D)
 
     @gluon.jit
-    def _ws_loader(descs, smem, bars, b, h, n0, S, H, n_iter,
-                   BM: gl.constexpr, BN: gl.constexpr, D: gl.constexpr, STAGES: gl.constexpr):
+    def _ws_loader(descs, smem, bars, b, g, n0, S, H, n_iter,
+                   BM: gl.constexpr, BN: gl.constexpr, D: gl.constexpr, STAGES: gl.constexpr, GROUP: gl.constexpr):
         """Worker (1 warp): TMA loads of K, V once, then Q, dO, lse, delta per query block into the ring."""
         q_desc, k_desc, v_desc, do_desc, dq_desc, lse_desc, delta_desc = descs
         k_s, v_s, q_bufs, do_bufs, lse_bufs, delta_bufs, ds_s, dq_s = smem
         kv_bar, q_ready, do_ready, stage_empty, dq_ready, dq_empty = bars
         mbarrier.expect(kv_bar, k_desc.block_type.nbytes + v_desc.block_type.nbytes)
-        tma.async_copy_global_to_shared(k_desc, [b * S + n0, h * D], kv_bar, k_s)
-        tma.async_copy_global_to_shared(v_desc, [b * S + n0, h * D], kv_bar, v_s)
-        for i in range(n_iter):
-            s = i % STAGES
-            mbarrier.wait(stage_empty.index(s), ((i // STAGES) & 1) ^ 1)  # fresh barriers pass phase 1 at once
-            _issue_q_do_loads(descs, smem, bars, s, b, h, n0 + i * BM, S, H, True, D)
+        tma.async_copy_global_to_shared(k_desc, [b * S + n0, g * D], kv_bar, k_s)
+        tma.async_copy_global_to_shared(v_desc, [b * S + n0, g * D], kv_bar, v_s)
+        for t in range(GROUP * n_iter):
+            s = t % STAGES
+            mbarrier.wait(stage_empty.index(s), ((t // STAGES) & 1) ^ 1)  # fresh barriers pass phase 1 at once
+            h = g * GROUP + t // n_iter
+            _issue_q_do_loads(descs, smem, bars, s, b, h, n0 + (t % n_iter) * BM, S, H, True, D)
 
     @gluon.jit
-    def _ws_dq_writer(descs, smem, bars, b, h, n0, S, H, n_iter,
-                      BM: gl.constexpr, BN: gl.constexpr, D: gl.constexpr, STAGES: gl.constexpr):
+    def _ws_dq_writer(descs, smem, bars, b, g, n0, S, n_iter,
+                      BM: gl.constexpr, BN: gl.constexpr, D: gl.constexpr, STAGES: gl.constexpr, GROUP: gl.constexpr):
         """Worker (1 warp): TMA reduce-add of each dQ partial from dq_s into the fp32 dq buffer."""
         q_desc, k_desc, v_desc, do_desc, dq_desc, lse_desc, delta_desc = descs
         k_s, v_s, q_bufs, do_bufs, lse_bufs, delta_bufs, ds_s, dq_s = smem
         kv_bar, q_ready, do_ready, stage_empty, dq_ready, dq_empty = bars
-        for i in range(n_iter):
-            mbarrier.wait(dq_ready, i & 1)
-            mbarrier.arrive(stage_empty.index(i % STAGES), count=1)  # block i's GEMMs are done with Q, dO
-            _tma_reduce_add(dq_desc, [b * S + n0 + i * BM, h * D], dq_s)
+        for t in range(GROUP * n_iter):
+            mbarrier.wait(dq_ready, t & 1)
+            mbarrier.arrive(stage_empty.index(t % STAGES), count=1)  # block t's GEMMs are done with Q, dO
+            h = g * GROUP + t // n_iter
+            _tma_reduce_add(dq_desc, [b * S + n0 + (t % n_iter) * BM, h * D], dq_s)
             tma.store_wait(0)
             mbarrier.arrive(dq_empty, count=1)
 
@@ -215,47 +220,51 @@ if _IMPORT_ERROR is None:
     # Plain variant: one partition of 8 warps
     # ---------------------------------------------------------------------------------------------------------
     @gluon.jit
-    def _plain_body(descs, smem, bars, DK, DV, b, h, n0, S, H, n_iter, qk_scale, sm_scale,
-                    BM: gl.constexpr, BN: gl.constexpr, D: gl.constexpr, STAGES: gl.constexpr):
+    def _plain_body(descs, smem, bars, DK, DV, b, g, n0, S, H, KV_H, n_iter, qk_scale, sm_scale,
+                    BM: gl.constexpr, BN: gl.constexpr, D: gl.constexpr, STAGES: gl.constexpr, GROUP: gl.constexpr):
         q_desc, k_desc, v_desc, do_desc, dq_desc, lse_desc, delta_desc = descs
         k_s, v_s, q_bufs, do_bufs, lse_bufs, delta_bufs, ds_s, dq_s = smem
         kv_bar, q_ready, do_ready, stage_empty, dq_ready, dq_empty = bars
         mbarrier.expect(kv_bar, k_desc.block_type.nbytes + v_desc.block_type.nbytes)
-        tma.async_copy_global_to_shared(k_desc, [b * S + n0, h * D], kv_bar, k_s)
-        tma.async_copy_global_to_shared(v_desc, [b * S + n0, h * D], kv_bar, v_s)
-        for st in gl.static_range(STAGES):  # prologue: blocks 0 .. STAGES-1
-            _issue_q_do_loads(descs, smem, bars, st, b, h, n0 + st * BM, S, H, st < n_iter, D)
+        tma.async_copy_global_to_shared(k_desc, [b * S + n0, g * D], kv_bar, k_s)
+        tma.async_copy_global_to_shared(v_desc, [b * S + n0, g * D], kv_bar, v_s)
+        n_total = GROUP * n_iter
+        for st in gl.static_range(STAGES):  # prologue: slots 0 .. STAGES-1
+            h = g * GROUP + st // n_iter
+            _issue_q_do_loads(descs, smem, bars, st, b, h, n0 + (st % n_iter) * BM, S, H, st < n_total, D)
         mma_kv: gl.constexpr = _mma_layout([8, 1], D)
         dk = gl.zeros([BN, D], gl.float32, mma_kv)
         dv = gl.zeros([BN, D], gl.float32, mma_kv)
         mbarrier.wait(kv_bar, 0)
-        for i in range(n_iter):
+        for t in range(n_total):
+            i = t % n_iter
             if i * BM < BN:
-                dk, dv, dq = _bwd_step(i, n0, dk, dv, smem, bars, qk_scale, sm_scale, True, BM, BN, D, STAGES)
+                dk, dv, dq = _bwd_step(t, i, n0, dk, dv, smem, bars, qk_scale, sm_scale, True, BM, BN, D, STAGES)
             else:
-                dk, dv, dq = _bwd_step(i, n0, dk, dv, smem, bars, qk_scale, sm_scale, False, BM, BN, D, STAGES)
+                dk, dv, dq = _bwd_step(t, i, n0, dk, dv, smem, bars, qk_scale, sm_scale, False, BM, BN, D, STAGES)
             tma.store_wait(0)  # the previous reduce-add has read dq_s
             gl.thread_barrier()
             dq_s.store(dq)
             fence_async_shared()  # also orders this step's generic reads of lse / delta before their refill
             gl.thread_barrier()
-            _tma_reduce_add(dq_desc, [b * S + n0 + i * BM, h * D], dq_s)
-            # Refill the stage just consumed (its GEMMs were waited on) with block i + STAGES.
-            j = i + STAGES
-            _issue_q_do_loads(descs, smem, bars, i % STAGES, b, h, n0 + j * BM, S, H, j < n_iter, D)
+            _tma_reduce_add(dq_desc, [b * S + n0 + i * BM, (g * GROUP + t // n_iter) * D], dq_s)
+            # Refill the stage just consumed (its GEMMs were waited on) with slot t + STAGES.
+            j = t + STAGES
+            h = g * GROUP + j // n_iter
+            _issue_q_do_loads(descs, smem, bars, t % STAGES, b, h, n0 + (j % n_iter) * BM, S, H, j < n_total, D)
         tma.store_wait(0)
-        _store_dkdv(dk, dv, DK, DV, S, H, sm_scale, BN, D)
+        _store_dkdv(dk, dv, DK, DV, S, KV_H, sm_scale, BN, D)
 
     # ---------------------------------------------------------------------------------------------------------
     # The kernel: one program per (key block, head, batch)
     # ---------------------------------------------------------------------------------------------------------
     @gluon.jit
     def _attn_bwd_kernel(q_desc, k_desc, v_desc, do_desc, dq_desc, lse_desc, delta_desc, DK, DV,
-                         S, H, qk_scale, sm_scale,
+                         S, H, KV_H, qk_scale, sm_scale,
                          BM: gl.constexpr, BN: gl.constexpr, D: gl.constexpr, STAGES: gl.constexpr,
-                         WS: gl.constexpr, WORKER_REGS: gl.constexpr):
+                         WS: gl.constexpr, WORKER_REGS: gl.constexpr, GROUP: gl.constexpr):
         pid_n = gl.program_id(0)  # key block 0 has the most query blocks: launched first
-        h = gl.program_id(1)
+        g = gl.program_id(1)  # kv head: its GROUP query heads are g * GROUP ...
         b = gl.program_id(2)
         n0 = pid_n * BN
         n_iter = (S - n0) // BM  # query blocks from the diagonal to the end
@@ -291,13 +300,14 @@ if _IMPORT_ERROR is None:
         bars = (kv_bar, q_ready, do_ready, stage_empty, dq_ready, dq_empty)
         if WS:
             gl.warp_specialize([
-                (_ws_compute, (descs, smem, bars, DK, DV, b, h, n0, S, H, n_iter, qk_scale, sm_scale,
-                               BM, BN, D, STAGES)),
-                (_ws_loader, (descs, smem, bars, b, h, n0, S, H, n_iter, BM, BN, D, STAGES)),
-                (_ws_dq_writer, (descs, smem, bars, b, h, n0, S, H, n_iter, BM, BN, D, STAGES)),
+                (_ws_compute, (descs, smem, bars, DK, DV, n0, S, KV_H, n_iter, qk_scale, sm_scale,
+                               BM, BN, D, STAGES, GROUP)),
+                (_ws_loader, (descs, smem, bars, b, g, n0, S, H, n_iter, BM, BN, D, STAGES, GROUP)),
+                (_ws_dq_writer, (descs, smem, bars, b, g, n0, S, n_iter, BM, BN, D, STAGES, GROUP)),
             ], [1, 1], [WORKER_REGS, WORKER_REGS])
         else:
-            _plain_body(descs, smem, bars, DK, DV, b, h, n0, S, H, n_iter, qk_scale, sm_scale, BM, BN, D, STAGES)
+            _plain_body(descs, smem, bars, DK, DV, b, g, n0, S, H, KV_H, n_iter, qk_scale, sm_scale,
+                        BM, BN, D, STAGES, GROUP)
 
 # fmt: on
 
@@ -309,7 +319,7 @@ def _descriptors(q, k, v, dout, dq_acc, lse, delta):
     lay_n = gl.NVMMASharedLayout.get_default_for([BLOCK_N, dim], bf16)
     lay_dq = gl.NVMMASharedLayout.get_default_for([BLOCK_M, dim], gl.float32)
     lay_vec = gl.NVMMASharedLayout.get_default_for([BLOCK_M], gl.float32)
-    two_d = lambda t: t.view(bsz * seq, heads * dim)
+    two_d = lambda t: t.view(bsz * seq, t.shape[2] * dim)  # [b*s, heads*d]: a block is rows of one head
     return (
         TensorDescriptor.from_tensor(two_d(q), [BLOCK_M, dim], lay_m),
         TensorDescriptor.from_tensor(two_d(k), [BLOCK_N, dim], lay_n),
@@ -338,10 +348,8 @@ def unsupported_reason(q, k, causal: bool, has_doc: bool):
         return "document masks"
     if q.dtype != torch.bfloat16:
         return f"{q.dtype} (bf16 only)"
-    if q.shape[-1] != HEAD_DIM:
-        return f"head dim {q.shape[-1]} (128 only)"
-    if k.shape[2] != q.shape[2]:
-        return "grouped-query attention"
+    if q.shape[-1] not in HEAD_DIMS:
+        return f"head dim {q.shape[-1]} (not in {HEAD_DIMS})"
     if q.shape[1] % BLOCK_N:
         return f"sequence {q.shape[1]} not a multiple of {BLOCK_N}"
     if q.device.type != "cuda" or torch.cuda.get_device_capability(q.device) != (9, 0):
@@ -354,18 +362,20 @@ def unsupported_reason(q, k, causal: bool, has_doc: bool):
 
 
 def backward(q, k, v, dout, lse, delta, softmax_scale, variant="ws", stages=STAGES):
-    """dq, dk, dv of causal attention. q, k, v, dout [b, s, h, 128] bf16; lse [b, h, s] fp32 in log2 units (the
-    forward's); delta = rowsum(out * dout) [b, h, s] fp32. Check `unsupported_reason` first."""
+    """dq, dk, dv of causal attention. q, dout [b, s, h, d], k, v [b, s, g, d] (g divides h: grouped-query
+    attention; a program's dK and dV sum over its group's query heads) bf16; lse [b, h, s] fp32 in log2 units
+    (the forward's); delta = rowsum(out * dout) [b, h, s] fp32. Check `unsupported_reason` first."""
     bsz, seq, heads, dim = q.shape
+    kv_heads = k.shape[2]
     q, k, v, dout, lse, delta = (t.contiguous() for t in (q, k, v, dout, lse, delta))
     dq_acc = torch.zeros(bsz, seq, heads, dim, dtype=torch.float32, device=q.device)
     dk = torch.empty_like(k)
     dv = torch.empty_like(v)
     descs = _descriptors(q, k, v, dout, dq_acc, lse, delta)
-    grid = (seq // BLOCK_N, heads, bsz)
+    grid = (seq // BLOCK_N, kv_heads, bsz)
     LAST_COMPILED[variant] = _attn_bwd_kernel[grid](
-        *descs, dk, dv, seq, heads, softmax_scale * LOG2E, softmax_scale,
-        BLOCK_M, BLOCK_N, dim, stages, variant == "ws", WS_WORKER_REGS,
+        *descs, dk, dv, seq, heads, kv_heads, softmax_scale * LOG2E, softmax_scale,
+        BLOCK_M, BLOCK_N, dim, stages, variant == "ws", WS_WORKER_REGS, heads // kv_heads,
         **_launch_options(variant),
     )  # fmt: skip
     return dq_acc.to(q.dtype), dk, dv

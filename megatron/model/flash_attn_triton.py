@@ -16,7 +16,7 @@ Kernels (all exp in base 2, with log2(e) folded into the softmax scale):
                    group and their query blocks, so GQA gradients sum in registers.
   _bwd_dq_kernel   one program per (query block, b*h): loops over key blocks.
 The backward is these split kernels (7 GEMM units per block pair), or, where it supports the
-inputs (causal, bf16, head dim 128, no GQA, no documents, sm_90, Triton 3.6), the fused
+inputs (causal, bf16, head dim 64 or 128, no documents, sm_90, Triton 3.6), the fused
 warp-specialized Gluon kernel of `flash_attn_gluon` (5 units); `BACKWARD = "split"` forces the former.
 Key/query block ranges skip fully masked blocks (causal, documents); only blocks that
 touch the diagonal, a document edge or the sequence tail pay for the element mask.

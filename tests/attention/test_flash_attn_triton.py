@@ -237,15 +237,28 @@ def test_gpu_bf16_documents_match_reference(docs, causal, head_dim):
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-@pytest.mark.parametrize("bsz,seq,heads", [(2, 256, 4), (1, 384, 3), (2, 1024, 2), (1, 4096, 2), (1, 8192, 1)])
-def test_gpu_fused_backward_matches_reference(bsz, seq, heads, monkeypatch):
+@pytest.mark.parametrize(
+    "bsz,seq,heads,kv_heads,head_dim",
+    [
+        (2, 256, 4, 4, 128),
+        (1, 384, 3, 3, 128),
+        (2, 1024, 2, 2, 128),
+        (1, 4096, 2, 2, 128),
+        (1, 8192, 1, 1, 128),
+        (2, 1024, 8, 2, 128),  # grouped-query attention
+        (1, 2048, 4, 4, 64),
+        (2, 1280, 8, 2, 64),
+    ],
+)
+def test_gpu_fused_backward_matches_reference(bsz, seq, heads, kv_heads, head_dim, monkeypatch):
     """The fused Gluon backward (where it applies: sm_90, Triton 3.6), against fp32 SDPA and against the split
     backward, on shapes where its Q/dO ring wraps (more than 3 query blocks per key block)."""
     from megatron.model import flash_attn_gluon as fag
     from megatron.model import flash_attn_triton as fat
 
     torch.manual_seed(seq + heads)
-    q, k, v, dout = (torch.randn(bsz, seq, heads, 128, device="cuda", dtype=torch.bfloat16) for _ in range(4))
+    q, dout = (torch.randn(bsz, seq, heads, head_dim, device="cuda", dtype=torch.bfloat16) for _ in range(2))
+    k, v = (torch.randn(bsz, seq, kv_heads, head_dim, device="cuda", dtype=torch.bfloat16) for _ in range(2))
     reason = fag.unsupported_reason(q, k, True, False)
     if reason:
         pytest.skip(f"fused backward not available: {reason}")
@@ -256,8 +269,12 @@ def test_gpu_fused_backward_matches_reference(bsz, seq, heads, monkeypatch):
     monkeypatch.setattr(fat, "BACKWARD", "split")
     split = torch.autograd.grad(flash_attn_triton(q, k, v, causal=True), (q, k, v), dout)
     q32, k32, v32 = (t.detach().float().requires_grad_() for t in (q, k, v))
+    group = heads // kv_heads
     ref_out = torch.nn.functional.scaled_dot_product_attention(
-        q32.transpose(1, 2), k32.transpose(1, 2), v32.transpose(1, 2), is_causal=True
+        q32.transpose(1, 2),
+        k32.repeat_interleave(group, 2).transpose(1, 2),
+        v32.repeat_interleave(group, 2).transpose(1, 2),
+        is_causal=True,
     ).transpose(1, 2)
     ref = torch.autograd.grad(ref_out, (q32, k32, v32), dout.float())
     for name, got, want, other in zip(("dq", "dk", "dv"), fused, ref, split):

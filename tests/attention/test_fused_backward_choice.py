@@ -19,10 +19,10 @@ def _qk(b=1, s=256, h=4, g=4, d=128, dtype=torch.bfloat16):
         ({}, False, False, "not causal"),
         ({}, True, True, "document masks"),
         ({"dtype": torch.float16}, True, False, "torch.float16 (bf16 only)"),
-        ({"d": 64}, True, False, "head dim 64 (128 only)"),
-        ({"g": 2}, True, False, "grouped-query attention"),
+        ({"d": 32}, True, False, "head dim 32 (not in (64, 128))"),
         ({"s": 200}, True, False, "sequence 200 not a multiple of 128"),
         ({}, True, False, "not an sm_90 GPU"),  # supported inputs, on the CPU
+        ({"d": 64, "g": 2}, True, False, "not an sm_90 GPU"),  # head dim 64 and grouped-query attention too
     ],
 )
 def test_unsupported_inputs_are_named(kwargs, causal, docs, reason):
