@@ -11,8 +11,8 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))))
-import flash_bwd_gluon as fbg  # noqa: E402
-from gpu_check import make_qkvdo, reference_grads, triton_forward  # noqa: E402
+import flash_bwd_gluon as fbg
+from gpu_check import make_qkvdo, reference_grads, triton_forward
 
 
 def blocks(got, ref):
