@@ -1,7 +1,7 @@
 """A fused FlashAttention backward for Hopper (sm_90) in Triton's Gluon dialect: 5 GEMM units per
 block pair instead of the split backward's 7. Used by `flash_attn_triton` when `unsupported_reason` is
-None (causal, bf16, head dim 64 or 128, grouped-query attention or not, no documents, sequence a
-multiple of 128, an sm_90 GPU, Triton 3.6); everything else takes the split backward.
+None (causal, bf16, head dim 64 or 128, grouped-query attention or not, packed documents or not,
+sequence a multiple of 128, an sm_90 GPU, Triton 3.6); everything else takes the split backward.
 
 One program per (key block of BLOCK_N = 128 keys, kv head, batch). dK and dV accumulate in registers
 over the query blocks (BLOCK_M = 64) from the causal diagonal to the end, of each query head of the kv
@@ -101,8 +101,8 @@ if _IMPORT_ERROR is None:
         tma.async_copy_global_to_shared(delta_desc, [vec], do_bar, delta_bufs.index(s), pred=pred)
 
     @gluon.jit
-    def _bwd_step(t, i, n0, dk, dv, smem, bars, qk_scale, sm_scale, MASKED: gl.constexpr,
-                  BM: gl.constexpr, BN: gl.constexpr, D: gl.constexpr, STAGES: gl.constexpr):
+    def _bwd_step(t, i, n0, dk, dv, smem, bars, qk_scale, sm_scale, seg_base, MASKED: gl.constexpr,
+                  BM: gl.constexpr, BN: gl.constexpr, D: gl.constexpr, STAGES: gl.constexpr, HAS_DOC: gl.constexpr):
         """Query block i (ring slot t) of this key block: the 5 GEMMs. Returns dk, dv and the scaled dQ
         partial (registers)."""
         k_s, v_s, q_bufs, do_bufs, lse_bufs, delta_bufs, ds_s, dq_s = smem
@@ -127,10 +127,13 @@ if _IMPORT_ERROR is None:
         st = warpgroup_mma_wait(num_outstanding=1, deps=(st,))  # dP^T still running under the exp2
         lse = lse_bufs.index(s).load(col_l)
         pt = gl.exp2(st * qk_scale - lse[None, :])  # P^T; lse is in log2 units
-        if MASKED:  # causal diagonal: keep query >= key
+        if MASKED:  # causal diagonal, or a document edge: keep query >= key (in the same document)
             offs_q = n0 + i * BM + gl.arange(0, BM, layout=col_l)
             offs_k = n0 + gl.arange(0, BN, layout=row_l)
-            pt = gl.where(offs_q[None, :] >= offs_k[:, None], pt, 0.0)
+            keep = offs_q[None, :] >= offs_k[:, None]
+            if HAS_DOC:  # a causal key is in the query's document iff it is at or after the document's start
+                keep = keep & (offs_k[:, None] >= gl.load(seg_base + offs_q)[None, :])
+            pt = gl.where(keep, pt, 0.0)
         dpt = warpgroup_mma_wait(num_outstanding=0, deps=(dpt,))
         delta = delta_bufs.index(s).load(col_l)
         dst = (pt * (dpt - delta[None, :])).to(gl.bfloat16)  # dS^T
@@ -162,8 +165,9 @@ if _IMPORT_ERROR is None:
     # Warp-specialized variant: three partitions
     # ---------------------------------------------------------------------------------------------------------
     @gluon.jit
-    def _ws_compute(descs, smem, bars, DK, DV, n0, S, KV_H, n_iter, qk_scale, sm_scale,
-                    BM: gl.constexpr, BN: gl.constexpr, D: gl.constexpr, STAGES: gl.constexpr, GROUP: gl.constexpr):
+    def _ws_compute(descs, smem, bars, DK, DV, n0, S, KV_H, n_iter, full_hi, seg_base, qk_scale, sm_scale,
+                    BM: gl.constexpr, BN: gl.constexpr, D: gl.constexpr, STAGES: gl.constexpr, GROUP: gl.constexpr,
+                    HAS_DOC: gl.constexpr):
         """Default partition (8 warps): the GEMMs and the elementwise math; dQ partials to dq_s."""
         k_s, v_s, q_bufs, do_bufs, lse_bufs, delta_bufs, ds_s, dq_s = smem
         kv_bar, q_ready, do_ready, stage_empty, dq_ready, dq_empty = bars
@@ -173,10 +177,15 @@ if _IMPORT_ERROR is None:
         mbarrier.wait(kv_bar, 0)
         for t in range(GROUP * n_iter):  # the group's query heads one after the other, n_iter blocks each
             i = t % n_iter
-            if i * BM < BN:  # the blocks on the causal diagonal
-                dk, dv, dq = _bwd_step(t, i, n0, dk, dv, smem, bars, qk_scale, sm_scale, True, BM, BN, D, STAGES)
+            masked = i * BM < BN  # on the causal diagonal
+            if HAS_DOC:
+                masked = masked | (n0 + i * BM >= full_hi)  # or past a document edge
+            if masked:
+                dk, dv, dq = _bwd_step(t, i, n0, dk, dv, smem, bars, qk_scale, sm_scale, seg_base, True,
+                                       BM, BN, D, STAGES, HAS_DOC)
             else:
-                dk, dv, dq = _bwd_step(t, i, n0, dk, dv, smem, bars, qk_scale, sm_scale, False, BM, BN, D, STAGES)
+                dk, dv, dq = _bwd_step(t, i, n0, dk, dv, smem, bars, qk_scale, sm_scale, seg_base, False,
+                                       BM, BN, D, STAGES, HAS_DOC)
             mbarrier.wait(dq_empty, (t & 1) ^ 1)  # the previous reduce-add has read dq_s (fresh barrier: passes)
             dq_s.store(dq)
             fence_async_shared()  # also orders this step's generic reads of lse / delta before their TMA refill
@@ -220,8 +229,9 @@ if _IMPORT_ERROR is None:
     # Plain variant: one partition of 8 warps
     # ---------------------------------------------------------------------------------------------------------
     @gluon.jit
-    def _plain_body(descs, smem, bars, DK, DV, b, g, n0, S, H, KV_H, n_iter, qk_scale, sm_scale,
-                    BM: gl.constexpr, BN: gl.constexpr, D: gl.constexpr, STAGES: gl.constexpr, GROUP: gl.constexpr):
+    def _plain_body(descs, smem, bars, DK, DV, b, g, n0, S, H, KV_H, n_iter, full_hi, seg_base, qk_scale, sm_scale,
+                    BM: gl.constexpr, BN: gl.constexpr, D: gl.constexpr, STAGES: gl.constexpr, GROUP: gl.constexpr,
+                    HAS_DOC: gl.constexpr):
         q_desc, k_desc, v_desc, do_desc, dq_desc, lse_desc, delta_desc = descs
         k_s, v_s, q_bufs, do_bufs, lse_bufs, delta_bufs, ds_s, dq_s = smem
         kv_bar, q_ready, do_ready, stage_empty, dq_ready, dq_empty = bars
@@ -238,10 +248,15 @@ if _IMPORT_ERROR is None:
         mbarrier.wait(kv_bar, 0)
         for t in range(n_total):
             i = t % n_iter
-            if i * BM < BN:
-                dk, dv, dq = _bwd_step(t, i, n0, dk, dv, smem, bars, qk_scale, sm_scale, True, BM, BN, D, STAGES)
+            masked = i * BM < BN  # on the causal diagonal
+            if HAS_DOC:
+                masked = masked | (n0 + i * BM >= full_hi)  # or past a document edge
+            if masked:
+                dk, dv, dq = _bwd_step(t, i, n0, dk, dv, smem, bars, qk_scale, sm_scale, seg_base, True,
+                                       BM, BN, D, STAGES, HAS_DOC)
             else:
-                dk, dv, dq = _bwd_step(t, i, n0, dk, dv, smem, bars, qk_scale, sm_scale, False, BM, BN, D, STAGES)
+                dk, dv, dq = _bwd_step(t, i, n0, dk, dv, smem, bars, qk_scale, sm_scale, seg_base, False,
+                                       BM, BN, D, STAGES, HAS_DOC)
             tma.store_wait(0)  # the previous reduce-add has read dq_s
             gl.thread_barrier()
             dq_s.store(dq)
@@ -260,14 +275,23 @@ if _IMPORT_ERROR is None:
     # ---------------------------------------------------------------------------------------------------------
     @gluon.jit
     def _attn_bwd_kernel(q_desc, k_desc, v_desc, do_desc, dq_desc, lse_desc, delta_desc, DK, DV,
-                         S, H, KV_H, qk_scale, sm_scale,
+                         RUN_START, RUN_END, S, H, KV_H, qk_scale, sm_scale,
                          BM: gl.constexpr, BN: gl.constexpr, D: gl.constexpr, STAGES: gl.constexpr,
-                         WS: gl.constexpr, WORKER_REGS: gl.constexpr, GROUP: gl.constexpr):
+                         WS: gl.constexpr, WORKER_REGS: gl.constexpr, GROUP: gl.constexpr, HAS_DOC: gl.constexpr):
         pid_n = gl.program_id(0)  # key block 0 has the most query blocks: launched first
         g = gl.program_id(1)  # kv head: its GROUP query heads are g * GROUP ...
         b = gl.program_id(2)
         n0 = pid_n * BN
         n_iter = (S - n0) // BM  # query blocks from the diagonal to the end
+        full_hi = S  # query blocks from n0 + BN up to full_hi need no mask
+        seg_base = RUN_START + b.to(gl.int64) * S  # the masked steps read each query's document start
+        if HAS_DOC:  # RUN_START / RUN_END: each token's document's [start, end)
+            run_base = b.to(gl.int64) * S
+            doc_start = gl.load(RUN_START + run_base + n0)
+            hi = gl.load(RUN_END + run_base + n0 + BN - 1)  # queries past the last key's document see none
+            n_iter = (hi - n0 + BM - 1) // BM
+            one_doc = gl.load(RUN_START + run_base + n0 + BN - 1) == doc_start
+            full_hi = gl.where(one_doc, (hi // BM) * BM, n0)  # keys in two documents: every block masked
 
         k_s = gl.allocate_shared_memory(gl.bfloat16, [BN, D], k_desc.layout)
         v_s = gl.allocate_shared_memory(gl.bfloat16, [BN, D], v_desc.layout)
@@ -300,14 +324,14 @@ if _IMPORT_ERROR is None:
         bars = (kv_bar, q_ready, do_ready, stage_empty, dq_ready, dq_empty)
         if WS:
             gl.warp_specialize([
-                (_ws_compute, (descs, smem, bars, DK, DV, n0, S, KV_H, n_iter, qk_scale, sm_scale,
-                               BM, BN, D, STAGES, GROUP)),
+                (_ws_compute, (descs, smem, bars, DK, DV, n0, S, KV_H, n_iter, full_hi, seg_base, qk_scale,
+                               sm_scale, BM, BN, D, STAGES, GROUP, HAS_DOC)),
                 (_ws_loader, (descs, smem, bars, b, g, n0, S, H, n_iter, BM, BN, D, STAGES, GROUP)),
                 (_ws_dq_writer, (descs, smem, bars, b, g, n0, S, n_iter, BM, BN, D, STAGES, GROUP)),
             ], [1, 1], [WORKER_REGS, WORKER_REGS])
         else:
-            _plain_body(descs, smem, bars, DK, DV, b, g, n0, S, H, KV_H, n_iter, qk_scale, sm_scale,
-                        BM, BN, D, STAGES, GROUP)
+            _plain_body(descs, smem, bars, DK, DV, b, g, n0, S, H, KV_H, n_iter, full_hi, seg_base, qk_scale,
+                        sm_scale, BM, BN, D, STAGES, GROUP, HAS_DOC)
 
 # fmt: on
 
@@ -340,12 +364,10 @@ def _launch_options(variant):
 LAST_COMPILED = {}  # variant -> compiled kernel of the latest launch
 
 
-def unsupported_reason(q, k, causal: bool, has_doc: bool):
+def unsupported_reason(q, k, causal: bool):
     """None when the fused backward can run on these inputs, else why not (one short phrase)."""
     if not causal:
         return "not causal"
-    if has_doc:
-        return "document masks"
     if q.dtype != torch.bfloat16:
         return f"{q.dtype} (bf16 only)"
     if q.shape[-1] not in HEAD_DIMS:
@@ -361,10 +383,12 @@ def unsupported_reason(q, k, causal: bool, has_doc: bool):
     return None
 
 
-def backward(q, k, v, dout, lse, delta, softmax_scale, variant="ws", stages=STAGES):
+def backward(q, k, v, dout, lse, delta, softmax_scale, variant="ws", stages=STAGES, documents=None):
     """dq, dk, dv of causal attention. q, dout [b, s, h, d], k, v [b, s, g, d] (g divides h: grouped-query
     attention; a program's dK and dV sum over its group's query heads) bf16; lse [b, h, s] fp32 in log2 units
-    (the forward's); delta = rowsum(out * dout) [b, h, s] fp32. Check `unsupported_reason` first."""
+    (the forward's); delta = rowsum(out * dout) [b, h, s] fp32. documents: None, or int32 [b, s] tensors
+    (run_start, run_end): each token's document's start and end (exclusive), as flash_attn_triton._document_runs
+    gives them. Check `unsupported_reason` first."""
     bsz, seq, heads, dim = q.shape
     kv_heads = k.shape[2]
     q, k, v, dout, lse, delta = (t.contiguous() for t in (q, k, v, dout, lse, delta))
@@ -373,9 +397,12 @@ def backward(q, k, v, dout, lse, delta, softmax_scale, variant="ws", stages=STAG
     dv = torch.empty_like(v)
     descs = _descriptors(q, k, v, dout, dq_acc, lse, delta)
     grid = (seq // BLOCK_N, kv_heads, bsz)
+    has_doc = documents is not None
+    if not has_doc:
+        documents = (torch.empty(1, dtype=torch.int32, device=q.device),) * 2
     LAST_COMPILED[variant] = _attn_bwd_kernel[grid](
-        *descs, dk, dv, seq, heads, kv_heads, softmax_scale * LOG2E, softmax_scale,
-        BLOCK_M, BLOCK_N, dim, stages, variant == "ws", WS_WORKER_REGS, heads // kv_heads,
+        *descs, dk, dv, *documents, seq, heads, kv_heads, softmax_scale * LOG2E, softmax_scale,
+        BLOCK_M, BLOCK_N, dim, stages, variant == "ws", WS_WORKER_REGS, heads // kv_heads, has_doc,
         **_launch_options(variant),
     )  # fmt: skip
     return dq_acc.to(q.dtype), dk, dv

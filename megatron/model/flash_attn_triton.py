@@ -16,7 +16,7 @@ Kernels (all exp in base 2, with log2(e) folded into the softmax scale):
                    group and their query blocks, so GQA gradients sum in registers.
   _bwd_dq_kernel   one program per (query block, b*h): loops over key blocks.
 The backward is these split kernels (7 GEMM units per block pair), or, where it supports the
-inputs (causal, bf16, head dim 64 or 128, no documents, sm_90, Triton 3.6), the fused
+inputs (causal, bf16, head dim 64 or 128, sm_90, Triton 3.6), the fused
 warp-specialized Gluon kernel of `flash_attn_gluon` (5 units); `BACKWARD = "split"` forces the former.
 Key/query block ranges skip fully masked blocks (causal, documents); only blocks that
 touch the diagonal, a document edge or the sequence tail pay for the element mask.
@@ -471,13 +471,13 @@ BACKWARD = "auto"
 _NOTED: set = set()
 
 
-def _fused_backward_unsupported(q, k, causal: bool, has_doc: bool):
+def _fused_backward_unsupported(q, k, causal: bool):
     """None when the fused backward runs on these inputs, else why not."""
     if BACKWARD == "split":
         return "flash_attn_triton.BACKWARD = 'split'"
     from megatron.model import flash_attn_gluon as fag
 
-    return fag.unsupported_reason(q, k, causal, has_doc)
+    return fag.unsupported_reason(q, k, causal)
 
 
 def _note_backward(reason) -> None:
@@ -531,12 +531,13 @@ class _FlashAttnTriton(torch.autograd.Function):
             out, dout, delta, *_strides3(out), *_strides3(dout), seq, heads,
             BLOCK_M=block_m, HEAD_DIM=head_dim,
         )
-        reason = _fused_backward_unsupported(q, k, ctx.causal, ctx.has_doc)
+        reason = _fused_backward_unsupported(q, k, ctx.causal)
         _note_backward(reason)
         if reason is None:
             from megatron.model import flash_attn_gluon as fag
 
-            dq, dk, dv = fag.backward(q, k, v, dout, lse, delta, scale)
+            documents = (run_start, run_end) if ctx.has_doc else None
+            dq, dk, dv = fag.backward(q, k, v, dout, lse, delta, scale, documents=documents)
             LAST_COMPILED["bwd_fused"] = fag.LAST_COMPILED["ws"]
             return dq, dk, dv, None, None, None
         dq = torch.empty_like(q)

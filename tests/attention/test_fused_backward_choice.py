@@ -14,27 +14,26 @@ def _qk(b=1, s=256, h=4, g=4, d=128, dtype=torch.bfloat16):
 
 
 @pytest.mark.parametrize(
-    "kwargs,causal,docs,reason",
+    "kwargs,causal,reason",
     [
-        ({}, False, False, "not causal"),
-        ({}, True, True, "document masks"),
-        ({"dtype": torch.float16}, True, False, "torch.float16 (bf16 only)"),
-        ({"d": 32}, True, False, "head dim 32 (not in (64, 128))"),
-        ({"s": 200}, True, False, "sequence 200 not a multiple of 128"),
-        ({}, True, False, "not an sm_90 GPU"),  # supported inputs, on the CPU
-        ({"d": 64, "g": 2}, True, False, "not an sm_90 GPU"),  # head dim 64 and grouped-query attention too
+        ({}, False, "not causal"),
+        ({"dtype": torch.float16}, True, "torch.float16 (bf16 only)"),
+        ({"d": 32}, True, "head dim 32 (not in (64, 128))"),
+        ({"s": 200}, True, "sequence 200 not a multiple of 128"),
+        ({}, True, "not an sm_90 GPU"),  # supported inputs, on the CPU
+        ({"d": 64, "g": 2}, True, "not an sm_90 GPU"),  # head dim 64 and grouped-query attention too
     ],
 )
-def test_unsupported_inputs_are_named(kwargs, causal, docs, reason):
+def test_unsupported_inputs_are_named(kwargs, causal, reason):
     q, k = _qk(**kwargs)
-    assert fag.unsupported_reason(q, k, causal, docs) == reason
-    assert fat._fused_backward_unsupported(q, k, causal, docs) == reason
+    assert fag.unsupported_reason(q, k, causal) == reason
+    assert fat._fused_backward_unsupported(q, k, causal) == reason
 
 
 def test_split_can_be_forced(monkeypatch):
     monkeypatch.setattr(fat, "BACKWARD", "split")
     q, k = _qk()
-    assert "split" in fat._fused_backward_unsupported(q, k, True, False)
+    assert "split" in fat._fused_backward_unsupported(q, k, True)
 
 
 def test_the_choice_is_printed_once(monkeypatch, capsys):

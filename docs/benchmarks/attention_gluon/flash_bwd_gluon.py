@@ -72,7 +72,7 @@ def _repo_root():
 # --------------------------------------------------------------------------------------------------------------
 # Offline screen (no GPU): compile each variant for sm_90, report registers, spills, shared memory, wgmma, setmaxnreg
 # --------------------------------------------------------------------------------------------------------------
-def compile_offline(variant, stages=STAGES, arch=90, head_dim=HEAD_DIM, group=1):
+def compile_offline(variant, stages=STAGES, arch=90, head_dim=HEAD_DIM, group=1, has_doc=False):
     from triton.backends.compiler import GPUTarget
     from triton.runtime.jit import mangle_type
 
@@ -90,13 +90,15 @@ def compile_offline(variant, stages=STAGES, arch=90, head_dim=HEAD_DIM, group=1)
     fn = fag._attn_bwd_kernel
     names = fn.arg_names
     sig = {n: mangle_type(descs[i]) for i, n in enumerate(names[:7])}
-    sig.update({"DK": "*bf16", "DV": "*bf16", "S": "i32", "H": "i32", "KV_H": "i32", "qk_scale": "fp32",
-                "sm_scale": "fp32"})  # fmt: skip
+    sig.update({"DK": "*bf16", "DV": "*bf16", "RUN_START": "*i32", "RUN_END": "*i32", "S": "i32",
+                "H": "i32", "KV_H": "i32", "qk_scale": "fp32", "sm_scale": "fp32"})  # fmt: skip
     constexprs = {"BM": BLOCK_M, "BN": BLOCK_N, "D": head_dim, "STAGES": stages, "WS": variant == "ws",
-                  "WORKER_REGS": WS_WORKER_REGS, "GROUP": group}  # fmt: skip
+                  "WORKER_REGS": WS_WORKER_REGS, "GROUP": group, "HAS_DOC": has_doc}  # fmt: skip
     for n in constexprs:
         sig[n] = "constexpr"
-    attrs = {(names.index(n),): [["tt.divisibility", 16]] for n in ("DK", "DV", "S", "H", "KV_H")}
+    attrs = {
+        (names.index(n),): [["tt.divisibility", 16]] for n in ("DK", "DV", "RUN_START", "RUN_END", "S", "H", "KV_H")
+    }
     src = gluon._runtime.GluonASTSource(
         fn, sig, constexprs={(names.index(k),): v for k, v in constexprs.items()}, attrs=attrs
     )
@@ -108,7 +110,14 @@ def compile_offline(variant, stages=STAGES, arch=90, head_dim=HEAD_DIM, group=1)
     rep.update(_sass_local_memory(compiled.asm.get("cubin"), get_ptxas(arch).path))
     return {
         "variant": variant,
-        "tile": {"BLOCK_M": BLOCK_M, "BLOCK_N": BLOCK_N, "HEAD_DIM": head_dim, "STAGES": stages, "GROUP": group},
+        "tile": {
+            "BLOCK_M": BLOCK_M,
+            "BLOCK_N": BLOCK_N,
+            "HEAD_DIM": head_dim,
+            "STAGES": stages,
+            "GROUP": group,
+            "HAS_DOC": has_doc,
+        },
         "options": fag._launch_options(variant),
         **rep,
         "shared_bytes": compiled.metadata.shared,
