@@ -31,9 +31,11 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from megatron.model import flash_attn_triton as fat
 
-# triton: our kernels as the model runs them (the fused Gluon backward where it applies, see
-# flash_attn_triton.BACKWARD); triton_split: the same forward with the split backward always.
-IMPLS = ("triton", "triton_split", "sdpa_flash", "sdpa_cudnn", "flash_attn")
+# triton: our kernels as the model runs them (flash_attn_triton.FORWARD / BACKWARD as the module sets them);
+# triton_gluon: the Gluon forward and fused backward wherever they apply; triton_split: the default forward
+# with the split backward; triton_plain: the plain-Triton kernels only (Triton forward, split backward).
+IMPLS = ("triton", "triton_gluon", "triton_split", "triton_plain", "sdpa_flash", "sdpa_cudnn", "flash_attn")
+DEFAULT_FORWARD = fat.FORWARD
 DOC_IMPLS = ("triton", "sdpa")  # the default --impls with --doc-len
 
 
@@ -56,13 +58,14 @@ def document_ids_for(bsz, seq, doc_len, device="cuda"):
 
 def make_attention(impl, document_ids=None):
     """Returns f(q_bshd, k_bshd, v_bshd) -> out_bshd, or raises if the impl is unavailable."""
-    if impl in ("triton", "triton_split"):
+    if impl in ("triton", "triton_gluon", "triton_split", "triton_plain"):
         ok, why = fat.is_available()
         if not ok:
             raise RuntimeError(why)
 
         def triton_attn(q, k, v):
-            fat.BACKWARD = "split" if impl == "triton_split" else "auto"  # read by this output's backward
+            fat.FORWARD = {"triton_gluon": "auto", "triton_plain": "triton"}.get(impl, DEFAULT_FORWARD)
+            fat.BACKWARD = "auto" if impl in ("triton", "triton_gluon") else "split"  # read by this output's backward
             return fat.flash_attn_triton(q, k, v, causal=True, document_ids=document_ids)
 
         return triton_attn
@@ -160,7 +163,7 @@ def sweep(args, log):
     d = args.head_dim
     bsz = batch_for(args.sweep_seq, args.tokens)
     q, k, v, dout = make_inputs(bsz, args.sweep_seq, args.heads, d)
-    attn = make_attention("triton_split")  # the block configs tuned here are the split kernels'
+    attn = make_attention("triton_plain")  # the block configs tuned here are the plain-Triton kernels'
     results = []
     for kernel, listed in SWEEP_CONFIGS.items():
         current = tuple(fat._config(kernel, d))  # today's config is always timed, first, as the baseline

@@ -15,9 +15,10 @@ Kernels (all exp in base 2, with log2(e) folded into the softmax scale):
   _bwd_dkdv_kernel one program per (key block, b*g): loops over the query heads of the
                    group and their query blocks, so GQA gradients sum in registers.
   _bwd_dq_kernel   one program per (query block, b*h): loops over key blocks.
-The backward is these split kernels (7 GEMM units per block pair), or, where it supports the
-inputs (causal, bf16, head dim 64 or 128, sm_90, Triton 3.6), the fused
-warp-specialized Gluon kernel of `flash_attn_gluon` (5 units); `BACKWARD = "split"` forces the former.
+On Hopper with Triton 3.6, where it supports the inputs, the fused backward of `flash_attn_gluon`
+takes over (5 GEMM units per block pair instead of these split kernels' 7; causal, bf16, head dim 64
+or 128); `BACKWARD = "split"` forces the split kernels. `FORWARD = "auto"` (opt-in) does the same for
+the forward of `flash_attn_gluon_fwd` (causal, bf16, head dim 128, no GQA or documents).
 Key/query block ranges skip fully masked blocks (causal, documents); only blocks that
 touch the diagonal, a document edge or the sequence tail pay for the element mask.
 """
@@ -465,10 +466,22 @@ def _strides3(x):
     return x.stride(0), x.stride(1), x.stride(2)
 
 
-# "auto": the fused Gluon backward (flash_attn_gluon) where it supports the inputs, else the split
-# kernels below; "split": always the split kernels (for comparisons, e.g. bench/attention.py).
+# "auto": the Gluon kernels (flash_attn_gluon_fwd, flash_attn_gluon) where they support the inputs, else
+# the Triton kernels below; FORWARD = "triton" / BACKWARD = "split" force the latter (for comparisons,
+# e.g. bench/attention.py). The Gluon forward is opt-in (FORWARD = "auto") until it has been measured
+# through this path on a GPU; the same kernel passed its prototype check (docs/benchmarks/attention_gluon/fwd/).
+FORWARD = "triton"
 BACKWARD = "auto"
 _NOTED: set = set()
+
+
+def _gluon_forward_unsupported(q, k, causal: bool, has_doc: bool):
+    """None when the Gluon forward runs on these inputs, else why not."""
+    if FORWARD == "triton":
+        return "the Gluon forward is opt-in: flash_attn_triton.FORWARD = 'auto'"
+    from megatron.model import flash_attn_gluon_fwd as gfwd
+
+    return gfwd.unsupported_reason(q, k, causal, has_doc)
 
 
 def _fused_backward_unsupported(q, k, causal: bool):
@@ -480,14 +493,14 @@ def _fused_backward_unsupported(q, k, causal: bool):
     return fag.unsupported_reason(q, k, causal)
 
 
-def _note_backward(reason) -> None:
-    """One line per distinct choice, on rank 0: which backward ran, and why not the fused one."""
-    msg = "fused Gluon kernel (5 GEMM units)" if reason is None else f"split kernels ({reason})"
-    if msg in _NOTED:
+def _note(direction: str, msg: str) -> None:
+    """One line per distinct choice, on rank 0: which forward / backward kernel ran, and why."""
+    line = f"> attention: FlashAttention-Triton {direction}: {msg}"
+    if line in _NOTED:
         return
-    _NOTED.add(msg)
+    _NOTED.add(line)
     if not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0:
-        print(f"> attention: FlashAttention-Triton backward: {msg}", flush=True)
+        print(line, flush=True)
 
 
 class _FlashAttnTriton(torch.autograd.Function):
@@ -502,17 +515,25 @@ class _FlashAttnTriton(torch.autograd.Function):
             seg, run_start, run_end = _document_runs(document_ids)
         else:
             seg = run_start = run_end = torch.empty(1, dtype=torch.int32, device=q.device)
-        out = torch.empty_like(q)
-        lse = torch.empty(bsz, heads, seq, dtype=torch.float32, device=q.device)
-        block_m, block_n, warps, stages = _config("fwd", head_dim)
-        grid = (triton.cdiv(seq, block_m), bsz * heads)
-        LAST_COMPILED["fwd"] = _fwd_kernel[grid](
-            q, k, v, out, lse, seg, run_start, run_end,
-            *_strides3(q), *_strides3(k), *_strides3(v), *_strides3(out),
-            seq, heads, group, softmax_scale * LOG2E,
-            BLOCK_M=block_m, BLOCK_N=block_n, HEAD_DIM=head_dim, CAUSAL=causal, HAS_DOC=has_doc,
-            num_warps=warps, num_stages=stages,
-        )
+        reason = _gluon_forward_unsupported(q, k, causal, has_doc)
+        _note("forward", "Gluon kernel (warp-specialized)" if reason is None else f"Triton kernel ({reason})")
+        if reason is None:
+            from megatron.model import flash_attn_gluon_fwd as gfwd
+
+            out, lse = gfwd.forward(q, k, v, softmax_scale)
+            LAST_COMPILED["fwd_gluon"] = gfwd.LAST_COMPILED[gfwd.DEFAULT_VARIANT]
+        else:
+            out = torch.empty_like(q)
+            lse = torch.empty(bsz, heads, seq, dtype=torch.float32, device=q.device)
+            block_m, block_n, warps, stages = _config("fwd", head_dim)
+            grid = (triton.cdiv(seq, block_m), bsz * heads)
+            LAST_COMPILED["fwd"] = _fwd_kernel[grid](
+                q, k, v, out, lse, seg, run_start, run_end,
+                *_strides3(q), *_strides3(k), *_strides3(v), *_strides3(out),
+                seq, heads, group, softmax_scale * LOG2E,
+                BLOCK_M=block_m, BLOCK_N=block_n, HEAD_DIM=head_dim, CAUSAL=causal, HAS_DOC=has_doc,
+                num_warps=warps, num_stages=stages,
+            )
         ctx.save_for_backward(q, k, v, out, lse, seg, run_start, run_end)
         ctx.causal, ctx.softmax_scale, ctx.has_doc = causal, softmax_scale, has_doc
         return out
@@ -532,7 +553,7 @@ class _FlashAttnTriton(torch.autograd.Function):
             BLOCK_M=block_m, HEAD_DIM=head_dim,
         )
         reason = _fused_backward_unsupported(q, k, ctx.causal)
-        _note_backward(reason)
+        _note("backward", "fused Gluon kernel (5 GEMM units)" if reason is None else f"split kernels ({reason})")
         if reason is None:
             from megatron.model import flash_attn_gluon as fag
 

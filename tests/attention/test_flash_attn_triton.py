@@ -299,3 +299,30 @@ def test_gpu_fused_backward_with_documents(docs, head_dim):
     fat.LAST_COMPILED.pop("bwd_fused", None)
     check(2, 4096, 8, 2, head_dim, True, torch.bfloat16, docs, seed=5, tol=1e-2, device="cuda")
     assert "bwd_fused" in fat.LAST_COMPILED
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("bsz,seq,heads", [(1, 128, 2), (2, 256, 4), (1, 1152, 3), (2, 2048, 2), (1, 8192, 1)])
+def test_gpu_gluon_forward_matches_reference(bsz, seq, heads, monkeypatch):
+    """The Gluon forward (where it applies: sm_90, Triton 3.6): out against fp32 SDPA, its log2-unit lse (what the
+    backward reads) against an fp32 logsumexp, and the Gluon kernel is the one that ran."""
+    from megatron.model import flash_attn_gluon_fwd as gfwd
+    from megatron.model import flash_attn_triton as fat
+
+    torch.manual_seed(seq + heads)
+    q, k, v = (torch.randn(bsz, seq, heads, 128, device="cuda", dtype=torch.bfloat16) for _ in range(3))
+    if reason := gfwd.unsupported_reason(q, k, True, False):
+        pytest.skip(f"Gluon forward not available: {reason}")
+    monkeypatch.setattr(fat, "FORWARD", "auto")  # opt-in for now
+    fat.LAST_COMPILED.pop("fwd_gluon", None)
+    out = flash_attn_triton(q, k, v, causal=True)
+    assert "fwd_gluon" in fat.LAST_COMPILED
+    qf, kf, vf = (t.float().transpose(1, 2) for t in (q, k, v))
+    ref = torch.nn.functional.scaled_dot_product_attention(qf, kf, vf, is_causal=True).transpose(1, 2)
+    assert ((out.float() - ref).norm() / ref.norm()).item() < 1e-2
+    scores = (qf @ kf.transpose(-1, -2)) / 128**0.5
+    scores = scores.masked_fill(torch.ones(seq, seq, dtype=torch.bool, device="cuda").triu(1), float("-inf"))
+    lse_ref = torch.logsumexp(scores, dim=-1) * fat.LOG2E  # [b, h, s], log2 units
+    _, lse = gfwd.forward(q, k, v, 1 / 128**0.5)
+    assert (lse - lse_ref).abs().max().item() < 1e-2

@@ -1,11 +1,12 @@
-"""Which backward FlashAttention-Triton runs: the fused Gluon kernel only where it supports the inputs
-(its numerics are checked on the GPU in test_flash_attn_triton.py), the split kernels elsewhere, and
-one line saying which."""
+"""Which kernels FlashAttention-Triton runs: the Gluon forward and fused backward only where they support
+the inputs (their numerics are checked on the GPU in test_flash_attn_triton.py), the Triton kernels
+elsewhere, and one line for each saying which."""
 
 import pytest
 import torch
 
 from megatron.model import flash_attn_gluon as fag
+from megatron.model import flash_attn_gluon_fwd as gfwd
 from megatron.model import flash_attn_triton as fat
 
 
@@ -32,8 +33,29 @@ def test_unsupported_inputs_are_named(kwargs, causal, reason):
 
 def test_split_can_be_forced(monkeypatch):
     monkeypatch.setattr(fat, "BACKWARD", "split")
+    monkeypatch.setattr(fat, "FORWARD", "triton")
     q, k = _qk()
     assert "split" in fat._fused_backward_unsupported(q, k, True)
+    assert "opt-in" in fat._gluon_forward_unsupported(q, k, True, False)
+
+
+@pytest.mark.parametrize(
+    "kwargs,causal,docs,reason",
+    [
+        ({}, False, False, "not causal"),
+        ({}, True, True, "document masks"),
+        ({"dtype": torch.float16}, True, False, "torch.float16 (bf16 only)"),
+        ({"d": 64}, True, False, "head dim 64 (128 only)"),
+        ({"g": 2}, True, False, "grouped-query attention"),
+        ({"s": 192}, True, False, "sequence 192 not a multiple of 128"),
+        ({}, True, False, "not an sm_90 GPU"),  # supported inputs, on the CPU
+    ],
+)
+def test_gluon_forward_unsupported_inputs_are_named(kwargs, causal, docs, reason, monkeypatch):
+    monkeypatch.setattr(fat, "FORWARD", "auto")
+    q, k = _qk(**kwargs)
+    assert gfwd.unsupported_reason(q, k, causal, docs) == reason
+    assert fat._gluon_forward_unsupported(q, k, causal, docs) == reason
 
 
 def test_the_choice_is_printed_once(monkeypatch, capsys):
@@ -42,5 +64,9 @@ def test_the_choice_is_printed_once(monkeypatch, capsys):
     q, k, v = (torch.randn(1, 40, 2, 16, requires_grad=True) for _ in range(3))
     for _ in range(2):
         fat.flash_attn_triton(q, k, v, causal=True).sum().backward()
-    lines = [line for line in capsys.readouterr().out.splitlines() if "backward" in line]
-    assert lines == ["> attention: FlashAttention-Triton backward: split kernels (torch.float32 (bf16 only))"]
+    lines = [line for line in capsys.readouterr().out.splitlines() if "FlashAttention-Triton" in line]
+    assert lines == [
+        "> attention: FlashAttention-Triton forward: Triton kernel (the Gluon forward is opt-in: "
+        "flash_attn_triton.FORWARD = 'auto')",
+        "> attention: FlashAttention-Triton backward: split kernels (torch.float32 (bf16 only))",
+    ]
