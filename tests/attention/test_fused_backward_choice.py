@@ -66,7 +66,7 @@ def test_the_choice_is_printed_once(monkeypatch, capsys):
         fat.flash_attn_triton(q, k, v, causal=True).sum().backward()
     lines = [line for line in capsys.readouterr().out.splitlines() if "FlashAttention-Triton" in line]
     assert lines == [
-        "> attention: FlashAttention-Triton forward: Triton kernel (the Gluon forward is opt-in: "
-        "flash_attn_triton.FORWARD = 'auto')",
+        "> attention: FlashAttention-Triton forward: Triton kernel (the Gluon forward is opt-in: flash_attn_triton"
+        + ".FORWARD = 'auto')",
         "> attention: FlashAttention-Triton backward: split kernels (torch.float32 (bf16 only))",
     ]
