@@ -374,7 +374,12 @@ def unsupported_reason(q, k, causal: bool):
         return f"head dim {q.shape[-1]} (not in {HEAD_DIMS})"
     if q.shape[1] % BLOCK_N:
         return f"sequence {q.shape[1]} not a multiple of {BLOCK_N}"
-    if q.device.type != "cuda" or torch.cuda.get_device_capability(q.device) != (9, 0):
+    return environment_reason(q.device)
+
+
+def environment_reason(device):
+    """None on an sm_90 GPU with the Triton these Gluon kernels were written for, else why not."""
+    if device.type != "cuda" or torch.cuda.get_device_capability(device) != (9, 0):
         return "not an sm_90 GPU"
     if _IMPORT_ERROR is not None:
         return f"no Triton Gluon ({type(_IMPORT_ERROR).__name__})"

@@ -39,7 +39,7 @@ The K / V ring is 3 deep (4 at BLOCK_N = 64), never 2.
 # ruff: noqa: RUF059  (each partition unpacks the shared buffer / barrier tuples whole)
 import torch
 
-from megatron.model import flash_attn_gluon as _bwd  # the shared Triton version gate (VERIFIED_TRITON)
+from megatron.model import flash_attn_gluon as _bwd  # shared: the guarded Gluon imports, the environment check
 
 LOG2E = 1.4426950408889634
 # variant -> (OVERLAP, SPLIT, PINGPONG). SPLIT: the two consumer warpgroups are two partitions of 4 warps (each with
@@ -61,22 +61,18 @@ WORKER_REGS = 24
 CONSUMER_REGS = 240  # the second consumer warpgroup (SPLIT)
 MAXNREG = 168  # 12 warps * 32 * 168 <= 64K registers; the consumer warpgroups get 240 each, the loader's 24
 
-try:
-    import triton
-    from triton.experimental import gluon
-    from triton.experimental.gluon import language as gl
-    from triton.experimental.gluon.language.nvidia.hopper import (
+_IMPORT_ERROR = _bwd._IMPORT_ERROR  # the same guarded Gluon imports as the backward's
+if _IMPORT_ERROR is None:
+    from megatron.model.flash_attn_gluon import (
+        TensorDescriptor,
         fence_async_shared,
+        gl,
+        gluon,
         mbarrier,
         tma,
         warpgroup_mma,
         warpgroup_mma_wait,
     )
-    from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
-
-    _IMPORT_ERROR = None
-except Exception as e:  # noqa: BLE001 (no Triton, or one without this Gluon API: the Triton forward is used)
-    _IMPORT_ERROR = e
 
 
 # fmt: off
@@ -375,13 +371,7 @@ def unsupported_reason(q, k, causal: bool, has_doc: bool):
         return "grouped-query attention"
     if q.shape[1] % BLOCK_M:
         return f"sequence {q.shape[1]} not a multiple of {BLOCK_M}"
-    if q.device.type != "cuda" or torch.cuda.get_device_capability(q.device) != (9, 0):
-        return "not an sm_90 GPU"
-    if _IMPORT_ERROR is not None:
-        return f"no Triton Gluon ({type(_IMPORT_ERROR).__name__})"
-    if not triton.__version__.startswith(_bwd.VERIFIED_TRITON):
-        return f"Triton {triton.__version__} (written for {_bwd.VERIFIED_TRITON}x)"
-    return None
+    return _bwd.environment_reason(q.device)
 
 
 def forward(q, k, v, softmax_scale, variant=DEFAULT_VARIANT, block_n=BLOCK_N, stages=STAGES):
