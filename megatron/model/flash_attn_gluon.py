@@ -149,6 +149,23 @@ if _IMPORT_ERROR is None:
         return dk, dv, dq * sm_scale
 
     @gluon.jit
+    def _bwd_slot(t, n_iter, n0, full_hi, dk, dv, smem, bars, qk_scale, sm_scale, seg_base,
+                  BM: gl.constexpr, BN: gl.constexpr, D: gl.constexpr, STAGES: gl.constexpr, HAS_DOC: gl.constexpr):
+        """Ring slot t: query block t % n_iter of the current query head, masked on the causal diagonal and
+        past a document edge. Returns dk, dv and the scaled dQ partial."""
+        i = t % n_iter
+        masked = i * BM < BN  # on the causal diagonal
+        if HAS_DOC:
+            masked = masked | (n0 + i * BM >= full_hi)  # or past a document edge
+        if masked:
+            dk, dv, dq = _bwd_step(t, i, n0, dk, dv, smem, bars, qk_scale, sm_scale, seg_base, True,
+                                   BM, BN, D, STAGES, HAS_DOC)
+        else:
+            dk, dv, dq = _bwd_step(t, i, n0, dk, dv, smem, bars, qk_scale, sm_scale, seg_base, False,
+                                   BM, BN, D, STAGES, HAS_DOC)
+        return dk, dv, dq
+
+    @gluon.jit
     def _store_dkdv(dk, dv, DK, DV, S, KV_H, sm_scale, BN: gl.constexpr, D: gl.constexpr):
         # Program ids re-read here rather than kept live across the loop.
         n0 = gl.program_id(0) * BN
@@ -176,16 +193,8 @@ if _IMPORT_ERROR is None:
         dv = gl.zeros([BN, D], gl.float32, mma_kv)
         mbarrier.wait(kv_bar, 0)
         for t in range(GROUP * n_iter):  # the group's query heads one after the other, n_iter blocks each
-            i = t % n_iter
-            masked = i * BM < BN  # on the causal diagonal
-            if HAS_DOC:
-                masked = masked | (n0 + i * BM >= full_hi)  # or past a document edge
-            if masked:
-                dk, dv, dq = _bwd_step(t, i, n0, dk, dv, smem, bars, qk_scale, sm_scale, seg_base, True,
-                                       BM, BN, D, STAGES, HAS_DOC)
-            else:
-                dk, dv, dq = _bwd_step(t, i, n0, dk, dv, smem, bars, qk_scale, sm_scale, seg_base, False,
-                                       BM, BN, D, STAGES, HAS_DOC)
+            dk, dv, dq = _bwd_slot(t, n_iter, n0, full_hi, dk, dv, smem, bars, qk_scale, sm_scale, seg_base,
+                                   BM, BN, D, STAGES, HAS_DOC)
             mbarrier.wait(dq_empty, (t & 1) ^ 1)  # the previous reduce-add has read dq_s (fresh barrier: passes)
             dq_s.store(dq)
             fence_async_shared()  # also orders this step's generic reads of lse / delta before their TMA refill
@@ -247,22 +256,14 @@ if _IMPORT_ERROR is None:
         dv = gl.zeros([BN, D], gl.float32, mma_kv)
         mbarrier.wait(kv_bar, 0)
         for t in range(n_total):
-            i = t % n_iter
-            masked = i * BM < BN  # on the causal diagonal
-            if HAS_DOC:
-                masked = masked | (n0 + i * BM >= full_hi)  # or past a document edge
-            if masked:
-                dk, dv, dq = _bwd_step(t, i, n0, dk, dv, smem, bars, qk_scale, sm_scale, seg_base, True,
-                                       BM, BN, D, STAGES, HAS_DOC)
-            else:
-                dk, dv, dq = _bwd_step(t, i, n0, dk, dv, smem, bars, qk_scale, sm_scale, seg_base, False,
-                                       BM, BN, D, STAGES, HAS_DOC)
+            dk, dv, dq = _bwd_slot(t, n_iter, n0, full_hi, dk, dv, smem, bars, qk_scale, sm_scale, seg_base,
+                                   BM, BN, D, STAGES, HAS_DOC)
             tma.store_wait(0)  # the previous reduce-add has read dq_s
             gl.thread_barrier()
             dq_s.store(dq)
             fence_async_shared()  # also orders this step's generic reads of lse / delta before their refill
             gl.thread_barrier()
-            _tma_reduce_add(dq_desc, [b * S + n0 + i * BM, (g * GROUP + t // n_iter) * D], dq_s)
+            _tma_reduce_add(dq_desc, [b * S + n0 + (t % n_iter) * BM, (g * GROUP + t // n_iter) * D], dq_s)
             # Refill the stage just consumed (its GEMMs were waited on) with slot t + STAGES.
             j = t + STAGES
             h = g * GROUP + j // n_iter
