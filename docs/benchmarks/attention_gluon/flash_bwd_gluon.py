@@ -157,7 +157,14 @@ def _sass_local_memory(cubin, ptxas_path):
     return {"sass_local_memory_instructions": len(local), "sass_local_memory_instructions_in_loops": len(in_loop)}
 
 
-def screen(out_path, stages_list=(2, STAGES)):
+# (variant, stages, head_dim, group, has_doc): both ring depths of both variants, then the library's ws build
+# with grouped-query attention, head dim 64 and packed documents.
+SCREEN_CONFIGS = [(v, st, HEAD_DIM, 1, False) for v in VARIANTS for st in (2, STAGES)] + [
+    ("ws", STAGES, d, group, docs) for d in (128, 64) for group in (1, 4) for docs in (False, True)
+]
+
+
+def screen(out_path, configs=SCREEN_CONFIGS):
     report = {
         "triton": triton.__version__ if _IMPORT_ERROR is None else None,
         "arch": 90,
@@ -168,15 +175,14 @@ def screen(out_path, stages_list=(2, STAGES)):
     }
     if _IMPORT_ERROR is not None:
         report["error"] = repr(_IMPORT_ERROR)
-    for variant in VARIANTS if _IMPORT_ERROR is None else ():
-        for stages in stages_list:
-            try:
-                row, _ = compile_offline(variant, stages)
-            except Exception as e:  # noqa: BLE001 (reported, and the screen goes on to the next one)
-                row = {"variant": variant, "stages": stages, "error": f"{type(e).__name__}: {str(e)[-3000:]}"}
-            row["default"] = stages == STAGES
-            report["variants"].append(row)
-            print(json.dumps(row), flush=True)
+    for variant, stages, head_dim, group, has_doc in configs if _IMPORT_ERROR is None else ():
+        try:
+            row, _ = compile_offline(variant, stages, head_dim=head_dim, group=group, has_doc=has_doc)
+        except Exception as e:  # noqa: BLE001 (reported, and the screen goes on to the next one)
+            row = {"variant": variant, "stages": stages, "error": f"{type(e).__name__}: {str(e)[-3000:]}"}
+        row["default"] = stages == STAGES
+        report["variants"].append(row)
+        print(json.dumps(row), flush=True)
     with open(out_path, "w") as f:
         json.dump(report, f, indent=1)
     print(f"wrote {out_path}")
