@@ -31,11 +31,17 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from megatron.model import flash_attn_triton as fat
 
-# triton: our kernels as the model runs them (flash_attn_triton.FORWARD / BACKWARD as the module sets them);
-# triton_gluon: the Gluon forward and fused backward wherever they apply; triton_split: the default forward
-# with the split backward; triton_plain: the plain-Triton kernels only (Triton forward, split backward).
-IMPLS = ("triton", "triton_gluon", "triton_split", "triton_plain", "sdpa_flash", "sdpa_cudnn", "flash_attn")
-DEFAULT_FORWARD = fat.FORWARD
+# triton: our kernels as the model runs them (flash_attn_triton.FORWARD / BACKWARD as the module sets them: the
+# Gluon forward and fused backward wherever they apply); triton_fused: the Triton forward with the fused backward;
+# triton_split: the default forward with the split backward; triton_plain: the Triton kernels only (Triton
+# forward, split backward).
+IMPLS = ("triton", "triton_fused", "triton_split", "triton_plain", "sdpa_flash", "sdpa_cudnn", "flash_attn")
+TRITON_IMPLS = {  # impl -> (flash_attn_triton.FORWARD, BACKWARD)
+    "triton": (fat.FORWARD, fat.BACKWARD),
+    "triton_fused": ("triton", fat.BACKWARD),
+    "triton_split": (fat.FORWARD, "split"),
+    "triton_plain": ("triton", "split"),
+}
 DOC_IMPLS = ("triton", "sdpa")  # the default --impls with --doc-len
 
 
@@ -58,14 +64,13 @@ def document_ids_for(bsz, seq, doc_len, device="cuda"):
 
 def make_attention(impl, document_ids=None):
     """Returns f(q_bshd, k_bshd, v_bshd) -> out_bshd, or raises if the impl is unavailable."""
-    if impl in ("triton", "triton_gluon", "triton_split", "triton_plain"):
+    if impl in TRITON_IMPLS:
         ok, why = fat.is_available()
         if not ok:
             raise RuntimeError(why)
 
         def triton_attn(q, k, v):
-            fat.FORWARD = {"triton_gluon": "auto", "triton_plain": "triton"}.get(impl, DEFAULT_FORWARD)
-            fat.BACKWARD = "auto" if impl in ("triton", "triton_gluon") else "split"  # read by this output's backward
+            fat.FORWARD, fat.BACKWARD = TRITON_IMPLS[impl]  # BACKWARD is read by this output's backward
             return fat.flash_attn_triton(q, k, v, causal=True, document_ids=document_ids)
 
         return triton_attn

@@ -65,6 +65,26 @@ def _ptxas_report(ptxas: str, ptx: str, arch: int) -> dict:
     }
 
 
+def sass_report(cubin, ptxas_path):
+    """Local-memory (spill) instructions and wgmma/barrier counts in the SASS (nvdisasm next to Triton's ptxas)."""
+    nvdisasm = os.path.join(os.path.dirname(ptxas_path), "nvdisasm")
+    if not cubin or not os.path.exists(nvdisasm):
+        return {}
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(cubin)
+        f.flush()
+        sass = subprocess.run([nvdisasm, "-c", f.name], check=True, capture_output=True, text=True).stdout
+    return {
+        "sass_local_memory_instructions": len(re.findall(r"\b(?:LDL|STL)\b", sass)),
+        "sass_hgmma": len(re.findall(r"\bHGMMA\b", sass)),
+        "sass_warpgroup_wait": len(re.findall(r"\bWARPGROUP\.DEPBAR", sass)),
+        "sass_bar_sync": len(re.findall(r"\bBAR\.SYNC", sass)),
+        "sass_mufu_ex2": len(re.findall(r"MUFU\.EX2", sass)),
+        # highest general register named anywhere: what the busiest partition needs (+1), under its setmaxnreg
+        "sass_max_register_index": max((int(r) for r in re.findall(r"\bR(\d+)\b", sass)), default=None),
+    }
+
+
 def compile_report(kernel: str, config: tuple, head_dim: int, causal: bool, docs: bool, arch: int) -> dict:
     """Compile one kernel for sm_<arch> and report its resources (raises if Triton cannot)."""
     import triton

@@ -15,10 +15,11 @@ Kernels (all exp in base 2, with log2(e) folded into the softmax scale):
   _bwd_dkdv_kernel one program per (key block, b*g): loops over the query heads of the
                    group and their query blocks, so GQA gradients sum in registers.
   _bwd_dq_kernel   one program per (query block, b*h): loops over key blocks.
-On Hopper with Triton 3.6, where it supports the inputs, the fused backward of `flash_attn_gluon`
-takes over (5 GEMM units per block pair instead of these split kernels' 7; causal, bf16, head dim 64
-or 128); `BACKWARD = "split"` forces the split kernels. `FORWARD = "auto"` (opt-in) does the same for
-the forward of `flash_attn_gluon_fwd` (causal, bf16, head dim 128, no GQA or documents).
+On Hopper with Triton 3.6, where they support the inputs (causal, bf16, head dim 64 or 128, with
+or without GQA and documents, sequence a multiple of 128), the warp-specialized Gluon kernels take
+over: the forward of `flash_attn_gluon_fwd` and the fused backward of `flash_attn_gluon` (5 GEMM
+units per block pair instead of these split kernels' 7). `FORWARD = "triton"` and
+`BACKWARD = "split"` force the Triton kernels below.
 Key/query block ranges skip fully masked blocks (causal, documents); only blocks that
 touch the diagonal, a document edge or the sequence tail pay for the element mask.
 """
@@ -468,20 +469,19 @@ def _strides3(x):
 
 # "auto": the Gluon kernels (flash_attn_gluon_fwd, flash_attn_gluon) where they support the inputs, else
 # the Triton kernels below; FORWARD = "triton" / BACKWARD = "split" force the latter (for comparisons,
-# e.g. bench/attention.py). The Gluon forward is opt-in (FORWARD = "auto") until it has been measured
-# through this path on a GPU; the same kernel passed its prototype check (docs/benchmarks/attention_gluon/fwd/).
-FORWARD = "triton"
+# e.g. bench/attention.py).
+FORWARD = "auto"
 BACKWARD = "auto"
 _NOTED: set = set()
 
 
-def _gluon_forward_unsupported(q, k, causal: bool, has_doc: bool):
+def _gluon_forward_unsupported(q, k, causal: bool):
     """None when the Gluon forward runs on these inputs, else why not."""
     if FORWARD == "triton":
-        return "the Gluon forward is opt-in: flash_attn_triton.FORWARD = 'auto'"
+        return "flash_attn_triton.FORWARD = 'triton'"
     from megatron.model import flash_attn_gluon_fwd as gfwd
 
-    return gfwd.unsupported_reason(q, k, causal, has_doc)
+    return gfwd.unsupported_reason(q, k, causal)
 
 
 def _fused_backward_unsupported(q, k, causal: bool):
@@ -515,13 +515,13 @@ class _FlashAttnTriton(torch.autograd.Function):
             seg, run_start, run_end = _document_runs(document_ids)
         else:
             seg = run_start = run_end = torch.empty(1, dtype=torch.int32, device=q.device)
-        reason = _gluon_forward_unsupported(q, k, causal, has_doc)
+        reason = _gluon_forward_unsupported(q, k, causal)
         _note("forward", "Gluon kernel (warp-specialized)" if reason is None else f"Triton kernel ({reason})")
         if reason is None:
             from megatron.model import flash_attn_gluon_fwd as gfwd
 
-            out, lse = gfwd.forward(q, k, v, softmax_scale)
-            LAST_COMPILED["fwd_gluon"] = gfwd.LAST_COMPILED[gfwd.DEFAULT_VARIANT]
+            out, lse = gfwd.forward(q, k, v, softmax_scale, run_start if has_doc else None)
+            LAST_COMPILED["fwd_gluon"] = gfwd.LAST_COMPILED["fwd"]
         else:
             out = torch.empty_like(q)
             lse = torch.empty(bsz, heads, seq, dtype=torch.float32, device=q.device)

@@ -297,32 +297,57 @@ def test_gpu_fused_backward_with_documents(docs, head_dim):
     if reason := fag.unsupported_reason(probe, probe[:, :, :2], True):
         pytest.skip(f"fused backward not available: {reason}")
     fat.LAST_COMPILED.pop("bwd_fused", None)
+    fat.LAST_COMPILED.pop("fwd_gluon", None)
     check(2, 4096, 8, 2, head_dim, True, torch.bfloat16, docs, seed=5, tol=1e-2, device="cuda")
-    assert "bwd_fused" in fat.LAST_COMPILED
+    assert "bwd_fused" in fat.LAST_COMPILED and "fwd_gluon" in fat.LAST_COMPILED  # both Gluon kernels ran
 
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-@pytest.mark.parametrize("bsz,seq,heads", [(1, 128, 2), (2, 256, 4), (1, 1152, 3), (2, 2048, 2), (1, 8192, 1)])
-def test_gpu_gluon_forward_matches_reference(bsz, seq, heads, monkeypatch):
-    """The Gluon forward (where it applies: sm_90, Triton 3.6): out against fp32 SDPA, its log2-unit lse (what the
-    backward reads) against an fp32 logsumexp, and the Gluon kernel is the one that ran."""
+@pytest.mark.parametrize(
+    "bsz,seq,heads,kv_heads,head_dim,docs",
+    [
+        (1, 128, 2, 2, 128, None),
+        (2, 256, 4, 4, 128, None),
+        (1, 1152, 3, 3, 128, None),
+        (1, 8192, 1, 1, 128, None),
+        (2, 1024, 8, 2, 128, None),  # grouped-query attention
+        (2, 2048, 4, 1, 64, None),  # head dim 64, multi-query
+        (1, 1024, 4, 4, 128, (256, 384, 384)),  # document edges on 128-token blocks
+        (2, 1024, 8, 2, 64, (100, 1, 27, 500, 396)),  # edges off blocks, a 1-token document
+        (1, 4096, 8, 2, 128, "random"),
+        (2, 2048, 4, 4, 64, "random"),
+    ],
+)
+def test_gpu_gluon_forward_matches_reference(bsz, seq, heads, kv_heads, head_dim, docs):
+    """The Gluon forward (where it applies: sm_90, Triton 3.6) against an fp32 reference with K / V repeated and
+    the causal and document masks: out, and its log2-unit lse (what the backward reads); and the Gluon kernel is
+    the one that ran."""
     from megatron.model import flash_attn_gluon_fwd as gfwd
     from megatron.model import flash_attn_triton as fat
 
     torch.manual_seed(seq + heads)
-    q, k, v = (torch.randn(bsz, seq, heads, 128, device="cuda", dtype=torch.bfloat16) for _ in range(3))
-    if reason := gfwd.unsupported_reason(q, k, True, False):
+    q = torch.randn(bsz, seq, heads, head_dim, device="cuda", dtype=torch.bfloat16)
+    k, v = (torch.randn(bsz, seq, kv_heads, head_dim, device="cuda", dtype=torch.bfloat16) for _ in range(2))
+    if reason := gfwd.unsupported_reason(q, k, True):
         pytest.skip(f"Gluon forward not available: {reason}")
-    monkeypatch.setattr(fat, "FORWARD", "auto")  # opt-in for now
+    ids = None
+    if docs == "random":
+        ids = random_document_ids(bsz, seq, torch.Generator().manual_seed(seq)).cuda()
+    elif docs is not None:
+        ids = torch.repeat_interleave(torch.arange(len(docs)), torch.tensor(docs)).expand(bsz, seq).cuda()
     fat.LAST_COMPILED.pop("fwd_gluon", None)
-    out = flash_attn_triton(q, k, v, causal=True)
+    out = flash_attn_triton(q, k, v, causal=True, document_ids=ids)
     assert "fwd_gluon" in fat.LAST_COMPILED
-    qf, kf, vf = (t.float().transpose(1, 2) for t in (q, k, v))
-    ref = torch.nn.functional.scaled_dot_product_attention(qf, kf, vf, is_causal=True).transpose(1, 2)
+    group = heads // kv_heads
+    qf, kf, vf = (t.float().transpose(1, 2) for t in (q, k.repeat_interleave(group, 2), v.repeat_interleave(group, 2)))
+    keep = torch.ones(seq, seq, dtype=torch.bool, device="cuda").tril()[None]
+    if ids is not None:
+        keep = keep & (ids[:, :, None] == ids[:, None, :])
+    scores = ((qf @ kf.transpose(-1, -2)) / head_dim**0.5).masked_fill(~keep[:, None], float("-inf"))
+    ref = (torch.softmax(scores, dim=-1) @ vf).transpose(1, 2)
     assert ((out.float() - ref).norm() / ref.norm()).item() < 1e-2
-    scores = (qf @ kf.transpose(-1, -2)) / 128**0.5
-    scores = scores.masked_fill(torch.ones(seq, seq, dtype=torch.bool, device="cuda").triu(1), float("-inf"))
     lse_ref = torch.logsumexp(scores, dim=-1) * fat.LOG2E  # [b, h, s], log2 units
-    _, lse = gfwd.forward(q, k, v, 1 / 128**0.5)
+    run_start = fat._document_runs(ids)[1] if ids is not None else None
+    _, lse = gfwd.forward(q, k, v, 1 / head_dim**0.5, run_start)
     assert (lse - lse_ref).abs().max().item() < 1e-2

@@ -29,33 +29,16 @@ def test_unsupported_inputs_are_named(kwargs, causal, reason):
     q, k = _qk(**kwargs)
     assert fag.unsupported_reason(q, k, causal) == reason
     assert fat._fused_backward_unsupported(q, k, causal) == reason
+    assert gfwd.unsupported_reason(q, k, causal) == reason  # the Gluon forward takes the same inputs
+    assert fat._gluon_forward_unsupported(q, k, causal) == reason
 
 
-def test_split_can_be_forced(monkeypatch):
+def test_triton_kernels_can_be_forced(monkeypatch):
     monkeypatch.setattr(fat, "BACKWARD", "split")
     monkeypatch.setattr(fat, "FORWARD", "triton")
     q, k = _qk()
-    assert "split" in fat._fused_backward_unsupported(q, k, True)
-    assert "opt-in" in fat._gluon_forward_unsupported(q, k, True, False)
-
-
-@pytest.mark.parametrize(
-    "kwargs,causal,docs,reason",
-    [
-        ({}, False, False, "not causal"),
-        ({}, True, True, "document masks"),
-        ({"dtype": torch.float16}, True, False, "torch.float16 (bf16 only)"),
-        ({"d": 64}, True, False, "head dim 64 (128 only)"),
-        ({"g": 2}, True, False, "grouped-query attention"),
-        ({"s": 192}, True, False, "sequence 192 not a multiple of 128"),
-        ({}, True, False, "not an sm_90 GPU"),  # supported inputs, on the CPU
-    ],
-)
-def test_gluon_forward_unsupported_inputs_are_named(kwargs, causal, docs, reason, monkeypatch):
-    monkeypatch.setattr(fat, "FORWARD", "auto")
-    q, k = _qk(**kwargs)
-    assert gfwd.unsupported_reason(q, k, causal, docs) == reason
-    assert fat._gluon_forward_unsupported(q, k, causal, docs) == reason
+    assert fat._fused_backward_unsupported(q, k, True) == "flash_attn_triton.BACKWARD = 'split'"
+    assert fat._gluon_forward_unsupported(q, k, True) == "flash_attn_triton.FORWARD = 'triton'"
 
 
 def test_the_choice_is_printed_once(monkeypatch, capsys):
@@ -66,7 +49,6 @@ def test_the_choice_is_printed_once(monkeypatch, capsys):
         fat.flash_attn_triton(q, k, v, causal=True).sum().backward()
     lines = [line for line in capsys.readouterr().out.splitlines() if "FlashAttention-Triton" in line]
     assert lines == [
-        "> attention: FlashAttention-Triton forward: Triton kernel (the Gluon forward is opt-in: flash_attn_triton"
-        + ".FORWARD = 'auto')",
+        "> attention: FlashAttention-Triton forward: Triton kernel (torch.float32 (bf16 only))",
         "> attention: FlashAttention-Triton backward: split kernels (torch.float32 (bf16 only))",
     ]

@@ -18,7 +18,6 @@ from triton.runtime.jit import JITFunction
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))))
 from megatron.model import flash_attn_gluon as fag
-from megatron.model import flash_attn_gluon_fwd as gfwd
 from megatron.model import flash_attn_triton as fat
 
 
@@ -47,24 +46,27 @@ def main():
     fat.is_available = lambda: (True, "")
     fat._interpreting = lambda: False
     on_gpu = lambda t: SimpleNamespace(shape=t.shape, dtype=t.dtype, device=SimpleNamespace(type="cuda"))
-    fwd_reason, bwd_reason = gfwd.unsupported_reason, fag.unsupported_reason
+    bwd_reason = fag.unsupported_reason  # the forward's check is the backward's (gfwd.unsupported_reason)
     torch.cuda.get_device_capability = lambda device=None: (9, 0)
-    gfwd.unsupported_reason = lambda q, k, causal, has_doc: fwd_reason(on_gpu(q), on_gpu(k), causal, has_doc)
     fag.unsupported_reason = lambda q, k, causal: bwd_reason(on_gpu(q), on_gpu(k), causal)
-    fat.FORWARD = "auto"
-    expected = {
-        "causal, 4 heads of 128": (["_attn_fwd_kernel", "_bwd_delta_kernel", "_attn_bwd_kernel"], None, 4),
-        "causal, documents": (["_fwd_kernel", "_bwd_delta_kernel", "_attn_bwd_kernel"], "docs", 4),
-        "causal, GQA 4/2, head dim 64": (["_fwd_kernel", "_bwd_delta_kernel", "_attn_bwd_kernel"], None, 2),
+    gluon = ["_attn_fwd_kernel", "_bwd_delta_kernel", "_attn_bwd_kernel"]
+    expected = {  # name -> (kernels, documents, kv heads, causal)
+        "causal, 4 heads of 128": (gluon, None, 4, True),
+        "causal, documents": (gluon, "docs", 4, True),
+        "causal, GQA 4/2, head dim 64": (gluon, None, 2, True),
+        "causal, GQA 4/2, head dim 64, documents": (gluon, "docs", 2, True),
+        "not causal": (["_fwd_kernel", "_bwd_delta_kernel", "_bwd_dkdv_kernel", "_bwd_dq_kernel"], None, 4, False),
     }
+    assert fat.FORWARD == "auto" and fat.BACKWARD == "auto", "the module defaults are what is checked"
     ok = True
-    for name, (kernels, docs, kv_heads) in expected.items():
+    for name, (kernels, docs, kv_heads, causal) in expected.items():
         dim = 64 if "64" in name else 128
         q = torch.randn(2, 512, 4, dim).bfloat16().requires_grad_()
         k, v = (torch.randn(2, 512, kv_heads, dim).bfloat16().requires_grad_() for _ in range(2))
         ids = torch.tensor([[0] * 200 + [1] * 312] * 2) if docs else None
         launched.clear()
-        fat.flash_attn_triton(q, k, v, causal=True, document_ids=ids).backward(torch.randn(2, 512, 4, dim).bfloat16())
+        out = fat.flash_attn_triton(q, k, v, causal=causal, document_ids=ids)
+        out.backward(torch.randn(2, 512, 4, dim).bfloat16())
         ok &= launched == kernels
         print(f"{name}: launched {launched} ({'as expected' if launched == kernels else f'expected {kernels}'})")
     JITFunction.run = run

@@ -197,7 +197,7 @@ def child_correct(res, with_bwd):
             ref_out, ref_lse, ref_g = reference(q, k, v, dout, scale, ids, with_bwd)
             out, lse = v2.gluon_attention_forward_v2(q, k, v, scale, rs, re_, block_n=bn)
             torch.cuda.synchronize()
-            res.setdefault("compiled", {})[case_name(c)] = compiled_info(v2.LAST_COMPILED.get("v2"))
+            res.setdefault("compiled", {})[case_name(c)] = compiled_info(v2.LAST_COMPILED.get("fwd"))
             case["out_rel_vs_ref"] = rel_norm(out, ref_out)
             case["lse_maxabs_vs_ref"] = max_abs(lse, ref_lse)
             case["nan"] = bool(torch.isnan(out).any().item() or torch.isnan(lse).any().item())
@@ -286,10 +286,10 @@ def _time_shape(which, res, bsz, seq, heads, kv_heads, dim, bench):
             _record(res, row, "cudnn_fwd_kv_repeated", cudnn_rep, bench, f)
     elif which == "gluon":
         _record(res, row, "v2", lambda: v2.gluon_attention_forward_v2(q, k, v, scale), bench, f)
-        res.setdefault("compiled", {})[row["shape"]] = compiled_info(v2.LAST_COMPILED.get("v2"))
+        res.setdefault("compiled", {})[row["shape"]] = compiled_info(v2.LAST_COMPILED.get("fwd"))
         from megatron.model import flash_attn_gluon_fwd as gfwd
 
-        reason = gfwd.unsupported_reason(q, k, True, False)
+        reason = gfwd.unsupported_reason(q, k, True)
         if reason is None:
             _record(res, row, "library_fwd", lambda: gfwd.forward(q, k, v, scale), bench, f)
         else:
