@@ -1,8 +1,9 @@
 """A warp-specialized FlashAttention forward for Hopper (sm_90) in Triton 3.6's Gluon dialect. Used by
-`flash_attn_triton` when `unsupported_reason` is None: causal, bf16, head dim 64 or 128, with or without grouped-query
+`flash_attn_triton` when `unsupported_reason` is None: causal, bf16, head dim 128, with or without grouped-query
 attention, with or without packed documents, sequence a multiple of 128, an sm_90 GPU, Triton 3.6. Everything else
-takes the Triton forward. Written as prototypes in docs/benchmarks/attention_gluon/fwd/ (v1: MHA, head dim 128;
-v2: GQA, head dim 64, documents), where the measurements and the offline tools are.
+takes the Triton forward. The kernel also supports head dim 64, where the Triton forward measured faster. Written
+as prototypes in docs/benchmarks/attention_gluon/fwd/ (v1: MHA, head dim 128; v2: GQA, head dim 64, documents),
+where the measurements and the offline tools are.
 
 Same outputs as our Triton forward (megatron/model/flash_attn_triton.py `_fwd_kernel`): out bf16 [b, s, h, d] and
 lse fp32 [b, h, s] in log2 units, lse = m + log2(l) with m the running max of q.k * softmax_scale*log2(e), so that
@@ -305,10 +306,15 @@ LAST_COMPILED = {}  # "fwd" -> compiled kernel of the latest launch
 
 
 def unsupported_reason(q, k, causal: bool):
-    """None when this forward can run on these inputs, else why not (one short phrase). It takes exactly the
-    inputs the fused backward takes (causal, bf16, head dim 64 or 128, sequence a multiple of 128 = BLOCK_M, sm_90,
-    Triton 3.6), so the two share one check."""
-    return _bwd.unsupported_reason(q, k, causal)
+    """None when this forward runs on these inputs, else why not (one short phrase): the fused backward's inputs
+    (causal, bf16, head dim 64 or 128, sequence a multiple of 128 = BLOCK_M, sm_90, Triton 3.6; one shared check),
+    at head dim 128 only. At head dim 64 the kernel is correct (GPU tests call `forward` directly) but the Triton
+    forward measured faster on the H200 (docs/benchmarks/attention_gluon/forward/)."""
+    if reason := _bwd.unsupported_reason(q, k, causal):
+        return reason
+    if q.shape[-1] != 128:
+        return f"head dim {q.shape[-1]} (the Triton forward is faster there)"
+    return None
 
 
 def forward(q, k, v, softmax_scale, run_start=None, block_n=BLOCK_N, stages=STAGES):

@@ -29,8 +29,16 @@ def test_unsupported_inputs_are_named(kwargs, causal, reason):
     q, k = _qk(**kwargs)
     assert fag.unsupported_reason(q, k, causal) == reason
     assert fat._fused_backward_unsupported(q, k, causal) == reason
-    assert gfwd.unsupported_reason(q, k, causal) == reason  # the Gluon forward takes the same inputs
+    assert gfwd.unsupported_reason(q, k, causal) == reason  # the Gluon forward checks the same first
     assert fat._gluon_forward_unsupported(q, k, causal) == reason
+
+
+def test_gluon_forward_is_chosen_at_head_dim_128_only(monkeypatch):
+    """On an sm_90 GPU (stubbed): head dim 128 runs the Gluon forward, head dim 64 the Triton forward."""
+    monkeypatch.setattr(fag, "environment_reason", lambda device: None)
+    assert gfwd.unsupported_reason(*_qk(d=128, g=2), True) is None
+    assert gfwd.unsupported_reason(*_qk(d=64), True) == "head dim 64 (the Triton forward is faster there)"
+    assert fag.unsupported_reason(*_qk(d=64), True) is None  # the fused backward runs there
 
 
 def test_triton_kernels_can_be_forced(monkeypatch):
