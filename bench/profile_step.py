@@ -154,7 +154,9 @@ def main() -> int:
             torch.cuda.synchronize()
     wall = time.perf_counter() - t0
     if dist.get_rank() == 0:
-        summary = {"argv": argv, "warmup": warmup, "steps": steps, **summarize(prof, steps, wall)}
+        from throughput import environment  # bench/: devices and package versions, as its JSON records them
+
+        summary = {"argv": argv, "warmup": warmup, "steps": steps, **environment(), **summarize(prof, steps, wall)}
         text = json.dumps(summary, indent=1)
         print(text)
         if out:
