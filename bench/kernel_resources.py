@@ -65,15 +65,22 @@ def _ptxas_report(ptxas: str, ptx: str, arch: int) -> dict:
     }
 
 
-def sass_report(cubin, ptxas_path):
-    """Local-memory (spill) instructions and wgmma/barrier counts in the SASS (nvdisasm next to Triton's ptxas)."""
+def disassemble(cubin, ptxas_path):
+    """SASS text of a cubin, from the nvdisasm next to Triton's ptxas; None without either."""
     nvdisasm = os.path.join(os.path.dirname(ptxas_path), "nvdisasm")
     if not cubin or not os.path.exists(nvdisasm):
-        return {}
+        return None
     with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
         f.write(cubin)
         f.flush()
-        sass = subprocess.run([nvdisasm, "-c", f.name], check=True, capture_output=True, text=True).stdout
+        return subprocess.run([nvdisasm, "-c", f.name], check=True, capture_output=True, text=True).stdout
+
+
+def sass_report(cubin, ptxas_path):
+    """Local-memory (spill) instructions and wgmma/barrier counts in the SASS."""
+    sass = disassemble(cubin, ptxas_path)
+    if sass is None:
+        return {}
     return {
         "sass_local_memory_instructions": len(re.findall(r"\b(?:LDL|STL)\b", sass)),
         "sass_hgmma": len(re.findall(r"\bHGMMA\b", sass)),

@@ -134,16 +134,11 @@ def _sass_local_memory(cubin, ptxas_path):
     """Local-memory (spill) instructions in the SASS, from the nvdisasm next to Triton's ptxas: how many, and how
     many of them sit inside a loop (between a label and a later conditional backward branch to it; the
     unconditional jumps back from out-of-line mbarrier spin-waits are not loops)."""
-    import subprocess
-    import tempfile
+    from bench.kernel_resources import disassemble
 
-    nvdisasm = os.path.join(os.path.dirname(ptxas_path), "nvdisasm")
-    if not cubin or not os.path.exists(nvdisasm):
+    sass = disassemble(cubin, ptxas_path)
+    if sass is None:
         return {}
-    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
-        f.write(cubin)
-        f.flush()
-        sass = subprocess.run([nvdisasm, "-c", f.name], check=True, capture_output=True, text=True).stdout
     lines = sass.splitlines()
     labels = {m[1]: i for i, line in enumerate(lines) if (m := re.match(r"^\.(L_x_\d+):", line.strip()))}
     loops = [
