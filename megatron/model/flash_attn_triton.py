@@ -15,11 +15,11 @@ Kernels (all exp in base 2, with log2(e) folded into the softmax scale):
   _bwd_dkdv_kernel one program per (key block, b*g): loops over the query heads of the
                    group and their query blocks, so GQA gradients sum in registers.
   _bwd_dq_kernel   one program per (query block, b*h): loops over key blocks.
-On Hopper with Triton 3.6, where they support the inputs (causal, bf16, head dim 64 or 128, with
-or without GQA and documents, sequence a multiple of 128), the warp-specialized Gluon kernels take
-over: the forward of `flash_attn_gluon_fwd` and the fused backward of `flash_attn_gluon` (5 GEMM
-units per block pair instead of these split kernels' 7). `FORWARD = "triton"` and
-`BACKWARD = "split"` force the Triton kernels below.
+On Hopper with Triton 3.6, where they support the inputs (causal, bf16, with or without GQA and
+documents, sequence a multiple of 128), the warp-specialized Gluon kernels take over: the fused
+backward of `flash_attn_gluon` at head dim 64 and 128 (5 GEMM units per block pair instead of these
+split kernels' 7), and the forward of `flash_attn_gluon_fwd` at head dim 128 (at 64 the Triton
+forward measured faster). `FORWARD = "triton"` and `BACKWARD = "split"` force the Triton kernels.
 Key/query block ranges skip fully masked blocks (causal, documents); only blocks that
 touch the diagonal, a document edge or the sequence tail pay for the element mask.
 """
