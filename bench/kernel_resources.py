@@ -14,6 +14,7 @@ the launched kernels (2026-11-30).
 """
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -63,6 +64,43 @@ def _ptxas_report(ptxas: str, ptx: str, arch: int) -> dict:
         "spill_store_bytes": int(spills[1]) if spills else None,
         "spill_load_bytes": int(spills[2]) if spills else None,
     }
+
+
+@contextlib.contextmanager
+def compile_only_sm90():
+    """Inside, every Triton / Gluon JIT launch compiles for sm_90 and does not run: a stub driver stands in for the
+    GPU. Yields a list that collects (kernel function name, grid, compiled kernel) for each launch. Catches argument,
+    specialization and option mistakes of a launch path without a GPU."""
+    from triton.backends.compiler import GPUTarget
+    from triton.runtime import driver
+    from triton.runtime.jit import JITFunction
+
+    class _StubDriver:
+        def get_current_device(self):
+            return 0
+
+        def get_current_stream(self, device=None):
+            return 0
+
+        def get_current_target(self):
+            return GPUTarget("cuda", 90, 32)
+
+    previous = driver._active  # reset_active() would build the real driver, which needs a GPU
+    run = JITFunction.run
+    launched = []
+
+    def compile_only(self, *args, grid, warmup, **kwargs):
+        kernel = run(self, *args, grid=grid, warmup=True, **kwargs)
+        launched.append((self.fn.__name__, grid, kernel))
+        return kernel
+
+    driver.set_active(_StubDriver())
+    JITFunction.run = compile_only
+    try:
+        yield launched
+    finally:
+        JITFunction.run = run
+        driver._active = previous
 
 
 def disassemble(cubin, ptxas_path):

@@ -187,43 +187,18 @@ def screen(out_path, configs=SCREEN_CONFIGS):
 def jit_path_check():
     """Compile (not run) both variants through the real call path, gluon_attention_backward -> JIT launch, with a
     stub driver for an sm_90 target: catches argument, specialization and option mistakes without a GPU."""
-    from triton.backends.compiler import GPUTarget
-    from triton.runtime import driver
-    from triton.runtime.jit import JITFunction
+    from bench.kernel_resources import compile_only_sm90
 
-    class _StubDriver:
-        def get_current_device(self):
-            return 0
-
-        def get_current_stream(self, device=None):
-            return 0
-
-        def get_current_target(self):
-            return GPUTarget("cuda", 90, 32)
-
-    previous = driver._active  # reset_active() would build the real driver, which needs a GPU
-    driver.set_active(_StubDriver())
-    run = JITFunction.run
-    seen = []
-
-    def compile_only(self, *args, grid, warmup, **kwargs):
-        kernel = run(self, *args, grid=grid, warmup=True, **kwargs)
-        seen.append((grid, kernel.metadata.shared, kernel.metadata.num_warps))
-        return kernel
-
-    JITFunction.run = compile_only
-    try:
+    with compile_only_sm90() as launched:
         bsz, seq, heads = 2, 512, 3
         q, k, v, o, do = (torch.randn(bsz, seq, heads, HEAD_DIM).bfloat16() for _ in range(5))
         lse, delta = torch.randn(bsz, heads, seq), torch.randn(bsz, heads, seq)
         for variant in VARIANTS:
             for stages in (2, STAGES):
                 gluon_attention_backward(q, k, v, o, do, lse, 0.088, variant=variant, delta=delta, stages=stages)
-                grid, shared, warps = seen[-1]
+                _, grid, kernel = launched[-1]
+                shared, warps = kernel.metadata.shared, kernel.metadata.num_warps
                 print(f"jit path {variant} stages={stages}: grid {grid}, shared {shared} B, {warps} warps", flush=True)
-    finally:
-        JITFunction.run = run
-        driver._active = previous
 
 
 # --------------------------------------------------------------------------------------------------------------

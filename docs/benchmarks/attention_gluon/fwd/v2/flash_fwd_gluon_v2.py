@@ -153,32 +153,9 @@ def screen(out_path, configs=SCREEN_CONFIGS):
 
 def jit_path_check():
     """Compile (not run) through gluon_attention_forward_v2 -> JIT launch, with a stub sm_90 driver."""
-    from triton.backends.compiler import GPUTarget
-    from triton.runtime import driver
-    from triton.runtime.jit import JITFunction
+    from bench.kernel_resources import compile_only_sm90
 
-    class _StubDriver:
-        def get_current_device(self):
-            return 0
-
-        def get_current_stream(self, device=None):
-            return 0
-
-        def get_current_target(self):
-            return GPUTarget("cuda", 90, 32)
-
-    previous = driver._active
-    driver.set_active(_StubDriver())
-    run = JITFunction.run
-    seen = []
-
-    def compile_only(self, *args, grid, warmup, **kwargs):
-        kernel = run(self, *args, grid=grid, warmup=True, **kwargs)
-        seen.append((grid, kernel.metadata.shared, kernel.metadata.num_warps, kernel.src.constants))
-        return kernel
-
-    JITFunction.run = compile_only
-    try:
+    with compile_only_sm90() as launched:
         for heads, kv_heads, dim, docs, block_n in [(4, 4, 128, False, 128), (8, 2, 128, False, 128),
                                                      (8, 2, 64, False, 128), (4, 4, 128, True, 128),
                                                      (4, 1, 64, True, 128), (4, 2, 128, True, 64)]:  # fmt: skip
@@ -189,12 +166,10 @@ def jit_path_check():
             if docs:
                 rs, re_ = document_runs(ids_from_lengths([[100, 300, 112], [512]], seq))
             gluon_attention_forward_v2(q, k, v, 0.088, rs, re_, block_n=block_n)
-            grid, shared, warps, consts = seen[-1]
+            _, grid, kernel = launched[-1]
+            shared, warps, consts = kernel.metadata.shared, kernel.metadata.num_warps, kernel.src.constants
             print(f"jit path h={heads} g={kv_heads} d={dim} docs={docs} BN={block_n}: grid {grid}, shared {shared} B, "
                   f"{warps} warps, constants {sorted(consts.values(), key=str)}")  # fmt: skip
-    finally:
-        JITFunction.run = run
-        driver._active = previous
     print("jit path PASSED (compiled)")
 
 
