@@ -31,6 +31,7 @@ import time
 from pathlib import Path
 
 import torch
+from microbench import add_common_args, device_of, sync, timed  # bench/, this script's directory
 from torch import nn
 
 
@@ -46,11 +47,6 @@ def make_norm(kind: str, hidden: int, device, dtype) -> nn.Module:
         if getattr(norm, "bias", None) is not None:
             norm.bias.normal_(0.0, 0.1)
     return norm.to(device=device, dtype=dtype)
-
-
-def _sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def fwd_bwd(fn, x, y, norm, gh, gn):
@@ -76,22 +72,15 @@ def measure(kind: str, tokens: int, hidden: int, device, dtype, backend: str, wa
         t0 = time.perf_counter()
         for _ in range(warmup):
             fwd_bwd(fn, x, y, norm, gh, gn)
-        _sync(device)
+        sync(device)
         warm_s = time.perf_counter() - t0
-        times = []
-        for _ in range(iters):
-            _sync(device)
-            t = time.perf_counter()
-            for _ in range(reps):
-                res = fwd_bwd(fn, x, y, norm, gh, gn)
-            _sync(device)
-            times.append((time.perf_counter() - t) * 1e3 / reps)
+        times, res = timed(lambda fn=fn: fwd_bwd(fn, x, y, norm, gh, gn), device, iters, reps)
         row = {}
         if device.type == "cuda":  # kernel time alone, apart from the host's per-call work
             with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
                 for _ in range(reps):
                     fwd_bwd(fn, x, y, norm, gh, gn)
-                _sync(device)
+                sync(device)
             row["device_ms"] = round(sum(e.self_device_time_total for e in prof.key_averages()) / 1e3 / reps, 4)
         res = [r.float().cpu() for r in res]
         ref = ref or res
@@ -116,15 +105,10 @@ def main(argv=None) -> int:
     p.add_argument("--tokens", default="16384,32768", help="comma-separated rows per rank (16384: 32k at SP=2)")
     p.add_argument("--norms", default="layernorm,rmsnorm")
     p.add_argument("--backend", default="inductor", help="torch.compile backend (aot_eager: no code generation)")
-    p.add_argument("--warmup", type=int, default=3)
-    p.add_argument("--iters", type=int, default=7)
     p.add_argument("--reps", type=int, default=20, help="calls per timed sample")
-    p.add_argument("--device", default="cuda")
-    p.add_argument("--out", required=True)
+    add_common_args(p, warmup=3, iters=7)
     args = p.parse_args(argv)
-    device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        p.error("no CUDA device; pass --device cpu for a smoke run")
+    device = device_of(p, args)
     norms = args.norms.split(",")
     if unknown := set(norms) - {"layernorm", "rmsnorm"}:
         p.error(f"--norms {','.join(sorted(unknown))} unknown; use layernorm and/or rmsnorm")

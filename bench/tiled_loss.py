@@ -27,7 +27,6 @@ import os
 import platform
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -35,7 +34,9 @@ import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from megatron.model import tiled  # noqa: E402
+from microbench import add_common_args, device_of, sync, timed  # bench/, this script's directory
+
+from megatron.model import tiled
 
 VARIANTS = ("untiled", "tiled_eager", "tiled_fused", "tiled_fused_add", "liger")
 
@@ -55,11 +56,6 @@ def step(h, w, y, variant: str, chunk_logits: int | None = None):
     loss = loss.mean()
     loss.backward()
     return loss.detach(), h.grad, w.grad
-
-
-def _sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def measure(
@@ -89,17 +85,11 @@ def measure(
     for variant in variants:
         for _ in range(warmup):
             step(h, w, y, variant, chunk_logits)
-        _sync(device)
+        sync(device)
         base = torch.cuda.memory_allocated(device) if device.type == "cuda" else 0
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
-        times = []
-        for _ in range(iters):
-            _sync(device)
-            t = time.perf_counter()
-            res = step(h, w, y, variant, chunk_logits)
-            _sync(device)
-            times.append((time.perf_counter() - t) * 1e3)
+        times, res = timed(lambda v=variant: step(h, w, y, v, chunk_logits), device, iters)
         res = [r.float().cpu() for r in res]
         if ref is None:
             ref = res
@@ -126,14 +116,9 @@ def main(argv=None) -> int:
     p.add_argument("--tokens", default="16384,65536", help="comma-separated rows per rank")
     p.add_argument("--chunk-logits", type=int, help="logits per tiled-loss chunk (default: the library's)")
     p.add_argument("--variants", help=f"comma-separated subset of {','.join(VARIANTS)}")
-    p.add_argument("--warmup", type=int, default=2)
-    p.add_argument("--iters", type=int, default=5)
-    p.add_argument("--device", default="cuda")
-    p.add_argument("--out", required=True)
+    add_common_args(p, warmup=2, iters=5)
     args = p.parse_args(argv)
-    device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        p.error("no CUDA device; pass --device cpu for a smoke run")
+    device = device_of(p, args)
     hidden, vocab = (32, 1000) if args.tiny else (args.hidden, args.vocab)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     variants = [v for v in VARIANTS if v != "liger" or importlib.util.find_spec("liger_kernel") is not None]
