@@ -23,15 +23,20 @@ saving per call (forward once; with full recomputation the forward runs twice).
 from __future__ import annotations
 
 import argparse
-import json
-import platform
+import functools
 import statistics
 import sys
 import time
-from pathlib import Path
 
 import torch
-from microbench import add_common_args, device_of, sync, timed  # bench/, this script's directory
+from microbench import (  # bench/, this script's directory
+    add_common_args,
+    device_of,
+    report_head,
+    sync,
+    timed,
+    write_report,
+)
 from torch import nn
 
 
@@ -69,17 +74,18 @@ def measure(kind: str, tokens: int, hidden: int, device, dtype, backend: str, wa
     out = {"norm": kind, "tokens": tokens, "hidden": hidden, "variants": {}}
     ref = None
     for name, fn in (("eager", add_norm), ("compiled", compiled)):
+        call = functools.partial(fwd_bwd, fn, x, y, norm, gh, gn)
         t0 = time.perf_counter()
         for _ in range(warmup):
-            fwd_bwd(fn, x, y, norm, gh, gn)
+            call()
         sync(device)
         warm_s = time.perf_counter() - t0
-        times, res = timed(lambda fn=fn: fwd_bwd(fn, x, y, norm, gh, gn), device, iters, reps)
+        times, res = timed(call, device, iters, reps)
         row = {}
         if device.type == "cuda":  # kernel time alone, apart from the host's per-call work
             with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
                 for _ in range(reps):
-                    fwd_bwd(fn, x, y, norm, gh, gn)
+                    call()
                 sync(device)
             row["device_ms"] = round(sum(e.self_device_time_total for e in prof.key_averages()) / 1e3 / reps, 4)
         res = [r.float().cpu() for r in res]
@@ -114,22 +120,13 @@ def main(argv=None) -> int:
         p.error(f"--norms {','.join(sorted(unknown))} unknown; use layernorm and/or rmsnorm")
     hidden, tokens = (64, [96]) if args.tiny else (args.hidden, [int(t) for t in args.tokens.split(",")])
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    report = {
-        "dtype": str(dtype),
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-        "versions": {"python": platform.python_version(), "torch": torch.__version__, "cuda": torch.version.cuda,
-                     "triton": __import__("triton").__version__ if device.type == "cuda" else None},
-        "backend": args.backend,
-        "command": ["bench/pointwise_fusion.py", *(argv if argv is not None else sys.argv[1:])],
-        "results": [],
-    }  # fmt: skip
+    report = {**report_head("bench/pointwise_fusion.py", device, dtype, argv), "backend": args.backend, "results": []}
     for kind in norms:
         for n in tokens:
             report["results"].append(
                 measure(kind, n, hidden, device, dtype, args.backend, args.warmup, args.iters, args.reps, print)
             )
-            Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-            Path(args.out).write_text(json.dumps(report, indent=1) + "\n")
+            write_report(args.out, report)
     return 0
 
 

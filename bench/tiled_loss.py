@@ -22,9 +22,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import json
 import os
-import platform
 import statistics
 import sys
 from pathlib import Path
@@ -34,7 +32,14 @@ import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from microbench import add_common_args, device_of, sync, timed  # bench/, this script's directory
+from microbench import (  # bench/, this script's directory
+    add_common_args,
+    device_of,
+    report_head,
+    sync,
+    timed,
+    write_report,
+)
 
 from megatron.model import tiled
 
@@ -131,21 +136,13 @@ def main(argv=None) -> int:
     def log(msg):
         print(msg, flush=True)
 
-    report = {
-        "dtype": str(dtype),
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-        "versions": {"python": platform.python_version(), "torch": torch.__version__, "cuda": torch.version.cuda,
-                     "triton": importlib.util.find_spec("triton") and __import__("triton").__version__,
-                     "liger_kernel": importlib.util.find_spec("liger_kernel") is not None},
-        "command": ["bench/tiled_loss.py", *(argv if argv is not None else sys.argv[1:])],
-        "results": [],
-    }  # fmt: skip
+    report = {**report_head("bench/tiled_loss.py", device, dtype, argv), "results": []}
+    report["versions"]["liger_kernel"] = importlib.util.find_spec("liger_kernel") is not None
     for tokens in [int(t) for t in args.tokens.split(",")]:
         report["results"].append(
             measure(tokens, hidden, vocab, device, dtype, args.warmup, args.iters, variants, log, args.chunk_logits)
         )
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(report, indent=1) + "\n")
+        write_report(args.out, report)
     return 0
 
 
