@@ -19,8 +19,9 @@ pytestmark = pytest.mark.skipif(not AVAILABLE, reason=WHY)
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def reference_attention(q_bshd, k_bsgd, v_bsgd, causal, scale, document_ids_bs=None):
-    """Explicit softmax in the inputs' dtype (call with fp64 tensors)."""
+def reference_attention(q_bshd, k_bsgd, v_bsgd, causal, scale, document_ids_bs=None, with_lse=False):
+    """Explicit softmax in the inputs' dtype (call with fp64 tensors); with_lse: also the rows' logsumexp [b, h, q]
+    of the masked scores (natural log)."""
     heads, kv_heads = q_bshd.shape[2], k_bsgd.shape[2]
     k_bshd = k_bsgd.repeat_interleave(heads // kv_heads, dim=2)
     v_bshd = v_bsgd.repeat_interleave(heads // kv_heads, dim=2)
@@ -33,7 +34,13 @@ def reference_attention(q_bshd, k_bsgd, v_bsgd, causal, scale, document_ids_bs=N
         keep_bqk = keep_bqk & (document_ids_bs[:, :, None] == document_ids_bs[:, None, :])
     scores_bhqk = scores_bhqk.masked_fill(~keep_bqk[:, None], float("-inf"))
     probs_bhqk = torch.softmax(scores_bhqk, dim=-1)
-    return torch.einsum("bhqk,bkhd->bqhd", probs_bhqk, v_bshd)
+    out_bqhd = torch.einsum("bhqk,bkhd->bqhd", probs_bhqk, v_bshd)
+    return (out_bqhd, torch.logsumexp(scores_bhqk, dim=-1)) if with_lse else out_bqhd
+
+
+def document_ids_of_lengths(lengths, bsz):
+    """The same documents in every sample: ids 0, 1, ... in runs of the given lengths."""
+    return torch.repeat_interleave(torch.arange(len(lengths)), torch.tensor(lengths)).expand(bsz, sum(lengths))
 
 
 def random_document_ids(bsz, seq, gen):
@@ -59,7 +66,7 @@ def check(bsz, seq, heads, kv_heads, head_dim, causal, dtype, use_docs, seed, to
     dout = torch.randn(bsz, seq, heads, head_dim, generator=gen)
     if isinstance(use_docs, tuple):  # explicit document lengths, the same for every sample
         assert sum(use_docs) == seq
-        docs = torch.repeat_interleave(torch.arange(len(use_docs)), torch.tensor(use_docs)).expand(bsz, seq)
+        docs = document_ids_of_lengths(use_docs, bsz)
     else:
         docs = random_document_ids(bsz, seq, gen) if use_docs else None
     scale_used = scale if scale is not None else 1.0 / math.sqrt(head_dim)
@@ -337,19 +344,14 @@ def test_gpu_gluon_forward_matches_reference(bsz, seq, heads, kv_heads, head_dim
     if docs == "random":
         ids = random_document_ids(bsz, seq, torch.Generator().manual_seed(seq)).cuda()
     elif docs is not None:
-        ids = torch.repeat_interleave(torch.arange(len(docs)), torch.tensor(docs)).expand(bsz, seq).cuda()
+        ids = document_ids_of_lengths(docs, bsz).cuda()
     fat.LAST_COMPILED.pop("fwd_gluon", None)
     flash_attn_triton(q, k, v, causal=True, document_ids=ids)
     assert ("fwd_gluon" in fat.LAST_COMPILED) == (head_dim == 128)
     run_start = fat._document_runs(ids)[1] if ids is not None else None
     out, lse = gfwd.forward(q, k, v, 1 / head_dim**0.5, run_start)
-    group = heads // kv_heads
-    qf, kf, vf = (t.float().transpose(1, 2) for t in (q, k.repeat_interleave(group, 2), v.repeat_interleave(group, 2)))
-    keep = torch.ones(seq, seq, dtype=torch.bool, device="cuda").tril()[None]
-    if ids is not None:
-        keep = keep & (ids[:, :, None] == ids[:, None, :])
-    scores = ((qf @ kf.transpose(-1, -2)) / head_dim**0.5).masked_fill(~keep[:, None], float("-inf"))
-    ref = (torch.softmax(scores, dim=-1) @ vf).transpose(1, 2)
+    qf, kf, vf = (t.float() for t in (q, k, v))
+    ref, lse_ref = reference_attention(qf, kf, vf, True, 1 / head_dim**0.5, ids, with_lse=True)
     assert ((out.float() - ref).norm() / ref.norm()).item() < 1e-2
-    lse_ref = torch.logsumexp(scores, dim=-1) * fat.LOG2E  # [b, h, s], log2 units
+    lse_ref = lse_ref * fat.LOG2E  # [b, h, s], log2 units
     assert (lse - lse_ref).abs().max().item() < 1e-2
