@@ -29,14 +29,8 @@ import sys
 import time
 
 import torch
-from microbench import (  # bench/, this script's directory
-    add_common_args,
-    device_of,
-    report_head,
-    sync,
-    timed,
-    write_report,
-)
+from microbench import add_common_args, device_of, sync, timed  # bench/, this script's directory
+from report import report_head, write_json
 from torch import nn
 
 
@@ -120,13 +114,13 @@ def main(argv=None) -> int:
         p.error(f"--norms {','.join(sorted(unknown))} unknown; use layernorm and/or rmsnorm")
     hidden, tokens = (64, [96]) if args.tiny else (args.hidden, [int(t) for t in args.tokens.split(",")])
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    report = {**report_head("bench/pointwise_fusion.py", device, dtype, argv), "backend": args.backend, "results": []}
+    report = {**report_head(__file__, argv, device), "dtype": str(dtype), "backend": args.backend, "results": []}
     for kind in norms:
         for n in tokens:
             report["results"].append(
                 measure(kind, n, hidden, device, dtype, args.backend, args.warmup, args.iters, args.reps, print)
             )
-            write_report(args.out, report)
+            write_json(args.out, report)
     return 0
 
 

@@ -25,21 +25,11 @@ import importlib.util
 import os
 import statistics
 import sys
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-from microbench import (  # bench/, this script's directory
-    add_common_args,
-    device_of,
-    report_head,
-    sync,
-    timed,
-    write_report,
-)
+from microbench import add_common_args, device_of, sync, timed  # bench/, this script's directory
+from report import report_head, write_json
 
 from megatron.model import tiled
 
@@ -136,13 +126,12 @@ def main(argv=None) -> int:
     def log(msg):
         print(msg, flush=True)
 
-    report = {**report_head("bench/tiled_loss.py", device, dtype, argv), "results": []}
-    report["versions"]["liger_kernel"] = importlib.util.find_spec("liger_kernel") is not None
+    report = {**report_head(__file__, argv, device, packages=("liger_kernel",)), "dtype": str(dtype), "results": []}
     for tokens in [int(t) for t in args.tokens.split(",")]:
         report["results"].append(
             measure(tokens, hidden, vocab, device, dtype, args.warmup, args.iters, variants, log, args.chunk_logits)
         )
-        write_report(args.out, report)
+        write_json(args.out, report)
     return 0
 
 

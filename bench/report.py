@@ -1,0 +1,140 @@
+"""The head every benchmark's JSON report starts with, and the one way reports are written.
+
+    from report import report_head, write_json
+
+    report = {**report_head(__file__, argv, device), "results": []}
+    for case in cases:
+        report["results"].append(measure(case))
+        write_json(args.out, report)  # after every result: a run cut short keeps what finished
+
+The head names what produced the numbers: ``command`` (the script, relative to the repository, and its
+arguments), ``date_utc``, ``host``, ``devices`` (every visible GPU, or ``["cpu"]``), ``device`` (the one
+the script measured, when it says), and ``versions`` (Python, torch, CUDA, cuDNN and the packages in
+``PACKAGES``; ``None`` where one is not installed). ``python bench/report.py`` prints the head of this
+environment.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.metadata
+import importlib.util
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+PACKAGES = ("triton", "deepspeed", "transformers", "numpy", "flash_attn")
+"""Installed distributions whose version a report names (besides torch, CUDA and cuDNN)."""
+
+
+def _package_version(name: str) -> str | None:
+    """The installed distribution's version; else the importable module's ``__version__`` (e.g. Triton shipped
+    as ``pytorch-triton``); else None."""
+    for candidate in (name, name.replace("_", "-")):
+        try:
+            return importlib.metadata.version(candidate)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    if importlib.util.find_spec(name) is None:
+        return None
+    return getattr(importlib.import_module(name), "__version__", None)
+
+
+def versions(*extra: str) -> dict:
+    """Python, torch, CUDA, cuDNN and every package of ``PACKAGES`` and ``extra`` (None: not installed).
+    Reads package metadata, so nothing heavy (DeepSpeed, transformers) is imported."""
+    import torch
+
+    cuda = torch.cuda.is_available()
+    out = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "cudnn": torch.backends.cudnn.version() if cuda and torch.backends.cudnn.is_available() else None,
+    }
+    for name in (*PACKAGES, *extra):
+        out[name] = _package_version(name)
+    return out
+
+
+def device_name(device) -> str:
+    """A torch device as a report names it: the GPU's name, or its type ("cpu")."""
+    import torch
+
+    device = torch.device(device)
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
+
+
+def devices() -> list:
+    """The names of the visible GPUs, or ["cpu"]."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return ["cpu"]
+    return [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+
+
+def command(script: str, argv=None) -> list:
+    """``script`` (a path; relative to the repository when inside it) followed by its arguments."""
+    path = Path(script).resolve()
+    name = str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(script)
+    return [name, *(sys.argv[1:] if argv is None else argv)]
+
+
+def report_head(script: str, argv=None, device=None, packages: tuple = ()) -> dict:
+    """The fields a report starts with (see the module docstring). ``script``: the benchmark's ``__file__``;
+    ``argv``: its arguments (default ``sys.argv[1:]``); ``device``: the torch device it measures, if one;
+    ``packages``: distributions to name besides ``PACKAGES``."""
+    head = {
+        "command": command(script, argv),
+        "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "host": platform.node(),
+        "devices": devices(),
+    }
+    if device is not None:
+        head["device"] = device_name(device)
+    head["versions"] = versions(*packages)
+    return head
+
+
+def report_head_from_child(script: str, argv=None, packages: tuple = (), timeout: float = 300) -> dict:
+    """``report_head`` with the devices and versions read by a child Python, so that this process never
+    initializes CUDA (a driver that launches GPU jobs holds no GPU memory). Where the child fails, the head
+    says why in ``probe_error`` and names no devices."""
+    head = {
+        "command": command(script, argv),
+        "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "host": platform.node(),
+    }
+    try:
+        out = subprocess.run([sys.executable, __file__, *packages], capture_output=True, text=True, timeout=timeout,
+                             check=True).stdout  # fmt: skip
+        child = json.loads(out.strip().splitlines()[-1])
+        head.update(devices=child["devices"], versions=child["versions"])
+    except (subprocess.SubprocessError, json.JSONDecodeError, IndexError, KeyError) as e:
+        head.update(devices=None, versions={"python": platform.python_version()}, probe_error=str(e)[:300])
+    return head
+
+
+def write_json(path, report: dict) -> None:
+    """Write ``report`` to ``path`` whole or not at all (a temporary file in the same directory, then renamed):
+    a reader, or a run killed while writing, never sees half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(json.dumps(report, indent=1) + "\n")
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+if __name__ == "__main__":  # the devices and versions of this environment (report_head_from_child reads them)
+    print(json.dumps({"devices": devices(), "versions": versions(*sys.argv[1:])}))
