@@ -4,12 +4,10 @@ import json
 import subprocess
 import sys
 
+import max_seqlen  # bench/, on pytest's pythonpath (pyproject.toml)
 import pytest
 
 from tests.launch import ROOT, env
-
-sys.path.insert(0, str(ROOT / "bench"))
-import max_seqlen
 
 
 def test_search_doubles_then_bisects_to_the_granularity():

@@ -1,12 +1,8 @@
 """bench/offload_copies.py: every variant runs and gives the GPU-checkpoint variant's gradients."""
 
 import json
-import sys
 
-from tests.launch import ROOT
-
-sys.path.insert(0, str(ROOT / "bench"))
-import offload_copies
+import offload_copies  # bench/, on pytest's pythonpath (pyproject.toml)
 
 
 def test_variants_train_the_same_and_are_reported(tmp_path):

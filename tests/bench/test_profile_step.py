@@ -1,12 +1,8 @@
 """bench/profile_step.py: kernels are attributed to the ops (and their callers) that launched them."""
 
-import sys
 from types import SimpleNamespace as NS
 
-from tests.launch import ROOT
-
-sys.path.insert(0, str(ROOT / "bench"))
-import profile_step
+import profile_step  # bench/, on pytest's pythonpath (pyproject.toml)
 
 
 def test_launched_by_sums_device_time_per_caller_path():

@@ -6,16 +6,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import plot_throughput  # bench/, on pytest's pythonpath (pyproject.toml)
 import pytest
-
-from tests.launch import ROOT, env
-
-sys.path.insert(0, str(ROOT / "bench"))
-import plot_throughput
-import throughput
+import throughput  # bench/
 
 from megatron.arguments import parse_args
 from megatron.training import metrics
+from tests.launch import ROOT, env
 
 
 def test_tiny_cpu_run_measures_ours_and_the_peer(tmp_path):
@@ -235,7 +232,7 @@ def test_plot_and_table(tmp_path, capsys, monkeypatch):
 
 
 def test_several_calls_merge_into_one_table(tmp_path, capsys):
-    """Cases from several device calls: a later case replaces the same system and setting, ratios are
+    """Cases from several runs: a later case replaces the same system and setting, ratios are
     recomputed over the merged cases, and the sources are listed."""
     first = _synthetic_report()
     second = {**_synthetic_report(), "versions": {"torch": "2.11.0", "deepspeed": "0.19.9"},
