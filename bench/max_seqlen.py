@@ -45,10 +45,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from procgroup import last_error_line, oom_in_log, run_logged  # bench/, this script's directory
+from report import report_head, write_json
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from procgroup import last_error_line, oom_in_log, run_logged  # noqa: E402
 
 SHAPES = {
     # GPT-3 1.3B (24 x 2048, 16 heads, GPT-2 vocabulary); RoPE so that no position table grows with the sequence
@@ -228,8 +228,7 @@ def attempt(
     flags = attempt_flags(args, rung, seq)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={args.nproc}",
            str(Path(__file__).resolve()), "--worker", "--result-dir", str(run_dir), "--", *flags]  # fmt: skip
-    pythonpath = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
-    env = dict(os.environ, PYTHONPATH=pythonpath, PYTHONUNBUFFERED="1")  # keep the caller's path (carried wheels)
+    env = dict(os.environ, PYTHONUNBUFFERED="1")  # the workers import what this process imports (installed package)
     if args.tiny:
         env.setdefault("OMP_NUM_THREADS", "1")
     t0 = time.time()
@@ -380,15 +379,14 @@ def main(argv=None) -> int:
     out = Path(args.out or ROOT / "docs" / "benchmarks" / f"max_seqlen_{shape}_{args.nproc}gpu.json")
     workdir = Path(tempfile.mkdtemp(prefix="max_seqlen_"))  # per-attempt rank results
 
-    import deepspeed
     import torch
 
-    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
-    capacity = torch.cuda.get_device_properties(0).total_memory / 1e9 if torch.cuda.is_available() else None
+    cuda = torch.cuda.is_available()
+    device = torch.cuda.get_device_name(0) if cuda else "cpu"
+    capacity = torch.cuda.get_device_properties(0).total_memory / 1e9 if cuda else None
     report = {
-        "shape": shape, "shape_flags": SHAPES[shape], "nproc": args.nproc, "device": device,
-        "torch": torch.__version__, "deepspeed": deepspeed.__version__, "granularity": g,
-        "command": [Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])],
+        **report_head(__file__, argv, "cuda:0" if cuda else "cpu"),
+        "shape": shape, "shape_flags": SHAPES[shape], "nproc": args.nproc, "granularity": g,
         "attempt_timeout_s": args.attempt_timeout, "steps_per_attempt": args.steps,
         "host_memory_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1e9, 1), "rungs": [],
     }  # fmt: skip
@@ -397,7 +395,7 @@ def main(argv=None) -> int:
         from megatron.training.metrics import model_flops_per_token
 
         model_cfg = shape_config(shape)
-        flops_per_token = lambda seq: model_flops_per_token(model_cfg, seq)  # noqa: E731
+        flops_per_token = lambda seq: model_flops_per_token(model_cfg, seq)
     else:
         flops_per_token = None  # CPU smoke runs: nothing to predict
     from megatron.arguments import parse_args
@@ -413,7 +411,7 @@ def main(argv=None) -> int:
             reference = max(oks, key=lambda a: a["seq"]) if oks else None
             res = attempt(args, rung, seq, workdir, reference, flops_per_token, capacity)
             entry["attempts"].append(res)
-            _write_json(out, report)  # what finished survives a killed run
+            write_json(out, report)  # what finished survives a killed run
             return res
 
         best, attempts = search(try_seq, start, max_seq, g)
@@ -423,7 +421,7 @@ def main(argv=None) -> int:
             at_max=next((a for a in attempts if a["ok"] and a["seq"] == best), None),
             memory_projection=memory_projection(attempts, capacity, floor),
         )
-        _write_json(out, report)
+        write_json(out, report)
         at_best = entry["at_max"]
         print(
             f"{rung:>12}: max sequence {best}"
@@ -435,13 +433,6 @@ def main(argv=None) -> int:
         )
     print(f"wrote {out}")
     return 0
-
-
-def _write_json(path: Path, report: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(report, indent=1) + "\n")
-    tmp.replace(path)
 
 
 if __name__ == "__main__":

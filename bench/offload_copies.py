@@ -16,23 +16,17 @@ one layer input's device-to-host plus host-to-device copy on its own, timed on t
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import statistics
 import sys
 import time
-from pathlib import Path
 
 import torch
+from max_seqlen import SHAPES, shape_config  # bench/, this script's directory
+from report import report_head, write_json
 from torch.utils.checkpoint import checkpoint
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from max_seqlen import SHAPES, shape_config  # noqa: E402
-
-from megatron.model.gpt import TransformerLayer  # noqa: E402
-from megatron.training import memory  # noqa: E402
+from megatron.model.gpt import TransformerLayer
+from megatron.training import memory
 
 VARIANTS = ("gpu_checkpoint", "offload_compute_stream", "offload_side_stream")
 
@@ -141,18 +135,11 @@ def main(argv=None) -> int:
     def log(msg):
         print(msg, flush=True)
 
-    report = {
-        "shape": shape, "layers": args.layers, "dtype": str(dtype),
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-        "versions": {"python": platform.python_version(), "torch": torch.__version__,
-                     "cuda": torch.version.cuda, "cudnn": torch.backends.cudnn.version() if device.type == "cuda" else None},
-        "command": ["bench/offload_copies.py", *(argv if argv is not None else sys.argv[1:])],
-        "results": [],
-    }  # fmt: skip
+    report = {**report_head(__file__, argv, device), "shape": shape, "layers": args.layers, "dtype": str(dtype),
+              "results": []}  # fmt: skip
     for tokens in [int(t) for t in args.tokens.split(",")]:
         report["results"].append(measure(cfg, args.layers, tokens, device, dtype, args.warmup, args.iters, log))
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(report, indent=1) + "\n")
+        write_json(args.out, report)
     return 0
 
 

@@ -46,14 +46,9 @@ import os
 import sys
 import time
 import types
-from pathlib import Path
 
 import torch
-
-ROOT = Path(__file__).resolve().parents[1]
-for _p in (str(ROOT), str(Path(__file__).resolve().parent)):
-    if _p not in sys.path:
-        sys.path.insert(0, _p)
+from report import versions  # bench/, this script's directory
 
 IGNORE_INDEX = -100
 LOSS_SHARD_BYTES = 2**30  # ArcticTraining's tiled-loss shard: about 1 GiB of fp32 logits
@@ -210,7 +205,7 @@ def parse_args(argv=None):
     p.add_argument("--loss-shards", type=int, help="TiledFusedLogitsLoss shards (default ~1 GiB fp32 logits each)")
     p.add_argument("--pad-vocab", type=int, default=128,
                    help="round the vocabulary up to a multiple of this, as ours does (1: the shape's exact vocabulary, "
-                        "as in runs before 2026-11-30's third session); tokens stay below the shape's vocabulary")
+                        "as the peer ran until 2026-11-30); tokens stay below the shape's vocabulary")
     p.add_argument("--untie-embeddings", action="store_true", help="separate lm_head weight (the shape ties them)")
     p.add_argument("--no-checkpointing", action="store_true", help="no HF gradient checkpointing")
     p.add_argument("--zero3-leaf-layers", action="store_true", help="ZeRO-3 gathers each decoder layer at once")
@@ -298,7 +293,6 @@ def main(argv=None) -> int:
     set_expandable_segments()  # the allocator setting our trainer uses, before CUDA starts
     import deepspeed
     import torch.distributed as dist
-    import transformers
     from throughput import SHAPES
 
     from megatron.training import metrics
@@ -341,8 +335,7 @@ def main(argv=None) -> int:
         "tied_head_grad_deferred": tiled_loss and tied_head(lm),
         "gradient_checkpointing": not args.no_checkpointing, "precision": "bf16" if args.bf16 else "fp32",
         "zero_optimization": ds_config["zero_optimization"],
-        "versions": {"transformers": transformers.__version__, "deepspeed": deepspeed.__version__,
-                     "torch": torch.__version__},
+        "versions": versions(),
     }  # fmt: skip
     write = rank == 0 and args.metrics_file
     with open(args.metrics_file, "w") if write else contextlib.nullcontext() as out:

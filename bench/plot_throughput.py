@@ -1,7 +1,7 @@
 """Plots and a markdown table from a ``bench/throughput.py`` JSON.
 
     python bench/plot_throughput.py docs/benchmarks/throughput/h100_gpt-1.3b_sp1.json
-    python bench/plot_throughput.py A.json B.json C.json --name combined    # several device calls
+    python bench/plot_throughput.py A.json B.json C.json --name combined    # several runs, one table
 
 Several JSONs are first merged into ``<name>.json`` (cases in the order given, a later case replacing
 an earlier one with the same system and setting; comparisons recomputed; ``merged_from`` lists the
@@ -17,6 +17,8 @@ import argparse
 import json
 import sys
 from pathlib import Path
+
+from report import write_json  # bench/, this script's directory
 
 CASES_HEADER = (
     "| shape | seq len | GPUs | SP | system | tiled MLP | tokens/s/GPU | TFLOPS/GPU (MD) | model TFLOPS/GPU | MFU "
@@ -91,8 +93,10 @@ def markdown_table(report: dict) -> str:
     if comps:
         lines += [
             "",
-            "Ours (fastest backend) against the peer (Hugging Face Llama + DeepSpeed ALST), same length, GPUs, SP and "
-            "recomputation (full layers or none, in both):",
+            (
+                "Ours (fastest backend) against the peer (Hugging Face Llama + DeepSpeed ALST), same length, GPUs, SP "
+                "and recomputation (full layers or none, in both):"
+            ),
             "",
             RATIOS_HEADER,
         ]
@@ -194,7 +198,7 @@ def main(argv=None) -> int:
             p.error("several JSONs are merged into one: name it with --name")
         report = merge(args.json)
         src = out_dir / f"{args.name}.json"
-        src.write_text(json.dumps(report, indent=1) + "\n")
+        write_json(src, report)
         print(f"wrote {src} (merged from {len(args.json)} files)")
     else:
         report = json.loads(src.read_text())

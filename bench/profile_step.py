@@ -19,12 +19,14 @@ from __future__ import annotations
 
 import json
 import os
+import runpy
 import sys
 import time
 from pathlib import Path
 
+from report import report_head, write_json  # bench/, this script's directory
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 CATEGORIES = [
     ("attention", ("flash", "fmha", "attn", "attention", "cudnn_generated", "sdpa", "_attn_fwd", "_attn_bwd")),
@@ -81,8 +83,9 @@ def summarize(prof, steps: int, wall_s: float) -> dict:
         "exposed_communication_ms_per_step": any_ms - compute_ms,
         "idle_ms_per_step": 1e3 * wall_s / steps - any_ms,
         "categories_ms_per_step": dict(sorted(cats.items(), key=lambda kv: -kv[1])),
-        "top_kernels_ms_per_step": [{"kernel": k[:160], "ms": v, "category": category(k),
-                                     "launched_by": sources.get(k, [])} for k, v in top],  # fmt: skip
+        "top_kernels_ms_per_step": [
+            {"kernel": k[:160], "ms": v, "category": category(k), "launched_by": sources.get(k, [])} for k, v in top
+        ],
         # host side: where the Python/C++ time of a step goes (self time, calls per step)
         "top_cpu_ops_ms_per_step": [{"op": k[:160], "ms": v, "calls": n} for k, (v, n) in top_cpu],
     }
@@ -136,7 +139,8 @@ def main() -> int:
 
     from megatron.arguments import parse_args
     from megatron.training.trainer import Trainer, initialize_distributed
-    from pretrain_gpt import build_datasets
+
+    build_datasets = runpy.run_path(str(ROOT / "pretrain_gpt.py"))["build_datasets"]  # the entry point's data setup
 
     cfg = parse_args(argv + ["--train-iters", str(warmup)])
     initialize_distributed(cfg)
@@ -154,14 +158,11 @@ def main() -> int:
             torch.cuda.synchronize()
     wall = time.perf_counter() - t0
     if dist.get_rank() == 0:
-        from throughput import environment  # bench/: devices and package versions, as its JSON records them
-
-        summary = {"argv": argv, "warmup": warmup, "steps": steps, **environment(), **summarize(prof, steps, wall)}
-        text = json.dumps(summary, indent=1)
-        print(text)
+        head = report_head(__file__, device="cuda" if torch.cuda.is_available() else "cpu")
+        summary = {**head, "argv": argv, "warmup": warmup, "steps": steps, **summarize(prof, steps, wall)}
+        print(json.dumps(summary, indent=1))
         if out:
-            Path(out).parent.mkdir(parents=True, exist_ok=True)
-            Path(out).write_text(text)
+            write_json(out, summary)
         if trace:
             prof.export_chrome_trace(trace)
     return 0

@@ -22,25 +22,21 @@ out of memory). ``comparisons`` gives ``ratio_tokens_per_sec`` = best backend of
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import math
 import os
-import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-BENCH = Path(__file__).resolve().parent
-sys.path.insert(0, str(BENCH))
-from procgroup import last_error_line, oom_in_log, run_logged  # noqa: E402  (bench/ helper, importable however this file is loaded)
+from procgroup import last_error_line, oom_in_log, run_logged  # bench/, this script's directory
+from report import report_head_from_child, write_json
 
-PEER_SCRIPT = BENCH / "peer_hf_alst.py"
+ROOT = Path(__file__).resolve().parents[1]
+PEER_SCRIPT = Path(__file__).resolve().parent / "peer_hf_alst.py"
 PEER_BACKEND = "hf-sdpa"  # the peer's attention: transformers' SDPA under DeepSpeed's Ulysses wrapper
 
 
@@ -269,8 +265,7 @@ def run_case(case: Case, args, log_dir: Path) -> dict:
     log_file = log_dir / f"{case.name}.log"
     metrics_file.unlink(missing_ok=True)
     cmd = case_command(case, args.iters, metrics_file, args.extra if case.kind == "ours" else args.peer_extra)
-    pythonpath = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
-    env = dict(os.environ, PYTHONPATH=pythonpath, PYTHONUNBUFFERED="1")
+    env = dict(os.environ, PYTHONUNBUFFERED="1")  # the workers import what this process imports (installed package)
     env.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
     if not case.bf16:  # CPU smoke runs: one thread per process on small machines, and DeepSpeed's
         env.setdefault("OMP_NUM_THREADS", "1")  # CPU comm op built once per Python environment, not per launch
@@ -318,7 +313,7 @@ def comparisons(cases: list) -> list:
     """Ours (best backend) against the peer for each (shape, seq_len, nproc, sp) setting where both succeeded."""
     out = []
     for setting in sorted({_setting(c) for c in cases}, key=lambda t: [(x is None, 0 if x is None else x) for x in t]):
-        shape, seq, nproc, sp, precision, tiled_mlp, tiled_loss, recompute, leaf, zero_stage, keep_attention = setting
+        shape, seq, nproc, sp, precision, tiled_mlp, tiled_loss, recompute, leaf, zero_stage, _keep_attention = setting
         same = [c for c in cases if _setting(c) == setting]
         ok = [c for c in same if c["outcome"] == "ok" and c.get("tokens_per_sec_per_gpu")]
         peer = next((c for c in ok if c["kind"] == "peer"), None)
@@ -339,41 +334,9 @@ def comparisons(cases: list) -> list:
     return out
 
 
-_PROBE = """
-import importlib.metadata as md, json, platform, torch
-def v(name):
-    try:
-        return md.version(name)
-    except md.PackageNotFoundError:
-        return None
-cuda = torch.cuda.is_available()
-print(json.dumps({
-    "devices": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if cuda else ["cpu"],
-    "versions": {"python": platform.python_version(), "torch": torch.__version__, "cuda": torch.version.cuda,
-                 "cudnn": torch.backends.cudnn.version() if cuda else None, "deepspeed": v("deepspeed"),
-                 "transformers": v("transformers"), "triton": v("triton"), "numpy": v("numpy"),
-                 "flash_attn": v("flash-attn") or v("flash_attn")},
-}))
-"""
-
-
-def environment() -> dict:
-    """Devices and package versions, probed in a child process (this one never touches CUDA)."""
-    try:
-        out = subprocess.run([sys.executable, "-c", _PROBE], capture_output=True, text=True, timeout=300, check=True)
-        env = json.loads(out.stdout.strip().splitlines()[-1])
-    except (subprocess.SubprocessError, json.JSONDecodeError, IndexError) as e:
-        env = {"devices": None, "versions": {"python": platform.python_version()}, "probe_error": str(e)[:300]}
-    env["host"] = platform.node()
-    return env
-
-
 def write_report(path: Path, report: dict) -> None:
     report["comparisons"] = comparisons(report["cases"])
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(report, indent=1) + "\n")
-    tmp.replace(path)
+    write_json(path, report)
 
 
 # ----------------------------------------------------------------------------- driver
@@ -489,7 +452,6 @@ def parse_args(argv=None):
 
 
 def main(argv=None) -> int:
-    sys.path.insert(0, str(ROOT))
     args = parse_args(argv)
     cases = plan(args)
     if args.dry_run:
@@ -503,8 +465,7 @@ def main(argv=None) -> int:
         report = json.loads(args.out.read_text())
     if report is None:
         report = {"benchmark": "throughput", "cases": []}
-    report.update(environment())
-    report["updated"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    report.update(report_head_from_child(__file__, argv))  # this process never initializes CUDA (date_utc: this run)
     report["settings"] = {
         "iters": args.iters, "warmup": args.warmup, "statistic": "median over the iterations after warmup",
         "case_timeout_s": args.case_timeout, "tiled_mlp": args.tiled_mlp, "tiled_mlp_from": args.tiled_mlp_from,
