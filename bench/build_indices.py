@@ -11,7 +11,6 @@ save them to the cache, map them back. Also times a 3-way blend index.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import shutil
@@ -21,21 +20,22 @@ import tempfile
 import time
 
 import numpy as np
+from report import report_head, write_json  # bench/, this script's directory
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from megatron.data.gpt_dataset import GPTDataset
+from megatron.data.helpers import build_blending_indices
+from megatron.data.indexed_dataset import INDEX_HEADER, MMapIndexedDataset
 
-from megatron.data.gpt_dataset import GPTDataset  # noqa: E402
-from megatron.data.helpers import build_blending_indices  # noqa: E402
-from megatron.data.indexed_dataset import INDEX_HEADER, MMapIndexedDataset  # noqa: E402
+PACKAGES = ("sentencepiece", "tokenizers")
+"""Named in the report's versions besides ``report.PACKAGES``."""
 
 
 def machine() -> dict:
+    """The host's CPU, cores, memory and load: what a CPU benchmark's figures depend on."""
     cpu = "unknown"
     if os.path.exists("/proc/cpuinfo"):
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
     mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30 if hasattr(os, "sysconf") else None
     load = [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None
     return {
@@ -46,16 +46,6 @@ def machine() -> dict:
         "load_average_1_5_15min_at_start": load,
         "note": "shared development machine: other jobs may run concurrently (see load average)",
     }
-
-
-def versions() -> dict:
-    out = {"python": platform.python_version(), "numpy": np.__version__}
-    for mod in ("torch", "sentencepiece", "tokenizers"):
-        try:
-            out[mod] = __import__(mod).__version__
-        except ImportError:
-            pass
-    return out
 
 
 def write_synthetic(prefix: str, total_tokens: int, seed: int = 0) -> int:
@@ -82,8 +72,9 @@ def main(argv=None) -> int:
     p.add_argument("--epochs", type=float, default=1.0, help="samples requested, in epochs")
     p.add_argument("--out", default=None, help="write results as JSON here")
     args = p.parse_args(argv)
+    doc = {**report_head(__file__, argv, packages=PACKAGES), "benchmark": "build_indices", "machine": machine(),
+           "note": "vectorized numpy, no C++ helpers; document lengths log-normal, mean ~600 tokens", "results": []}  # fmt: skip
     tmp = tempfile.mkdtemp(prefix="bench_indices_")
-    results = []
     try:
         t0 = time.time()
         ndocs = write_synthetic(os.path.join(tmp, "synth"), int(args.tokens))
@@ -119,27 +110,18 @@ def main(argv=None) -> int:
                 "getitem_ms_repeat": round(t_get[1] * 1e3, 4),
             }
             print(r)
-            results.append(r)
+            doc["results"].append(r)
+            if args.out:
+                write_json(args.out, doc)
         n_blend = 10_000_000
         t0 = time.time()
         build_blending_indices([0.5, 0.3, 0.2], n_blend)
-        blend = {"blend_datasets": 3, "blend_samples": n_blend, "blend_index_s": round(time.time() - t0, 3)}
-        print(blend)
+        doc["blending"] = {"blend_datasets": 3, "blend_samples": n_blend, "blend_index_s": round(time.time() - t0, 3)}
+        print(doc["blending"])
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     if args.out:
-        doc = {
-            "benchmark": "build_indices",
-            "command": "python " + " ".join([sys.argv[0]] + sys.argv[1:]),
-            "machine": machine(),
-            "versions": versions(),
-            "results": results,
-            "blending": blend,
-            "note": "vectorized numpy, no C++ helpers; document lengths log-normal, mean ~600 tokens",
-        }
-        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-        with open(args.out, "w") as f:
-            json.dump(doc, f, indent=2)
+        write_json(args.out, doc)
         print(f"wrote {args.out}")
     return 0
 

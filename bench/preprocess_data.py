@@ -21,11 +21,11 @@ import shutil
 import sys
 import tempfile
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from build_indices import PACKAGES, machine  # bench/, this script's directory
+from report import report_head, write_json
 
-from bench.build_indices import machine, versions  # noqa: E402
-from megatron.data.corpus import gather_stdlib_documents, prepare_default_corpus  # noqa: E402
-from megatron.data.preprocess import preprocess  # noqa: E402
+from megatron.data.corpus import gather_stdlib_documents, prepare_default_corpus
+from megatron.data.preprocess import preprocess
 
 NOTE = (
     "2 cores shared with other jobs (see load averages and cores_used, the CPU time the run got divided "
@@ -74,13 +74,21 @@ def main(argv=None) -> int:
     p.add_argument("--repeat", type=int, default=1, help="runs per setting; the fastest is reported")
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
+    doc = {**report_head(__file__, argv, packages=PACKAGES), "benchmark": "preprocess_data", "machine": machine()}
     tmp = tempfile.mkdtemp(prefix="bench_preprocess_")
-    results = []
     try:
         jsonl = os.path.join(tmp, "bench.jsonl")
         ndocs = make_jsonl(jsonl, args.size_mb)
         size = os.path.getsize(jsonl)
         print(f"input: {jsonl}, {ndocs} documents, {size / 1e6:.1f} MB")
+        doc["input"] = {
+            "documents": ndocs,
+            "bytes": size,
+            "source": "Python stdlib docstrings + sources (about 14 MB distinct), cycled; "
+            "per-word BPE caches make repeats cheaper, so BPE figures are optimistic "
+            "for corpora with more distinct words",
+        }
+        doc.update(results=[], note=NOTE)
         specs = {
             "GPTSentencePieceTokenizer": {"tokenizer_model": prepare_default_corpus(args.cache_dir)["tokenizer_model"]}
         }
@@ -128,29 +136,15 @@ def main(argv=None) -> int:
                     "load_average_1min_after": round(os.getloadavg()[0], 2),
                 }
                 print(r, flush=True)
-                results.append(r)
+                doc["results"].append(r)
+                if args.out:
+                    write_json(args.out, doc)
                 for ext in (".bin", ".idx"):
                     os.remove(os.path.join(tmp, f"out_{kind}_{w}_text_document{ext}"))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     if args.out:
-        doc = {
-            "benchmark": "preprocess_data",
-            "command": "python " + " ".join([sys.argv[0]] + sys.argv[1:]),
-            "machine": machine(),
-            "versions": versions(),
-            "input": {
-                "documents": ndocs,
-                "bytes": size,
-                "source": "Python stdlib docstrings + sources (about 14 MB distinct), cycled; "
-                "per-word BPE caches make repeats cheaper, so BPE figures are optimistic "
-                "for corpora with more distinct words",
-            },
-            "results": results,
-            "note": NOTE,
-        }
-        with open(args.out, "w") as f:
-            json.dump(doc, f, indent=2)
+        write_json(args.out, doc)
         print(f"wrote {args.out}")
     return 0
 
