@@ -23,11 +23,9 @@ import math
 import os
 import re
 import sys
-import time
 
 import torch
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from report import report_head, write_json  # bench/, this script's directory
 
 from megatron.model import flash_attn_triton as fat
 
@@ -265,13 +263,7 @@ def main():
     out_path = args.out or os.path.join("docs", "benchmarks", f"attention_{slug}.json")
 
     record = {
-        "command": " ".join(["python"] + sys.argv),
-        "device": device,
-        "torch": torch.__version__,
-        "triton": triton.__version__,
-        "cuda": torch.version.cuda,
-        "cudnn": torch.backends.cudnn.version(),
-        "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        **report_head(__file__, device="cuda"),
         "dtype": "bfloat16",
         "causal": True,
         "head_dim": args.head_dim,
@@ -289,7 +281,7 @@ def main():
     if args.profile_seq:
         record["profile"] = profile_kernels([i for i in impls if i != "flash_attn"], args.profile_seq, args, log)
 
-    rows = []
+    rows = record["results"] = []
     for seq in seqs:
         bsz = batch_for(seq, args.tokens)
         q, k, v, dout = make_inputs(bsz, seq, args.heads, args.head_dim, seed=seq)
@@ -330,15 +322,12 @@ def main():
             except Exception as e:  # noqa: BLE001 - an impl that fails is recorded, not fatal
                 row["error"] = f"{type(e).__name__}: {str(e)[:300]}"
             rows.append(row)
+            write_json(out_path, record)  # after every result: a run cut short keeps what finished
             log(json.dumps({k: v for k, v in row.items() if k != "compiled"}))
             torch.cuda.empty_cache()
         del q, k, v, dout, reference_out, document_ids
         torch.cuda.empty_cache()
-    record["results"] = rows
-
-    os.makedirs(os.path.dirname(out_path) or ".", exist_ok=True)
-    with open(out_path, "w") as f:
-        json.dump(record, f, indent=1)
+    write_json(out_path, record)
     print(f"\n{device} | torch {torch.__version__} | triton {triton.__version__} | CUDA {torch.version.cuda}")
     print("| impl | seq | batch x heads | fwd ms | fwd TFLOP/s | fwd+bwd ms | fwd+bwd TFLOP/s |")
     print("|---|---|---|---|---|---|---|")

@@ -1,5 +1,5 @@
 """Registers, spills and shared memory of our Triton attention kernels, compiled offline for a GPU
-architecture: no GPU is needed, so kernel variants can be screened before spending device time.
+architecture: no GPU is needed, so kernel variants can be screened before they run on one.
 
     python bench/kernel_resources.py                                  # fwd, dkdv, dq at today's configs, sm_90
     python bench/kernel_resources.py --kernels dkdv --config 32,128,8,3 --docs
@@ -15,14 +15,11 @@ the launched kernels (2026-11-30).
 
 import argparse
 import contextlib
-import json
 import os
 import re
 import subprocess
 import sys
 import tempfile
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 KERNELS = {"fwd": "_fwd_kernel", "dkdv": "_bwd_dkdv_kernel", "dq": "_bwd_dq_kernel"}
 INT_ARGS = ("S", "H", "KV_H", "GROUP")
@@ -195,12 +192,18 @@ def main(argv=None):
             assert len(config) == 4
         except (ValueError, AssertionError):
             sys.exit(f"error: --config {args.config!r} is not BLOCK_M,BLOCK_N,warps,stages (four integers)")
-    report = {"triton": triton.__version__, "arch": args.arch, "head_dim": args.head_dim, "causal": not args.non_causal,
-              "docs": args.docs, "command": " ".join(["python", *sys.argv]), "kernels": []}  # fmt: skip
+    # bench/, this script's directory; imported here because docs/ scripts import this module's compile helpers
+    # as bench.kernel_resources, without bench/ on their path
+    from report import report_head, write_json
+
+    report = {**report_head(__file__, argv), "arch": args.arch, "head_dim": args.head_dim,
+              "causal": not args.non_causal, "docs": args.docs, "kernels": []}  # fmt: skip
     for k in kernels:
         cfg = config or fat.GPU_CONFIGS[k][args.head_dim if args.head_dim in (64, 128) else 128]
         row = compile_report(k, cfg, args.head_dim, not args.non_causal, args.docs, args.arch)
         report["kernels"].append(row)
+        if args.out:
+            write_json(args.out, report)  # after every kernel: a run cut short keeps what compiled
         print(
             f"{k:5s} {tuple(cfg)}: {row['registers']} registers, spills {row['spill_store_bytes']}/"
             f"{row['spill_load_bytes']} B store/load, shared {row['shared_bytes']} B, wgmma {row['wgmma_in_ptx']}, "
@@ -208,9 +211,6 @@ def main(argv=None):
             flush=True,
         )
     print(f"(Triton {triton.__version__}, sm_{args.arch})")
-    if args.out:
-        with open(args.out, "w") as f:
-            json.dump(report, f, indent=1)
     return report
 
 
