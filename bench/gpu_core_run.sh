@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # GPT-1.3B (24 x 2048, 16 heads) at 8k, bf16, ZeRO-3, a few steps, on the GPUs of this machine.
-# Writes raw logs and metrics under ${OUT:-runs/gpu_core}. Used for the core issue's GPU check:
+# Writes raw logs and metrics under ${OUT:-runs/gpu_core}, the core GPU check of docs/benchmarks/core_gpu/:
 #   one H100:   NPROC=1 SP=1 bash bench/gpu_core_run.sh
 #   two H200s:  NPROC=2 SP=2 bash bench/gpu_core_run.sh
 # On the offline GPU image, install the carried wheels first (see ../shared/tools/gpu_wheels.sh).
@@ -17,9 +17,5 @@ cmd=(python3 -m torch.distributed.run --standalone --nproc_per_node "$NPROC" pre
   --bf16 --zero-stage 3 --ds-sequence-parallel-size "$SP" --attention-backend "$ATTN" --log-interval 1
   --metrics-file "$OUT/$name.jsonl")
 echo "${cmd[*]}" > "$OUT/$name.cmd"
-python3 - > "$OUT/$name.env.json" <<'PY'
-import json, platform, torch, deepspeed
-print(json.dumps({"torch": torch.__version__, "cuda": torch.version.cuda, "deepspeed": deepspeed.__version__,
-                  "python": platform.python_version(), "gpus": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]}))
-PY
+python3 "$(dirname "$0")/report.py" > "$OUT/$name.env.json"  # devices and package versions, as every bench report
 "${cmd[@]}" 2>&1 | tee "$OUT/$name.log"
