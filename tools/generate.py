@@ -16,11 +16,9 @@ import argparse
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import torch
 
-import torch  # noqa: E402
-
-from megatron.config import ConfigError, DataConfig  # noqa: E402
+from megatron.config import ConfigError, DataConfig
 
 
 def next_token(logits_V: torch.Tensor, greedy: bool, top_p: float, temperature: float, generator) -> int:

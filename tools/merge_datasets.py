@@ -13,9 +13,7 @@ import argparse
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from megatron.data.indexed_dataset import IndexedDatasetError, IndexWriter, MMapIndexedDataset  # noqa: E402
+from megatron.data.indexed_dataset import IndexedDatasetError, IndexWriter, MMapIndexedDataset
 
 
 def expand(inputs: list) -> list:

@@ -8,13 +8,10 @@ a SentencePiece tokenizer trained on it, and its Megatron .bin/.idx files.
 from __future__ import annotations
 
 import argparse
-import os
 import shlex
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from megatron.data.corpus import prepare_default_corpus  # noqa: E402
+from megatron.data.corpus import prepare_default_corpus
 
 
 def main() -> int:

@@ -16,11 +16,9 @@ import signal
 import sys
 import threading
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from megatron.data.indexed_dataset import IndexedDatasetError  # noqa: E402
-from megatron.data.preprocess import PreprocessError, preprocess  # noqa: E402
-from megatron.tokenizer import TOKENIZER_TYPES, TokenizerError  # noqa: E402
+from megatron.data.indexed_dataset import IndexedDatasetError
+from megatron.data.preprocess import PreprocessError, preprocess
+from megatron.tokenizer import TOKENIZER_TYPES, TokenizerError
 
 
 def get_args(argv=None):

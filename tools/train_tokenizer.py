@@ -16,9 +16,7 @@ import os
 import sys
 import tempfile
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from megatron.data.preprocess import PreprocessError, expand_inputs, iter_chunks  # noqa: E402
+from megatron.data.preprocess import PreprocessError, expand_inputs, iter_chunks
 
 
 def write_training_text(pattern: str, key: str, out_path: str, max_bytes: int) -> int:
