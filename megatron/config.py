@@ -1,10 +1,16 @@
 """Typed configuration: the one source of truth for a run.
 
-Entry points (``pretrain_gpt.py``, ``tools/*.py``) fill these dataclasses once, through
-``megatron.arguments``; library code receives them as arguments and never reads globals.
-Every field has a one-line docstring; ``__post_init__`` validates what can be checked
-without knowing the world size, and ``Config.validate_world`` what needs it. Each error is
-a ``ConfigError`` whose message names the problem and the fix.
+Each field is declared once here, with a one-line docstring. From these dataclasses
+``megatron.arguments`` derives the command line (flag, aliases, ``--help`` text), the YAML keys
+and the flag reference (``docs/flags.md``); ``model_args.json`` holds the fields marked
+``shape`` (what fixes the weights). ``__post_init__`` validates what can be checked without
+knowing the world size; ``Config.resolve`` adds the world size and the tokenizer's vocabulary
+once and returns the frozen config a run uses. Each error is a ``ConfigError`` whose message
+names the problem and the fix.
+
+Sections: ``model`` (shape and numerics of the weights), ``attention`` (backend and the Ulysses
+exchange), ``memory`` (recomputation, tiling, offload), ``parallel`` (SP, ZeRO, process
+groups), ``data``, ``train``, ``checkpoint`` (save, load, exit policy), ``logging``.
 """
 
 from __future__ import annotations
@@ -23,83 +29,83 @@ ATTENTION_BACKENDS = ("classic", "sdpa", "flash", "flash_triton")
 ULYSSES_EXCHANGES = ("deepspeed", "fused", "overlap")
 
 
-@dataclass
+def opt(default=None, *, flag=None, aliases=(), yaml=(), choices=None, shape=False, negate=None, parse=None, factory=None):
+    """A config field and how the command line and YAML spell it.
+
+    flag: the command-line name (default ``--`` + field name with dashes); aliases: other
+    spellings of the same flag; yaml: other YAML key names (ArcticTraining/ALST/Oumi's);
+    choices: allowed values; shape: the field fixes the weights (written to model_args.json);
+    negate: a flag that sets a boolean to False (``--disable-bias-linear``); parse: a function
+    from the command-line string to the value (default: from the field's type).
+    """
+    meta = dict(flag=flag, aliases=tuple(aliases), yaml=tuple(yaml), choices=choices, shape=shape, negate=negate,
+                parse=parse)  # fmt: skip
+    if factory is not None:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+def _fill(obj, name: str, value) -> None:
+    """Set a derived default on a frozen dataclass while it is being built."""
+    object.__setattr__(obj, name, value)
+
+
+def _choice(value, choices, flag: str) -> None:
+    if value not in choices:
+        raise ConfigError(f"{flag} {value!r} is unknown; use one of {', '.join(map(str, choices))}")
+
+
+@dataclass(frozen=True)
 class ModelConfig:
-    num_layers: int = 2
+    num_layers: int = opt(2, shape=True)
     """Number of decoder layers."""
-    hidden_size: int = 64
+    hidden_size: int = opt(64, shape=True)
     """Width of the residual stream."""
-    num_attention_heads: int = 4
+    ffn_hidden_size: Optional[int] = opt(None, shape=True)
+    """MLP inner width; default 4 x hidden (or 8/3 x hidden rounded up to 64 with SwiGLU)."""
+    num_attention_heads: int = opt(4, shape=True)
     """Query heads."""
-    num_key_value_heads: Optional[int] = None
-    """Key/value heads (grouped-query attention); None means as many as query heads."""
-    ffn_hidden_size: Optional[int] = None
-    """MLP inner width; None means 4 x hidden (or 8/3 x hidden rounded to 64 with SwiGLU)."""
+    num_key_value_heads: Optional[int] = opt(None, aliases=("--num-query-groups",), shape=True)
+    """Key/value heads (grouped-query attention); default as many as query heads."""
     seq_length: int = 128
     """Tokens per training sample."""
-    max_position_embeddings: Optional[int] = None
-    """Size of the learned position table; None means seq_length."""
-    vocab_size: int = 256
-    """Vocabulary size before padding (from the tokenizer, or given for mock data)."""
-    make_vocab_size_divisible_by: int = 128
+    max_position_embeddings: Optional[int] = opt(None, shape=True)
+    """Size of the learned position table; default the sequence length."""
+    vocab_size: int = opt(256, shape=True)
+    """Vocabulary size before padding (set from the tokenizer; give it for --mock-data)."""
+    make_vocab_size_divisible_by: int = opt(128, shape=True)
     """Pad the embedding table to a multiple of this (faster matmuls)."""
-    use_rotary_position_embeddings: bool = False
+    use_rotary_position_embeddings: bool = opt(False, shape=True)
     """Rotary position embeddings (Llama) instead of learned absolute positions (GPT)."""
-    rotary_base: float = 10000.0
+    rotary_base: float = opt(10000.0, shape=True)
     """RoPE theta."""
-    normalization: str = "LayerNorm"
-    """LayerNorm or RMSNorm."""
-    norm_epsilon: float = 1e-5
+    normalization: str = opt("LayerNorm", choices=("LayerNorm", "RMSNorm"), shape=True)
+    """LayerNorm (GPT) or RMSNorm (Llama)."""
+    norm_epsilon: float = opt(1e-5, shape=True)
     """Epsilon of the normalization layers."""
-    swiglu: bool = False
+    swiglu: bool = opt(False, shape=True)
     """SwiGLU MLP (Llama) instead of GeLU (GPT)."""
-    add_bias_linear: bool = True
+    add_bias_linear: bool = opt(True, negate="--disable-bias-linear", shape=True)
     """Biases in linear layers (GPT); --disable-bias-linear turns them off (Llama)."""
-    untie_embeddings_and_output_weights: bool = False
+    untie_embeddings_and_output_weights: bool = opt(False, shape=True)
     """Separate output layer instead of reusing the word embeddings."""
+    activation: str = opt("gelu", choices=("gelu", "gelu_tanh"), shape=True)
+    """MLP activation without --swiglu: gelu (exact, erf) or gelu_tanh (GPT-2's gelu_new)."""
     init_method_std: float = 0.02
     """Standard deviation of the normal initialization."""
-    attention_dropout: float = 0.0
-    """Dropout on attention probabilities."""
     hidden_dropout: float = 0.0
     """Dropout on the residual branches."""
-    attention_backend: str = "sdpa"
-    """One of classic, sdpa, flash, flash_triton (see megatron.model.attention)."""
-    ulysses_exchange: str = "deepspeed"
-    """SP > 1: deepspeed (DeepSpeed's DistributedAttention, one all-to-all per tensor) or fused
-    (megatron.model.ulysses: one all-to-all for Q, K, V, fewer copies). Same results; on two H200s
-    the same speed (docs/benchmarks/throughput/ulysses_exchange), so the default stays DeepSpeed's.
-    overlap: fused, pipelined over head chunks so that exchanges run while attention computes."""
-    ulysses_overlap_chunks: int = 2
-    """--ulysses-exchange overlap: head chunks per rank (reduced to the largest count that divides
-    the key/value heads per rank; 1 overlaps nothing)."""
-    activation: str = "gelu"
-    """Non-SwiGLU MLP activation: gelu (exact, erf) or gelu_tanh (GPT-2's gelu_new)."""
 
     def __post_init__(self):
         if self.num_key_value_heads is None:
-            self.num_key_value_heads = self.num_attention_heads
+            _fill(self, "num_key_value_heads", self.num_attention_heads)
         if self.max_position_embeddings is None:
-            self.max_position_embeddings = self.seq_length
+            _fill(self, "max_position_embeddings", self.seq_length)
         if self.ffn_hidden_size is None:
-            if self.swiglu:
-                self.ffn_hidden_size = int(math.ceil(8 * self.hidden_size / 3 / 64) * 64)
-            else:
-                self.ffn_hidden_size = 4 * self.hidden_size
-        if self.normalization not in ("LayerNorm", "RMSNorm"):
-            raise ConfigError(f"--normalization {self.normalization} is unknown; use LayerNorm or RMSNorm")
-        if self.activation not in ("gelu", "gelu_tanh"):
-            raise ConfigError(f"--activation {self.activation} is unknown; use gelu or gelu_tanh")
-        if self.attention_backend not in ATTENTION_BACKENDS:
-            raise ConfigError(
-                f"attention backend {self.attention_backend!r} is unknown; use one of {', '.join(ATTENTION_BACKENDS)}"
-            )
-        if self.ulysses_exchange not in ULYSSES_EXCHANGES:
-            raise ConfigError(
-                f"--ulysses-exchange {self.ulysses_exchange!r} is unknown; use one of {', '.join(ULYSSES_EXCHANGES)}"
-            )
-        if self.ulysses_overlap_chunks < 1:
-            raise ConfigError(f"--ulysses-overlap-chunks {self.ulysses_overlap_chunks} must be at least 1")
+            swiglu_width = int(math.ceil(8 * self.hidden_size / 3 / 64) * 64)
+            _fill(self, "ffn_hidden_size", swiglu_width if self.swiglu else 4 * self.hidden_size)
+        _choice(self.normalization, ("LayerNorm", "RMSNorm"), "--normalization")
+        _choice(self.activation, ("gelu", "gelu_tanh"), "--activation")
         if self.hidden_size % self.num_attention_heads:
             raise ConfigError(
                 f"--hidden-size {self.hidden_size} is not divisible by --num-attention-heads "
@@ -115,6 +121,12 @@ class ModelConfig:
                 f"--max-position-embeddings {self.max_position_embeddings} is smaller than --seq-length "
                 f"{self.seq_length}; raise it to at least the sequence length"
             )
+
+    @classmethod
+    def from_dict(cls, values: dict) -> ModelConfig:
+        """A ModelConfig from a saved dict, ignoring keys that are not model fields (older layouts)."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in names})
 
     @property
     def head_dim(self) -> int:
@@ -139,24 +151,126 @@ class ModelConfig:
         return self.num_layers * per_layer + emb + out + norm
 
 
-@dataclass
+@dataclass(frozen=True)
+class AttentionConfig:
+    backend: str = opt("sdpa", flag="--attention-backend", choices=ATTENTION_BACKENDS)
+    """classic (explicit fp32 softmax), sdpa (torch SDPA, cuDNN first on GPUs), flash (the flash_attn
+    package) or flash_triton (our Triton/Gluon kernels; packed documents skip masked blocks)."""
+    dropout: float = opt(0.0, flag="--attention-dropout")
+    """Dropout on attention probabilities."""
+    ulysses_exchange: str = opt("deepspeed", choices=ULYSSES_EXCHANGES)
+    """SP all-to-all: deepspeed (DistributedAttention, one all-to-all per tensor), fused (Q, K, V in one,
+    fewer copies) or overlap (fused, pipelined over head chunks with the attention). Same results; on two
+    H200s the same speed (docs/benchmarks/throughput/ulysses_exchange)."""
+    ulysses_overlap_chunks: int = 2
+    """--ulysses-exchange overlap: head chunks per rank (reduced to what divides the key/value heads per rank)."""
+
+    def __post_init__(self):
+        _choice(self.backend, ATTENTION_BACKENDS, "--attention-backend")
+        _choice(self.ulysses_exchange, ULYSSES_EXCHANGES, "--ulysses-exchange")
+        if self.ulysses_overlap_chunks < 1:
+            raise ConfigError(f"--ulysses-overlap-chunks {self.ulysses_overlap_chunks} must be at least 1")
+
+
+@dataclass(frozen=True)
+class MemoryConfig:
+    checkpoint_activations: bool = opt(False, yaml=("activation_checkpointing", "gradient_checkpointing"))
+    """Recompute each decoder layer in backward instead of storing its activations."""
+    checkpoint_keep_attention: bool = False
+    """With --checkpoint-activations: keep the core attention's inputs and outputs instead of recomputing it
+    (and its Ulysses all-to-alls) in backward; more memory per layer, less recomputation at long sequences."""
+    checkpoint_in_cpu: bool = opt(False, yaml=("activation_checkpoint_cpu_offload",))
+    """With --checkpoint-activations: keep each layer's checkpointed input in pinned host memory."""
+    tiled_mlp_compute: bool = False
+    """Run each MLP over sequence shards, recomputed in backward (intermediates never span the sequence)."""
+    tiled_mlp_shards: Optional[int] = None
+    """Shards of the tiled MLP; default ceil(local sequence / hidden size)."""
+    tiled_logits_loss: Optional[bool] = None
+    """Output layer + cross-entropy over token chunks (no full fp32 logits); default on when SP > 1."""
+    tiled_logits_chunk_size: Optional[int] = None
+    """Tokens per tiled-loss chunk; default about 256M bf16 logits (512 MiB) per chunk on GPUs (the Triton
+    kernels), 64M fp32 logits (256 MiB, plus their gradient) elsewhere."""
+    use_liger_kernel: bool = False
+    """liger-kernel's fused linear cross-entropy for the loss (pip install liger-kernel)."""
+    offload_param: bool = False
+    """ZeRO-3: keep partitioned parameters in pinned CPU memory (DeepSpeed offload_param)."""
+    offload_optimizer: bool = False
+    """ZeRO 1-3: keep optimizer states (and the step) on the CPU (DeepSpeed offload_optimizer)."""
+
+    def __post_init__(self):
+        if self.tiled_mlp_shards is not None and self.tiled_mlp_shards < 1:
+            raise ConfigError(f"--tiled-mlp-shards {self.tiled_mlp_shards} must be >= 1 (or omit it for the default)")
+        if self.tiled_logits_chunk_size is not None and self.tiled_logits_chunk_size < 1:
+            raise ConfigError(f"--tiled-logits-chunk-size {self.tiled_logits_chunk_size} must be >= 1 token")
+        if self.checkpoint_in_cpu and not self.checkpoint_activations:
+            raise ConfigError("--checkpoint-in-cpu offloads checkpointed activations; add --checkpoint-activations")
+        if self.checkpoint_keep_attention and not self.checkpoint_activations:
+            raise ConfigError("--checkpoint-keep-attention chooses what --checkpoint-activations recomputes; add --checkpoint-activations")
+        if self.checkpoint_keep_attention and self.checkpoint_in_cpu:
+            raise ConfigError("--checkpoint-keep-attention and --checkpoint-in-cpu do not combine (the kept attention "
+                              "tensors stay on the GPU); drop one of them")  # fmt: skip
+
+    @property
+    def use_tiled_logits_loss(self) -> bool:
+        """The resolved tiled-loss switch (Config fills the default from the SP size)."""
+        return bool(self.tiled_logits_loss)
+
+
+@dataclass(frozen=True)
+class ParallelConfig:
+    sequence_parallel_size: int = opt(
+        1, flag="--ds-sequence-parallel-size", aliases=("--sequence-parallel-size",),
+        yaml=("sequence_parallel_size", "ulysses_sequence_parallel_size"),
+    )  # fmt: skip
+    """Ulysses sequence-parallel degree: consecutive ranks that share one sample's tokens."""
+    zero_stage: int = 1
+    """DeepSpeed ZeRO stage 0-3, sharded over the sequence-data-parallel group (all SP x DP ranks)."""
+    zero3_leaf_layers: Optional[bool] = None
+    """ZeRO-3: gather each transformer layer's parameters at once (DeepSpeed leaf modules); default on with
+    ZeRO-3 (1.7x tokens/s at 8k on two H200s, equal at 32k: docs/benchmarks/throughput/leaf_layers)."""
+    deepspeed_config: Optional[str] = opt(None, flag="--deepspeed_config", aliases=("--deepspeed-config",))
+    """A DeepSpeed JSON to start from; batch sizes, precision and ZeRO stage are checked against the flags."""
+    seq_parallel_communication_data_type: Optional[str] = opt(None, choices=("fp32", "bf16", "fp16"))
+    """Data type of gradient reductions under SP (DeepSpeed's key); default DeepSpeed's."""
+    reduce_bucket_size: Optional[int] = opt(None, parse=lambda v: int(float(v)))
+    """DeepSpeed reduce_bucket_size in elements (2e8 is accepted); default DeepSpeed's."""
+    distributed_backend: Optional[str] = opt(None, choices=("nccl", "gloo"))
+    """nccl or gloo; default nccl on GPUs and gloo on CPUs."""
+    distributed_timeout_minutes: float = 10.0
+    """A collective waiting longer than this (e.g. for a dead rank) fails instead of hanging."""
+
+    def __post_init__(self):
+        if self.zero_stage not in (0, 1, 2, 3):
+            raise ConfigError(f"--zero-stage {self.zero_stage} is not a ZeRO stage; use 0, 1, 2 or 3")
+        if self.sequence_parallel_size < 1:
+            raise ConfigError("--ds-sequence-parallel-size must be >= 1")
+        if self.zero3_leaf_layers is True and self.zero_stage != 3:
+            raise ConfigError(f"--zero3-leaf-layers needs ZeRO-3 (got --zero-stage {self.zero_stage}); drop it or use --zero-stage 3")
+
+    @property
+    def use_zero3_leaf_layers(self) -> bool:
+        """The resolved leaf-layer switch: explicit flag, else on with ZeRO-3."""
+        return self.zero_stage == 3 if self.zero3_leaf_layers is None else self.zero3_leaf_layers
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     micro_batch_size: int = 1
     """Samples per micro batch per data-parallel rank."""
     global_batch_size: Optional[int] = None
-    """Samples per optimizer step over all data-parallel ranks; None means micro x DP."""
+    """Samples per optimizer step over all data-parallel ranks; default micro batch x DP."""
     train_iters: int = 300
     """Optimizer steps to run."""
     lr: float = 1e-3
     """Peak learning rate."""
     min_lr: float = 0.0
     """Learning rate at the end of decay."""
-    lr_decay_style: str = "cosine"
-    """constant, linear or cosine."""
+    lr_decay_style: str = opt("cosine", choices=("constant", "linear", "cosine"))
+    """Shape of the decay after warmup: constant, linear or cosine."""
     lr_warmup_iters: int = 0
-    """Linear warmup steps from 0 to lr."""
+    """Linear warmup steps from 0 to --lr."""
     lr_decay_iters: Optional[int] = None
-    """Steps over which lr decays to min_lr; None means train_iters."""
+    """Steps over which the learning rate decays to --min-lr; default --train-iters."""
     weight_decay: float = 0.01
     """AdamW weight decay (not applied to biases and norms)."""
     adam_beta1: float = 0.9
@@ -176,18 +290,17 @@ class TrainConfig:
     eval_interval: int = 0
     """Evaluate every this many steps (0 disables)."""
     eval_iters: int = 2
-    """Micro-batch groups (global batches) per evaluation."""
+    """Global batches per evaluation."""
     max_skipped_steps: int = 10
-    """Stop (without saving) after this many consecutive steps skipped for a non-finite loss or
-    gradient norm; a skipped step leaves parameters and optimizer state untouched (0: never stop)."""
+    """Stop (without saving) after this many consecutive steps skipped for a non-finite loss or gradient
+    norm; a skipped step leaves parameters and optimizer state untouched (0: never stop)."""
 
     def __post_init__(self):
         if self.bf16 and self.fp16:
             raise ConfigError("--bf16 and --fp16 were both given; choose one precision")
-        if self.lr_decay_style not in ("constant", "linear", "cosine"):
-            raise ConfigError(f"--lr-decay-style {self.lr_decay_style} is unknown; use constant, linear or cosine")
+        _choice(self.lr_decay_style, ("constant", "linear", "cosine"), "--lr-decay-style")
         if self.lr_decay_iters is None:
-            self.lr_decay_iters = self.train_iters
+            _fill(self, "lr_decay_iters", self.train_iters)
         if self.micro_batch_size < 1 or self.train_iters < 0:
             raise ConfigError("--micro-batch-size must be >= 1 and --train-iters >= 0")
         if self.max_skipped_steps < 0:
@@ -198,103 +311,22 @@ class TrainConfig:
         return "bf16" if self.bf16 else "fp16" if self.fp16 else "fp32"
 
 
-@dataclass
-class ParallelConfig:
-    sequence_parallel_size: int = 1
-    """Ulysses sequence-parallel degree (--ds-sequence-parallel-size)."""
-    zero_stage: int = 1
-    """DeepSpeed ZeRO stage 0-3, sharded over the sequence-data-parallel group."""
-    deepspeed_config: Optional[str] = None
-    """A DeepSpeed JSON to start from; batch sizes and precision are checked against this config."""
-    checkpoint_activations: bool = False
-    """Recompute each decoder layer in backward instead of storing its activations."""
-    seq_parallel_communication_data_type: Optional[str] = None
-    """fp32/bf16/fp16 for gradient reductions under SP (DeepSpeed's key); None keeps DeepSpeed's default."""
-    reduce_bucket_size: Optional[int] = None
-    """DeepSpeed reduce_bucket_size; None keeps DeepSpeed's default."""
-    distributed_backend: Optional[str] = None
-    """nccl or gloo; None chooses nccl on GPUs and gloo on CPUs."""
-    distributed_timeout_minutes: float = 10.0
-    """A collective waiting longer than this (e.g. for a dead rank) fails instead of hanging."""
-    # ALST memory features (megatron.model.tiled, megatron.training.memory)
-    tiled_mlp_compute: bool = False
-    """Run each MLP over sequence shards, recomputed in backward (intermediates never span the sequence)."""
-    tiled_mlp_shards: Optional[int] = None
-    """Shards of the tiled MLP; None means ceil(local sequence / hidden size)."""
-    tiled_logits_loss: Optional[bool] = None
-    """Output layer + cross-entropy over token chunks (no full fp32 logits); None means on when SP > 1."""
-    tiled_logits_chunk_size: Optional[int] = None
-    """Tokens per tiled-loss chunk; None means about 256M bf16 logits (512 MiB) per chunk on GPUs
-    (the Triton kernels), 64M fp32 logits (256 MiB, plus their gradient) elsewhere."""
-    use_liger_kernel: bool = False
-    """Use liger-kernel's fused linear cross-entropy for the loss (needs `pip install liger-kernel`)."""
-    checkpoint_in_cpu: bool = False
-    """With --checkpoint-activations, keep each layer's checkpointed input in pinned host memory."""
-    checkpoint_keep_attention: bool = False
-    """With --checkpoint-activations, keep the core attention's inputs and outputs instead of recomputing
-    it (and its Ulysses all-to-alls) in backward; the rest of each layer is recomputed. More memory per
-    layer (q, k, v and the output besides the layer input), less recomputation at long sequences."""
-    offload_param: bool = False
-    """ZeRO-3: keep partitioned parameters in pinned CPU memory (DeepSpeed offload_param)."""
-    offload_optimizer: bool = False
-    """ZeRO 1-3: keep optimizer states (and the step) on the CPU (DeepSpeed offload_optimizer)."""
-    zero3_leaf_layers: Optional[bool] = None
-    """ZeRO-3: gather each transformer layer's parameters at once (DeepSpeed "leaf modules"):
-    one fetch/release hook pair per layer instead of one per linear and norm. None means on with
-    ZeRO-3 (1.7x tokens/s at 8k on two H200s, equal at 32k: docs/benchmarks/throughput/leaf_layers)."""
-
-    def __post_init__(self):
-        if self.zero_stage not in (0, 1, 2, 3):
-            raise ConfigError(f"--zero-stage {self.zero_stage} is not a ZeRO stage; use 0, 1, 2 or 3")
-        if self.sequence_parallel_size < 1:
-            raise ConfigError("--ds-sequence-parallel-size must be >= 1")
-        if self.tiled_mlp_shards is not None and self.tiled_mlp_shards < 1:
-            raise ConfigError(f"--tiled-mlp-shards {self.tiled_mlp_shards} must be >= 1 (or omit it for the default)")
-        if self.tiled_logits_chunk_size is not None and self.tiled_logits_chunk_size < 1:
-            raise ConfigError(f"--tiled-logits-chunk-size {self.tiled_logits_chunk_size} must be >= 1 token")
-        if self.checkpoint_in_cpu and not self.checkpoint_activations:
-            raise ConfigError("--checkpoint-in-cpu offloads checkpointed activations; add --checkpoint-activations")
-        if self.checkpoint_keep_attention and not self.checkpoint_activations:
-            raise ConfigError("--checkpoint-keep-attention chooses what --checkpoint-activations recomputes; add --checkpoint-activations")
-        if self.checkpoint_keep_attention and self.checkpoint_in_cpu:
-            raise ConfigError("--checkpoint-keep-attention and --checkpoint-in-cpu do not combine (the kept attention "
-                              "tensors stay on the GPU); drop one of them")  # fmt: skip
-        if self.offload_param and self.zero_stage != 3:
-            raise ConfigError(f"--offload-param needs ZeRO-3 (got --zero-stage {self.zero_stage}); use --zero-stage 3")
-        if self.zero3_leaf_layers is True and self.zero_stage != 3:
-            raise ConfigError(f"--zero3-leaf-layers needs ZeRO-3 (got --zero-stage {self.zero_stage}); drop it or use --zero-stage 3")
-        if self.offload_optimizer and self.zero_stage == 0:
-            raise ConfigError("--offload-optimizer needs ZeRO (--zero-stage 1, 2 or 3)")
-
-    @property
-    def use_zero3_leaf_layers(self) -> bool:
-        """The resolved leaf-layer switch: explicit flag, else on with ZeRO-3."""
-        return self.zero_stage == 3 if self.zero3_leaf_layers is None else self.zero3_leaf_layers
-
-    @property
-    def use_tiled_logits_loss(self) -> bool:
-        """The resolved tiled-loss switch: explicit flag, else on with sequence parallelism."""
-        if self.tiled_logits_loss is None:
-            return self.sequence_parallel_size > 1
-        return self.tiled_logits_loss
-
-
-@dataclass
+@dataclass(frozen=True)
 class DataConfig:
     mock_data: bool = False
     """Train on the deterministic synthetic stream (megatron.data.mock) instead of files."""
-    data_path: list = field(default_factory=list)
-    """Blended prefixes, optionally weighted: [w1, prefix1, w2, prefix2, ...] or [prefix]."""
+    data_path: list = opt(factory=list)
+    """Blended prefixes, optionally weighted: w1 prefix1 w2 prefix2 ... or one prefix."""
     split: str = "969,30,1"
     """Train/valid/test proportions of --data-path."""
-    train_data_path: list = field(default_factory=list)
+    train_data_path: list = opt(factory=list)
     """Prefixes used only for training (instead of --data-path with --split)."""
-    valid_data_path: list = field(default_factory=list)
+    valid_data_path: list = opt(factory=list)
     """Prefixes used only for validation."""
-    test_data_path: list = field(default_factory=list)
+    test_data_path: list = opt(factory=list)
     """Prefixes used only for testing."""
     data_cache_path: Optional[str] = None
-    """Where dataset indices are cached; None means next to the data."""
+    """Where dataset indices are cached; default next to the data."""
     tokenizer_type: Optional[str] = None
     """GPT2BPETokenizer, SentencePieceTokenizer, GPTSentencePieceTokenizer, HFTokenizer or NullTokenizer."""
     tokenizer_model: Optional[str] = None
@@ -310,8 +342,8 @@ class DataConfig:
     eod_mask_loss: bool = False
     """Exclude end-of-document tokens from the loss."""
     mock_document_length: int = 0
-    """With --mock-data: documents of this many tokens, each ending with an end-of-document token
-    (id vocab_size - 1), for --reset-position-ids / --reset-attention-mask / --eod-mask-loss (0: none)."""
+    """With --mock-data: documents of this many tokens, each ending with an end-of-document token (id
+    vocab_size - 1), for --reset-position-ids / --reset-attention-mask / --eod-mask-loss (0: none)."""
     num_workers: int = 2
     """DataLoader worker processes."""
 
@@ -320,6 +352,9 @@ class DataConfig:
         return bool(self.data_path or self.train_data_path)
 
     def __post_init__(self):
+        for name in ("data_path", "train_data_path", "valid_data_path", "test_data_path"):
+            if isinstance(getattr(self, name), str):  # YAML may give "w1 p1 w2 p2" as one string
+                _fill(self, name, getattr(self, name).split())
         if self.mock_document_length < 0:
             raise ConfigError(f"--mock-document-length must be >= 0, got {self.mock_document_length}")
         if self.mock_document_length and not self.mock_data:
@@ -335,30 +370,24 @@ class DataConfig:
                 )
 
 
-@dataclass
-class LoggingConfig:
-    log_interval: int = 10
-    """Print (and write metrics) every this many steps."""
-    metrics_file: Optional[str] = None
-    """JSON Lines file with one object per log step."""
-    tensorboard_dir: Optional[str] = None
-    """TensorBoard event directory."""
+@dataclass(frozen=True)
+class CheckpointConfig:
     save: Optional[str] = None
     """Checkpoint directory to write."""
     load: Optional[str] = None
-    """Checkpoint directory to resume from."""
+    """Checkpoint (or converted weights) directory to start from."""
     save_interval: int = 0
     """Save every this many steps (0: only at the end when --save is given)."""
+    keep_last_n_checkpoints: int = 0
+    """Delete older iter_* checkpoints beyond the newest N after each save (0 keeps all)."""
     exit_interval: int = 0
     """Stop (after saving) once the iteration is a multiple of this (0 disables)."""
     exit_signal_handler: bool = False
     """On --exit-signal every rank finishes its step, a checkpoint is saved and the job exits 0."""
     exit_signal: str = "SIGTERM"
-    """The signal --exit-signal-handler listens for (SIGTERM, SIGINT, SIGUSR1, SIGUSR2)."""
+    """The signal --exit-signal-handler listens for: SIGTERM, SIGINT, SIGUSR1 or SIGUSR2."""
     exit_duration_in_mins: Optional[float] = None
     """Save and exit once the run has lasted this many minutes (before a scheduler's limit)."""
-    keep_last_n_checkpoints: int = 0
-    """Delete older iter_* checkpoints beyond the newest N after each save (0 keeps all)."""
 
     def __post_init__(self):
         if self.exit_signal not in ("SIGTERM", "SIGINT", "SIGUSR1", "SIGUSR2"):
@@ -367,18 +396,57 @@ class LoggingConfig:
             raise ConfigError("--keep-last-n-checkpoints must be >= 0 (0 keeps every checkpoint)")
 
 
-@dataclass
+@dataclass(frozen=True)
+class LoggingConfig:
+    log_interval: int = 10
+    """Print (and write metrics) every this many steps."""
+    metrics_file: Optional[str] = None
+    """JSON Lines file with one object per log step."""
+    tensorboard_dir: Optional[str] = None
+    """TensorBoard event directory."""
+
+
+SECTIONS = {
+    "model": ModelConfig,
+    "attention": AttentionConfig,
+    "memory": MemoryConfig,
+    "parallel": ParallelConfig,
+    "data": DataConfig,
+    "train": TrainConfig,
+    "checkpoint": CheckpointConfig,
+    "logging": LoggingConfig,
+}
+
+
+@dataclass(frozen=True)
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
+    attention: AttentionConfig = field(default_factory=AttentionConfig)
+    memory: MemoryConfig = field(default_factory=MemoryConfig)
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
     data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
 
-    def validate_world(self, world_size: int) -> None:
-        """Checks that need the number of processes; raises ConfigError naming the fix."""
+    def __post_init__(self):
+        """Checks and defaults that span sections."""
+        m, p = self.memory, self.parallel
+        if m.tiled_logits_loss is None:
+            _fill(m, "tiled_logits_loss", p.sequence_parallel_size > 1)
+        if m.offload_param and p.zero_stage != 3:
+            raise ConfigError(f"--offload-param needs ZeRO-3 (got --zero-stage {p.zero_stage}); use --zero-stage 3")
+        if m.offload_optimizer and p.zero_stage == 0:
+            raise ConfigError("--offload-optimizer needs ZeRO (--zero-stage 1, 2 or 3)")
+
+    def resolve(self, world_size: int, vocab_size: Optional[int] = None) -> Config:
+        """The config of a run on ``world_size`` processes (and the tokenizer's vocabulary), checked.
+
+        Fills the global batch size (micro batch x DP when not given) and raises ConfigError
+        naming the fix for what the world size rules out.
+        """
         sp = self.parallel.sequence_parallel_size
-        m = self.model
+        m = self.model if vocab_size is None else dataclasses.replace(self.model, vocab_size=vocab_size)
         if world_size % sp:
             raise ConfigError(
                 f"world size {world_size} is not divisible by --ds-sequence-parallel-size {sp}; "
@@ -402,13 +470,18 @@ class Config:
             )
         dp = world_size // sp
         t = self.train
-        if t.global_batch_size is None:
-            t.global_batch_size = t.micro_batch_size * dp
-        if t.global_batch_size % (t.micro_batch_size * dp):
+        gbs = t.micro_batch_size * dp if t.global_batch_size is None else t.global_batch_size
+        if gbs % (t.micro_batch_size * dp):
             raise ConfigError(
-                f"--global-batch-size {t.global_batch_size} is not divisible by --micro-batch-size "
+                f"--global-batch-size {gbs} is not divisible by --micro-batch-size "
                 f"{t.micro_batch_size} x data-parallel size {dp}; use a multiple of {t.micro_batch_size * dp}"
             )
+        return dataclasses.replace(self, model=m, train=dataclasses.replace(t, global_batch_size=gbs))
+
+    def replace(self, **sections) -> Config:
+        """A copy with fields changed per section: ``cfg.replace(train={"lr": 1e-4})``."""
+        new = {name: dataclasses.replace(getattr(self, name), **fields) for name, fields in sections.items()}
+        return dataclasses.replace(self, **new)
 
     def grad_accumulation_steps(self, world_size: int) -> int:
         dp = world_size // self.parallel.sequence_parallel_size

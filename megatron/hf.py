@@ -344,12 +344,10 @@ def _split_sizes(arch: str, cfg: ModelConfig, ours: str, rows: int) -> list:
 
 # ---------------------------------------------------------------- loading models
 def build_model(cfg: ModelConfig, state_dict: dict, device="cpu", dtype: torch.dtype = torch.float32):
-    """Our GPTModel (eval mode, single process) holding ``state_dict``; no random init is spent."""
+    """Our GPTModel (eval mode, single process, SDPA attention) holding ``state_dict``; no random init is spent."""
     from megatron.model.gpt import GPTModel
 
     device = torch.device(device)
-    if device.type != "cuda" and cfg.attention_backend == "flash_triton":
-        cfg = dataclasses.replace(cfg, attention_backend="sdpa")  # a GPU run's choice; SDPA computes the same
     with torch.device("meta"):
         model = GPTModel(cfg, device=device)
     model = model.to_empty(device=device)

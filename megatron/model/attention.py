@@ -1,33 +1,37 @@
-"""Attention: the one place that chooses the attention backend, and ParallelAttention.
+"""Attention: the backends (one call signature, chosen in one place) and ParallelAttention.
 
 Shape legend: b batch, s local (per SP rank) sequence, S full sequence, h query heads,
-g key/value heads, d head dim. Core attention takes ``q_bShd, k_bSgd, v_bSgd`` (the whole
-sequence for a subset of heads, as after DeepSpeed-Ulysses' all-to-all) and is causal.
+g key/value heads, d head dim. A backend takes ``q_bShd, k_bSgd, v_bSgd`` (the whole sequence
+for a subset of heads, as after the Ulysses all-to-all) and optional ``document_ids_bS``, and
+is causal. ``build_backend`` checks what the machine can run once, at model build.
 
-Backends (``ModelConfig.attention_backend``):
+Backends (``AttentionConfig.backend``):
   classic       explicit fp32 softmax(QK^T)V; the reference, always available.
   sdpa          torch scaled_dot_product_attention (cuDNN, then flash, then the rest on CUDA).
-  flash         the flash_attn package when installed, else SDPA as above (--use-flash-attn).
-  flash_triton  our Triton FlashAttention kernels (--use-flash-attn-triton).
+  flash         the flash_attn package when installed (else SDPA, said once).
+  flash_triton  our Triton/Gluon FlashAttention kernels (``megatron.kernels``).
+
+ParallelAttention is a plain module: QKV projection, RoPE, core attention, output projection.
+Sequence parallelism wraps its ``core_attention`` in a Ulysses exchange from outside
+(``megatron.parallelize.apply_ulysses``).
 """
 
 from __future__ import annotations
 
 import math
-from typing import Callable, Optional
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from megatron.config import ModelConfig
+from megatron.config import AttentionConfig, ModelConfig
 from megatron.model.rotary import apply_rotary
-from megatron.model.ulysses import FusedUlyssesAttention, OverlappedUlyssesAttention
 
 _LOGGED = set()
 
 
-def _log_once(msg: str) -> None:
+def log_once(msg: str) -> None:
     if msg not in _LOGGED:
         _LOGGED.add(msg)
         rank0 = not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0
@@ -58,19 +62,13 @@ def classic_attention(q, k, v, document_ids=None, dropout_p=0.0, training=False)
     probs = torch.softmax(scores, dim=-1)
     if dropout_p > 0 and training:
         probs = F.dropout(probs, p=dropout_p)
-    out = torch.einsum("bhst,bthd->bshd", probs.to(v.dtype), v)
-    return out
+    return torch.einsum("bhst,bthd->bshd", probs.to(v.dtype), v)
 
 
 def _sdpa_backends():
     from torch.nn.attention import SDPBackend
 
-    return [
-        SDPBackend.CUDNN_ATTENTION,
-        SDPBackend.FLASH_ATTENTION,
-        SDPBackend.EFFICIENT_ATTENTION,
-        SDPBackend.MATH,
-    ]
+    return [SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
 
 
 def sdpa_attention(q, k, v, document_ids=None, dropout_p=0.0, training=False):
@@ -78,19 +76,62 @@ def sdpa_attention(q, k, v, document_ids=None, dropout_p=0.0, training=False):
     from torch.nn.attention import sdpa_kernel
 
     q_bhSd, k_bgSd, v_bgSd = (t.transpose(1, 2) for t in (q, k, v))
-    gqa = q.shape[2] != k.shape[2]
     mask = None if document_ids is None else _document_mask(document_ids, q.shape[1], q.device)
     with sdpa_kernel(_sdpa_backends(), set_priority=True):
         out = F.scaled_dot_product_attention(
-            q_bhSd,
-            k_bgSd,
-            v_bgSd,
-            attn_mask=mask,
-            dropout_p=dropout_p if training else 0.0,
-            is_causal=mask is None,
-            enable_gqa=gqa,
-        )
+            q_bhSd, k_bgSd, v_bgSd, attn_mask=mask, dropout_p=dropout_p if training else 0.0,
+            is_causal=mask is None, enable_gqa=q.shape[2] != k.shape[2],
+        )  # fmt: skip
     return out.transpose(1, 2)
+
+
+def _sdpa_description(device: torch.device) -> str:
+    if device.type != "cuda":
+        return "torch SDPA (CPU kernels)"
+    cudnn = hasattr(torch.backends.cuda, "cudnn_sdp_enabled") and torch.backends.cuda.cudnn_sdp_enabled()
+    return "torch SDPA (priority cuDNN > flash > efficient > math" + ("" if cudnn else ", cuDNN SDP disabled") + ")"
+
+
+class CoreAttention(nn.Module):
+    """A backend: ``forward(q_bShd, k_bSgd, v_bSgd, document_ids_bS=None) -> out_bShd``, causal.
+
+    ``supports(device, dropout)`` returns None when the backend runs there, else the reason;
+    ``description`` says what runs (logged once).
+    """
+
+    name = ""
+
+    def __init__(self, dropout: float = 0.0, device: Optional[torch.device] = None):
+        super().__init__()
+        self.dropout = dropout
+        self.description = self.describe(device or torch.device("cpu"))
+
+    @classmethod
+    def supports(cls, device: torch.device, dropout: float) -> Optional[str]:
+        return None
+
+    def describe(self, device: torch.device) -> str:
+        return self.name
+
+
+class ClassicAttention(CoreAttention):
+    name = "classic"
+
+    def describe(self, device):
+        return "classic (explicit fp32 softmax)"
+
+    def forward(self, q_bShd, k_bSgd, v_bSgd, document_ids_bS=None):
+        return classic_attention(q_bShd, k_bSgd, v_bSgd, document_ids_bS, self.dropout, self.training)
+
+
+class SDPAAttention(CoreAttention):
+    name = "sdpa"
+
+    def describe(self, device):
+        return _sdpa_description(device)
+
+    def forward(self, q_bShd, k_bSgd, v_bSgd, document_ids_bS=None):
+        return sdpa_attention(q_bShd, k_bSgd, v_bSgd, document_ids_bS, self.dropout, self.training)
 
 
 def _flash_attn_package():
@@ -108,41 +149,78 @@ def _flash_attn_package():
         return None, None
 
 
-def select_core_attention(cfg: ModelConfig, device: torch.device) -> tuple[Callable, str]:
-    """Return (core_attention_fn, description) for the configured backend; checks run once here."""
-    name = cfg.attention_backend
-    dropout = cfg.attention_dropout
-    if name == "classic":
-        return _bind(classic_attention, dropout), "classic (explicit fp32 softmax)"
-    if name == "sdpa":
-        return _bind(sdpa_attention, dropout), f"torch SDPA ({_sdpa_description(device)})"
-    if name == "flash":
-        fn, desc = _flash_attn_package()
-        if fn is not None and device.type == "cuda":
+class FlashAttnPackage(CoreAttention):
+    """The flash_attn package; packed documents (which need its varlen API) go to SDPA's mask."""
 
-            def flash(q, k, v, document_ids=None, training=False):
-                if document_ids is not None:  # packed documents need the varlen API; SDPA handles masks
-                    return sdpa_attention(q, k, v, document_ids, dropout, training)
-                return fn(q, k, v, dropout_p=dropout if training else 0.0, causal=True)
+    name = "flash"
 
-            return flash, desc
-        return _bind(sdpa_attention, dropout), (
-            f"flash_attn not installed or no GPU: torch SDPA ({_sdpa_description(device)})"
-        )
-    if name == "flash_triton":
-        from megatron.model import flash_attn_triton as fat
+    @classmethod
+    def supports(cls, device, dropout):
+        if _flash_attn_package()[0] is None:
+            return "the flash_attn package is not installed (pip install flash-attn)"
+        if device.type != "cuda":
+            return "flash_attn needs a CUDA GPU"
+        return None
 
-        ok, reason = fat.is_available()
+    def __init__(self, dropout=0.0, device=None):
+        super().__init__(dropout, device)
+        self.fn = _flash_attn_package()[0]
+
+    def describe(self, device):
+        return _flash_attn_package()[1]
+
+    def forward(self, q_bShd, k_bSgd, v_bSgd, document_ids_bS=None):
+        if document_ids_bS is not None:
+            return sdpa_attention(q_bShd, k_bSgd, v_bSgd, document_ids_bS, self.dropout, self.training)
+        return self.fn(q_bShd, k_bSgd, v_bSgd, dropout_p=self.dropout if self.training else 0.0, causal=True)
+
+
+class FlashTritonAttention(CoreAttention):
+    """Our kernels (``megatron.kernels``): packed documents skip masked blocks; no dropout."""
+
+    name = "flash_triton"
+
+    @classmethod
+    def supports(cls, device, dropout):
+        from megatron import kernels
+
+        ok, reason = kernels.is_available()
         if not ok:
-            raise RuntimeError(f"--use-flash-attn-triton cannot run: {reason}")
+            return reason
         if dropout > 0:
-            raise RuntimeError("--use-flash-attn-triton has no attention dropout; set --attention-dropout 0")
+            return "it has no attention dropout; set --attention-dropout 0"
+        return None
 
-        def triton_attn(q, k, v, document_ids=None, training=False):
-            return fat.flash_attn_triton(q, k, v, causal=True, document_ids=document_ids)
+    def describe(self, device):
+        return "FlashAttention-Triton (ours)"
 
-        return triton_attn, "FlashAttention-Triton (ours)"
-    raise ValueError(f"unknown attention backend {name}")
+    def forward(self, q_bShd, k_bSgd, v_bSgd, document_ids_bS=None):
+        from megatron import kernels
+
+        return kernels.flash_attention(q_bShd, k_bSgd, v_bSgd, causal=True, document_ids=document_ids_bS)
+
+
+BACKENDS = {cls.name: cls for cls in (ClassicAttention, SDPAAttention, FlashAttnPackage, FlashTritonAttention)}
+
+
+def build_backend(cfg: AttentionConfig, device: Optional[torch.device] = None) -> CoreAttention:
+    """The configured backend, checked once against the machine; what runs is logged once.
+
+    ``flash`` where it cannot run falls back to SDPA (the same result) and says so; ``flash_triton``
+    where it cannot run is an error naming the reason.
+    """
+    device = device or torch.device("cpu")
+    cls = BACKENDS[cfg.backend]
+    reason = cls.supports(device, cfg.dropout)
+    if reason and cls is FlashAttnPackage:
+        backend = SDPAAttention(cfg.dropout, device)
+        log_once(f"--attention-backend flash cannot run ({reason}): {backend.description} runs instead")
+        return backend
+    if reason:
+        raise RuntimeError(f"--attention-backend {cfg.backend} cannot run: {reason}")
+    backend = cls(cfg.dropout, device)
+    log_once(backend.description)
+    return backend
 
 
 def document_mask_note(backend: str, seq_length: int, micro_batch_size: int) -> Optional[str]:
@@ -159,77 +237,30 @@ def document_mask_note(backend: str, seq_length: int, micro_batch_size: int) -> 
     )
 
 
-def _bind(fn, dropout):
-    def core(q, k, v, document_ids=None, training=False):
-        return fn(q, k, v, document_ids, dropout, training)
-
-    return core
-
-
-def _sdpa_description(device: torch.device) -> str:
-    if device.type != "cuda":
-        return "CPU kernels"
-    cudnn = hasattr(torch.backends.cuda, "cudnn_sdp_enabled") and torch.backends.cuda.cudnn_sdp_enabled()
-    return "priority cuDNN > flash > efficient > math" + ("" if cudnn else " (cuDNN SDP disabled)")
-
-
-class CoreAttention(nn.Module):
-    """Local attention over whole sequences of a head subset; wraps the chosen backend."""
-
-    def __init__(self, fn: Callable):
-        super().__init__()
-        self.fn = fn
-
-    def forward(self, q_bShd, k_bSgd, v_bSgd, document_ids=None):
-        return self.fn(q_bShd, k_bSgd, v_bSgd, document_ids=document_ids, training=self.training)
-
-
 class ParallelAttention(nn.Module):
-    """Self-attention with fused QKV, GQA and RoPE, sequence-parallel through a Ulysses exchange
-    (ours, fused, or DeepSpeed's DistributedAttention: ``ModelConfig.ulysses_exchange``).
+    """Self-attention with fused QKV, GQA and RoPE.
 
     Inputs are this rank's contiguous slice of the sequence, ``x_bsH`` with global
     ``position_ids_bs``; ``document_ids_bS`` (optional) covers the whole sequence.
+    ``core_attention`` is the backend, or (under SP) a Ulysses exchange around it;
+    ``kv_repeat`` replicates key/value heads when there are fewer than SP ranks.
     """
 
-    def __init__(self, cfg: ModelConfig, layer_number: int, sp_group=None, device=None):
+    def __init__(self, cfg: ModelConfig, attention: Optional[AttentionConfig] = None, device=None):
         super().__init__()
         self.cfg = cfg
         self.h, self.g, self.d = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
         self.qkv = nn.Linear(cfg.hidden_size, (self.h + 2 * self.g) * self.d, bias=cfg.add_bias_linear)
         self.dense = nn.Linear(self.h * self.d, cfg.hidden_size, bias=cfg.add_bias_linear)
         self.dense.is_output_projection = True
-        device = device or torch.device("cpu")
-        fn, desc = select_core_attention(cfg, device)
-        _log_once(desc)
-        self.core_attention = CoreAttention(fn)
-        self.sp_size = 1 if sp_group is None else torch.distributed.get_world_size(sp_group)
-        # Fewer kv heads than SP ranks: replicate them so each rank gets one (see replicate_kv).
-        self.kv_repeat = self.sp_size // self.g if self.g < self.sp_size else 1
-        if self.sp_size > 1 and cfg.ulysses_exchange == "deepspeed":
-            from deepspeed.sequence.layer import DistributedAttention
-
-            self.dist_attn = DistributedAttention(self.core_attention, sp_group, scatter_idx=2, gather_idx=1)
-        elif self.sp_size > 1 and cfg.ulysses_exchange == "overlap":
-            kv_per_rank = self.g * self.kv_repeat // self.sp_size
-            chunks = math.gcd(cfg.ulysses_overlap_chunks, kv_per_rank)
-            if chunks != cfg.ulysses_overlap_chunks:
-                _log_once(f"--ulysses-overlap-chunks {cfg.ulysses_overlap_chunks} -> {chunks}: "
-                          f"the chunk count must divide the {kv_per_rank} key/value heads per rank")  # fmt: skip
-            self.dist_attn = OverlappedUlyssesAttention(self.core_attention, sp_group, chunks)
-        elif self.sp_size > 1:
-            self.dist_attn = FusedUlyssesAttention(self.core_attention, sp_group)
-        else:
-            self.dist_attn = None
+        self.core_attention = build_backend(attention or AttentionConfig(), device)
+        self.kv_repeat = 1
 
     def project(self, x_bsH, position_ids_bs):
         """Fused QKV projection, RoPE and kv-head replication: this rank's q [b, s, h, d], k and v [b, s, g', d]."""
         b, s, _ = x_bsH.shape
-        qkv = self.qkv(x_bsH)
-        q, k, v = qkv.split([self.h * self.d, self.g * self.d, self.g * self.d], dim=-1)
-        q_bshd = q.view(b, s, self.h, self.d)
-        k_bsgd = k.view(b, s, self.g, self.d)
-        v_bsgd = v.view(b, s, self.g, self.d)
+        q, k, v = self.qkv(x_bsH).split([self.h * self.d, self.g * self.d, self.g * self.d], dim=-1)
+        q_bshd, k_bsgd, v_bsgd = q.view(b, s, self.h, self.d), k.view(b, s, self.g, self.d), v.view(b, s, self.g, self.d)
         if self.cfg.use_rotary_position_embeddings:
             q_bshd, k_bsgd = apply_rotary(q_bshd, k_bsgd, position_ids_bs, self.cfg.rotary_base)
         if self.kv_repeat > 1:
@@ -238,11 +269,7 @@ class ParallelAttention(nn.Module):
         return q_bshd, k_bsgd, v_bsgd
 
     def attend(self, q_bshd, k_bsgd, v_bsgd, document_ids_bS=None):
-        """The Ulysses exchange around the core attention: [b, s, h, d] -> [b, S, h/sp, d] -> back to [b, s, h, d]."""
-        if isinstance(self.dist_attn, (FusedUlyssesAttention, OverlappedUlyssesAttention)):
-            return self.dist_attn(q_bshd, k_bsgd, v_bsgd, document_ids_bS)
-        if self.dist_attn is not None:  # DeepSpeed's: (q, k, v, batch_dim_idx, rotary_pos_emb, *args)
-            return self.dist_attn(q_bshd, k_bsgd, v_bsgd, 0, None, document_ids_bS)
+        """The core attention (under SP: [b, s, h, d] -> [b, S, h/sp, d] -> attention -> back to [b, s, h, d])."""
         return self.core_attention(q_bshd, k_bsgd, v_bsgd, document_ids_bS)
 
     def output(self, out_bshd):

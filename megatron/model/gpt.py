@@ -9,16 +9,14 @@ from __future__ import annotations
 
 import contextlib
 import math
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
-from megatron.config import ModelConfig
-from megatron.training.memory import OffloadTape, offloaded_checkpoint
+from megatron.config import AttentionConfig, ModelConfig
 from megatron.model.attention import ParallelAttention
-from megatron.model.tiled import MemoryOptions, tiled_cross_entropy, tiled_mlp
 
 
 def _gathered(params: list):
@@ -47,14 +45,8 @@ class MLP(nn.Module):
         self.fc1 = nn.Linear(cfg.hidden_size, out, bias=cfg.add_bias_linear)
         self.fc2 = nn.Linear(cfg.ffn_hidden_size, cfg.hidden_size, bias=cfg.add_bias_linear)
         self.fc2.is_output_projection = True
-        self.tiled, self.tiled_shards = False, None  # set by GPTModel (--tiled-mlp-compute)
 
     def forward(self, x_bsH):
-        if self.tiled:
-            return tiled_mlp(self._forward, x_bsH, self.tiled_shards, list(self.parameters()))
-        return self._forward(x_bsH)
-
-    def _forward(self, x_bsH):
         y = self.fc1(x_bsH)
         if self.swiglu:
             gate, up = y.chunk(2, dim=-1)
@@ -67,33 +59,27 @@ class MLP(nn.Module):
 class TransformerLayer(nn.Module):
     """Pre-norm decoder layer: x + attn(norm(x)), then x + mlp(norm(x)).
 
-    With ``keep_attention`` (``--checkpoint-keep-attention``, set by GPTModel) a training forward
-    checkpoints the layer in two pieces around the attention: norm + QKV + RoPE, and output
-    projection + MLP, are recomputed in backward; the Ulysses exchange and the core attention run
-    once and keep what their backward needs (q, k, v, the output and its softmax statistics).
+    ``project`` (norm, QKV, RoPE) and ``after_attention`` (output projection, residual, MLP) are
+    the two pieces that ``megatron.parallelize.apply_checkpointing`` recomputes around the
+    attention with the keep-attention policy.
     """
 
-    def __init__(self, cfg: ModelConfig, layer_number: int, sp_group=None, device=None):
+    def __init__(self, cfg: ModelConfig, attention: Optional[AttentionConfig] = None, device=None):
         super().__init__()
         self.input_norm = make_norm(cfg)
-        self.attention = ParallelAttention(cfg, layer_number, sp_group=sp_group, device=device)
+        self.attention = ParallelAttention(cfg, attention, device=device)
         self.post_attention_norm = make_norm(cfg)
         self.mlp = MLP(cfg)
         self.dropout = nn.Dropout(cfg.hidden_dropout)
-        self.keep_attention = False
 
     def forward(self, x_bsH, position_ids_bs, document_ids_bS=None):
-        if self.keep_attention and self.training and torch.is_grad_enabled():
-            q, k, v = checkpoint(self._project, x_bsH, position_ids_bs, use_reentrant=False)
-            out_bshd = self.attention.attend(q, k, v, document_ids_bS)
-            return checkpoint(self._after_attention, out_bshd, x_bsH, use_reentrant=False)
-        out_bshd = self.attention.attend(*self._project(x_bsH, position_ids_bs), document_ids_bS)
-        return self._after_attention(out_bshd, x_bsH)
+        out_bshd = self.attention.attend(*self.project(x_bsH, position_ids_bs), document_ids_bS)
+        return self.after_attention(out_bshd, x_bsH)
 
-    def _project(self, x_bsH, position_ids_bs):
+    def project(self, x_bsH, position_ids_bs):
         return self.attention.project(self.input_norm(x_bsH), position_ids_bs)
 
-    def _after_attention(self, out_bshd, x_bsH):
+    def after_attention(self, out_bshd, x_bsH):
         x_bsH = x_bsH + self.dropout(self.attention.output(out_bshd))
         return x_bsH + self.dropout(self.mlp(self.post_attention_norm(x_bsH)))
 
@@ -102,31 +88,27 @@ class GPTModel(nn.Module):
     """Embeddings, decoder layers, final norm and (tied or untied) output layer.
 
     ``forward(input_ids, position_ids, labels=None)`` returns logits ``[b, s, V]`` without
-    labels and per-token fp32 cross-entropy ``[b, s]`` with them.
+    labels and per-token fp32 cross-entropy ``[b, s]`` with them. Two slots are for techniques
+    applied from outside (``megatron.parallelize``): ``loss_fn(h, weight, labels)`` (a tiled loss)
+    and ``run_layer(layer, x, position_ids, document_ids)`` (recomputation).
     """
 
-    def __init__(
-        self, cfg: ModelConfig, sp_group=None, checkpoint_activations: bool = False, device=None,
-        memory: MemoryOptions | None = None,
-    ):  # fmt: skip
+    def __init__(self, cfg: ModelConfig, attention: Optional[AttentionConfig] = None, device=None):
         super().__init__()
         self.cfg = cfg
-        self.checkpoint_activations = checkpoint_activations
-        self.memory = memory or MemoryOptions()
+        self.loss_fn = full_logits_cross_entropy
+        self.run_layer = run_layer
         V = cfg.padded_vocab_size
         self.word_embeddings = nn.Embedding(V, cfg.hidden_size)
         if not cfg.use_rotary_position_embeddings:
             self.position_embeddings = nn.Embedding(cfg.max_position_embeddings, cfg.hidden_size)
         self.embedding_dropout = nn.Dropout(cfg.hidden_dropout)
         self.layers = nn.ModuleList(
-            TransformerLayer(cfg, i + 1, sp_group=sp_group, device=device) for i in range(cfg.num_layers)
+            TransformerLayer(cfg, attention, device=device) for _ in range(cfg.num_layers)
         )
         self.final_norm = make_norm(cfg)
         if cfg.untie_embeddings_and_output_weights:
             self.output_layer = nn.Linear(cfg.hidden_size, V, bias=False)
-        for layer in self.layers:
-            layer.mlp.tiled, layer.mlp.tiled_shards = self.memory.tiled_mlp, self.memory.mlp_shards
-            layer.keep_attention = checkpoint_activations and self.memory.checkpoint_keep_attention
         self.reset_parameters()
 
     @torch.no_grad()
@@ -161,25 +143,26 @@ class GPTModel(nn.Module):
         if not self.cfg.use_rotary_position_embeddings:
             x = x + self.position_embeddings(position_ids_bs)
         x = self.embedding_dropout(x)
-        tape = OffloadTape()  # this pass's offloaded layer inputs (--checkpoint-in-cpu)
         for layer in self.layers:
-            if self.checkpoint_activations and self.training and self.memory.checkpoint_in_cpu:
-                x = offloaded_checkpoint(layer, x, position_ids_bs, document_ids_bS, tape=tape)
-            elif self.checkpoint_activations and self.training and not self.memory.checkpoint_keep_attention:
-                x = checkpoint(layer, x, position_ids_bs, document_ids_bS, use_reentrant=False)
-            else:  # no checkpointing, or the layer checkpoints itself around its attention (keep_attention)
-                x = layer(x, position_ids_bs, document_ids_bS)
+            x = self.run_layer(layer, x, position_ids_bs, document_ids_bS)
         return self.final_norm(x)
 
     def forward(self, input_ids_bs, position_ids_bs=None, labels_bs=None, document_ids_bS=None):
         if position_ids_bs is None:
             position_ids_bs = torch.arange(input_ids_bs.shape[1], device=input_ids_bs.device).expand_as(input_ids_bs)
         h_bsH = self.hidden_states(input_ids_bs, position_ids_bs, document_ids_bS)
-        if labels_bs is not None and self.memory.tiled_logits:
-            m = self.memory
-            return tiled_cross_entropy(h_bsH, self.output_weight(), labels_bs, m.logits_chunk_size, m.use_liger)
-        logits_bsV = F.linear(h_bsH, self.output_weight())
         if labels_bs is None:
-            return logits_bsV
-        loss = F.cross_entropy(logits_bsV.float().flatten(0, 1), labels_bs.flatten(), reduction="none")
-        return loss.view_as(labels_bs)
+            return F.linear(h_bsH, self.output_weight())
+        return self.loss_fn(h_bsH, self.output_weight(), labels_bs)
+
+
+def run_layer(layer, x_bsH, position_ids_bs, document_ids_bS=None):
+    """One decoder layer, as it is."""
+    return layer(x_bsH, position_ids_bs, document_ids_bS)
+
+
+def full_logits_cross_entropy(h_bsH, weight_VH, labels_bs):
+    """Per-token fp32 cross-entropy ``[b, s]`` through the full logits ``[b, s, V]``."""
+    logits_bsV = F.linear(h_bsH, weight_VH)
+    loss = F.cross_entropy(logits_bsV.float().flatten(0, 1), labels_bs.flatten(), reduction="none")
+    return loss.view_as(labels_bs)

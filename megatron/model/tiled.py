@@ -23,12 +23,9 @@ from __future__ import annotations
 import importlib.util
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-
-from megatron.config import ConfigError, ParallelConfig
 
 IGNORE_INDEX = -100
 LOGITS_PER_CHUNK = 2**26  # eager tiled-loss chunk: 64M logits = 256 MiB in fp32, as much again for softmax/gradient
@@ -46,40 +43,6 @@ def default_chunk(vocab_rows: int, fused: bool) -> int:
 def chunk_bytes(chunk: int, vocab_rows: int, fused: bool) -> int:
     """Bytes of one chunk's logits and their gradient: bf16 in place (fused), fp32 logits + fp32 gradient (eager)."""
     return chunk * vocab_rows * (2 if fused else 8)
-
-
-@dataclass
-class MemoryOptions:
-    """The ALST memory switches a GPTModel obeys (built from ParallelConfig by the trainer)."""
-
-    tiled_mlp: bool = False
-    """Run MLPs through TiledMLP."""
-    mlp_shards: int | None = None
-    """TiledMLP shards; None means ceil(local sequence / hidden)."""
-    tiled_logits: bool = False
-    """Compute output layer + cross-entropy with tiled_cross_entropy."""
-    logits_chunk_size: int | None = None
-    """Tokens per tiled-loss chunk; None means default_chunk(V, fused)."""
-    use_liger: bool = False
-    """Use liger-kernel's fused linear cross-entropy inside the tiled loss's backward."""
-    checkpoint_in_cpu: bool = False
-    """Offload checkpointed layer inputs to pinned host memory."""
-    checkpoint_keep_attention: bool = False
-    """Checkpoint each layer around its attention, which runs once (TransformerLayer.keep_attention)."""
-
-    @classmethod
-    def from_config(cls, p: ParallelConfig) -> MemoryOptions:
-        if p.use_liger_kernel and importlib.util.find_spec("liger_kernel") is None:
-            raise ConfigError("--use-liger-kernel needs liger-kernel: pip install liger-kernel (or drop the flag)")
-        return cls(
-            tiled_mlp=p.tiled_mlp_compute,
-            mlp_shards=p.tiled_mlp_shards,
-            tiled_logits=p.use_tiled_logits_loss or p.use_liger_kernel,
-            logits_chunk_size=p.tiled_logits_chunk_size,
-            use_liger=p.use_liger_kernel,
-            checkpoint_in_cpu=p.checkpoint_in_cpu,
-            checkpoint_keep_attention=p.checkpoint_keep_attention,
-        )
 
 
 def _spans(n: int, shards: int) -> list:
@@ -156,10 +119,10 @@ def _chunk_dlogits(h_cH, w_VH, y_c, g_c):
 
 
 def _kernels():
-    """megatron.model.cross_entropy_triton, imported on first use (Triton picks its CPU interpreter at import)."""
-    from megatron.model import cross_entropy_triton
+    """megatron.kernels.cross_entropy, imported on first use (Triton picks its CPU interpreter at import)."""
+    from megatron.kernels import cross_entropy
 
-    return cross_entropy_triton
+    return cross_entropy
 
 
 _ADDMM_INTO_FP32: dict = {}  # device type -> whether addmm(out_dtype=float32) accumulates in place there
@@ -255,7 +218,7 @@ def tiled_cross_entropy(
 
     ``chunk`` tokens at a time (default: ``default_chunk``); the weight gradient is accumulated
     in fp32 over chunks and returned once. ``fused`` (default: on CUDA when Triton is present) runs
-    each chunk's softmax and gradient as the kernels of ``megatron.model.cross_entropy_triton``
+    each chunk's softmax and gradient as the kernels of ``megatron.kernels.cross_entropy``
     instead of the eager fp32 ops.
     """
     if fused is None:

@@ -1,4 +1,6 @@
-"""DeepSpeed-Ulysses exchange, fused: one all-to-all for Q, K and V together, one for the output;
+"""DeepSpeed-Ulysses exchanges, each a module around the local attention with one call signature,
+``forward(q_bshd, k_bsgd, v_bsgd, *local_attention_args) -> out_bshd``: DeepSpeed's own
+(``DeepSpeedUlyssesAttention``), fused: one all-to-all for Q, K and V together, one for the output;
 and overlapped: the same, pipelined over head chunks so that each chunk's all-to-all runs while
 another chunk's attention computes (``OverlappedUlyssesAttention``).
 
@@ -216,7 +218,7 @@ class OverlappedUlyssesAttention(torch.nn.Module):
     """``FusedUlyssesAttention`` pipelined over ``chunks`` head chunks per rank: while one chunk's
     attention runs, the next chunk's Q, K, V and the previous chunk's output are exchanged.
 
-    ``chunks`` must divide the key/value heads per rank (``ParallelAttention`` picks the largest
+    ``chunks`` must divide the key/value heads per rank (``apply_ulysses`` picks the largest
     count up to the requested one that does); with one chunk nothing overlaps.
     """
 
@@ -236,3 +238,19 @@ class OverlappedUlyssesAttention(torch.nn.Module):
             q_c, k_c, v_c = _WaitHeads.apply(pending, self.group, c, heads, recv)
             outs.append(_SendOut.apply(pending, self.group, c, self.local_attention(q_c, k_c, v_c, *args)))
         return _GatherOut.apply(pending, self.group, *outs)
+
+
+# ----------------------------------------------------------------------------- DeepSpeed's, same signature
+class DeepSpeedUlyssesAttention(torch.nn.Module):
+    """DeepSpeed's ``DistributedAttention`` (one all-to-all per tensor) behind the call signature of the
+    exchanges above: ``forward(q_bshd, k_bsgd, v_bsgd, *local_attention_args)``."""
+
+    def __init__(self, local_attention: torch.nn.Module, group):
+        super().__init__()
+        from deepspeed.sequence.layer import DistributedAttention
+
+        self.local_attention = local_attention
+        self.inner = DistributedAttention(local_attention, group, scatter_idx=2, gather_idx=1)
+
+    def forward(self, q_bshd, k_bsgd, v_bsgd, *args):
+        return self.inner(q_bshd, k_bsgd, v_bsgd, 0, None, *args)  # batch dim 0, no rotary inside

@@ -79,9 +79,9 @@ def build_deepspeed_config(cfg: Config, world_size: int) -> dict:
     import torch
 
     pin = torch.cuda.is_available()
-    if p.offload_param:
+    if cfg.memory.offload_param:
         zero["offload_param"] = {**zero.get("offload_param", {}), "device": "cpu", "pin_memory": pin}
-    if p.offload_optimizer:
+    if cfg.memory.offload_optimizer:
         zero["offload_optimizer"] = {**zero.get("offload_optimizer", {}), "device": "cpu", "pin_memory": pin}
         if not pin:  # CPU-only: torch's AdamW steps the states (see megatron.training.memory.build_optimizer)
             user.setdefault("zero_force_ds_cpu_optimizer", False)

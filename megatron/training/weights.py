@@ -8,8 +8,8 @@ A *weights directory* (what ``tools/convert_checkpoint.py hf-to-megatron`` write
     DIR/hf_init/model.safetensors   GPTModel.state_dict() names, the source's dtypes
     DIR/hf_init/hf_source.json      the HF config and tensor layout it came from (for a bit-exact way back)
 
-``pretrain_gpt.py --load DIR`` reads ``model_args.json`` (flags given on the command line must
-agree) and starts from these weights at iteration 0 with a fresh optimizer, under any SP size
+``pretrain_gpt.py --load DIR`` reads ``model_args.json`` (shape flags given on the command line or
+in the YAML must agree) and starts from these weights at iteration 0 with a fresh optimizer, under any SP size
 and ZeRO stage; a DIR holding ``latest`` is resumed as before.
 """
 
@@ -28,36 +28,19 @@ WEIGHTS_FILE = "model.safetensors"
 MODEL_ARGS_JSON = "model_args.json"
 MODEL_ARGS_TXT = "model_args.txt"
 
-# ModelConfig fields that fix the shape (and numerics) of the weights; seq_length, dropout and
-# the attention backend stay the user's choice.
-MODEL_ARG_DESTS = (
-    "num_layers", "hidden_size", "ffn_hidden_size", "num_attention_heads", "num_key_value_heads",
-    "max_position_embeddings", "vocab_size", "make_vocab_size_divisible_by", "use_rotary_position_embeddings",
-    "rotary_base", "normalization", "norm_epsilon", "swiglu", "add_bias_linear",
-    "untie_embeddings_and_output_weights", "activation",
-)  # fmt: skip
-# store_true flags (written only when True) and the one store_false flag.
-_TRUE_FLAGS = {"use_rotary_position_embeddings", "swiglu", "untie_embeddings_and_output_weights"}
-_FALSE_FLAGS = {"add_bias_linear": "--disable-bias-linear"}
-
-
 # ---------------------------------------------------------------- model args
 def model_args_from_config(cfg: ModelConfig) -> dict:
-    return {dest: getattr(cfg, dest) for dest in MODEL_ARG_DESTS}
+    from megatron.arguments import shape_options
+
+    return {o.key: getattr(cfg, o.name) for o in shape_options()}
 
 
 def model_args_fragment(args: dict) -> str:
-    """``{dest: value}`` as flags: ``--num-layers 2 ... --swiglu --disable-bias-linear``."""
-    parts = []
-    for dest, value in args.items():
-        flag = "--" + dest.replace("_", "-")
-        if dest in _TRUE_FLAGS:
-            parts += [flag] if value else []
-        elif dest in _FALSE_FLAGS:
-            parts += [] if value else [_FALSE_FLAGS[dest]]
-        else:
-            parts += [flag, str(value)]
-    return " ".join(parts)
+    """``{key: value}`` as flags: ``--num-layers 2 ... --swiglu --disable-bias-linear``."""
+    from megatron.arguments import _shape_fragment, shape_options
+
+    by_key = {o.key: o for o in shape_options()}
+    return " ".join(f for f in (_shape_fragment(by_key[k], v) for k, v in args.items() if k in by_key) if f)
 
 
 def read_model_args(path: str) -> dict | None:
@@ -69,40 +52,13 @@ def read_model_args(path: str) -> dict | None:
 
 
 def config_from_model_args(args: dict, **overrides) -> ModelConfig:
-    values = {k: v for k, v in args.items() if k in MODEL_ARG_DESTS}
+    from megatron.arguments import shape_options
+
+    names = {o.key: o.name for o in shape_options()}
+    values = {names[k]: v for k, v in args.items() if k in names}
     values.setdefault("seq_length", min(values.get("max_position_embeddings") or 128, 2048))
     values.update(overrides)
     return ModelConfig(**values)
-
-
-def apply_saved_model_args(argv: list) -> list:
-    """For ``--load DIR`` with ``DIR/model_args.json``: prepend its flags to argv.
-
-    Flags the user gave (on the command line or in ``--config``) must agree with the saved
-    ones; a disagreement is a ConfigError naming both values. Entry points only.
-    """
-    from megatron.arguments import _flatten_yaml, build_parser
-
-    given, _ = build_parser().parse_known_args(argv)
-    user = {}
-    if given.config and os.path.isfile(given.config):  # a missing file is parse_args' error to report
-        import yaml
-
-        with open(given.config) as f:
-            user.update(_flatten_yaml(yaml.safe_load(f), given.config))
-    user.update({d: v for d, v in vars(given).items() if v is not None and not d.startswith("_")})
-    load = user.get("load")
-    saved = read_model_args(load) if load else None
-    if saved is None:
-        return argv
-    for dest, value in saved.items():
-        if dest in user and user[dest] != value:
-            flag = model_args_fragment({dest: user[dest]}) or f"--{dest.replace('_', '-')} {user[dest]}"
-            raise ConfigError(
-                f"{flag} disagrees with {dest}={value} in {os.path.join(load, MODEL_ARGS_JSON)}; "
-                "drop the flag (the checkpoint sets the model shape)"
-            )
-    return model_args_fragment(saved).split() + list(argv)
 
 
 # ---------------------------------------------------------------- weights directory
@@ -229,7 +185,7 @@ def read_deepspeed_checkpoint(path: str, tag: str | None = None) -> tuple[dict, 
     run_cfg = states.get("config")
     if not run_cfg:
         raise ConfigError(f"{states_file} has no 'config'; it was not written by pretrain_gpt.py")
-    cfg = ModelConfig(**run_cfg["model"])
+    cfg = ModelConfig.from_dict(run_cfg["model"])
     module = states.get("module") or {}
     zero = run_cfg["parallel"]["zero_stage"]
     half = any(v.dtype in (torch.float16, torch.bfloat16) for v in module.values())

@@ -10,6 +10,7 @@ from megatron.arguments import parse_args
 from megatron.config import ConfigError, ModelConfig
 from megatron.model.gpt import MLP, TransformerLayer
 from megatron.model.tiled import tiled_cross_entropy, tiled_mlp
+from megatron.parallelize import apply_checkpointing, apply_tiled_mlp
 from megatron.training import memory
 from megatron.training.ds_config import build_deepspeed_config
 
@@ -31,7 +32,7 @@ def test_tiled_mlp_equals_mlp_and_reduces_once(swiglu):
     mlp.zero_grad(set_to_none=True)
     ready = []  # what DeepSpeed's reduce hook would see at each gradient accumulation
     hook = mlp.fc1.weight.register_post_accumulate_grad_hook(lambda p: ready.append(p.ds_grad_is_ready))
-    mlp.tiled, mlp.tiled_shards = True, 4  # 26 rows in 4 uneven shards
+    apply_tiled_mlp(mlp, 4)  # 26 rows in 4 uneven shards
     y_tiled = mlp(x)
     y_tiled.backward(g)
     hook.remove()
@@ -77,7 +78,7 @@ def test_tiled_cross_entropy_equals_full_logits(chunk):
 def test_offloaded_checkpoint_equals_plain_layer_with_dropout():
     torch.manual_seed(0)
     cfg = ModelConfig(hidden_size=16, num_attention_heads=2, hidden_dropout=0.3)
-    layer = TransformerLayer(cfg, 1).double()
+    layer = TransformerLayer(cfg).double()
     x = torch.randn(2, 8, 16, dtype=torch.float64, requires_grad=True)
     pos = torch.arange(8).expand(2, 8)
     torch.manual_seed(1)
@@ -95,7 +96,7 @@ def test_offloaded_checkpoint_equals_plain_layer_with_dropout():
 def _layer_stack(device, dtype, n=4, hidden=16, heads=2):
     torch.manual_seed(0)
     cfg = ModelConfig(hidden_size=hidden, num_attention_heads=heads, hidden_dropout=0.3)
-    return torch.nn.ModuleList(TransformerLayer(cfg, i + 1) for i in range(n)).to(device, dtype)
+    return torch.nn.ModuleList(TransformerLayer(cfg) for _ in range(n)).to(device, dtype)
 
 
 def _stack_grads(layers, x, pos, offload: bool):
@@ -160,7 +161,7 @@ def test_keep_attention_checkpoint_equals_plain_layer_and_runs_attention_once(mo
     torch.manual_seed(0)
     cfg = ModelConfig(hidden_size=32, num_attention_heads=4, num_key_value_heads=2, hidden_dropout=0.3,
                       use_rotary_position_embeddings=True, swiglu=True)  # fmt: skip
-    layer = TransformerLayer(cfg, 1).double()
+    layer = TransformerLayer(cfg).double()
     x = torch.randn(2, 12, 32, dtype=torch.float64, requires_grad=True)
     pos = torch.arange(12).expand(2, 12)
     torch.manual_seed(1)
@@ -173,7 +174,8 @@ def test_keep_attention_checkpoint_equals_plain_layer_and_runs_attention_once(mo
     _count_calls(layer.attention.core_attention, counts, "attention")
     _count_calls(layer.attention.qkv, counts, "qkv")
     _count_calls(layer.mlp, counts, "mlp")
-    layer.keep_attention = mode == "keep_attention"
+    if mode == "keep_attention":
+        apply_checkpointing(layer, "keep_attention")
     torch.manual_seed(1)
     if mode == "full":
         out = torch.utils.checkpoint.checkpoint(layer, x, pos, use_reentrant=False)
@@ -194,7 +196,7 @@ def test_keep_attention_needs_checkpointing_and_does_not_combine_with_offload():
     with pytest.raises(ConfigError, match="do not combine"):
         parse_args(["--checkpoint-activations", "--checkpoint-keep-attention", "--checkpoint-in-cpu", "--mock-data"])
     cfg = parse_args(["--checkpoint-activations", "--checkpoint-keep-attention", "--mock-data"])
-    assert cfg.parallel.checkpoint_keep_attention
+    assert cfg.memory.checkpoint_keep_attention
 
 
 def test_expandable_segments_set_unless_user_configured():
@@ -226,16 +228,16 @@ def test_offload_host_memory_check(tmp_path):
 
 
 def test_alst_flags_and_yaml_names(tmp_path):
-    cfg = parse_args(["--ds-sequence-parallel-size", "2"]).parallel
+    cfg = parse_args(["--ds-sequence-parallel-size", "2"]).memory
     assert cfg.use_tiled_logits_loss, "tiled loss is on by default with SP > 1"
-    assert not parse_args(["--ds-sequence-parallel-size", "2", "--no-tiled-logits-loss"]).parallel.use_tiled_logits_loss
-    assert not parse_args([]).parallel.use_tiled_logits_loss
+    assert not parse_args(["--ds-sequence-parallel-size", "2", "--no-tiled-logits-loss"]).memory.use_tiled_logits_loss
+    assert not parse_args([]).memory.use_tiled_logits_loss
     yaml = tmp_path / "alst.yaml"
     yaml.write_text(
         "parallel:\n  tiled_mlp_compute: true\n  checkpoint_activations: true\n"
         "  activation_checkpoint_cpu_offload: true\n  zero_stage: 3\n  offload_param: true\n"
     )
-    p = parse_args(["--config", str(yaml), "--tiled-mlp-shards", "4"]).parallel
+    p = parse_args(["--config", str(yaml), "--tiled-mlp-shards", "4"]).memory
     assert p.tiled_mlp_compute and p.tiled_mlp_shards == 4 and p.checkpoint_in_cpu and p.offload_param
     for argv, msg in [
         (["--checkpoint-in-cpu"], "add --checkpoint-activations"),
@@ -251,8 +253,7 @@ def test_ds_config_honours_comm_dtype_bucket_and_offload():
 
     argv = ["--seq-parallel-communication-data-type", "bf16", "--reduce-bucket-size", "2e6", "--zero-stage", "3",
             "--offload-param", "--offload-optimizer", "--micro-batch-size", "1"]  # fmt: skip
-    cfg = parse_args(argv)
-    cfg.validate_world(1)
+    cfg = parse_args(argv).resolve(1)
     ds = build_deepspeed_config(cfg, 1)
     assert ds["seq_parallel_communication_data_type"] == "bf16"
     zero = ds["zero_optimization"]

@@ -3,7 +3,7 @@
 import pytest
 
 from megatron.arguments import parse_args
-from megatron.config import ConfigError, ModelConfig
+from megatron.config import AttentionConfig, ConfigError, ModelConfig
 from megatron.parallel_state import build_rank_layout
 from megatron.training import metrics
 from megatron.training.ds_config import build_deepspeed_config
@@ -19,11 +19,11 @@ def test_flags_fill_every_section():
     )
     m = cfg.model
     assert (m.num_layers, m.hidden_size, m.num_key_value_heads, m.normalization) == (3, 96, 2, "RMSNorm")
-    assert m.swiglu and not m.add_bias_linear and m.attention_backend == "flash_triton"
+    assert m.swiglu and not m.add_bias_linear and cfg.attention.backend == "flash_triton"
     assert m.ffn_hidden_size == 256  # 8/3 * 96 rounded up to a multiple of 64
     assert cfg.train.bf16 and cfg.train.lr == 2e-4 and cfg.train.global_batch_size == 8
     assert cfg.parallel.zero_stage == 3 and cfg.parallel.sequence_parallel_size == 2
-    assert cfg.data.mock_data and cfg.logging.save == "/tmp/x" and cfg.logging.log_interval == 5
+    assert cfg.data.mock_data and cfg.checkpoint.save == "/tmp/x" and cfg.logging.log_interval == 5
 
 
 def test_yaml_with_alst_names_and_flag_override(tmp_path):
@@ -40,9 +40,9 @@ def test_negated_switch_overrides_yaml(tmp_path):
     y = tmp_path / "run.yaml"
     y.write_text("activation_checkpointing: true\ntiled_mlp_compute: true\n")
     base = ["--config", str(y), "--mock-data"]
-    assert parse_args(base).parallel.checkpoint_activations
+    assert parse_args(base).memory.checkpoint_activations
     cfg = parse_args(base + ["--no-checkpoint-activations", "--no-tiled-mlp-compute"])
-    assert not cfg.parallel.checkpoint_activations and not cfg.parallel.tiled_mlp_compute
+    assert not cfg.memory.checkpoint_activations and not cfg.memory.tiled_mlp_compute
 
 
 def test_rank_layout_eight_gpus_sp4():
@@ -54,13 +54,13 @@ def test_rank_layout_eight_gpus_sp4():
 
 def test_deepspeed_config_derived_from_flags_and_conflicts_rejected(tmp_path):
     cfg = parse_args("--mock-data --micro-batch-size 2 --global-batch-size 16 --zero-stage 3 --bf16 --ds-sequence-parallel-size 2".split())
-    cfg.validate_world(8)  # DP = 4 -> accumulation 2
+    cfg = cfg.resolve(8)  # DP = 4 -> accumulation 2
     ds = build_deepspeed_config(cfg, 8)
     assert ds["train_batch_size"] == 16 and ds["gradient_accumulation_steps"] == 2
     assert ds["zero_optimization"]["stage"] == 3 and ds["bf16"]["enabled"]
     user = tmp_path / "ds.json"
     user.write_text('{"train_micro_batch_size_per_gpu": 4, "zero_optimization": {"stage": 3}}')
-    cfg.parallel.deepspeed_config = str(user)
+    cfg = cfg.replace(parallel={"deepspeed_config": str(user)})
     with pytest.raises(ConfigError, match="train_micro_batch_size_per_gpu=4"):
         build_deepspeed_config(cfg, 8)
 
@@ -121,22 +121,22 @@ def test_zero3_leaf_layers_default_follows_the_zero_stage():
     assert not parse_args(base + ["--zero-stage", "1"]).parallel.use_zero3_leaf_layers
     with pytest.raises(ConfigError, match="needs ZeRO-3"):
         parse_args(base + ["--zero-stage", "1", "--zero3-leaf-layers"])
-    assert parse_args(base).model.ulysses_exchange == "deepspeed"
+    assert parse_args(base).attention.ulysses_exchange == "deepspeed"
     with pytest.raises(ConfigError, match="ulysses-exchange"):
-        ModelConfig(ulysses_exchange="ring")
+        AttentionConfig(ulysses_exchange="ring")
     with pytest.raises(ConfigError, match="ulysses-overlap-chunks 0"):
-        ModelConfig(ulysses_overlap_chunks=0)
-    assert parse_args(base + ["--ulysses-exchange", "overlap", "--ulysses-overlap-chunks", "4"]).model.ulysses_overlap_chunks == 4
+        AttentionConfig(ulysses_overlap_chunks=0)
+    assert parse_args(base + ["--ulysses-exchange", "overlap", "--ulysses-overlap-chunks", "4"]).attention.ulysses_overlap_chunks == 4
 
 
 def test_zero3_uses_plain_linear_unless_the_user_json_says_otherwise(tmp_path):
     cfg = parse_args("--mock-data --micro-batch-size 1 --global-batch-size 2 --zero-stage 3".split())
-    cfg.validate_world(2)
+    cfg = cfg.resolve(2)
     assert build_deepspeed_config(cfg, 2)["zero_optimization"]["memory_efficient_linear"] is False
     user = tmp_path / "ds.json"
     user.write_text('{"zero_optimization": {"stage": 3, "memory_efficient_linear": true}}')
-    cfg.parallel.deepspeed_config = str(user)
+    cfg = cfg.replace(parallel={"deepspeed_config": str(user)})
     assert build_deepspeed_config(cfg, 2)["zero_optimization"]["memory_efficient_linear"] is True
     cfg = parse_args("--mock-data --micro-batch-size 1 --global-batch-size 2 --zero-stage 1".split())
-    cfg.validate_world(2)
+    cfg = cfg.resolve(2)
     assert "memory_efficient_linear" not in build_deepspeed_config(cfg, 2)["zero_optimization"]

@@ -10,7 +10,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from megatron.config import ModelConfig
+from megatron.config import AttentionConfig, ModelConfig
 
 CASES = [
     # (backend, heads, kv_heads, documents)
@@ -40,17 +40,21 @@ def _inputs(cfg, seed):
     return x, grad_out, positions, docs
 
 
-def _attention(cfg, sp_group=None):
+def _attention(cfg, att, sp_group=None):
     from megatron.model.attention import ParallelAttention
+    from megatron.parallelize import apply_ulysses
 
     torch.manual_seed(0)
-    return ParallelAttention(cfg, 1, sp_group=sp_group).double()
+    attn = ParallelAttention(cfg, att).double()
+    if sp_group is not None:
+        apply_ulysses(attn, sp_group, att.ulysses_exchange, att.ulysses_overlap_chunks)
+    return attn
 
 
-def _run_case(cfg, docs_on, sp_group, sp, rank):
+def _run_case(cfg, att, docs_on, sp_group, sp, rank):
     x, grad_out, positions, docs = _inputs(cfg, 1)
     docs = docs if docs_on else None
-    attn = _attention(cfg, sp_group)
+    attn = _attention(cfg, att, sp_group)
     s = S // sp
     sl = slice(rank * s, (rank + 1) * s)
     x_local = x[:, sl].clone().requires_grad_(True)
@@ -81,10 +85,10 @@ def _worker(rank, world, port, result_file, exchange):
     for backend, heads, kv, docs_on in CASES:
         cfg = ModelConfig(
             hidden_size=HIDDEN, num_attention_heads=heads, num_key_value_heads=kv, seq_length=S,
-            use_rotary_position_embeddings=True, attention_backend=backend, ulysses_exchange=exchange,
-            ulysses_overlap_chunks=OVERLAP_CHUNKS,
+            use_rotary_position_embeddings=True,
         )  # fmt: skip
-        results.append(_run_case(cfg, docs_on, ps.get_sequence_parallel_group(), world, rank))
+        att = AttentionConfig(backend=backend, ulysses_exchange=exchange, ulysses_overlap_chunks=OVERLAP_CHUNKS)
+        results.append(_run_case(cfg, att, docs_on, ps.get_sequence_parallel_group(), world, rank))
     if rank == 0:
         torch.save(results, result_file)
     dist.barrier()
@@ -101,9 +105,9 @@ def test_distributed_attention_matches_single_process(sp, exchange):
     for (backend, heads, kv, docs_on), (out, dx, grads) in zip(CASES, results):
         cfg = ModelConfig(
             hidden_size=HIDDEN, num_attention_heads=heads, num_key_value_heads=kv, seq_length=S,
-            use_rotary_position_embeddings=True, attention_backend=backend,
+            use_rotary_position_embeddings=True,
         )  # fmt: skip
-        ref_out, ref_dx, ref_grads = _run_case(cfg, docs_on, None, 1, 0)
+        ref_out, ref_dx, ref_grads = _run_case(cfg, AttentionConfig(backend=backend), docs_on, None, 1, 0)
         what = f"{backend} h={heads} kv={kv} docs={docs_on} sp={sp} {exchange}"
         torch.testing.assert_close(out, ref_out, rtol=1e-10, atol=1e-10, msg=what)
         torch.testing.assert_close(dx, ref_dx, rtol=1e-10, atol=1e-10, msg=what)
@@ -113,9 +117,9 @@ def test_distributed_attention_matches_single_process(sp, exchange):
 
 def test_document_mask_blocks_cross_document_attention():
     """Changing tokens of document 0 must not change outputs of later documents."""
-    cfg = ModelConfig(hidden_size=HIDDEN, num_attention_heads=4, seq_length=S, attention_backend="sdpa")
+    cfg = ModelConfig(hidden_size=HIDDEN, num_attention_heads=4, seq_length=S)
     x, _, positions, docs = _inputs(cfg, 2)
-    attn = _attention(cfg)
+    attn = _attention(cfg, AttentionConfig(backend="sdpa"))
     out = attn(x, positions, docs)
     x2 = x.clone()
     x2[0, :7] += 1.0  # sample 0, document 0 spans tokens 0..6
@@ -139,9 +143,9 @@ def _retained_worker(rank, world, port, result_file):
     ps.initialize_model_parallel(world)
     seq, retained = 512, {}
     for exchange in ("fused", "overlap"):
-        cfg = ModelConfig(hidden_size=HIDDEN, num_attention_heads=8, seq_length=seq, attention_backend="sdpa",
-                          ulysses_exchange=exchange, ulysses_overlap_chunks=2)  # fmt: skip
-        attn = _attention(cfg, ps.get_sequence_parallel_group())
+        cfg = ModelConfig(hidden_size=HIDDEN, num_attention_heads=8, seq_length=seq)
+        att = AttentionConfig(backend="sdpa", ulysses_exchange=exchange, ulysses_overlap_chunks=2)
+        attn = _attention(cfg, att, ps.get_sequence_parallel_group())
         x = torch.randn(1, seq // world, HIDDEN, dtype=torch.float64, requires_grad=True)
         positions = torch.arange(seq).view(1, seq)[:, rank * (seq // world) : (rank + 1) * (seq // world)]
         gc.collect()
@@ -176,15 +180,15 @@ def _nccl_worker(rank, world, port, result_file):
     torch.cuda.set_device(rank)
     dist.init_process_group("nccl")
     group = dist.new_group(list(range(world)))
-    from megatron.model.attention import CoreAttention, sdpa_attention
+    from megatron.model.attention import SDPAAttention
     from megatron.model.ulysses import FusedUlyssesAttention, OverlappedUlyssesAttention
 
     g = torch.Generator(device="cuda").manual_seed(rank)
     b, s, h, d = 1, 4096, 16, 128
     q, k, v, dout = (torch.randn(b, s, h, d, device="cuda", dtype=torch.bfloat16, generator=g) for _ in range(4))
     results = {}
-    for name, module in (("fused", FusedUlyssesAttention(CoreAttention(sdpa_attention), group)),
-                         ("overlap", OverlappedUlyssesAttention(CoreAttention(sdpa_attention), group, 4))):  # fmt: skip
+    for name, module in (("fused", FusedUlyssesAttention(SDPAAttention(), group)),
+                         ("overlap", OverlappedUlyssesAttention(SDPAAttention(), group, 4))):  # fmt: skip
         qi, ki, vi = (t.clone().requires_grad_(True) for t in (q, k, v))
         out = module(qi, ki, vi)
         out.backward(dout)

@@ -39,7 +39,7 @@ def test_accepted_legacy_flags_do_not_error():
     from megatron.arguments import parse_args
 
     cfg = parse_args(BASE + ["--no-pipeline-parallel", "--tensor-model-parallel-size", "1", "--deepspeed", "--use-flash-attn", "--local_rank=0"])  # fmt: skip
-    assert cfg.model.attention_backend == "flash"
+    assert cfg.attention.backend == "flash"
 
 
 def test_offload_beyond_host_memory_stops_before_building_the_model():

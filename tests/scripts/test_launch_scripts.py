@@ -111,7 +111,7 @@ def test_alst_yaml_configs_parse_and_run_tiny(tmp_path):
     assert llama.parallel.sequence_parallel_size == 8 and llama.model.num_key_value_heads == 8
     assert llama.model.ffn_hidden_size == 14336 and llama.model.swiglu and llama.parallel.zero_stage == 3
     gpt = parse_args(["--config", str(SCRIPTS / "alst_gpt_1.3B_32k.yaml"), "--mock-data"])
-    assert gpt.model.seq_length == 32768 and gpt.model.attention_backend == "flash"
+    assert gpt.model.seq_length == 32768 and gpt.attention.backend == "flash"
     from tests.launch import train_records
 
     recs = train_records(tmp_path, "yaml", 2, ["--config", str(SCRIPTS / "alst_llama_8b.yaml"), "--mock-data"] + TINY
