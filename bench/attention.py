@@ -27,17 +27,18 @@ import sys
 import torch
 from report import report_head, write_json  # bench/, this script's directory
 
-from megatron.model import flash_attn_triton as fat
+from megatron.kernels import attention_triton as fat
+from megatron.kernels import interface
 
-# triton: our kernels as the model runs them (flash_attn_triton.FORWARD / BACKWARD as the module sets them: the
+# triton: our kernels as the model runs them (interface.FORWARD / BACKWARD as the module sets them: the
 # Gluon forward and fused backward wherever they apply); triton_fused: the Triton forward with the fused backward;
 # triton_split: the default forward with the split backward; triton_plain: the Triton kernels only (Triton
 # forward, split backward).
 IMPLS = ("triton", "triton_fused", "triton_split", "triton_plain", "sdpa_flash", "sdpa_cudnn", "flash_attn")
-TRITON_IMPLS = {  # impl -> (flash_attn_triton.FORWARD, BACKWARD)
-    "triton": (fat.FORWARD, fat.BACKWARD),
-    "triton_fused": ("triton", fat.BACKWARD),
-    "triton_split": (fat.FORWARD, "split"),
+TRITON_IMPLS = {  # impl -> (interface.FORWARD, BACKWARD)
+    "triton": (interface.FORWARD, interface.BACKWARD),
+    "triton_fused": ("triton", interface.BACKWARD),
+    "triton_split": (interface.FORWARD, "split"),
     "triton_plain": ("triton", "split"),
 }
 DOC_IMPLS = ("triton", "sdpa")  # the default --impls with --doc-len
@@ -63,13 +64,13 @@ def document_ids_for(bsz, seq, doc_len, device="cuda"):
 def make_attention(impl, document_ids=None):
     """Returns f(q_bshd, k_bshd, v_bshd) -> out_bshd, or raises if the impl is unavailable."""
     if impl in TRITON_IMPLS:
-        ok, why = fat.is_available()
+        ok, why = interface.is_available()
         if not ok:
             raise RuntimeError(why)
 
         def triton_attn(q, k, v):
-            fat.FORWARD, fat.BACKWARD = TRITON_IMPLS[impl]  # BACKWARD is read by this output's backward
-            return fat.flash_attn_triton(q, k, v, causal=True, document_ids=document_ids)
+            interface.FORWARD, interface.BACKWARD = TRITON_IMPLS[impl]  # BACKWARD is read by this output's backward
+            return interface.flash_attention(q, k, v, causal=True, document_ids=document_ids)
 
         return triton_attn
     if impl == "sdpa":
@@ -131,7 +132,7 @@ def kernel_report():
     from kernel_resources import mma_counts  # bench/, the script's own directory
 
     report = {}
-    for name, compiled in fat.LAST_COMPILED.items():
+    for name, compiled in interface.LAST_COMPILED.items():
         ptx = compiled.asm.get("ptx", "")
         report[name] = {
             "n_regs": getattr(compiled, "n_regs", None),

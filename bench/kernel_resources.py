@@ -133,7 +133,7 @@ def compile_report(kernel: str, config: tuple, head_dim: int, causal: bool, docs
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    from megatron.model import flash_attn_triton as fat
+    from megatron.kernels import attention_triton as fat
 
     fn = getattr(fat, KERNELS[kernel])
     block_m, block_n, warps, stages = config
@@ -179,7 +179,7 @@ def main(argv=None):
         import triton
     except ImportError:
         sys.exit("error: triton is not installed; pip install triton")
-    from megatron.model import flash_attn_triton as fat
+    from megatron.kernels import attention_triton as fat
 
     kernels = args.kernels.split(",")
     bad = [k for k in kernels if k not in KERNELS]

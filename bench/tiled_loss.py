@@ -2,7 +2,7 @@
 
 * ``untiled``: ``F.linear`` to full logits, ``F.cross_entropy`` on their fp32 copy (``--no-tiled-logits-loss``);
 * ``tiled_eager``: the tiled loss with each chunk's softmax and gradient as eager fp32 ops;
-* ``tiled_fused``: the tiled loss with the Triton kernels of ``megatron/model/cross_entropy_triton.py``
+* ``tiled_fused``: the tiled loss with the Triton kernels of ``megatron/kernels/cross_entropy.py``
   (the default on GPUs);
 * ``tiled_fused_add``: the same, with the fp32 weight gradient accumulated by a product and an add
   instead of one fp32-output GEMM;

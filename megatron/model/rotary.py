@@ -31,15 +31,15 @@ def _rotate_half(x):
 
 def apply_rotary(q_bshd, k_bsgd, position_ids_bs, base: float, fused: Optional[bool] = None):
     """Rotate q and k. ``fused`` (default: on CUDA when supported) uses the Triton kernel of
-    ``megatron.model.rope_triton`` (one kernel per tensor, angles in fp32, contiguous output);
+    ``megatron.kernels.rope`` (one kernel per tensor, angles in fp32, contiguous output);
     otherwise the eager rotate-half formula."""
-    from megatron.model import rope_triton
+    from megatron.kernels import rope
 
     if fused is None:
-        fused = q_bshd.is_cuda and rope_triton.supported(q_bshd)
+        fused = q_bshd.is_cuda and rope.supported(q_bshd)
     if fused:
         freqs = inv_freq(q_bshd.shape[-1], base, q_bshd.device)
-        return rope_triton.fused_rotary(q_bshd, position_ids_bs, freqs), rope_triton.fused_rotary(
+        return rope.fused_rotary(q_bshd, position_ids_bs, freqs), rope.fused_rotary(
             k_bsgd, position_ids_bs, freqs
         )
     cos, sin = rotary_cos_sin(position_ids_bs, q_bshd.shape[-1], base, q_bshd.dtype)

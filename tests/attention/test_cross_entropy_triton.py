@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from megatron.model import cross_entropy_triton as ce
+from megatron.kernels import cross_entropy as ce
 from megatron.model.tiled import IGNORE_INDEX, tiled_cross_entropy
 
 pytestmark = pytest.mark.skipif(not ce.HAVE_TRITON, reason="triton is not installed")

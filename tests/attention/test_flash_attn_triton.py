@@ -1,4 +1,4 @@
-"""flash_attn_triton against an fp64 explicit-softmax reference: forward, dq, dk, dv.
+"""megatron.kernels.flash_attention against an fp64 explicit-softmax reference: forward, dq, dk, dv.
 
 On CPU the kernels run in Triton's interpreter (conftest sets TRITON_INTERPRET=1), so shapes
 are tiny but still cross block edges (interpreter blocks are 16) and end on odd lengths.
@@ -12,7 +12,7 @@ import torch
 
 triton = pytest.importorskip("triton")
 
-from megatron.model.flash_attn_triton import flash_attn_triton, is_available
+from megatron.kernels.interface import flash_attention, is_available
 
 AVAILABLE, WHY = is_available()
 pytestmark = pytest.mark.skipif(not AVAILABLE, reason=WHY)
@@ -76,7 +76,7 @@ def check(bsz, seq, heads, kv_heads, head_dim, causal, dtype, use_docs, seed, to
     ref.backward(dout.double())
 
     qx, kx, vx = (t.to(device=device, dtype=dtype).requires_grad_() for t in (q, k, v))
-    out = flash_attn_triton(
+    out = flash_attention(
         qx,
         kx,
         vx,
@@ -160,7 +160,7 @@ def test_strided_views_of_packed_qkv_match_reference():
     qkv_x = qkv.to(DEVICE).requires_grad_()
     q, k, v = qkv_x.split([heads, kv_heads, kv_heads], dim=2)
     assert not q.is_contiguous()
-    flash_attn_triton(q, k, v, causal=True).backward(dout.to(DEVICE))
+    flash_attention(q, k, v, causal=True).backward(dout.to(DEVICE))
     tol = 1e-4 if DEVICE == "cpu" else 5e-3
     assert rel_err(qkv_x.grad.cpu(), qkv64.grad) < tol
 
@@ -172,7 +172,7 @@ def test_document_is_a_contiguous_run_of_ids():
     ids = torch.tensor([[0] * 8 + [1] * 8 + [0] * 8])
     runs = torch.tensor([[0] * 8 + [1] * 8 + [2] * 8])
     q, k, v = (torch.randn(1, seq, 2, 16, generator=gen) for _ in range(3))
-    out = flash_attn_triton(q.to(DEVICE), k.to(DEVICE), v.to(DEVICE), causal=False, document_ids=ids.to(DEVICE))
+    out = flash_attention(q.to(DEVICE), k.to(DEVICE), v.to(DEVICE), causal=False, document_ids=ids.to(DEVICE))
     ref = reference_attention(q.double(), k.double(), v.double(), False, 0.25, runs)
     assert rel_err(out.cpu(), ref) < (1e-4 if DEVICE == "cpu" else 5e-3)
 
@@ -185,9 +185,9 @@ def test_rejects_bad_shapes():
     q = torch.randn(1, 8, 3, 16, device=DEVICE)
     k = torch.randn(1, 8, 2, 16, device=DEVICE)
     with pytest.raises(ValueError, match="multiple of kv heads"):
-        flash_attn_triton(q, k, k, causal=True)
+        flash_attention(q, k, k, causal=True)
     with pytest.raises(ValueError, match="head_dim"):
-        flash_attn_triton(
+        flash_attention(
             torch.randn(1, 8, 2, 24, device=DEVICE),
             torch.randn(1, 8, 2, 24, device=DEVICE),
             torch.randn(1, 8, 2, 24, device=DEVICE),
@@ -214,7 +214,7 @@ def test_gpu_bf16_matches_sdpa(seq, heads, kv_heads, head_dim, causal):
     v = torch.randn(bsz, seq, kv_heads, head_dim, device="cuda", dtype=torch.bfloat16, requires_grad=True)
     dout = torch.randn(bsz, seq, heads, head_dim, device="cuda", dtype=torch.bfloat16)
 
-    out = flash_attn_triton(q, k, v, causal=causal)
+    out = flash_attention(q, k, v, causal=causal)
     dq, dk, dv = torch.autograd.grad(out, (q, k, v), dout)
 
     # Reference: SDPA in fp32 on upcast inputs (math/efficient backend), GQA via repeat.
@@ -260,8 +260,8 @@ def test_gpu_bf16_documents_match_reference(docs, causal, head_dim):
 def test_gpu_fused_backward_matches_reference(bsz, seq, heads, kv_heads, head_dim, monkeypatch):
     """The fused Gluon backward (where it applies: sm_90, Triton 3.6), against fp32 SDPA and against the split
     backward, on shapes where its Q/dO ring wraps (more than 3 query blocks per key block)."""
-    from megatron.model import flash_attn_gluon as fag
-    from megatron.model import flash_attn_triton as fat
+    from megatron.kernels import attention_gluon_bwd_sm90 as fag
+    from megatron.kernels import interface as fat
 
     torch.manual_seed(seq + heads)
     q, dout = (torch.randn(bsz, seq, heads, head_dim, device="cuda", dtype=torch.bfloat16) for _ in range(2))
@@ -271,10 +271,10 @@ def test_gpu_fused_backward_matches_reference(bsz, seq, heads, kv_heads, head_di
         pytest.skip(f"fused backward not available: {reason}")
     q, k, v = (t.requires_grad_() for t in (q, k, v))
     fat.LAST_COMPILED.pop("bwd_fused", None)
-    fused = torch.autograd.grad(flash_attn_triton(q, k, v, causal=True), (q, k, v), dout)
+    fused = torch.autograd.grad(flash_attention(q, k, v, causal=True), (q, k, v), dout)
     assert "bwd_fused" in fat.LAST_COMPILED
     monkeypatch.setattr(fat, "BACKWARD", "split")
-    split = torch.autograd.grad(flash_attn_triton(q, k, v, causal=True), (q, k, v), dout)
+    split = torch.autograd.grad(flash_attention(q, k, v, causal=True), (q, k, v), dout)
     q32, k32, v32 = (t.detach().float().requires_grad_() for t in (q, k, v))
     group = heads // kv_heads
     ref_out = torch.nn.functional.scaled_dot_product_attention(
@@ -297,8 +297,8 @@ def test_gpu_fused_backward_matches_reference(bsz, seq, heads, kv_heads, head_di
 def test_gpu_fused_backward_with_documents(docs, head_dim):
     """Packed documents through the fused backward (random ones; edges off and on 128-token blocks; one
     document), against the fp64 reference, and the fused kernel is the one that ran."""
-    from megatron.model import flash_attn_gluon as fag
-    from megatron.model import flash_attn_triton as fat
+    from megatron.kernels import attention_gluon_bwd_sm90 as fag
+    from megatron.kernels import interface as fat
 
     probe = torch.empty(1, 4096, 8, head_dim, device="cuda", dtype=torch.bfloat16)
     if reason := fag.unsupported_reason(probe, probe[:, :, :2], True):
@@ -329,11 +329,11 @@ def test_gpu_fused_backward_with_documents(docs, head_dim):
 )
 def test_gpu_gluon_forward_matches_reference(bsz, seq, heads, kv_heads, head_dim, docs):
     """The Gluon forward kernel (where it runs: sm_90, Triton 3.6) against an fp32 reference with K / V repeated and
-    the causal and document masks: out, and its log2-unit lse (what the backward reads). flash_attn_triton chooses
+    the causal and document masks: out, and its log2-unit lse (what the backward reads). flash_attention chooses
     it at head dim 128, and the Triton forward at head dim 64 (faster there)."""
-    from megatron.model import flash_attn_gluon as fag
-    from megatron.model import flash_attn_gluon_fwd as gfwd
-    from megatron.model import flash_attn_triton as fat
+    from megatron.kernels import attention_gluon_bwd_sm90 as fag
+    from megatron.kernels import attention_gluon_fwd_sm90 as gfwd
+    from megatron.kernels import interface as fat
 
     torch.manual_seed(seq + heads)
     q = torch.randn(bsz, seq, heads, head_dim, device="cuda", dtype=torch.bfloat16)
@@ -346,12 +346,12 @@ def test_gpu_gluon_forward_matches_reference(bsz, seq, heads, kv_heads, head_dim
     elif docs is not None:
         ids = document_ids_of_lengths(docs, bsz).cuda()
     fat.LAST_COMPILED.pop("fwd_gluon", None)
-    flash_attn_triton(q, k, v, causal=True, document_ids=ids)
+    flash_attention(q, k, v, causal=True, document_ids=ids)
     assert ("fwd_gluon" in fat.LAST_COMPILED) == (head_dim == 128)
-    run_start = fat._document_runs(ids)[1] if ids is not None else None
+    run_start = fat.document_runs(ids)[1] if ids is not None else None
     out, lse = gfwd.forward(q, k, v, 1 / head_dim**0.5, run_start)
     qf, kf, vf = (t.float() for t in (q, k, v))
     ref, lse_ref = reference_attention(qf, kf, vf, True, 1 / head_dim**0.5, ids, with_lse=True)
     assert ((out.float() - ref).norm() / ref.norm()).item() < 1e-2
-    lse_ref = lse_ref * fat.LOG2E  # [b, h, s], log2 units
+    lse_ref = lse_ref * gfwd.LOG2E  # [b, h, s], log2 units
     assert (lse - lse_ref).abs().max().item() < 1e-2

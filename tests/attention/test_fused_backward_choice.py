@@ -5,9 +5,10 @@ elsewhere, and one line for each saying which."""
 import pytest
 import torch
 
-from megatron.model import flash_attn_gluon as fag
-from megatron.model import flash_attn_gluon_fwd as gfwd
-from megatron.model import flash_attn_triton as fat
+from megatron.kernels import attention_gluon_bwd_sm90 as fag
+from megatron.kernels import attention_gluon_fwd_sm90 as gfwd
+from megatron.kernels import gluon_sm90
+from megatron.kernels import interface as fat
 
 
 def _qk(b=1, s=256, h=4, g=4, d=128, dtype=torch.bfloat16):
@@ -35,7 +36,7 @@ def test_unsupported_inputs_are_named(kwargs, causal, reason):
 
 def test_gluon_forward_is_chosen_at_head_dim_128_only(monkeypatch):
     """On an sm_90 GPU (stubbed): head dim 128 runs the Gluon forward, head dim 64 the Triton forward."""
-    monkeypatch.setattr(fag, "environment_reason", lambda device: None)
+    monkeypatch.setattr(gluon_sm90, "environment_reason", lambda device: None)
     assert gfwd.unsupported_reason(*_qk(d=128, g=2), True) is None
     assert gfwd.unsupported_reason(*_qk(d=64), True) == "head dim 64 (the Triton forward is faster there)"
     assert fag.unsupported_reason(*_qk(d=64), True) is None  # the fused backward runs there
@@ -45,8 +46,8 @@ def test_triton_kernels_can_be_forced(monkeypatch):
     monkeypatch.setattr(fat, "BACKWARD", "split")
     monkeypatch.setattr(fat, "FORWARD", "triton")
     q, k = _qk()
-    assert fat._fused_backward_unsupported(q, k, True) == "flash_attn_triton.BACKWARD = 'split'"
-    assert fat._gluon_forward_unsupported(q, k, True) == "flash_attn_triton.FORWARD = 'triton'"
+    assert fat._fused_backward_unsupported(q, k, True) == "interface.BACKWARD = 'split'"
+    assert fat._gluon_forward_unsupported(q, k, True) == "interface.FORWARD = 'triton'"
 
 
 def test_the_choice_is_printed_once(monkeypatch, capsys):
@@ -54,7 +55,7 @@ def test_the_choice_is_printed_once(monkeypatch, capsys):
     torch.manual_seed(0)
     q, k, v = (torch.randn(1, 40, 2, 16, requires_grad=True) for _ in range(3))
     for _ in range(2):
-        fat.flash_attn_triton(q, k, v, causal=True).sum().backward()
+        fat.flash_attention(q, k, v, causal=True).sum().backward()
     lines = [line for line in capsys.readouterr().out.splitlines() if "FlashAttention-Triton" in line]
     assert lines == [
         "> attention: FlashAttention-Triton forward: Triton kernel (torch.float32 (bf16 only))",

@@ -6,10 +6,10 @@ interpreter (conftest sets TRITON_INTERPRET=1)."""
 import pytest
 import torch
 
-from megatron.model import rope_triton
+from megatron.kernels import rope
 from megatron.model.rotary import apply_rotary
 
-pytestmark = pytest.mark.skipif(not rope_triton.HAVE_TRITON, reason="triton is not installed")
+pytestmark = pytest.mark.skipif(not rope.HAVE_TRITON, reason="triton is not installed")
 
 
 def _packed(b, s, h, g, d, dtype, seed=0):
@@ -57,5 +57,5 @@ def test_bf16_close_to_fp64():
 
 
 def test_unsupported_head_dim_is_reported():
-    assert not rope_triton.supported(torch.empty(1, 1, 1, 24))  # half = 12 is not a power of two
-    assert rope_triton.supported(torch.empty(1, 1, 1, 128))
+    assert not rope.supported(torch.empty(1, 1, 1, 24))  # half = 12 is not a power of two
+    assert rope.supported(torch.empty(1, 1, 1, 128))

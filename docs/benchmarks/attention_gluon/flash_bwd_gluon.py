@@ -1,4 +1,4 @@
-"""Tools around the fused Gluon backward (`megatron/model/flash_attn_gluon.py`): an offline sm_90 screen,
+"""Tools around the fused Gluon backward (`megatron/kernels/attention_gluon_bwd_sm90.py`): an offline sm_90 screen,
 a compile-only pass through the real launch path, a CPU fp64 replay of the block math, and
 `gluon_attention_backward`, which `gpu_check.py` and `diag.py` call with a chosen variant ("ws" or
 "plain") and Q/dO ring depth. The kernels were first written here as a prototype (commit 22f32d8) and
@@ -19,12 +19,13 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))))
-from megatron.model import flash_attn_gluon as fag
-from megatron.model.flash_attn_gluon import BLOCK_M, BLOCK_N, LOG2E, STAGES, VARIANTS, WS_WORKER_REGS
+from megatron.kernels import attention_gluon_bwd_sm90 as fag
+from megatron.kernels.attention_gluon_bwd_sm90 import BLOCK_M, BLOCK_N, LOG2E, STAGES, VARIANTS, WS_WORKER_REGS
+from megatron.kernels.env import GLUON_IMPORT_ERROR
 
 HEAD_DIM = 128
 LAST_COMPILED = fag.LAST_COMPILED
-_IMPORT_ERROR = fag._IMPORT_ERROR
+_IMPORT_ERROR = GLUON_IMPORT_ERROR
 if _IMPORT_ERROR is None:
     import triton
     from triton.experimental import gluon
@@ -42,27 +43,9 @@ def gluon_attention_backward(q, k, v, out, dout, lse, softmax_scale, variant="ws
 
 def compute_delta(out, dout):
     """delta = rowsum(out * dout), [b, h, s] fp32, with our library's Triton kernel."""
-    sys.path.insert(0, _repo_root())
-    from megatron.model import flash_attn_triton as fat
+    from megatron.kernels import attention_triton
 
-    bsz, seq, heads, dim = out.shape
-    delta = torch.empty(bsz, heads, seq, dtype=torch.float32, device=out.device)
-    fat._bwd_delta_kernel[(triton.cdiv(seq, 128), bsz * heads)](
-        out,
-        dout,
-        delta,
-        out.stride(0),
-        out.stride(1),
-        out.stride(2),
-        dout.stride(0),
-        dout.stride(1),
-        dout.stride(2),
-        seq,
-        heads,
-        BLOCK_M=128,
-        HEAD_DIM=dim,
-    )
-    return delta
+    return attention_triton.row_delta(out, dout)
 
 
 def _repo_root():

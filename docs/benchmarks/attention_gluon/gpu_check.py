@@ -49,41 +49,22 @@ def log(*a):
 # Helpers used inside the children
 # --------------------------------------------------------------------------------------------------------------
 def triton_forward(q, k, v, scale):
-    """Our Triton forward (megatron.model.flash_attn_triton._fwd_kernel, as _FlashAttnTriton.forward launches
-    it): returns out [b, s, h, d] and lse [b, h, s] fp32 in log2 units."""
-    import torch
-    import triton
+    """Our Triton forward (megatron.kernels.attention_triton.forward, the `_fwd_kernel` launch the interface
+    makes): returns out [b, s, h, d] and lse [b, h, s] fp32 in log2 units."""
+    from megatron.kernels import attention_triton
 
-    from megatron.model import flash_attn_triton as fat
-
-    bsz, seq, heads, dim = q.shape
-    out = torch.empty_like(q)
-    lse = torch.empty(bsz, heads, seq, dtype=torch.float32, device=q.device)
-    dummy = torch.empty(1, dtype=torch.int32, device=q.device)
-    bm, bn, warps, stages = fat._config("fwd", dim)
-    fat._fwd_kernel[(triton.cdiv(seq, bm), bsz * heads)](
-        q, k, v, out, lse, dummy, dummy, dummy,
-        *fat._strides3(q), *fat._strides3(k), *fat._strides3(v), *fat._strides3(out),
-        seq, heads, 1, scale * fat.LOG2E,
-        BLOCK_M=bm, BLOCK_N=bn, HEAD_DIM=dim, CAUSAL=True, HAS_DOC=False, num_warps=warps, num_stages=stages,
-    )  # fmt: skip
-    return out, lse
+    return attention_triton.forward(q, k, v, True, scale)
 
 
 def split_backward_fn(q, k, v, out, dout, lse, scale):
     """A callable running our split backward alone (delta + dkdv + dq kernels) on saved forward results."""
-    import torch
+    from megatron.kernels import attention_triton
 
-    from megatron.model import flash_attn_triton as fat
+    def split_backward():
+        delta = attention_triton.row_delta(out, dout)
+        return attention_triton.backward(q, k, v, dout, lse, delta, True, scale)
 
-    class _Ctx:
-        pass
-
-    ctx = _Ctx()
-    dummy = torch.empty(1, dtype=torch.int32, device=q.device)
-    ctx.saved_tensors = (q, k, v, out, lse, dummy, dummy, dummy)
-    ctx.causal, ctx.softmax_scale, ctx.has_doc = True, scale, False
-    return lambda: fat._FlashAttnTriton.backward(ctx, dout)[:3]
+    return split_backward
 
 
 def reference_grads(q, k, v, dout, scale):
@@ -209,7 +190,7 @@ def _time_one(which, res, row, bsz, heads, seq, bench):
     f_fwd = flops_fwd(bsz, heads, seq)
     try:
         if which == "reference":
-            from megatron.model import flash_attn_triton as fat
+            from megatron.kernels import interface as fat
 
             out, lse = triton_forward(q, k, v, scale)
             row["triton_fwd_ms"] = bench(lambda: triton_forward(q, k, v, scale))
@@ -217,7 +198,7 @@ def _time_one(which, res, row, bsz, heads, seq, bench):
             row["split_fwd_plus_bwd_tflops"] = 3.5 * f_fwd / (row["triton_fwd_ms"] + row["split_bwd_ms"]) / 1e9
             qg, kg, vg = (t.clone().requires_grad_() for t in (q, k, v))
             row["split_autograd_fwd_bwd_ms"] = bench(
-                lambda: fat.flash_attn_triton(qg, kg, vg, causal=True).backward(dout), grad_to_none=[qg, kg, vg]
+                lambda: fat.flash_attention(qg, kg, vg, causal=True).backward(dout), grad_to_none=[qg, kg, vg]
             )
             row["split_autograd_tflops"] = 3.5 * f_fwd / row["split_autograd_fwd_bwd_ms"] / 1e9
             row["compiled_split"] = {n: compiled_info(fat.LAST_COMPILED.get(n)) for n in ("dkdv", "dq")}

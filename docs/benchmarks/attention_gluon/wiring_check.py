@@ -1,7 +1,7 @@
-"""Offline check (no GPU) of how flash_attn_triton dispatches to the Gluon kernels: with a stub driver for an
-sm_90 target every launch compiles and does not run, so a forward+backward through flash_attn_triton shows which
+"""Offline check (no GPU) of how megatron.kernels.interface dispatches to the Gluon kernels: with a stub driver for
+an sm_90 target every launch compiles and does not run, so a forward+backward through the interface shows which
 kernels it launches, with which arguments, and that each compiles. The capability / device checks are stubbed to
-the decision they make on an H200 (the inputs decide, as in flash_attn_gluon_fwd / flash_attn_gluon). Values are
+the decision they make on an H200 (the inputs decide, as in gluon_sm90.unsupported_reason). Values are
 not computed; numerics are the GPU tests' job (tests/attention/test_flash_attn_triton.py -m gpu).
 
     PYTHONPATH=<site-packages with triton 3.6> python docs/benchmarks/attention_gluon/wiring_check.py
@@ -15,17 +15,15 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))))
 from bench.kernel_resources import compile_only_sm90
-from megatron.model import flash_attn_gluon as fag
-from megatron.model import flash_attn_triton as fat
+from megatron.kernels import gluon_sm90, interface
 
 
 def main():
-    fat.is_available = lambda: (True, "")
-    fat._interpreting = lambda: False
+    interface.is_available = lambda: (True, "")
     on_gpu = lambda t: SimpleNamespace(shape=t.shape, dtype=t.dtype, device=SimpleNamespace(type="cuda"))
-    bwd_reason = fag.unsupported_reason  # the forward's check is the backward's (gfwd.unsupported_reason)
+    shared_reason = gluon_sm90.unsupported_reason  # the check both Gluon kernels make first
     torch.cuda.get_device_capability = lambda device=None: (9, 0)
-    fag.unsupported_reason = lambda q, k, causal: bwd_reason(on_gpu(q), on_gpu(k), causal)
+    gluon_sm90.unsupported_reason = lambda q, k, causal: shared_reason(on_gpu(q), on_gpu(k), causal)
     gluon = ["_attn_fwd_kernel", "_bwd_delta_kernel", "_attn_bwd_kernel"]
     hd64 = ["_fwd_kernel", "_bwd_delta_kernel", "_attn_bwd_kernel"]  # the Triton forward is faster at head dim 64
     expected = {  # name -> (kernels, documents, kv heads, causal)
@@ -36,7 +34,7 @@ def main():
         "causal, GQA 4/2, head dim 64, documents": (hd64, "docs", 2, True),
         "not causal": (["_fwd_kernel", "_bwd_delta_kernel", "_bwd_dkdv_kernel", "_bwd_dq_kernel"], None, 4, False),
     }
-    assert fat.FORWARD == "auto" and fat.BACKWARD == "auto", "the module defaults are what is checked"
+    assert interface.FORWARD == "auto" and interface.BACKWARD == "auto", "the module defaults are what is checked"
     ok = True
     with compile_only_sm90() as launched:
         for name, (kernels, docs, kv_heads, causal) in expected.items():
@@ -45,7 +43,7 @@ def main():
             k, v = (torch.randn(2, 512, kv_heads, dim).bfloat16().requires_grad_() for _ in range(2))
             ids = torch.tensor([[0] * 200 + [1] * 312] * 2) if docs else None
             launched.clear()
-            out = fat.flash_attn_triton(q, k, v, causal=causal, document_ids=ids)
+            out = interface.flash_attention(q, k, v, causal=causal, document_ids=ids)
             out.backward(torch.randn(2, 512, 4, dim).bfloat16())
             names = [kernel_name for kernel_name, _, _ in launched]
             ok &= names == kernels

@@ -1,5 +1,5 @@
-"""Head dim 64: the Gluon forward (megatron/model/flash_attn_gluon_fwd.forward) at each (BLOCK_N, stages) it compiles
-for, against our Triton forward (flash_attn_triton with FORWARD = "triton"), causal, bf16, 32 heads (MHA) and 32 / 8
+"""Head dim 64: the Gluon forward (megatron/kernels/attention_gluon_fwd_sm90.forward) at each (BLOCK_N, stages) it
+compiles for, against our Triton forward (the interface with FORWARD = "triton"), causal, bf16, 32 heads (MHA) and 32 / 8
 (GQA 4). Forward only; triton.testing.do_bench medians. One H200.
 
     python3 docs/benchmarks/attention_gluon/forward/hd64_fwd_sweep.py --out FILE.json
@@ -15,8 +15,8 @@ import triton
 from triton.testing import do_bench
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))))
-from megatron.model import flash_attn_gluon_fwd as gfwd
-from megatron.model import flash_attn_triton as fat
+from megatron.kernels import attention_gluon_fwd_sm90 as gfwd
+from megatron.kernels import interface as fat
 
 SHAPES = [(4, 4096, 32, 32), (1, 16384, 32, 32), (1, 16384, 32, 8), (1, 65536, 32, 32)]  # (b, s, h, g)
 CONFIGS = [(128, 3), (128, 4), (64, 3), (64, 4)]  # (BLOCK_N, stages)
@@ -41,7 +41,7 @@ def main():
             "s": seq,
             "h": heads,
             "g": kv_heads,
-            "triton_ms": _ms(fat.flash_attn_triton, q, k, v, causal=True),
+            "triton_ms": _ms(fat.flash_attention, q, k, v, causal=True),
         }
         for block_n, stages in CONFIGS:
             try:

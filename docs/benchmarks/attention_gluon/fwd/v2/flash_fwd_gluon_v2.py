@@ -1,4 +1,4 @@
-"""Tools around the library's Gluon forward (`megatron/model/flash_attn_gluon_fwd.py`). Its kernel was written
+"""Tools around the library's Gluon forward (`megatron/kernels/attention_gluon_fwd_sm90.py`). Its kernel was written
 here as prototype v2 (commit 23adb38: the v1 "split" forward extended to grouped-query attention, head dim 64 and
 packed documents), passed its first H200 check (../../forward/, gpu_check_v2.py) and moved into the library, where it
 compiles to the same PTX; this file now imports it. The design notes are in the library module's docstring.
@@ -21,8 +21,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(HERE)))))  # repo root
 sys.path.insert(0, ROOT)
 
-from megatron.model import flash_attn_gluon_fwd as gfwd  # the kernel: the library's, since it moved there
-from megatron.model.flash_attn_gluon_fwd import (
+from megatron.kernels import attention_gluon_fwd_sm90 as gfwd  # the kernel: the library's, since it moved there
+from megatron.kernels.attention_gluon_fwd_sm90 import (
     BLOCK_M,
     BLOCK_N,
     CONSUMER_REGS,
@@ -33,10 +33,11 @@ from megatron.model.flash_attn_gluon_fwd import (
     _attn_fwd_kernel,
     _descriptors,
 )
-from megatron.model.flash_attn_triton import _document_runs
+from megatron.kernels.env import GLUON_IMPORT_ERROR
+from megatron.kernels.interface import document_runs as _document_runs
 
 LAST_COMPILED = gfwd.LAST_COMPILED
-_IMPORT_ERROR = gfwd._IMPORT_ERROR
+_IMPORT_ERROR = GLUON_IMPORT_ERROR
 if _IMPORT_ERROR is None:
     import triton
     from triton.experimental import gluon
@@ -53,7 +54,7 @@ def gluon_attention_forward_v2(q, k, v, softmax_scale, run_start=None, run_end=N
 
 
 def document_runs(ids):
-    """run_start, run_end int32 [b, s] of document ids [b, s] (flash_attn_triton._document_runs)."""
+    """run_start, run_end int32 [b, s] of document ids [b, s] (interface.document_runs)."""
     _, run_start, run_end = _document_runs(ids)
     return run_start, run_end
 

@@ -8,14 +8,14 @@ its own child process with a timeout (a kernel that deadlocks on an mbarrier can
   correct          v2 at CORRECT_CASES (MHA / GQA 4, head dim 64 / 128, no documents, documents with edges on and
                    off multiples of 128 and 1-token documents, random document lengths, one BLOCK_N 64 case): out and
                    lse against an fp32 reference (K / V repeated for GQA, causal & same-document mask); our Triton
-                   forward (flash_attn_triton._fwd_kernel, same GQA / documents) against the same reference, for
+                   forward (attention_triton._fwd_kernel, same GQA / documents) against the same reference, for
                    scale. Pass: out rel norm err < 1e-2, lse max |diff| (log2 units) < 1e-2, no NaN.
   time:reference   our Triton forward and cuDNN (SDPA; enable_gqa, else K / V repeated) at TIMING_SHAPES (16k).
-  time:gluon       v2 and the library forward (megatron.model.flash_attn_gluon_fwd.forward, where it supports the
+  time:gluon       v2 and the library forward (megatron.kernels.attention_gluon_fwd_sm90.forward, where it supports the
                    shape: hd 128 MHA only) at TIMING_SHAPES.
   time:docs        v2 vs our Triton forward with packed documents (random lengths up to 4k) at TIMING_SHAPES.
   correct:bwd      (last, what budget is left) the correct cases again, then our fused backward
-                   (flash_attn_gluon.backward, GQA / documents) on v2's out / lse: dq dk dv against fp32 autograd
+                   (attention_gluon_bwd_sm90.backward, GQA / documents) on v2's out / lse: dq dk dv against fp32 autograd
                    (< 1e-2).
 Children write their JSON after every case, so a stage killed by its timeout keeps what it measured.
 Whole-script budget: --budget seconds (default 150); a stage that would start with < 15 s left is skipped.
@@ -96,28 +96,11 @@ def make_ids(bsz, seq, docs, seed):
 
 
 def triton_forward(q, k, v, scale, ids=None):
-    """Our Triton forward (flash_attn_triton._fwd_kernel as _FlashAttnTriton.forward launches it): out, lse."""
-    import torch
-    import triton
+    """Our Triton forward (attention_triton.forward, the `_fwd_kernel` launch the interface makes): out, lse."""
+    from megatron.kernels import attention_triton
+    from megatron.kernels.interface import document_runs
 
-    from megatron.model import flash_attn_triton as fat
-
-    bsz, seq, heads, dim = q.shape
-    out = torch.empty_like(q)
-    lse = torch.empty(bsz, heads, seq, dtype=torch.float32, device=q.device)
-    if ids is not None:
-        seg, rs, re_ = fat._document_runs(ids)
-    else:
-        seg = rs = re_ = torch.empty(1, dtype=torch.int32, device=q.device)
-    bm, bn, warps, stages = fat._config("fwd", dim)
-    fat._fwd_kernel[(triton.cdiv(seq, bm), bsz * heads)](
-        q, k, v, out, lse, seg, rs, re_,
-        *fat._strides3(q), *fat._strides3(k), *fat._strides3(v), *fat._strides3(out),
-        seq, heads, heads // k.shape[2], scale * fat.LOG2E,
-        BLOCK_M=bm, BLOCK_N=bn, HEAD_DIM=dim, CAUSAL=True, HAS_DOC=ids is not None,
-        num_warps=warps, num_stages=stages,
-    )  # fmt: skip
-    return out, lse
+    return attention_triton.forward(q, k, v, True, scale, document_runs(ids) if ids is not None else None)
 
 
 def reference(q, k, v, dout, scale, ids, grads):
@@ -177,7 +160,7 @@ def child_correct(res, with_bwd):
     import flash_fwd_gluon_v2 as v2
     import torch
 
-    from megatron.model import flash_attn_gluon as fag
+    from megatron.kernels import attention_gluon_bwd_sm90 as fag
 
     res["cases"] = []
     all_ok = True
@@ -287,7 +270,7 @@ def _time_shape(which, res, bsz, seq, heads, kv_heads, dim, bench):
     elif which == "gluon":
         _record(res, row, "v2", lambda: v2.gluon_attention_forward_v2(q, k, v, scale), bench, f)
         res.setdefault("compiled", {})[row["shape"]] = compiled_info(v2.LAST_COMPILED.get("fwd"))
-        from megatron.model import flash_attn_gluon_fwd as gfwd
+        from megatron.kernels import attention_gluon_fwd_sm90 as gfwd
 
         reason = gfwd.unsupported_reason(q, k, True)
         if reason is None:

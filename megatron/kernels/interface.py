@@ -1,0 +1,166 @@
+"""FlashAttention for `--use-flash-attn-triton`: the one entry point, which checks the inputs and chooses the kernels.
+
+Legend: b batch, s sequence, h query heads, g kv heads, d head dim. Tensors are `bshd`.
+
+    out_bshd = flash_attention(q_bshd, k_bsgd, v_bsgd, causal=True, document_ids=ids_bs)
+
+Grouped-query attention: query head `h` reads kv head `h // (h_q // h_kv)`; K/V are never
+repeated. `document_ids` marks packed sequences: a query sees only keys of its own
+document. A document is a contiguous run of equal ids (what sequence packing produces).
+
+Kernels: the Triton forward and split backward (attention_triton.py) run everywhere Triton does. On Hopper
+with Triton 3.6, where they support the inputs (causal, bf16, with or without GQA and documents, sequence a
+multiple of 128: gluon_sm90.unsupported_reason), the warp-specialized Gluon kernels take over: the fused
+backward (attention_gluon_bwd_sm90.py) at head dim 64 and 128 (5 GEMM units per block pair instead of the
+split kernels' 7), and the forward (attention_gluon_fwd_sm90.py) at head dim 128 (at 64 the Triton forward
+measured faster). `FORWARD = "triton"` and `BACKWARD = "split"` force the Triton kernels. Which kernels ran,
+and why, is printed once per distinct choice.
+"""
+
+import math
+
+import torch
+
+from megatron.kernels import attention_gluon_bwd_sm90 as gluon_bwd
+from megatron.kernels import attention_gluon_fwd_sm90 as gluon_fwd
+from megatron.kernels import attention_triton
+from megatron.kernels.env import TRITON_IMPORT_ERROR, interpreting
+
+# Compiled kernels of the latest launches: fwd, dkdv, dq (Triton), fwd_gluon, bwd_fused (Gluon).
+LAST_COMPILED: dict = {}
+
+
+def is_available() -> tuple[bool, str]:
+    """(True, "") if the Triton kernels can run here, else (False, why not)."""
+    if TRITON_IMPORT_ERROR is not None:
+        return False, f"triton is not importable ({TRITON_IMPORT_ERROR}); pip install triton"
+    if interpreting():
+        return True, ""
+    if not torch.cuda.is_available():
+        return False, "no CUDA GPU visible (set TRITON_INTERPRET=1 to run the kernels slowly on CPU)"
+    return True, ""
+
+
+def document_runs(document_ids_bs: torch.Tensor):
+    """Per token: segment index, and start / end (exclusive) of its run of equal ids: the kernels' document masks."""
+    bsz, seq = document_ids_bs.shape
+    ids = document_ids_bs
+    pos = torch.arange(seq, device=ids.device).expand(bsz, seq)
+    edge = ids[:, 1:] != ids[:, :-1]
+    true_col = torch.ones(bsz, 1, dtype=torch.bool, device=ids.device)
+    starts_here = torch.cat([true_col, edge], dim=1)
+    ends_here = torch.cat([edge, true_col], dim=1)
+    seg = torch.cumsum(starts_here.to(torch.int32), dim=1, dtype=torch.int32)
+    run_start = torch.cummax(torch.where(starts_here, pos, 0), dim=1).values
+    run_end = torch.where(ends_here, pos + 1, seq).flip(1).cummin(dim=1).values.flip(1)
+    return seg.contiguous(), run_start.to(torch.int32).contiguous(), run_end.to(torch.int32).contiguous()
+
+
+def _last_dim_contiguous(x: torch.Tensor) -> torch.Tensor:
+    return x if x.stride(-1) == 1 else x.contiguous()
+
+
+# "auto": the Gluon kernels where they support the inputs, else the Triton kernels; FORWARD = "triton" /
+# BACKWARD = "split" force the latter (for comparisons, e.g. bench/attention.py).
+FORWARD = "auto"
+BACKWARD = "auto"
+_NOTED: set = set()
+
+
+def _gluon_forward_unsupported(q, k, causal: bool):
+    """None when the Gluon forward runs on these inputs, else why not."""
+    if FORWARD == "triton":
+        return "interface.FORWARD = 'triton'"
+    return gluon_fwd.unsupported_reason(q, k, causal)
+
+
+def _fused_backward_unsupported(q, k, causal: bool):
+    """None when the fused backward runs on these inputs, else why not."""
+    if BACKWARD == "split":
+        return "interface.BACKWARD = 'split'"
+    return gluon_bwd.unsupported_reason(q, k, causal)
+
+
+def _note(direction: str, msg: str) -> None:
+    """One line per distinct choice, on rank 0: which forward / backward kernel ran, and why."""
+    line = f"> attention: FlashAttention-Triton {direction}: {msg}"
+    if line in _NOTED:
+        return
+    _NOTED.add(line)
+    if not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0:
+        print(line, flush=True)
+
+
+class _FlashAttention(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, v, causal, softmax_scale, document_ids):
+        q, k, v = (_last_dim_contiguous(t) for t in (q, k, v))
+        runs = document_runs(document_ids) if document_ids is not None else None
+        reason = _gluon_forward_unsupported(q, k, causal)
+        _note("forward", "Gluon kernel (warp-specialized)" if reason is None else f"Triton kernel ({reason})")
+        if reason is None:
+            out, lse = gluon_fwd.forward(q, k, v, softmax_scale, runs[1] if runs is not None else None)
+            LAST_COMPILED["fwd_gluon"] = gluon_fwd.LAST_COMPILED["fwd"]
+        else:
+            out, lse = attention_triton.forward(q, k, v, causal, softmax_scale, runs)
+            LAST_COMPILED["fwd"] = attention_triton.LAST_COMPILED["fwd"]
+        ctx.save_for_backward(q, k, v, out, lse, *(runs or ()))
+        ctx.causal, ctx.softmax_scale, ctx.has_doc = causal, softmax_scale, runs is not None
+        return out
+
+    @staticmethod
+    def backward(ctx, dout):
+        q, k, v, out, lse, *runs = ctx.saved_tensors
+        runs = tuple(runs) if ctx.has_doc else None
+        dout = _last_dim_contiguous(dout)
+        delta = attention_triton.row_delta(out, dout)
+        reason = _fused_backward_unsupported(q, k, ctx.causal)
+        _note("backward", "fused Gluon kernel (5 GEMM units)" if reason is None else f"split kernels ({reason})")
+        if reason is None:
+            documents = runs[1:] if runs is not None else None
+            dq, dk, dv = gluon_bwd.backward(q, k, v, dout, lse, delta, ctx.softmax_scale, documents=documents)
+            LAST_COMPILED["bwd_fused"] = gluon_bwd.LAST_COMPILED["ws"]
+        else:
+            dq, dk, dv = attention_triton.backward(q, k, v, dout, lse, delta, ctx.causal, ctx.softmax_scale, runs)
+            LAST_COMPILED["dkdv"] = attention_triton.LAST_COMPILED["dkdv"]
+            LAST_COMPILED["dq"] = attention_triton.LAST_COMPILED["dq"]
+        return dq, dk, dv, None, None, None
+
+
+def flash_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    causal: bool = True,
+    softmax_scale: float | None = None,
+    document_ids: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Exact attention, softmax(q k^T * scale [masked]) v, without materializing scores.
+
+    q_bshd [b, s, h, d]; k_bsgd, v_bsgd [b, s, g, d] with h % g == 0; document_ids_bs
+    [b, s] int (contiguous runs = documents) or None. Returns [b, s, h, d] in q's dtype.
+    """
+    ok, why = is_available()
+    if not ok:
+        raise RuntimeError(f"flash_attention unavailable: {why}")
+    if q.dim() != 4 or k.dim() != 4 or v.shape != k.shape:
+        raise ValueError(
+            f"expected q [b,s,h,d], k/v [b,s,g,d]; got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}"
+        )
+    bsz, seq, heads, head_dim = q.shape
+    if k.shape[0] != bsz or k.shape[1] != seq or k.shape[3] != head_dim:
+        raise ValueError(f"k/v shape {tuple(k.shape)} does not match q {tuple(q.shape)} (self-attention only)")
+    if heads % k.shape[2] != 0:
+        raise ValueError(f"query heads ({heads}) must be a multiple of kv heads ({k.shape[2]})")
+    supported = attention_triton.SUPPORTED_HEAD_DIMS
+    if head_dim not in supported:
+        raise ValueError(f"head_dim {head_dim} not supported; use one of {supported}")
+    if k.dtype != q.dtype or v.dtype != q.dtype:
+        raise ValueError(f"q, k, v dtypes differ: {q.dtype}, {k.dtype}, {v.dtype}")
+    if document_ids is not None and tuple(document_ids.shape) != (bsz, seq):
+        raise ValueError(f"document_ids must be [b, s] = {(bsz, seq)}, got {tuple(document_ids.shape)}")
+    scale = softmax_scale if softmax_scale is not None else 1.0 / math.sqrt(head_dim)
+    if not scale > 0:
+        raise ValueError(f"softmax_scale must be positive, got {scale}")
+    return _FlashAttention.apply(q, k, v, bool(causal), float(scale), document_ids)

@@ -1,0 +1,85 @@
+"""Fused rotary embedding (rotate-half convention) as one Triton kernel per tensor.
+
+The eager version (``megatron.model.rotary``) materializes cos/sin ``[b, s, 1, d]``, splits,
+negates and concatenates, and multiplies strided views of the fused QKV output: about ten
+kernels per tensor, most on non-contiguous memory (11% of a GPT-1.3B step at 32k on an H100,
+``docs/benchmarks/throughput/profile_*``). Here one program per (batch, token) computes the
+angles in fp32 from the global position and ``inv_freq`` (the same fp32 values as the eager
+path), reads any strided ``[b, s, heads, d]`` view and writes a contiguous output. Backward is
+the same rotation by the negative angle.
+
+On CPU the kernel runs in Triton's interpreter (``TRITON_INTERPRET=1``), which is how the tests
+compare it with the eager reference.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from megatron.kernels.env import HAVE_TRITON, tl, triton  # without Triton callers take the eager path
+
+if HAVE_TRITON:
+
+    @triton.jit
+    def _rope_kernel(
+        X, OUT, POS, INV_FREQ,
+        stride_xb, stride_xs, stride_xh,
+        stride_ob, stride_os, stride_oh,
+        S, H,
+        SIGN: tl.constexpr, HALF: tl.constexpr, BLOCK_H: tl.constexpr,
+    ):  # fmt: skip
+        pid = tl.program_id(0)
+        b = pid // S
+        s = pid % S
+        pos = tl.load(POS + pid).to(tl.float32)
+        i = tl.arange(0, HALF)
+        angle = pos * tl.load(INV_FREQ + i)
+        cos = tl.cos(angle)[None, :]
+        sin = (tl.sin(angle) * SIGN)[None, :]
+        h = tl.arange(0, BLOCK_H)[:, None]
+        mask = h < H
+        x_ptr = X + b * stride_xb + s * stride_xs + h * stride_xh + i[None, :]
+        x1 = tl.load(x_ptr, mask=mask, other=0.0).to(tl.float32)
+        x2 = tl.load(x_ptr + HALF, mask=mask, other=0.0).to(tl.float32)
+        o_ptr = OUT + b * stride_ob + s * stride_os + h * stride_oh + i[None, :]
+        tl.store(o_ptr, (x1 * cos - x2 * sin).to(OUT.dtype.element_ty), mask=mask)
+        tl.store(o_ptr + HALF, (x2 * cos + x1 * sin).to(OUT.dtype.element_ty), mask=mask)
+
+
+def _rotate(x_bshd: torch.Tensor, pos_bs: torch.Tensor, inv_freq: torch.Tensor, sign: float) -> torch.Tensor:
+    b, s, h, d = x_bshd.shape
+    if x_bshd.stride(-1) != 1:
+        x_bshd = x_bshd.contiguous()
+    out = torch.empty((b, s, h, d), dtype=x_bshd.dtype, device=x_bshd.device)
+    _rope_kernel[(b * s,)](
+        x_bshd, out, pos_bs, inv_freq,
+        x_bshd.stride(0), x_bshd.stride(1), x_bshd.stride(2),
+        out.stride(0), out.stride(1), out.stride(2),
+        s, h,
+        SIGN=sign, HALF=d // 2, BLOCK_H=triton.next_power_of_2(h),
+    )  # fmt: skip
+    return out
+
+
+class _FusedRope(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x_bshd, pos_bs, inv_freq):
+        ctx.save_for_backward(pos_bs, inv_freq)
+        return _rotate(x_bshd, pos_bs, inv_freq, 1.0)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        pos_bs, inv_freq = ctx.saved_tensors
+        return _rotate(grad_out, pos_bs, inv_freq, -1.0), None, None
+
+
+def supported(x_bshd: torch.Tensor) -> bool:
+    """The fused kernel handles this tensor (Triton present, head_dim/2 a power of two)."""
+    half = x_bshd.shape[-1] // 2
+    return HAVE_TRITON and x_bshd.shape[-1] % 2 == 0 and half >= 1 and (half & (half - 1)) == 0
+
+
+def fused_rotary(x_bshd: torch.Tensor, position_ids_bs: torch.Tensor, inv_freq: torch.Tensor) -> torch.Tensor:
+    """Rotate ``x_bshd`` ([b, s, heads, d], any strides) by RoPE at the given global positions."""
+    pos = position_ids_bs.expand(x_bshd.shape[0], x_bshd.shape[1]).contiguous()
+    return _FusedRope.apply(x_bshd, pos, inv_freq.float().contiguous())
