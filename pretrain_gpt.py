@@ -83,7 +83,8 @@ def _finish() -> int:
     _leave(0)
 
 
-def main(argv=None) -> int:
+def main(argv=None, faults=None) -> int:
+    """Train as the command line says; ``faults`` (a ``FaultInjector``) is for the fault tests."""
     argv = list(sys.argv[1:] if argv is None else argv)
     from megatron.training.memory import set_expandable_segments
 
@@ -112,9 +113,9 @@ def main(argv=None) -> int:
             )
         from megatron.training.trainer import Trainer, initialize_distributed
 
-        initialize_distributed(cfg)
+        device = initialize_distributed(cfg)
         train_ds, valid_ds, eod = build_datasets(cfg)
-        Trainer(cfg, train_ds, valid_ds, eod_token=eod).train()
+        Trainer(cfg, train_ds, valid_ds, eod_token=eod, device=device, faults=faults).train()
         return _finish()
     except ConfigError as e:
         if _is_rank0():

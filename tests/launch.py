@@ -9,6 +9,8 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+PRETRAIN = ROOT / "pretrain_gpt.py"
+FAULTY_PRETRAIN = ROOT / "tests" / "fault" / "faulty_pretrain.py"  # pretrain_gpt.py with --inject-* faults
 
 TINY_GPT = [
     "--num-layers", "2", "--hidden-size", "64", "--num-attention-heads", "4", "--seq-length", "64",
@@ -32,15 +34,17 @@ def env() -> dict:
     return e
 
 
-def torchrun(nproc: int, args: list, metrics: Path | None = None, extra_env: dict | None = None, timeout=600):
-    """Run pretrain_gpt.py on ``nproc`` CPU processes; returns the CompletedProcess."""
+def torchrun(
+    nproc: int, args: list, metrics: Path | None = None, extra_env: dict | None = None, timeout=600, script=PRETRAIN
+):
+    """Run ``script`` (pretrain_gpt.py) on ``nproc`` CPU processes; returns the CompletedProcess."""
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
-    cmd += [str(ROOT / "pretrain_gpt.py"), *args]
+    cmd += [str(script), *args]
     if metrics is not None:
         cmd += ["--metrics-file", str(metrics)]
     e = env()
     e.update(extra_env or {})
-    return subprocess.run(cmd, env=e, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(cmd, env=e, cwd=ROOT, capture_output=True, text=True, timeout=timeout, check=False)
 
 
 def train_records(tmp: Path, name: str, nproc: int, args: list, extra_env: dict | None = None) -> list:

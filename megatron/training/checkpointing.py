@@ -23,13 +23,13 @@ import subprocess
 import sys
 import zipfile
 from dataclasses import asdict, dataclass
-from typing import Optional
 
 import numpy as np
 import torch
 import torch.distributed as dist
 
 from megatron.config import ConfigError
+from megatron.training.faults import NO_FAULTS, FaultInjector
 
 LATEST = "latest"
 MANIFEST = "manifest.json"
@@ -59,7 +59,7 @@ class Resume:
 
     tag: str
     universal: bool
-    saved: Optional[Layout]
+    saved: Layout | None
     universal_subdir: str = UNIVERSAL
 
 
@@ -91,6 +91,11 @@ def _atomic_write_text(path: str, text: str) -> None:
     os.replace(tmp, path)
 
 
+def _read_text(path: str) -> str:
+    with open(path) as f:
+        return f.read().strip()
+
+
 def _prune(save_dir: str, keep_last_n: int, keep: str) -> None:
     import shutil
 
@@ -100,7 +105,7 @@ def _prune(save_dir: str, keep_last_n: int, keep: str) -> None:
             shutil.rmtree(os.path.join(save_dir, old), ignore_errors=True)
 
 
-def _file_problem(path: str, size: Optional[int] = None) -> Optional[str]:
+def _file_problem(path: str, size: int | None = None) -> str | None:
     """Why a checkpoint file cannot be used (missing, wrong size, unreadable), or None."""
     if not os.path.isfile(path):
         return "is missing"
@@ -147,7 +152,7 @@ def _verify_written(ckpt_dir: str, layout: Layout) -> tuple:
     return None, files
 
 
-def _rank0_verdict(check) -> Optional[str]:
+def _rank0_verdict(check) -> str | None:
     """Collective: rank 0 runs ``check`` (a problem as a string, or None) and every rank gets its answer."""
     verdict = [check() if dist.get_rank() == 0 else None]
     dist.broadcast_object_list(verdict, src=0)
@@ -155,27 +160,24 @@ def _rank0_verdict(check) -> Optional[str]:
 
 
 def save_checkpoint(
-    engine, save_dir: str, iteration: int, client_state: dict, layout: Layout, keep_last_n: int = 0
-) -> str:
+    engine, save_dir: str, iteration: int, client_state: dict, layout: Layout, keep_last_n: int = 0,
+    faults: FaultInjector = NO_FAULTS,
+) -> str:  # fmt: skip
     """Collective: every rank writes its shards; rank 0 verifies them all, writes the manifest,
     points ``latest`` at them and, with ``keep_last_n`` > 0, deletes older ``iter_*``
     checkpoints beyond the newest N. Raises CheckpointError (``latest`` untouched) if a shard
-    is missing or unreadable."""
+    is missing or unreadable. ``faults`` may kill a rank or damage a shard before the check."""
     tag = _tag(iteration)
     rank = dist.get_rank()
     engine.save_checkpoint(save_dir, tag=tag, client_state=dict(client_state, iteration=iteration), save_latest=False)
     rng_path = os.path.join(save_dir, tag, f"rng_state_rank{rank:05d}.pt")
     torch.save(_rng_state(), rng_path + ".tmp")
     os.replace(rng_path + ".tmp", rng_path)
-    if os.environ.get("MEGATRON_TEST_DIE_BEFORE_LATEST") == str(iteration) and rank == dist.get_world_size() - 1:
-        os._exit(17)  # test hook: a rank dies after writing its shards, before `latest` moves
-    if os.environ.get("MEGATRON_TEST_TRUNCATE_ON_SAVE") == str(iteration) and rank == dist.get_world_size() - 1:
-        with open(rng_path, "r+b") as f:  # test hook: a shard is cut short (full disk, lost node)
-            f.truncate(16)
+    faults.after_shards_written(iteration, rank, rng_path)
     dist.barrier()
     ckpt_dir = os.path.join(save_dir, tag)
 
-    def verify_and_publish() -> Optional[str]:
+    def verify_and_publish() -> str | None:
         problem, files = _verify_written(ckpt_dir, layout)
         if problem is None:
             manifest = {"iteration": iteration, "layout": asdict(layout), "files": files}
@@ -188,7 +190,7 @@ def save_checkpoint(
     problem = _rank0_verdict(verify_and_publish)
     if problem is not None:
         previous = os.path.join(save_dir, LATEST)
-        prev = open(previous).read().strip() if os.path.isfile(previous) else None
+        prev = _read_text(previous) if os.path.isfile(previous) else None
         raise CheckpointError(
             f"checkpoint {ckpt_dir} failed verification: {problem}; 'latest' still points at "
             f"{prev or 'nothing'}. Check free disk space and the file system, then resume with --load"
@@ -196,7 +198,7 @@ def save_checkpoint(
     return ckpt_dir
 
 
-def _read_manifest(ckpt_dir: str) -> Optional[dict]:
+def _read_manifest(ckpt_dir: str) -> dict | None:
     path = os.path.join(ckpt_dir, MANIFEST)
     if not os.path.isfile(path):
         return None  # written before manifests existed, or by another tool
@@ -216,7 +218,7 @@ def _convert_to_universal(ckpt_dir: str) -> str:
     cmd = [sys.executable, "-m", "deepspeed.checkpoint.ds_to_universal", "--input_folder", ckpt_dir,
            "--output_folder", tmp, "--inject_missing_state", "--num_extract_workers", "2", "--num_merge_workers", "1"]  # fmt: skip
     print(f"> converting {ckpt_dir} to DeepSpeed's universal format for the new layout ...", flush=True)
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
         raise ConfigError(f"converting {ckpt_dir} to a universal checkpoint failed: {last}")
@@ -224,7 +226,7 @@ def _convert_to_universal(ckpt_dir: str) -> str:
     return out
 
 
-def prepare_resume(load_dir: str, layout: Layout) -> Optional[Resume]:
+def prepare_resume(load_dir: str, layout: Layout) -> Resume | None:
     """Collective, before the DeepSpeed engine is built: find ``latest``, verify the checkpoint
     against its manifest (naming any damaged file), and if it was written with another layout
     convert it to the universal format (rank 0) so that any layout can load it."""
@@ -235,14 +237,14 @@ def prepare_resume(load_dir: str, layout: Layout) -> Optional[Resume]:
         if dist.get_rank() == 0:
             print(f"> no '{LATEST}' file in {load_dir}: starting from scratch", flush=True)
         return None
-    tag = open(latest).read().strip()
+    tag = _read_text(latest)
     ckpt_dir = os.path.join(load_dir, tag)
     if not os.path.isdir(ckpt_dir):
         raise ConfigError(f"{latest} points at {tag}, which is missing; restore it or point 'latest' at a saved tag")
     manifest = _read_manifest(ckpt_dir)
     if manifest is None:
         return Resume(tag, universal=False, saved=None)
-    def first_damaged() -> Optional[str]:  # rank 0 checks every file, as it does when saving
+    def first_damaged() -> str | None:  # rank 0 checks every file, as it does when saving
         for name, size in sorted(manifest["files"].items()):
             problem = _file_problem(os.path.join(ckpt_dir, name), size)
             if problem:
@@ -268,7 +270,7 @@ def prepare_resume(load_dir: str, layout: Layout) -> Optional[Resume]:
         )
     same_family = _stage_family(saved.zero_stage) == _stage_family(layout.zero_stage)
     subdir = UNIVERSAL if same_family else f"{UNIVERSAL}_{_stage_family(layout.zero_stage)}"
-    def convert() -> Optional[str]:
+    def convert() -> str | None:
         print(f"> {ckpt_dir} was written by {saved}; this run is {layout}", flush=True)
         try:
             universal = _convert_to_universal(ckpt_dir)

@@ -33,6 +33,7 @@ from megatron.config import Config
 from megatron.training import metrics
 from megatron.training.checkpointing import Layout, load_checkpoint, prepare_resume, save_checkpoint
 from megatron.training.ds_config import build_deepspeed_config
+from megatron.training.faults import NO_FAULTS, FaultInjector
 from megatron.training.lr_schedule import lr_at
 
 
@@ -109,11 +110,15 @@ class Batch:
 
 
 class Trainer:
-    def __init__(self, cfg: Config, train_ds, valid_ds=None, eod_token: Optional[int] = None):
+    def __init__(
+        self, cfg: Config, train_ds, valid_ds=None, eod_token: Optional[int] = None, *,
+        device: Optional[torch.device] = None, faults: Optional[FaultInjector] = None,
+    ):  # fmt: skip
         import deepspeed
 
         self.cfg = cfg
-        self.device = initialize_distributed(cfg)
+        self.faults = NO_FAULTS if faults is None else faults
+        self.device = initialize_distributed(cfg) if device is None else device
         self.world = dist.get_world_size()
         self.sp = cfg.parallel.sequence_parallel_size
         self.sp_rank = ps.get_sequence_parallel_rank()
@@ -306,7 +311,7 @@ class Trainer:
         loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
         skipped_before = self.engine.skipped_steps
         guard_skipped, own_norm = False, None
-        poison = self._test_nonfinite_hook()
+        poison = self.faults.poison_loss(self.iteration + 1, dist.get_rank())
         for i, b in enumerate(batches):
             losses_bs = self.engine(b.input_ids, b.position_ids, b.labels, b.document_ids)
             local_sum = (losses_bs * b.loss_mask).sum()
@@ -361,14 +366,6 @@ class Trainer:
             del opt.step
         self.engine.zero_grad()
 
-    def _test_nonfinite_hook(self) -> bool:
-        """Test hook: MEGATRON_TEST_NONFINITE="ITER:RANK,..." makes that rank's loss NaN at ITER."""
-        spec = os.environ.get("MEGATRON_TEST_NONFINITE")
-        if not spec:
-            return False
-        me = (self.iteration + 1, dist.get_rank())
-        return any(tuple(int(x) for x in item.split(":")) == me for item in spec.split(","))
-
     @torch.no_grad()
     def evaluate(self) -> float:
         self.engine.eval()
@@ -393,6 +390,7 @@ class Trainer:
             {"consumed_samples": self.consumed_samples, "config": self.cfg.to_dict()},
             self.layout,
             keep_last_n=self.cfg.logging.keep_last_n_checkpoints,
+            faults=self.faults,
         )
         print_rank0(f"> saved checkpoint {path}")
 

@@ -1,6 +1,6 @@
 """Stop-and-resume reproduces an uninterrupted run; a save killed half way leaves `latest` alone."""
 
-from tests.launch import TINY_LLAMA, TRAIN, assert_close_records, torchrun, train_records
+from tests.launch import FAULTY_PRETRAIN, TINY_LLAMA, TRAIN, assert_close_records, torchrun, train_records
 
 ARGS = TINY_LLAMA + TRAIN + ["--ds-sequence-parallel-size", "2", "--train-iters", "8"]
 
@@ -25,7 +25,8 @@ def test_resume_gives_same_losses(tmp_path):
 def test_killed_save_keeps_previous_checkpoint(tmp_path):
     ckpt = tmp_path / "ckpt"
     args = ARGS + ["--zero-stage", "1", "--save", str(ckpt), "--save-interval", "2"]
-    proc = torchrun(2, args, tmp_path / "killed.jsonl", extra_env={"MEGATRON_TEST_DIE_BEFORE_LATEST": "4"})
+    faults = ["--inject-die-before-latest", "4:1"]  # the last rank dies mid-save, before `latest` moves
+    proc = torchrun(2, args + faults, tmp_path / "killed.jsonl", script=FAULTY_PRETRAIN)
     assert proc.returncode != 0
     assert (ckpt / "iter_0000004").is_dir(), "the dying save had started writing"
     assert (ckpt / "latest").read_text() == "iter_0000002", "latest must still name the last complete save"

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from tests.launch import TINY_LLAMA, TRAIN, assert_close_records, torchrun, train_records
+from tests.launch import FAULTY_PRETRAIN, TINY_LLAMA, TRAIN, assert_close_records, torchrun, train_records
 
 ARGS = TINY_LLAMA + TRAIN + ["--lr-decay-style", "constant", "--lr-warmup-iters", "0"]
 SP2 = ["--ds-sequence-parallel-size", "2"]
@@ -20,7 +20,7 @@ def _error_lines(proc):
 def test_shard_cut_short_while_saving_keeps_previous_latest(tmp_path):
     ckpt = tmp_path / "ckpt"
     args = ARGS + SP2 + ["--zero-stage", "1", "--train-iters", "6", "--save", str(ckpt), "--save-interval", "2"]
-    proc = torchrun(2, args, extra_env={"MEGATRON_TEST_TRUNCATE_ON_SAVE": "4"})
+    proc = torchrun(2, args + ["--inject-truncate-on-save", "4:1"], script=FAULTY_PRETRAIN)
     assert proc.returncode != 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     err = _error_lines(proc)
     assert len(err) == 1, proc.stderr[-2000:]
