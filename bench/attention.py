@@ -30,15 +30,15 @@ from report import report_head, write_json  # bench/, this script's directory
 from megatron.kernels import attention_triton as fat
 from megatron.kernels import interface
 
-# triton: our kernels as the model runs them (interface.FORWARD / BACKWARD as the module sets them: the
-# Gluon forward and fused backward wherever they apply); triton_fused: the Triton forward with the fused backward;
+# triton: our kernels as the model runs them (forward="auto", backward="auto": the Gluon forward and fused
+# backward wherever they apply); triton_fused: the Triton forward with the fused backward;
 # triton_split: the default forward with the split backward; triton_plain: the Triton kernels only (Triton
 # forward, split backward).
 IMPLS = ("triton", "triton_fused", "triton_split", "triton_plain", "sdpa_flash", "sdpa_cudnn", "flash_attn")
-TRITON_IMPLS = {  # impl -> (interface.FORWARD, BACKWARD)
-    "triton": (interface.FORWARD, interface.BACKWARD),
-    "triton_fused": ("triton", interface.BACKWARD),
-    "triton_split": (interface.FORWARD, "split"),
+TRITON_IMPLS = {  # impl -> flash_attention's forward=, backward=
+    "triton": ("auto", "auto"),
+    "triton_fused": ("triton", "auto"),
+    "triton_split": ("auto", "split"),
     "triton_plain": ("triton", "split"),
 }
 DOC_IMPLS = ("triton", "sdpa")  # the default --impls with --doc-len
@@ -68,9 +68,12 @@ def make_attention(impl, document_ids=None):
         if not ok:
             raise RuntimeError(why)
 
+        forward, backward = TRITON_IMPLS[impl]
+
         def triton_attn(q, k, v):
-            interface.FORWARD, interface.BACKWARD = TRITON_IMPLS[impl]  # BACKWARD is read by this output's backward
-            return interface.flash_attention(q, k, v, causal=True, document_ids=document_ids)
+            return interface.flash_attention(
+                q, k, v, causal=True, document_ids=document_ids, forward=forward, backward=backward
+            )
 
         return triton_attn
     if impl == "sdpa":

@@ -3,6 +3,7 @@
 Legend: b batch, s sequence, h query heads, g kv heads, d head dim. Tensors are `bshd`.
 
     out_bshd = flash_attention(q_bshd, k_bsgd, v_bsgd, causal=True, document_ids=ids_bs)
+    out_bshd = flash_attention(q_bshd, k_bsgd, v_bsgd, forward="triton", backward="split")  # Triton kernels only
 
 Grouped-query attention: query head `h` reads kv head `h // (h_q // h_kv)`; K/V are never
 repeated. `document_ids` marks packed sequences: a query sees only keys of its own
@@ -13,8 +14,11 @@ with Triton 3.6, where they support the inputs (causal, bf16, with or without GQ
 multiple of 128: gluon_sm90.unsupported_reason), the warp-specialized Gluon kernels take over: the fused
 backward (attention_gluon_bwd_sm90.py) at head dim 64 and 128 (5 GEMM units per block pair instead of the
 split kernels' 7), and the forward (attention_gluon_fwd_sm90.py) at head dim 128 (at 64 the Triton forward
-measured faster). `FORWARD = "triton"` and `BACKWARD = "split"` force the Triton kernels. Which kernels ran,
-and why, is printed once per distinct choice.
+measured faster). The call's `forward` ("auto", "triton", "gluon") and `backward` ("auto", "fused", "split")
+arguments override that: "auto" is the rule above, "triton" / "split" force the Triton kernels, "gluon" / "fused"
+require the Gluon ones and raise, saying why, where they cannot run. Both choices are made in the forward and
+the backward's is kept with the autograd context, so a backward always runs what its forward chose. Which
+kernels ran, and why, is printed once per distinct choice.
 """
 
 import math
@@ -60,25 +64,31 @@ def _last_dim_contiguous(x: torch.Tensor) -> torch.Tensor:
     return x if x.stride(-1) == 1 else x.contiguous()
 
 
-# "auto": the Gluon kernels where they support the inputs, else the Triton kernels; FORWARD = "triton" /
-# BACKWARD = "split" force the latter (for comparisons, e.g. bench/attention.py).
-FORWARD = "auto"
-BACKWARD = "auto"
+FORWARDS = ("auto", "triton", "gluon")  # auto: Gluon where it runs, else Triton; triton: forced; gluon: required
+BACKWARDS = ("auto", "fused", "split")  # auto: fused where it runs, else split; fused: required; split: forced
 _NOTED: set = set()
 
 
-def _gluon_forward_unsupported(q, k, causal: bool):
-    """None when the Gluon forward runs on these inputs, else why not."""
-    if FORWARD == "triton":
-        return "interface.FORWARD = 'triton'"
-    return gluon_fwd.unsupported_reason(q, k, causal)
+def _gluon_forward_unsupported(q, k, causal: bool, forward: str = "auto"):
+    """None when the Gluon forward runs for these inputs and `forward`, else why the Triton forward runs.
+    forward="gluon" where the Gluon forward cannot run raises, saying why."""
+    if forward == "triton":
+        return "forward='triton'"
+    reason = gluon_fwd.unsupported_reason(q, k, causal)
+    if reason is not None and forward == "gluon":
+        raise ValueError(f"forward='gluon' cannot run here: {reason}; use forward='auto' or 'triton'")
+    return reason
 
 
-def _fused_backward_unsupported(q, k, causal: bool):
-    """None when the fused backward runs on these inputs, else why not."""
-    if BACKWARD == "split":
-        return "interface.BACKWARD = 'split'"
-    return gluon_bwd.unsupported_reason(q, k, causal)
+def _fused_backward_unsupported(q, k, causal: bool, backward: str = "auto"):
+    """None when the fused backward runs for these inputs and `backward`, else why the split kernels run.
+    backward="fused" where the fused backward cannot run raises, saying why."""
+    if backward == "split":
+        return "backward='split'"
+    reason = gluon_bwd.unsupported_reason(q, k, causal)
+    if reason is not None and backward == "fused":
+        raise ValueError(f"backward='fused' cannot run here: {reason}; use backward='auto' or 'split'")
+    return reason
 
 
 def _note(direction: str, msg: str) -> None:
@@ -93,10 +103,11 @@ def _note(direction: str, msg: str) -> None:
 
 class _FlashAttention(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q, k, v, causal, softmax_scale, document_ids):
+    def forward(ctx, q, k, v, causal, softmax_scale, document_ids, forward, backward):
         q, k, v = (_last_dim_contiguous(t) for t in (q, k, v))
         runs = document_runs(document_ids) if document_ids is not None else None
-        reason = _gluon_forward_unsupported(q, k, causal)
+        reason = _gluon_forward_unsupported(q, k, causal, forward)
+        ctx.split_reason = _fused_backward_unsupported(q, k, causal, backward)  # why not fused; None: fused
         _note("forward", "Gluon kernel (warp-specialized)" if reason is None else f"Triton kernel ({reason})")
         if reason is None:
             out, lse = gluon_fwd.forward(q, k, v, softmax_scale, runs[1] if runs is not None else None)
@@ -114,7 +125,7 @@ class _FlashAttention(torch.autograd.Function):
         runs = tuple(runs) if ctx.has_doc else None
         dout = _last_dim_contiguous(dout)
         delta = attention_triton.row_delta(out, dout)
-        reason = _fused_backward_unsupported(q, k, ctx.causal)
+        reason = ctx.split_reason
         _note("backward", "fused Gluon kernel (5 GEMM units)" if reason is None else f"split kernels ({reason})")
         if reason is None:
             documents = runs[1:] if runs is not None else None
@@ -124,7 +135,7 @@ class _FlashAttention(torch.autograd.Function):
             dq, dk, dv = attention_triton.backward(q, k, v, dout, lse, delta, ctx.causal, ctx.softmax_scale, runs)
             LAST_COMPILED["dkdv"] = attention_triton.LAST_COMPILED["dkdv"]
             LAST_COMPILED["dq"] = attention_triton.LAST_COMPILED["dq"]
-        return dq, dk, dv, None, None, None
+        return dq, dk, dv, None, None, None, None, None
 
 
 def flash_attention(
@@ -135,15 +146,22 @@ def flash_attention(
     causal: bool = True,
     softmax_scale: float | None = None,
     document_ids: torch.Tensor | None = None,
+    forward: str = "auto",
+    backward: str = "auto",
 ) -> torch.Tensor:
     """Exact attention, softmax(q k^T * scale [masked]) v, without materializing scores.
 
     q_bshd [b, s, h, d]; k_bsgd, v_bsgd [b, s, g, d] with h % g == 0; document_ids_bs
     [b, s] int (contiguous runs = documents) or None. Returns [b, s, h, d] in q's dtype.
+    forward in FORWARDS, backward in BACKWARDS: which kernels run (module docstring).
     """
     ok, why = is_available()
     if not ok:
         raise RuntimeError(f"flash_attention unavailable: {why}")
+    if forward not in FORWARDS:
+        raise ValueError(f"forward={forward!r}; choose one of {FORWARDS}")
+    if backward not in BACKWARDS:
+        raise ValueError(f"backward={backward!r}; choose one of {BACKWARDS}")
     if q.dim() != 4 or k.dim() != 4 or v.shape != k.shape:
         raise ValueError(
             f"expected q [b,s,h,d], k/v [b,s,g,d]; got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}"
@@ -163,4 +181,4 @@ def flash_attention(
     scale = softmax_scale if softmax_scale is not None else 1.0 / math.sqrt(head_dim)
     if not scale > 0:
         raise ValueError(f"softmax_scale must be positive, got {scale}")
-    return _FlashAttention.apply(q, k, v, bool(causal), float(scale), document_ids)
+    return _FlashAttention.apply(q, k, v, bool(causal), float(scale), document_ids, forward, backward)

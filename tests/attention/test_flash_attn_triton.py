@@ -257,7 +257,7 @@ def test_gpu_bf16_documents_match_reference(docs, causal, head_dim):
         (2, 1280, 8, 2, 64),
     ],
 )
-def test_gpu_fused_backward_matches_reference(bsz, seq, heads, kv_heads, head_dim, monkeypatch):
+def test_gpu_fused_backward_matches_reference(bsz, seq, heads, kv_heads, head_dim):
     """The fused Gluon backward (where it applies: sm_90, Triton 3.6), against fp32 SDPA and against the split
     backward, on shapes where its Q/dO ring wraps (more than 3 query blocks per key block)."""
     from megatron.kernels import attention_gluon_bwd_sm90 as fag
@@ -273,8 +273,7 @@ def test_gpu_fused_backward_matches_reference(bsz, seq, heads, kv_heads, head_di
     fat.LAST_COMPILED.pop("bwd_fused", None)
     fused = torch.autograd.grad(flash_attention(q, k, v, causal=True), (q, k, v), dout)
     assert "bwd_fused" in fat.LAST_COMPILED
-    monkeypatch.setattr(fat, "BACKWARD", "split")
-    split = torch.autograd.grad(flash_attention(q, k, v, causal=True), (q, k, v), dout)
+    split = torch.autograd.grad(flash_attention(q, k, v, causal=True, backward="split"), (q, k, v), dout)
     q32, k32, v32 = (t.detach().float().requires_grad_() for t in (q, k, v))
     group = heads // kv_heads
     ref_out = torch.nn.functional.scaled_dot_product_attention(

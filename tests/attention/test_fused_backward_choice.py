@@ -42,12 +42,38 @@ def test_gluon_forward_is_chosen_at_head_dim_128_only(monkeypatch):
     assert fag.unsupported_reason(*_qk(d=64), True) is None  # the fused backward runs there
 
 
-def test_triton_kernels_can_be_forced(monkeypatch):
-    monkeypatch.setattr(fat, "BACKWARD", "split")
-    monkeypatch.setattr(fat, "FORWARD", "triton")
+def test_triton_kernels_can_be_forced():
     q, k = _qk()
-    assert fat._fused_backward_unsupported(q, k, True) == "interface.BACKWARD = 'split'"
-    assert fat._gluon_forward_unsupported(q, k, True) == "interface.FORWARD = 'triton'"
+    assert fat._fused_backward_unsupported(q, k, True, "split") == "backward='split'"
+    assert fat._gluon_forward_unsupported(q, k, True, "triton") == "forward='triton'"
+
+
+def test_gluon_kernels_asked_for_where_they_cannot_run_raise_saying_why():
+    q, k, v = (torch.randn(1, 40, 2, 16) for _ in range(3))
+    with pytest.raises(ValueError, match=r"forward='gluon' cannot run here: torch.float32 \(bf16 only\)"):
+        fat.flash_attention(q, k, v, forward="gluon")
+    with pytest.raises(ValueError, match=r"backward='fused' cannot run here: torch.float32 \(bf16 only\)"):
+        fat.flash_attention(q, k, v, backward="fused")
+    with pytest.raises(ValueError, match=r"forward='cudnn'; choose one of \('auto', 'triton', 'gluon'\)"):
+        fat.flash_attention(q, k, v, forward="cudnn")
+    with pytest.raises(ValueError, match=r"backward='split_kernels'; choose one of \('auto', 'fused', 'split'\)"):
+        fat.flash_attention(q, k, v, backward="split_kernels")
+
+
+def test_each_backward_runs_what_its_forward_chose(monkeypatch, capsys):
+    """The choice is the call's: two outputs of one graph, made with different backward= arguments, each run
+    their own backward."""
+    monkeypatch.setattr(fat, "_NOTED", set())
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(1, 40, 2, 16, requires_grad=True) for _ in range(3))
+    split = fat.flash_attention(q, k, v, backward="split")
+    auto = fat.flash_attention(q, k, v)
+    (split + auto).sum().backward()
+    lines = [line for line in capsys.readouterr().out.splitlines() if "backward" in line]
+    assert sorted(lines) == [
+        "> attention: FlashAttention-Triton backward: split kernels (backward='split')",
+        "> attention: FlashAttention-Triton backward: split kernels (torch.float32 (bf16 only))",
+    ]
 
 
 def test_the_choice_is_printed_once(monkeypatch, capsys):

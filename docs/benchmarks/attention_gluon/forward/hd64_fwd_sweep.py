@@ -1,5 +1,5 @@
 """Head dim 64: the Gluon forward (megatron/kernels/attention_gluon_fwd_sm90.forward) at each (BLOCK_N, stages) it
-compiles for, against our Triton forward (the interface with FORWARD = "triton"), causal, bf16, 32 heads (MHA) and 32 / 8
+compiles for, against our Triton forward (flash_attention with forward="triton"), causal, bf16, 32 heads (MHA) and 32 / 8
 (GQA 4). Forward only; triton.testing.do_bench medians. One H200.
 
     python3 docs/benchmarks/attention_gluon/forward/hd64_fwd_sweep.py --out FILE.json
@@ -35,13 +35,12 @@ def main():
         q = torch.randn(bsz, seq, heads, 64, device="cuda", dtype=torch.bfloat16)
         k, v = (torch.randn(bsz, seq, kv_heads, 64, device="cuda", dtype=torch.bfloat16) for _ in range(2))
         flops = 4 * bsz * heads * seq * seq * 64 / 2
-        fat.FORWARD = "triton"
         row = {
             "b": bsz,
             "s": seq,
             "h": heads,
             "g": kv_heads,
-            "triton_ms": _ms(fat.flash_attention, q, k, v, causal=True),
+            "triton_ms": _ms(fat.flash_attention, q, k, v, causal=True, forward="triton"),
         }
         for block_n, stages in CONFIGS:
             try:
