@@ -13,6 +13,14 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 
+def micro_batch_indices(start: int, micro: int, micro_batch_size: int, dp_rank: int, dp_size: int) -> list:
+    """Global sample indices of ``dp_rank``'s micro batch number ``micro`` counted from sample
+    ``start``: micro batch ``micro`` of all ranks together is samples
+    ``start + micro * micro_batch_size * dp_size`` onwards, cut in rank order."""
+    first = start + (micro * dp_size + dp_rank) * micro_batch_size
+    return list(range(first, first + micro_batch_size))
+
+
 class PretrainingSampler:
     def __init__(
         self,
@@ -34,13 +42,10 @@ class PretrainingSampler:
         return self.total
 
     def __iter__(self) -> Iterator[list]:
-        step = self.mbs * self.size
-        lo, hi = self.rank * self.mbs, (self.rank + 1) * self.mbs
-        batch: list = []
-        for idx in range(self.consumed, self.total):
-            batch.append(idx)
-            if len(batch) == step:
-                yield batch[lo:hi]
-                batch = []
-        if batch and not self.drop_last:
-            yield batch[lo:hi]
+        full, rest = divmod(self.total - self.consumed, self.mbs * self.size)
+        for micro in range(full):
+            yield micro_batch_indices(self.consumed, micro, self.mbs, self.rank, self.size)
+        if rest and not self.drop_last:  # the last, short micro batch: what is left of this rank's share
+            yield [
+                i for i in micro_batch_indices(self.consumed, full, self.mbs, self.rank, self.size) if i < self.total
+            ]
