@@ -53,6 +53,32 @@ def _config(kernel: str, head_dim: int):
 if triton is not None:
 
     @triton.jit
+    def _mask_block(
+        x, fill, offs_row, seg_row, offs_col, seg_base, S,
+        COLS_ARE_KEYS: tl.constexpr, CAUSAL: tl.constexpr, HAS_DOC: tl.constexpr,
+    ):
+        """x [rows, cols] of a block that touches the causal diagonal, a document edge or the sequence tail, with
+        `fill` where a (query, key) pair is masked: the column past the sequence, the key after the query (causal),
+        or the two in different documents. The rows are this program's block, the columns the loop's: queries x
+        keys in the forward and dq loops, keys x queries (COLS_ARE_KEYS False) in the dK/dV loop; the columns'
+        document ids are read here. Each orientation keeps its comparisons' operand order, so the kernels compile
+        to the same PTX as with the mask written out in each loop."""
+        keep = offs_col[None, :] < S
+        if CAUSAL:
+            if COLS_ARE_KEYS:
+                keep = keep & (offs_row[:, None] >= offs_col[None, :])
+            else:
+                keep = keep & (offs_col[None, :] >= offs_row[:, None])
+        if HAS_DOC:
+            if COLS_ARE_KEYS:  # padding ids differ between queries (-2) and keys (-1), as where the rows are read
+                seg_col = tl.load(seg_base + offs_col, mask=offs_col < S, other=-1)
+                keep = keep & (seg_row[:, None] == seg_col[None, :])
+            else:
+                seg_col = tl.load(seg_base + offs_col, mask=offs_col < S, other=-2)
+                keep = keep & (seg_col[None, :] == seg_row[:, None])
+        return tl.where(keep, x, fill)
+
+    @triton.jit
     def _fwd_block_loop(
         acc, l_i, m_i, q, offs_m, seg_q, k_base, v_base, seg_base,
         stride_ks, stride_vs, lo, hi, S, qk_scale,
@@ -71,13 +97,7 @@ if triton is not None:
                 k = tl.load(k_ptrs)
             qk = tl.dot(q, tl.trans(k))
             if MASKED:
-                keep = offs_n[None, :] < S
-                if CAUSAL:
-                    keep = keep & (offs_m[:, None] >= offs_n[None, :])
-                if HAS_DOC:
-                    seg_k = tl.load(seg_base + offs_n, mask=offs_n < S, other=-1)
-                    keep = keep & (seg_q[:, None] == seg_k[None, :])
-                qk = tl.where(keep, qk, float("-inf"))
+                qk = _mask_block(qk, float("-inf"), offs_m, seg_q, offs_n, seg_base, S, True, CAUSAL, HAS_DOC)
             # Running max in scaled log2 units; qk * qk_scale - m is one FMA per score.
             m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
             m_use = m_new
@@ -224,13 +244,7 @@ if triton is not None:
             s_t = tl.dot(k, tl.trans(q)) * qk_scale
             p_t = tl.math.exp2(s_t - lse[None, :])
             if MASKED:
-                keep = offs_m[None, :] < S
-                if CAUSAL:
-                    keep = keep & (offs_m[None, :] >= offs_n[:, None])
-                if HAS_DOC:
-                    seg_q = tl.load(seg_base + offs_m, mask=offs_m < S, other=-2)
-                    keep = keep & (seg_q[None, :] == seg_k[:, None])
-                p_t = tl.where(keep, p_t, 0.0)
+                p_t = _mask_block(p_t, 0.0, offs_n, seg_k, offs_m, seg_base, S, False, CAUSAL, HAS_DOC)
                 do = tl.load(do_ptrs, mask=row_ok[:, None], other=0.0)
                 delta = tl.load(delta_base + offs_m, mask=row_ok, other=0.0)
             else:
@@ -343,13 +357,7 @@ if triton is not None:
             s = tl.dot(q, tl.trans(k)) * qk_scale
             p = tl.math.exp2(s - lse[:, None])
             if MASKED:
-                keep = offs_n[None, :] < S
-                if CAUSAL:
-                    keep = keep & (offs_m[:, None] >= offs_n[None, :])
-                if HAS_DOC:
-                    seg_k = tl.load(seg_base + offs_n, mask=offs_n < S, other=-1)
-                    keep = keep & (seg_q[:, None] == seg_k[None, :])
-                p = tl.where(keep, p, 0.0)
+                p = _mask_block(p, 0.0, offs_m, seg_q, offs_n, seg_base, S, True, CAUSAL, HAS_DOC)
             dp = tl.dot(do, tl.trans(v))
             ds = p * (dp - delta[:, None])
             dq += tl.dot(ds.to(k.dtype), k)
