@@ -79,16 +79,16 @@ def rung_flags(rung: str, nproc: int) -> list:
 
 # ----------------------------------------------------------------------------- one attempt (under torchrun)
 def _logits_bytes(cfg) -> int:
-    m, p = cfg.model, cfg.parallel
+    m, p, mem = cfg.model, cfg.parallel, cfg.memory
     tokens = cfg.train.micro_batch_size * m.seq_length // p.sequence_parallel_size
     V = m.padded_vocab_size
-    if p.use_tiled_logits_loss:
+    if mem.use_tiled_logits_loss:
         import torch
 
         from megatron.model.tiled import chunk_bytes, default_chunk, fused_loss_available
 
         fused = torch.cuda.is_available() and fused_loss_available(torch.device("cuda"))
-        return chunk_bytes(min(tokens, p.tiled_logits_chunk_size or default_chunk(V, fused)), V, fused)
+        return chunk_bytes(min(tokens, mem.tiled_logits_chunk_size or default_chunk(V, fused)), V, fused)
     return tokens * V * ((2 if cfg.train.bf16 else 4) + 4 + 4)  # logits, their fp32 copy, its gradient
 
 
@@ -192,11 +192,11 @@ def checkpoint_bytes_per_token(cfg) -> float:
     they go to the host or nothing is checkpointed): a floor under any measured memory slope.
     With ``--checkpoint-keep-attention`` each layer also keeps the attention's q, k, v and output,
     and (under SP, after the exchange back) the output projection's input."""
-    m, p, t = cfg.model, cfg.parallel, cfg.train
-    if not p.checkpoint_activations or p.checkpoint_in_cpu:
+    m, p, t, mem = cfg.model, cfg.parallel, cfg.train, cfg.memory
+    if not mem.checkpoint_activations or mem.checkpoint_in_cpu:
         return 0.0
     per_layer = m.hidden_size
-    if p.checkpoint_keep_attention:
+    if mem.checkpoint_keep_attention:
         sp = p.sequence_parallel_size
         kv_heads = max(m.num_key_value_heads, sp)  # replicated up to SP (ParallelAttention.kv_repeat)
         out_copies = 2 if sp > 1 else 1  # the attention's output, and under SP its exchanged-back copy

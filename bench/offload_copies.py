@@ -25,6 +25,7 @@ from max_seqlen import SHAPES, shape_config  # bench/, this script's directory
 from report import report_head, write_json
 from torch.utils.checkpoint import checkpoint
 
+from megatron.config import AttentionConfig
 from megatron.model.gpt import TransformerLayer
 from megatron.training import memory
 
@@ -67,9 +68,9 @@ def copy_ms(x, iters: int) -> float:
     return statistics.median(times)
 
 
-def measure(cfg, layers_n: int, tokens: int, device, dtype, warmup: int, iters: int, log) -> dict:
+def measure(cfg, attention, layers_n: int, tokens: int, device, dtype, warmup: int, iters: int, log) -> dict:
     torch.manual_seed(0)
-    layers = torch.nn.ModuleList(TransformerLayer(cfg, i + 1, device=device) for i in range(layers_n)).to(device, dtype)
+    layers = torch.nn.ModuleList(TransformerLayer(cfg, attention, device=device) for _ in range(layers_n)).to(device, dtype)
     x = torch.randn(1, tokens, cfg.hidden_size, device=device, dtype=dtype)
     pos = torch.arange(tokens, device=device).unsqueeze(0)
     out = {"tokens": tokens, "layer_input_gb": round(x.numel() * x.element_size() / 1e9, 4),
@@ -129,7 +130,7 @@ def main(argv=None) -> int:
         p.error("no CUDA device; pass --device cpu for a smoke run")
     shape = "tiny" if args.tiny else args.shape
     cfg = shape_config(shape)
-    cfg.attention_backend = args.attention_backend
+    attention = AttentionConfig(backend=args.attention_backend)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
 
     def log(msg):
@@ -138,7 +139,7 @@ def main(argv=None) -> int:
     report = {**report_head(__file__, argv, device), "shape": shape, "layers": args.layers, "dtype": str(dtype),
               "results": []}  # fmt: skip
     for tokens in [int(t) for t in args.tokens.split(",")]:
-        report["results"].append(measure(cfg, args.layers, tokens, device, dtype, args.warmup, args.iters, log))
+        report["results"].append(measure(cfg, attention, args.layers, tokens, device, dtype, args.warmup, args.iters, log))
         write_json(args.out, report)
     return 0
 
