@@ -1,0 +1,48 @@
+"""When a run stops before ``--train-iters``: every ``--exit-interval`` iterations, on the
+``--exit-signal-handler`` signal, or after ``--exit-duration-in-mins``.
+
+The signal and the clock are checked at the end of each step and agreed by every rank (one
+tiny all-reduce), so all ranks stop after the same step and can save together.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+
+import torch
+import torch.distributed as dist
+
+from megatron.config import LoggingConfig
+
+
+class ExitPolicy:
+    """Starts the clock and installs the signal handler when built."""
+
+    def __init__(self, lg: LoggingConfig, device: torch.device):
+        self.lg, self.device = lg, device
+        self._start_time = time.time()
+        self._signal_received = False
+        if lg.exit_signal_handler:
+
+            def handler(signum, frame):
+                self._signal_received = True  # acted on at the end of the current step, on every rank
+
+            signal.signal(getattr(signal, lg.exit_signal), handler)
+
+    def reason(self, iteration: int) -> str | None:
+        """Why to stop after this step, agreed by every rank (one tiny all-reduce when enabled)."""
+        lg = self.lg
+        if lg.exit_interval and iteration % lg.exit_interval == 0:
+            return f"--exit-interval {lg.exit_interval}"
+        if not lg.exit_signal_handler and lg.exit_duration_in_mins is None:
+            return None
+        minutes = (time.time() - self._start_time) / 60
+        overtime = lg.exit_duration_in_mins is not None and minutes >= lg.exit_duration_in_mins
+        flags = torch.tensor([float(self._signal_received), float(overtime)], device=self.device)
+        dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+        if flags[0] > 0:
+            return f"received {lg.exit_signal}"
+        if flags[1] > 0:
+            return f"--exit-duration-in-mins {lg.exit_duration_in_mins} reached"
+        return None
