@@ -22,7 +22,17 @@ def _is_rank0() -> bool:
     return os.environ.get("RANK", "0") == "0"
 
 
-def build_datasets(cfg: Config):
+def build_tokenizer(cfg: Config):
+    """The tokenizer of the data files (None with --mock-data, whose vocabulary is --vocab-size)."""
+    if cfg.data.mock_data:
+        return None
+    from megatron.tokenizer import build_tokenizer as build
+
+    null = cfg.data.tokenizer_type == "NullTokenizer"  # its size is --vocab-size
+    return build(cfg.data, cfg.model.make_vocab_size_divisible_by, cfg.model.vocab_size if null else None)
+
+
+def build_datasets(cfg: Config, tokenizer):
     """(train, valid, eod) for the configured data source."""
     if cfg.data.mock_data:
         from megatron.data.mock import MockGPTDataset
@@ -34,11 +44,7 @@ def build_datasets(cfg: Config):
     import torch.distributed as dist
 
     from megatron.data import build_gpt_datasets
-    from megatron.tokenizer import build_tokenizer
 
-    null = cfg.data.tokenizer_type == "NullTokenizer"  # its size is --vocab-size
-    tokenizer = build_tokenizer(cfg.data, cfg.model.make_vocab_size_divisible_by, cfg.model.vocab_size if null else None)
-    cfg.model.vocab_size = tokenizer.vocab_size
     t = cfg.train
     n_train = t.train_iters * t.global_batch_size
     n_valid = (t.train_iters // t.eval_interval + 1) * t.eval_iters * t.global_batch_size if t.eval_interval else 0
@@ -92,29 +98,27 @@ def main(argv=None, faults=None) -> int:
     print_ds_config = "--print-deepspeed-config" in argv  # validate, print the derived JSON, exit
     argv = [a for a in argv if a != "--print-deepspeed-config"]
     try:
-        from megatron.training.weights import apply_saved_model_args
-
-        argv = apply_saved_model_args(argv)  # --load DIR with DIR/model_args.json sets the model shape
-        cfg = parse_args(argv)
+        cfg = parse_args(argv)  # --load DIR with DIR/model_args.json sets the model shape
         world_size = int(os.environ.get("WORLD_SIZE", "1"))
-        cfg.validate_world(world_size)
         if print_ds_config:
             import json
 
             from megatron.training.ds_config import build_deepspeed_config
 
-            print(json.dumps(build_deepspeed_config(cfg, world_size), indent=2))
+            print(json.dumps(build_deepspeed_config(cfg.resolve(world_size), world_size), indent=2))
             return 0
         if not (cfg.data.mock_data or cfg.data.uses_files):
             raise ConfigError("no training data: pass --data-path PREFIX (with --tokenizer-type ...) or --mock-data")
-        if cfg.logging.load and not os.path.isdir(cfg.logging.load):
+        if cfg.checkpoint.load and not os.path.isdir(cfg.checkpoint.load):
             raise ConfigError(
-                f"--load {cfg.logging.load} does not exist; give an existing checkpoint directory or drop --load"
+                f"--load {cfg.checkpoint.load} does not exist; give an existing checkpoint directory or drop --load"
             )
+        tokenizer = build_tokenizer(cfg)
+        cfg = cfg.resolve(world_size, vocab_size=None if tokenizer is None else tokenizer.vocab_size)
         from megatron.training.trainer import Trainer, initialize_distributed
 
         device = initialize_distributed(cfg)
-        train_ds, valid_ds, eod = build_datasets(cfg)
+        train_ds, valid_ds, eod = build_datasets(cfg, tokenizer)
         Trainer(cfg, train_ds, valid_ds, eod_token=eod, device=device, faults=faults).train()
         return _finish()
     except ConfigError as e:

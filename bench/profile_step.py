@@ -140,14 +140,16 @@ def main() -> int:
     from megatron.arguments import parse_args
     from megatron.training.trainer import Trainer, initialize_distributed
 
-    build_datasets = runpy.run_path(str(ROOT / "pretrain_gpt.py"))["build_datasets"]  # the entry point's data setup
+    entry = runpy.run_path(str(ROOT / "pretrain_gpt.py"))  # the entry point's tokenizer and data setup
+    build_tokenizer, build_datasets = entry["build_tokenizer"], entry["build_datasets"]
 
-    cfg = parse_args(argv + ["--train-iters", str(warmup)])
-    initialize_distributed(cfg)
-    train_ds, valid_ds, eod = build_datasets(cfg)
-    trainer = Trainer(cfg, train_ds, valid_ds, eod_token=eod)
-    trainer.train()  # warm-up steps
-    cfg.train.train_iters = warmup + steps
+    cfg = parse_args(argv + ["--train-iters", str(warmup + steps)])
+    tokenizer = build_tokenizer(cfg)
+    cfg = cfg.resolve(int(os.environ.get("WORLD_SIZE", "1")), None if tokenizer is None else tokenizer.vocab_size)
+    device = initialize_distributed(cfg)
+    train_ds, valid_ds, eod = build_datasets(cfg, tokenizer)
+    trainer = Trainer(cfg, train_ds, valid_ds, eod_token=eod, device=device)
+    trainer.train(until=warmup)  # warm-up steps
     acts = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
     if torch.cuda.is_available():
         torch.cuda.synchronize()

@@ -11,7 +11,7 @@ tensor twice the logits' size, and the forward's ``F.cross_entropy`` three more.
 
 Ignored rows (label ``IGNORE_INDEX``) get loss 0 and gradient 0, like ``F.cross_entropy``
 with ``reduction='none'``. A label outside ``[0, V)`` is treated the same way rather than read out
-of bounds; the trainer stops on such data before it reaches the model (``Trainer._check_token_ids``).
+of bounds; the trainer stops on such data before it reaches the model (``megatron.training.batches.check_token_ids``).
 On CPU the kernels run in Triton's interpreter (``TRITON_INTERPRET=1``), which is how the tests
 compare them with the eager path.
 """

@@ -9,6 +9,7 @@ it into the engine.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import os
 import random
@@ -51,7 +52,7 @@ def initialize_distributed(cfg: Config) -> torch.device:
     """Start torch.distributed through DeepSpeed (nccl on GPUs, gloo on CPUs) and build the
     groups; returns this rank's device. Does what is not done yet, so a second call only
     returns the device. The config is not checked here: check it against the world size first
-    (``cfg.validate_world``)."""
+    (``cfg.resolve``)."""
     import deepspeed
 
     use_cuda = torch.cuda.is_available()
@@ -71,29 +72,28 @@ def initialize_distributed(cfg: Config) -> torch.device:
 
 
 def build_model(cfg: Config, ds_config: dict, device: torch.device, sp_group) -> torch.nn.Module:
-    """The GPT with its memory options (ALST), built under ``zero.Init`` with ZeRO-3 (each rank
-    allocates only its partition), after checking that what stays in host memory fits."""
+    """The plain GPT (built under ``zero.Init`` with ZeRO-3: each rank allocates only its partition),
+    then SP, recomputation, tiling and ZeRO-3 leaf layers applied to it (``megatron.parallelize``),
+    after checking that what stays in host memory fits."""
     import deepspeed
 
-    from megatron.model.gpt import GPTModel, TransformerLayer
-    from megatron.model.tiled import MemoryOptions
+    from megatron.model.gpt import GPTModel
+    from megatron.parallelize import parallelize
     from megatron.training import memory
 
     set_seed(cfg.train.seed)
-    sp = cfg.parallel.sequence_parallel_size
-    memory_options = MemoryOptions.from_config(cfg.parallel)  # ALST: tiled MLP/loss, offloaded checkpoints
-    on = [f"{k}={v}" for k, v in vars(memory_options).items() if v not in (False, None)]
-    on += [k for k in ("offload_param", "offload_optimizer") if getattr(cfg.parallel, k)]
+    m = cfg.memory
+    on = [f"{f.name}={getattr(m, f.name)}" for f in dataclasses.fields(m) if getattr(m, f.name) not in (False, None)]
     if on:
         print_rank0(f"> memory: {', '.join(on)}")
     dtype_bytes = 4 if cfg.train.dtype_name == "fp32" else 2
     memory.check_host_memory(
         checkpoint_bytes_per_rank=memory.checkpoint_offload_bytes(
-            cfg.model.num_layers, cfg.train.micro_batch_size, cfg.model.seq_length // sp,
+            cfg.model.num_layers, cfg.train.micro_batch_size, cfg.model.seq_length // cfg.parallel.sequence_parallel_size,
             cfg.model.hidden_size, dtype_bytes,
-        ) if cfg.parallel.checkpoint_in_cpu else 0,
+        ) if m.checkpoint_in_cpu else 0,
         num_params=cfg.model.num_parameters(), zero_shards=dist.get_world_size(),
-        offload_param=cfg.parallel.offload_param, offload_optimizer=cfg.parallel.offload_optimizer,
+        offload_param=m.offload_param, offload_optimizer=m.offload_optimizer,
         param_bytes=dtype_bytes, local_ranks=int(os.environ.get("LOCAL_WORLD_SIZE", "1")),
     )  # fmt: skip
     with deepspeed.zero.Init(
@@ -102,18 +102,9 @@ def build_model(cfg: Config, ds_config: dict, device: torch.device, sp_group) ->
         enabled=cfg.parallel.zero_stage == 3,
         mpu=ps,
     ):
-        model = GPTModel(
-            cfg.model,
-            sp_group=sp_group,
-            checkpoint_activations=cfg.parallel.checkpoint_activations,
-            device=device,
-            memory=memory_options,
-        )
-    if cfg.parallel.use_zero3_leaf_layers:
-        from deepspeed.utils import set_z3_leaf_modules
-
-        leaves = set_z3_leaf_modules(model, [TransformerLayer])
-        print_rank0(f"> ZeRO-3: {len(leaves)} transformer layers gathered as whole modules (leaf modules)")
+        model = GPTModel(cfg.model, cfg.attention, device=device)
+    for note in parallelize(model, cfg, sp_group):
+        print_rank0(f"> {note}")
     return model
 
 
@@ -137,7 +128,7 @@ def build_optimizer(cfg: Config, model: torch.nn.Module, device: torch.device):
         betas=(t.adam_beta1, t.adam_beta2),
         eps=t.adam_eps,
         device=device,
-        offload=cfg.parallel.offload_optimizer,
+        offload=cfg.memory.offload_optimizer,
     )
 
 
@@ -163,17 +154,17 @@ def build_engine(cfg: Config, device: torch.device) -> EngineSetup:
     world = dist.get_world_size()
     ds_config = build_deepspeed_config(cfg, world)
     layout = Layout(world, cfg.parallel.sequence_parallel_size, cfg.parallel.zero_stage)
-    start_from_weights = starts_from_weights(cfg.logging.load)  # converted HF weights: iteration 0, fresh optimizer
+    start_from_weights = starts_from_weights(cfg.checkpoint.load)  # converted HF weights: iteration 0, fresh optimizer
     resume = None
-    if cfg.logging.load and not start_from_weights:
-        resume = prepare_resume(cfg.logging.load, layout)  # verifies; converts a foreign layout
+    if cfg.checkpoint.load and not start_from_weights:
+        resume = prepare_resume(cfg.checkpoint.load, layout)  # verifies; converts a foreign layout
         if resume is not None and resume.universal:
             ds_config["checkpoint"] = {**ds_config.get("checkpoint", {}), "load_universal": True}
     sp_group = ps.get_sequence_parallel_group() if cfg.parallel.sequence_parallel_size > 1 else None
     model = build_model(cfg, ds_config, device, sp_group)
     if start_from_weights:
-        load_weights(model, cfg.logging.load)
-        print_rank0(f"> loaded model weights from {cfg.logging.load} (iteration 0, fresh optimizer)")
+        load_weights(model, cfg.checkpoint.load)
+        print_rank0(f"> loaded model weights from {cfg.checkpoint.load} (iteration 0, fresh optimizer)")
     optimizer = build_optimizer(cfg, model, device)
     engine, optimizer, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_config, mpu=ps)
     return EngineSetup(engine, optimizer, ds_config, layout, resume)

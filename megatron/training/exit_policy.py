@@ -13,13 +13,13 @@ import time
 import torch
 import torch.distributed as dist
 
-from megatron.config import LoggingConfig
+from megatron.config import CheckpointConfig
 
 
 class ExitPolicy:
     """Starts the clock and installs the signal handler when built."""
 
-    def __init__(self, lg: LoggingConfig, device: torch.device):
+    def __init__(self, lg: CheckpointConfig, device: torch.device):
         self.lg, self.device = lg, device
         self._start_time = time.time()
         self._signal_received = False

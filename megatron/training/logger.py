@@ -37,7 +37,7 @@ def print_run(cfg: Config, world: int, dp: int, gas: int, device: torch.device) 
         f"device {device}"
     )
     if cfg.data.reset_attention_mask:
-        note = document_mask_note(cfg.model.attention_backend, cfg.model.seq_length, t.micro_batch_size)
+        note = document_mask_note(cfg.attention.backend, cfg.model.seq_length, t.micro_batch_size)
         if note:
             print_rank0(f"> note: {note}")
 
@@ -91,8 +91,8 @@ class TrainingLog:
         elapsed = (time.perf_counter() - self._window_start) / len(window)
         tokens = t.global_batch_size * cfg.model.seq_length
         flops_md = metrics.megatron_deepspeed_flops_per_iteration(
-            cfg.model, t.global_batch_size, cfg.model.seq_length, cfg.parallel.checkpoint_activations,
-            cfg.parallel.checkpoint_keep_attention,
+            cfg.model, t.global_batch_size, cfg.model.seq_length, cfg.memory.checkpoint_activations,
+            cfg.memory.checkpoint_keep_attention,
         )  # fmt: skip
         flops_model = metrics.model_flops(cfg.model, tokens, self._square_sum(window))
         rec = {

@@ -39,9 +39,9 @@ class Trainer:
         self, cfg: Config, train_ds, valid_ds=None, eod_token: int | None = None, *,
         device: torch.device | None = None, faults: FaultInjector | None = None,
     ):  # fmt: skip
-        if device is None:
+        if device is None:  # a caller that did not start torch.distributed (bench): start it, check the world
+            cfg = cfg.resolve(int(os.environ.get("WORLD_SIZE", "1")))
             device = initialize_distributed(cfg)
-            cfg.validate_world(dist.get_world_size())
         self.cfg, self.device, self.train_ds, self.valid_ds = cfg, device, train_ds, valid_ds
         self.faults = NO_FAULTS if faults is None else faults
         self.world = dist.get_world_size()
@@ -49,8 +49,8 @@ class Trainer:
         self.gas = cfg.grad_accumulation_steps(self.world)
         setup = build_engine(cfg, device)
         self.engine, self.layout = setup.engine, setup.layout
-        self.exit_policy = ExitPolicy(cfg.logging, device)
-        self.iteration, self.consumed_samples = resume(setup, cfg.logging.load)
+        self.exit_policy = ExitPolicy(cfg.checkpoint, device)
+        self.iteration, self.consumed_samples = resume(setup, cfg.checkpoint.load)
         self.step = TrainStep(setup.engine, setup.optimizer, cfg, setup.ds_config, device, self.gas, self.faults)
         self.skips = SkippedSteps()
         self.batches = BatchBuilder(
@@ -59,13 +59,15 @@ class Trainer:
         print_run(cfg, self.world, self.dp, self.gas, device)
         self.log = TrainingLog(cfg, device, self.world, self.dp)
 
-    def train(self) -> list:
-        """Train up to ``--train-iters`` (or an exit); returns the records reported."""
-        t, lg = self.cfg.train, self.cfg.logging
+    def train(self, until: int | None = None) -> list:
+        """Train up to iteration ``until`` (default ``--train-iters``) or an exit; returns the records
+        reported. The final save happens only at ``--train-iters``."""
+        t, lg, ck = self.cfg.train, self.cfg.logging, self.cfg.checkpoint
+        last = t.train_iters if until is None else min(until, t.train_iters)
         self.log.start()
         self.engine.train()
         try:
-            while self.iteration < t.train_iters:
+            while self.iteration < last:
                 batches = self.batches.of_step(self.train_ds, self.consumed_samples // t.global_batch_size, self.gas)
                 out = self.step(batches, self.iteration)
                 out["square_sum"] = sum(b.square_sum for b in batches)  # this DP rank's, for the model FLOPs
@@ -75,20 +77,20 @@ class Trainer:
                 if out["skipped"]:
                     self.log.skipped_step(self.iteration, self.skips.in_a_row, self.skips.total)
                 self.log.add(out)
-                if self.iteration % lg.log_interval == 0 or self.iteration == t.train_iters:
+                if self.iteration % lg.log_interval == 0 or self.iteration == last:
                     self.log.end_window(self.iteration, self.consumed_samples, self.skips.total)
                 if t.eval_interval and self.iteration % t.eval_interval == 0 and self.valid_ds is not None:
                     self.log.validation(self.iteration, self.evaluate())
                 if t.max_skipped_steps and self.skips.in_a_row >= t.max_skipped_steps:
                     raise self.skips.stopped(self.iteration, t.max_skipped_steps, self._latest_checkpoint())
                 exit_reason = self.exit_policy.reason(self.iteration)
-                if self._save_due() or (exit_reason and lg.save):
+                if self._save_due() or (exit_reason and ck.save):
                     self.save()
                 if exit_reason:
                     print_rank0(f"> exiting at iteration {self.iteration} ({exit_reason})")
                     break
             else:
-                if lg.save and not self._save_due():
+                if ck.save and not self._save_due() and self.iteration == t.train_iters:
                     self.save()
         finally:
             self.log.close()
@@ -113,21 +115,21 @@ class Trainer:
     def save(self) -> None:
         path = save_checkpoint(
             self.engine,
-            self.cfg.logging.save,
+            self.cfg.checkpoint.save,
             self.iteration,
             {"consumed_samples": self.consumed_samples, "config": self.cfg.to_dict()},
             self.layout,
-            keep_last_n=self.cfg.logging.keep_last_n_checkpoints,
+            keep_last_n=self.cfg.checkpoint.keep_last_n_checkpoints,
             faults=self.faults,
         )
         print_rank0(f"> saved checkpoint {path}")
 
     def _save_due(self) -> bool:
-        lg = self.cfg.logging
+        lg = self.cfg.checkpoint
         return bool(lg.save and lg.save_interval and self.iteration % lg.save_interval == 0)
 
     def _latest_checkpoint(self) -> str | None:
-        save = self.cfg.logging.save
+        save = self.cfg.checkpoint.save
         latest = os.path.join(save, LATEST) if save else None
         if not (latest and os.path.isfile(latest)):
             return None
