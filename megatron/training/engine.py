@@ -25,6 +25,7 @@ from megatron import parallel_state as ps
 from megatron.config import Config
 from megatron.training.checkpointing import Layout, Resume, load_checkpoint, prepare_resume
 from megatron.training.ds_config import build_deepspeed_config
+from megatron.training.jit_ops import skip_cpu_comm_build
 from megatron.training.logger import print_rank0
 
 # DeepSpeed's ZeRO still calls the deprecated all_gather_into_tensor; the warning is noise to users.
@@ -57,6 +58,7 @@ def initialize_distributed(cfg: Config) -> torch.device:
 
     use_cuda = torch.cuda.is_available()
     backend = cfg.parallel.distributed_backend or ("nccl" if use_cuda else "gloo")
+    skip_cpu_comm_build()  # deepspeed.initialize starts DeepSpeed's backend even when torch's is up
     if not dist.is_initialized():
         if "MASTER_ADDR" not in os.environ and os.environ.get("WORLD_SIZE", "1") == "1":
             _single_process_env()  # plain `python pretrain_gpt.py`: a world of one, no launcher needed

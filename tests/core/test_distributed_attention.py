@@ -11,6 +11,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from megatron.config import AttentionConfig, ModelConfig
+from megatron.training.jit_ops import skip_cpu_comm_build
 
 CASES = [
     # (backend, heads, kv_heads, documents)
@@ -77,6 +78,7 @@ def _worker(rank, world, port, result_file, exchange):
 
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1",
                       MASTER_PORT=str(port))  # fmt: skip
+    skip_cpu_comm_build()
     deepspeed.init_distributed("gloo", verbose=False)
     from megatron import parallel_state as ps
 
@@ -137,6 +139,7 @@ def _retained_worker(rank, world, port, result_file):
 
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1",
                       MASTER_PORT=str(port))  # fmt: skip
+    skip_cpu_comm_build()
     deepspeed.init_distributed("gloo", verbose=False)
     from megatron import parallel_state as ps
 
