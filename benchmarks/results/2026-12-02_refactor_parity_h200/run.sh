@@ -1,0 +1,37 @@
+#!/bin/bash
+# One H200: the GPU attention tests at this commit, then GPT-1.3B at 32k (SP=1, ZeRO-3, bf16, full
+# recomputation, tiled loss) trained by the code before the restructuring (8a8bac2, unpacked into
+# .baseline/) and after it (unpacked into .after/ by `git archive`), alternated in one call, with SDPA
+# and with our kernels.
+#   device: bash benchmarks/results/2026-12-02_refactor_parity_h200/run.sh   (.whl/, .baseline/, .after/ carried)
+set -u
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+ROOT=$PWD/.after
+BASE=$PWD/.baseline
+R=${OUT:-/tmp/out}/raw
+mkdir -p "$R"
+cd "$ROOT" && PYTHONPATH=/tmp/site:$ROOT timeout ${TEST_TIMEOUT:-300} python3 -m pytest -q -m gpu tests/attention --durations=5 -rs \
+  -p no:cacheprovider > "$R/gpu_tests.log" 2>&1
+tail -3 "$R/gpu_tests.log"
+PYTHONPATH=/tmp/site:$ROOT python3 bench/report.py > "$R/env.json" 2>/dev/null || true
+export PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True
+run() {  # run TREE ATTN REPEAT
+  local tree=$1 attn=$2 rep=$3 dir=$ROOT
+  [ "$tree" = before ] && dir=$BASE
+  local name=${tree}_${attn}_r${rep}
+  local cmd=(python3 pretrain_gpt.py --num-layers 24 --hidden-size 2048 --num-attention-heads 16 --seq-length 32768
+    --max-position-embeddings 32768 --vocab-size 50257 --mock-data --num-workers 2 --micro-batch-size 1
+    --global-batch-size 1 --train-iters ${ITERS:-8} --lr 1e-4 --lr-warmup-iters 2 --bf16 --zero-stage 3
+    --checkpoint-activations --tiled-logits-loss --attention-backend "$attn" --log-interval 1
+    --metrics-file "$R/$name.jsonl")
+  echo "cd $dir ($(cat $dir/COMMIT 2>/dev/null || echo 8a8bac2)) && ${cmd[*]}" > "$R/$name.cmd"
+  (cd "$dir" && PYTHONPATH=/tmp/site:$dir timeout 240 "${cmd[@]}" > "$R/$name.log" 2>&1)
+  echo "$name rc=$? $(grep -c iteration "$R/$name.log") log lines; $(tail -1 "$R/$name.log" | cut -c1-160)"
+}
+for attn in ${ATTNS:-sdpa flash_triton}; do
+  for rep in ${REPS:-1}; do
+    run before "$attn" "$rep"
+    run after "$attn" "$rep"
+  done
+done
+(cd "${OUT:-/tmp/out}" && tar czf raw.tgz raw && rm -rf raw)
