@@ -3,6 +3,7 @@ architecture: no GPU is needed, so kernel variants can be screened before they r
 
     python bench/kernel_resources.py                                  # fwd, dkdv, dq at today's configs, sm_90
     python bench/kernel_resources.py --kernels dkdv --config 32,128,8,3 --docs
+    python bench/kernel_resources.py --window 4096                    # the sliding-window variants
     python bench/kernel_resources.py --arch 100 --out /tmp/r.json
 
 It compiles exactly what a launch would: 16-byte aligned pointers and integer arguments divisible
@@ -127,8 +128,10 @@ def sass_report(cubin, ptxas_path):
     }
 
 
-def compile_report(kernel: str, config: tuple, head_dim: int, causal: bool, docs: bool, arch: int) -> dict:
-    """Compile one kernel for sm_<arch> and report its resources (raises if Triton cannot)."""
+def compile_report(
+    kernel: str, config: tuple, head_dim: int, causal: bool, docs: bool, arch: int, window: int = 0
+) -> dict:
+    """Compile one kernel for sm_<arch> and report its resources (raises if Triton cannot); window 0: none."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
@@ -137,7 +140,8 @@ def compile_report(kernel: str, config: tuple, head_dim: int, causal: bool, docs
 
     fn = getattr(fat, KERNELS[kernel])
     block_m, block_n, warps, stages = config
-    constexprs = {"BLOCK_M": block_m, "BLOCK_N": block_n, "HEAD_DIM": head_dim, "CAUSAL": causal, "HAS_DOC": docs}
+    constexprs = {"BLOCK_M": block_m, "BLOCK_N": block_n, "HEAD_DIM": head_dim, "CAUSAL": causal, "HAS_DOC": docs,
+                  "WINDOW": window}  # fmt: skip
     if "GROUP" in fn.arg_names:
         constexprs["GROUP"] = 1  # Triton turns an int argument equal to 1 into a constant
     signature = {n: "constexpr" if n in constexprs else _arg_type(n) for n in fn.arg_names}
@@ -170,6 +174,7 @@ def main(argv=None):
     p.add_argument("--head-dim", type=int, default=128)
     p.add_argument("--non-causal", action="store_true")
     p.add_argument("--docs", action="store_true", help="compile the document-mask variant")
+    p.add_argument("--window", type=int, default=0, help="compile the sliding-window variant (causal; 0: none)")
     p.add_argument("--arch", type=int, default=90, help="compute capability x10 (90 = Hopper)")
     p.add_argument("--out", default=None, help="also write the report as JSON here")
     args = p.parse_args(argv)
@@ -185,6 +190,8 @@ def main(argv=None):
     bad = [k for k in kernels if k not in KERNELS]
     if bad:
         sys.exit(f"error: unknown kernel(s) {bad}; choose from {list(KERNELS)}")
+    if args.window < 0 or (args.window and args.non_causal):
+        sys.exit(f"error: --window {args.window} needs causal attention and a window >= 0 (0: none)")
     config = None
     if args.config:
         try:
@@ -197,10 +204,10 @@ def main(argv=None):
     from report import report_head, write_json
 
     report = {**report_head(__file__, argv), "arch": args.arch, "head_dim": args.head_dim,
-              "causal": not args.non_causal, "docs": args.docs, "kernels": []}  # fmt: skip
+              "causal": not args.non_causal, "docs": args.docs, "window": args.window, "kernels": []}  # fmt: skip
     for k in kernels:
         cfg = config or fat.GPU_CONFIGS[k][args.head_dim if args.head_dim in (64, 128) else 128]
-        row = compile_report(k, cfg, args.head_dim, not args.non_causal, args.docs, args.arch)
+        row = compile_report(k, cfg, args.head_dim, not args.non_causal, args.docs, args.arch, args.window)
         report["kernels"].append(row)
         if args.out:
             write_json(args.out, report)  # after every kernel: a run cut short keeps what compiled

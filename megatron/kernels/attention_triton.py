@@ -15,8 +15,12 @@ Kernels (all exp in base 2, with log2(e) folded into the softmax scale):
   _bwd_dkdv_kernel one program per (key block, b*g): loops over the query heads of the
                    group and their query blocks, so GQA gradients sum in registers.
   _bwd_dq_kernel   one program per (query block, b*h): loops over key blocks.
-Key/query block ranges skip fully masked blocks (causal, documents); only blocks that
-touch the diagonal, a document edge or the sequence tail pay for the element mask.
+Sliding window (WINDOW > 0, causal only): query i sees key j iff 0 <= i - j < WINDOW, i.e. the WINDOW keys
+ending at itself, intersected with its document. WINDOW is a compile-time constant (0: full causal), so the
+kernels without a window are the ones compiled before windows existed.
+Key/query block ranges skip fully masked blocks (causal, documents, window); only blocks that
+touch the diagonal, a document edge, the window's edge or the sequence tail pay for the element mask, so a
+window W costs O(S * W), not O(S^2).
 """
 
 import torch
@@ -55,11 +59,11 @@ if triton is not None:
     @triton.jit
     def _mask_block(
         x, fill, offs_row, seg_row, offs_col, seg_base, S,
-        COLS_ARE_KEYS: tl.constexpr, CAUSAL: tl.constexpr, HAS_DOC: tl.constexpr,
+        COLS_ARE_KEYS: tl.constexpr, CAUSAL: tl.constexpr, HAS_DOC: tl.constexpr, WINDOW: tl.constexpr,
     ):
-        """x [rows, cols] of a block that touches the causal diagonal, a document edge or the sequence tail, with
-        `fill` where a (query, key) pair is masked: the column past the sequence, the key after the query (causal),
-        or the two in different documents. The rows are this program's block, the columns the loop's: queries x
+        """x [rows, cols] of a block that touches the causal diagonal, a document edge, the window's edge or the
+        sequence tail, with `fill` where a (query, key) pair is masked: the column past the sequence, the key after
+        the query (causal), the key WINDOW or more before the query (WINDOW > 0), or the two in different documents. The rows are this program's block, the columns the loop's: queries x
         keys in the forward and dq loops, keys x queries (COLS_ARE_KEYS False) in the dK/dV loop; the columns'
         document ids are read here. Each orientation keeps its comparisons' operand order, so the kernels compile
         to the same PTX as with the mask written out in each loop."""
@@ -69,6 +73,11 @@ if triton is not None:
                 keep = keep & (offs_row[:, None] >= offs_col[None, :])
             else:
                 keep = keep & (offs_col[None, :] >= offs_row[:, None])
+        if WINDOW > 0:
+            if COLS_ARE_KEYS:
+                keep = keep & (offs_row[:, None] - offs_col[None, :] < WINDOW)
+            else:
+                keep = keep & (offs_col[None, :] - offs_row[:, None] < WINDOW)
         if HAS_DOC:
             if COLS_ARE_KEYS:  # padding ids differ between queries (-2) and keys (-1), as where the rows are read
                 seg_col = tl.load(seg_base + offs_col, mask=offs_col < S, other=-1)
@@ -83,7 +92,7 @@ if triton is not None:
         acc, l_i, m_i, q, offs_m, seg_q, k_base, v_base, seg_base,
         stride_ks, stride_vs, lo, hi, S, qk_scale,
         BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr,
-        MASKED: tl.constexpr, CAUSAL: tl.constexpr, HAS_DOC: tl.constexpr,
+        MASKED: tl.constexpr, CAUSAL: tl.constexpr, HAS_DOC: tl.constexpr, WINDOW: tl.constexpr,
     ):
         offs_d = tl.arange(0, HEAD_DIM)
         for start_n in range(lo, hi, BLOCK_N):
@@ -97,7 +106,7 @@ if triton is not None:
                 k = tl.load(k_ptrs)
             qk = tl.dot(q, tl.trans(k))
             if MASKED:
-                qk = _mask_block(qk, float("-inf"), offs_m, seg_q, offs_n, seg_base, S, True, CAUSAL, HAS_DOC)
+                qk = _mask_block(qk, float("-inf"), offs_m, seg_q, offs_n, seg_base, S, True, CAUSAL, HAS_DOC, WINDOW)
             # Running max in scaled log2 units; qk * qk_scale - m is one FMA per score.
             m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
             m_use = m_new
@@ -119,6 +128,7 @@ if triton is not None:
     def _key_block_ranges(
         RUN_START, RUN_END, b64, m0, S,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr, HAS_DOC: tl.constexpr,
+        WINDOW: tl.constexpr,
     ):
         """Key range [lo, hi) of the query block [m0, m0 + BLOCK_M) (forward and dq kernels), and the
         part [full_lo, full_hi) that needs no element mask; [lo, full_lo) and [full_hi, hi) do."""
@@ -139,6 +149,12 @@ if triton is not None:
             full_lo = tl.cdiv(doc_start, BLOCK_N) * BLOCK_N
             full_hi = tl.where(one_doc, tl.minimum(full_hi, (hi // BLOCK_N) * BLOCK_N), full_lo)
             full_hi = tl.maximum(full_hi, full_lo)
+        if WINDOW > 0:
+            # The first query's window starts at key m0 - WINDOW + 1; key blocks from the last query's window
+            # start (m0 + BLOCK_M - WINDOW) on are inside every query's window.
+            lo = tl.maximum(lo, (tl.maximum(m0 - (WINDOW - 1), 0) // BLOCK_N) * BLOCK_N)
+            full_lo = tl.maximum(full_lo, tl.cdiv(tl.maximum(m0 + BLOCK_M - WINDOW, 0), BLOCK_N) * BLOCK_N)
+            full_hi = tl.maximum(full_hi, full_lo)
         return lo, hi, full_lo, full_hi
 
     @triton.jit
@@ -150,7 +166,7 @@ if triton is not None:
         stride_ob, stride_os, stride_oh,
         S, H, GROUP, qk_scale,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr,
-        CAUSAL: tl.constexpr, HAS_DOC: tl.constexpr,
+        CAUSAL: tl.constexpr, HAS_DOC: tl.constexpr, WINDOW: tl.constexpr,
     ):
         # Causal: the last query blocks see the most keys; launch them first (shorter tail).
         pid_m = tl.num_programs(0) - 1 - tl.program_id(0)
@@ -173,24 +189,24 @@ if triton is not None:
         if HAS_DOC:
             seg_q = tl.load(seg_base + offs_m, mask=row_ok, other=-2)
         lo, hi, full_lo, full_hi = _key_block_ranges(
-            RUN_START, RUN_END, b.to(tl.int64), m0, S, BLOCK_M, BLOCK_N, CAUSAL, HAS_DOC
+            RUN_START, RUN_END, b.to(tl.int64), m0, S, BLOCK_M, BLOCK_N, CAUSAL, HAS_DOC, WINDOW
         )
 
         m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
         l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
         acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
-        if HAS_DOC:  # a document's first, partial key block (without documents full_lo == lo)
+        if HAS_DOC or WINDOW > 0:  # a document's or window's first, partial key blocks (else full_lo == lo)
             acc, l_i, m_i = _fwd_block_loop(
                 acc, l_i, m_i, q, offs_m, seg_q, k_base, v_base, seg_base, stride_ks, stride_vs,
-                lo, tl.minimum(full_lo, hi), S, qk_scale, BLOCK_N, HEAD_DIM, True, CAUSAL, HAS_DOC,
+                lo, tl.minimum(full_lo, hi), S, qk_scale, BLOCK_N, HEAD_DIM, True, CAUSAL, HAS_DOC, WINDOW,
             )
         acc, l_i, m_i = _fwd_block_loop(
             acc, l_i, m_i, q, offs_m, seg_q, k_base, v_base, seg_base, stride_ks, stride_vs,
-            full_lo, full_hi, S, qk_scale, BLOCK_N, HEAD_DIM, False, CAUSAL, HAS_DOC,
+            full_lo, full_hi, S, qk_scale, BLOCK_N, HEAD_DIM, False, CAUSAL, HAS_DOC, WINDOW,
         )
         acc, l_i, m_i = _fwd_block_loop(
             acc, l_i, m_i, q, offs_m, seg_q, k_base, v_base, seg_base, stride_ks, stride_vs,
-            tl.maximum(full_lo, full_hi), hi, S, qk_scale, BLOCK_N, HEAD_DIM, True, CAUSAL, HAS_DOC,
+            tl.maximum(full_lo, full_hi), hi, S, qk_scale, BLOCK_N, HEAD_DIM, True, CAUSAL, HAS_DOC, WINDOW,
         )
         out = acc / l_i[:, None]
         o_base = O + b.to(tl.int64) * stride_ob + h * stride_oh
@@ -225,7 +241,7 @@ if triton is not None:
         dk, dv, k, v, offs_n, seg_k, q_base, do_base, lse_base, delta_base, seg_base,
         stride_qs, stride_dos, lo, hi, S, qk_scale,
         BLOCK_M: tl.constexpr, HEAD_DIM: tl.constexpr,
-        MASKED: tl.constexpr, CAUSAL: tl.constexpr, HAS_DOC: tl.constexpr,
+        MASKED: tl.constexpr, CAUSAL: tl.constexpr, HAS_DOC: tl.constexpr, WINDOW: tl.constexpr,
     ):
         offs_d = tl.arange(0, HEAD_DIM)
         for start_m in range(lo, hi, BLOCK_M):
@@ -244,7 +260,7 @@ if triton is not None:
             s_t = tl.dot(k, tl.trans(q)) * qk_scale
             p_t = tl.math.exp2(s_t - lse[None, :])
             if MASKED:
-                p_t = _mask_block(p_t, 0.0, offs_n, seg_k, offs_m, seg_base, S, False, CAUSAL, HAS_DOC)
+                p_t = _mask_block(p_t, 0.0, offs_n, seg_k, offs_m, seg_base, S, False, CAUSAL, HAS_DOC, WINDOW)
                 do = tl.load(do_ptrs, mask=row_ok[:, None], other=0.0)
                 delta = tl.load(delta_base + offs_m, mask=row_ok, other=0.0)
             else:
@@ -267,7 +283,7 @@ if triton is not None:
         stride_dvb, stride_dvs, stride_dvh,
         S, H, KV_H, GROUP, qk_scale, sm_scale,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr,
-        CAUSAL: tl.constexpr, HAS_DOC: tl.constexpr,
+        CAUSAL: tl.constexpr, HAS_DOC: tl.constexpr, WINDOW: tl.constexpr,
     ):
         pid_n = tl.program_id(0)
         pid_bg = tl.program_id(1)
@@ -303,6 +319,11 @@ if triton is not None:
             one_doc = tl.load(RUN_START + b64 * S + n_last) == doc_start
             full_lo = tl.maximum(full_lo, tl.cdiv(doc_start, BLOCK_M) * BLOCK_M)
             full_hi = tl.where(one_doc, tl.minimum(full_hi, (hi // BLOCK_M) * BLOCK_M), full_lo)
+        if WINDOW > 0:
+            # The last key's window ends before query n0 + BLOCK_N - 1 + WINDOW; query blocks ending by n0 + WINDOW
+            # are inside the first key's window.
+            hi = tl.minimum(hi, n0 + BLOCK_N - 1 + WINDOW)
+            full_hi = tl.minimum(full_hi, ((n0 + WINDOW) // BLOCK_M) * BLOCK_M)
         full_lo = tl.maximum(full_lo, lo)
         full_hi = tl.maximum(full_hi, full_lo)
 
@@ -317,17 +338,17 @@ if triton is not None:
             dk, dv = _bwd_dkdv_block_loop(
                 dk, dv, k, v, offs_n, seg_k, q_base, do_base, lse_base, delta_base, seg_base,
                 stride_qs, stride_dos, lo, tl.minimum(full_lo, hi), S, qk_scale,
-                BLOCK_M, HEAD_DIM, True, CAUSAL, HAS_DOC,
+                BLOCK_M, HEAD_DIM, True, CAUSAL, HAS_DOC, WINDOW,
             )
             dk, dv = _bwd_dkdv_block_loop(
                 dk, dv, k, v, offs_n, seg_k, q_base, do_base, lse_base, delta_base, seg_base,
                 stride_qs, stride_dos, full_lo, full_hi, S, qk_scale,
-                BLOCK_M, HEAD_DIM, False, CAUSAL, HAS_DOC,
+                BLOCK_M, HEAD_DIM, False, CAUSAL, HAS_DOC, WINDOW,
             )
             dk, dv = _bwd_dkdv_block_loop(
                 dk, dv, k, v, offs_n, seg_k, q_base, do_base, lse_base, delta_base, seg_base,
                 stride_qs, stride_dos, tl.maximum(full_lo, full_hi), hi, S, qk_scale,
-                BLOCK_M, HEAD_DIM, True, CAUSAL, HAS_DOC,
+                BLOCK_M, HEAD_DIM, True, CAUSAL, HAS_DOC, WINDOW,
             )
         dk = dk * sm_scale
         tl.store(DK + b64 * stride_dkb + kvh * stride_dkh + offs_n[:, None] * stride_dks + offs_d[None, :],
@@ -340,7 +361,7 @@ if triton is not None:
         dq, q, do, lse, delta, offs_m, seg_q, k_base, v_base, seg_base,
         stride_ks, stride_vs, lo, hi, S, qk_scale,
         BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr,
-        MASKED: tl.constexpr, CAUSAL: tl.constexpr, HAS_DOC: tl.constexpr,
+        MASKED: tl.constexpr, CAUSAL: tl.constexpr, HAS_DOC: tl.constexpr, WINDOW: tl.constexpr,
     ):
         offs_d = tl.arange(0, HEAD_DIM)
         for start_n in range(lo, hi, BLOCK_N):
@@ -357,7 +378,7 @@ if triton is not None:
             s = tl.dot(q, tl.trans(k)) * qk_scale
             p = tl.math.exp2(s - lse[:, None])
             if MASKED:
-                p = _mask_block(p, 0.0, offs_m, seg_q, offs_n, seg_base, S, True, CAUSAL, HAS_DOC)
+                p = _mask_block(p, 0.0, offs_m, seg_q, offs_n, seg_base, S, True, CAUSAL, HAS_DOC, WINDOW)
             dp = tl.dot(do, tl.trans(v))
             ds = p * (dp - delta[:, None])
             dq += tl.dot(ds.to(k.dtype), k)
@@ -373,7 +394,7 @@ if triton is not None:
         stride_dqb, stride_dqs, stride_dqh,
         S, H, GROUP, qk_scale, sm_scale,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr,
-        CAUSAL: tl.constexpr, HAS_DOC: tl.constexpr,
+        CAUSAL: tl.constexpr, HAS_DOC: tl.constexpr, WINDOW: tl.constexpr,
     ):
         pid_m = tl.num_programs(0) - 1 - tl.program_id(0)  # heaviest query blocks first
         pid_bh = tl.program_id(1)
@@ -399,22 +420,22 @@ if triton is not None:
         if HAS_DOC:
             seg_q = tl.load(seg_base + offs_m, mask=row_ok, other=-2)
         lo, hi, full_lo, full_hi = _key_block_ranges(
-            RUN_START, RUN_END, b64, m0, S, BLOCK_M, BLOCK_N, CAUSAL, HAS_DOC
+            RUN_START, RUN_END, b64, m0, S, BLOCK_M, BLOCK_N, CAUSAL, HAS_DOC, WINDOW
         )
 
         dq = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
-        if HAS_DOC:  # as in the forward
+        if HAS_DOC or WINDOW > 0:  # as in the forward
             dq = _bwd_dq_block_loop(
                 dq, q, do, lse, delta, offs_m, seg_q, k_base, v_base, seg_base, stride_ks, stride_vs,
-                lo, tl.minimum(full_lo, hi), S, qk_scale, BLOCK_N, HEAD_DIM, True, CAUSAL, HAS_DOC,
+                lo, tl.minimum(full_lo, hi), S, qk_scale, BLOCK_N, HEAD_DIM, True, CAUSAL, HAS_DOC, WINDOW,
             )
         dq = _bwd_dq_block_loop(
             dq, q, do, lse, delta, offs_m, seg_q, k_base, v_base, seg_base, stride_ks, stride_vs,
-            full_lo, full_hi, S, qk_scale, BLOCK_N, HEAD_DIM, False, CAUSAL, HAS_DOC,
+            full_lo, full_hi, S, qk_scale, BLOCK_N, HEAD_DIM, False, CAUSAL, HAS_DOC, WINDOW,
         )
         dq = _bwd_dq_block_loop(
             dq, q, do, lse, delta, offs_m, seg_q, k_base, v_base, seg_base, stride_ks, stride_vs,
-            tl.maximum(full_lo, full_hi), hi, S, qk_scale, BLOCK_N, HEAD_DIM, True, CAUSAL, HAS_DOC,
+            tl.maximum(full_lo, full_hi), hi, S, qk_scale, BLOCK_N, HEAD_DIM, True, CAUSAL, HAS_DOC, WINDOW,
         )
         dq = dq * sm_scale
         tl.store(DQ + b64 * stride_dqb + h * stride_dqh + offs_m[:, None] * stride_dqs + offs_d[None, :],
@@ -429,9 +450,19 @@ def _no_documents(device):
     return (torch.empty(1, dtype=torch.int32, device=device),) * 3
 
 
-def forward(q, k, v, causal: bool, softmax_scale: float, runs=None):
+def _window_constant(causal: bool, window) -> int:
+    """The kernels' WINDOW: 0 for none, else the window (which needs causal attention)."""
+    if window is None:
+        return 0
+    if not causal or window < 1:
+        raise ValueError(f"a sliding window needs causal attention and window >= 1 (got causal={causal}, {window})")
+    return int(window)
+
+
+def forward(q, k, v, causal: bool, softmax_scale: float, runs=None, window=None):
     """out [b, s, h, d] (q's dtype) and lse [b, h, s] fp32 in log2 units. q [b, s, h, d], k, v [b, s, g, d] with
-    unit last-dim stride; runs: None, or (seg, run_start, run_end) of the packed documents (interface.document_runs)."""
+    unit last-dim stride; runs: None, or (seg, run_start, run_end) of the packed documents (interface.document_runs);
+    window: None, or W (causal): query i sees key j iff 0 <= i - j < W. Each W compiles its own kernels."""
     bsz, seq, heads, head_dim = q.shape
     seg, run_start, run_end = runs if runs is not None else _no_documents(q.device)
     out = torch.empty_like(q)
@@ -443,7 +474,7 @@ def forward(q, k, v, causal: bool, softmax_scale: float, runs=None):
         *_strides3(q), *_strides3(k), *_strides3(v), *_strides3(out),
         seq, heads, heads // k.shape[2], softmax_scale * LOG2E,
         BLOCK_M=block_m, BLOCK_N=block_n, HEAD_DIM=head_dim, CAUSAL=causal, HAS_DOC=runs is not None,
-        num_warps=warps, num_stages=stages,
+        WINDOW=_window_constant(causal, window), num_warps=warps, num_stages=stages,
     )
     return out, lse
 
@@ -460,14 +491,15 @@ def row_delta(out, dout):
     return delta
 
 
-def backward(q, k, v, dout, lse, delta, causal: bool, softmax_scale: float, runs=None):
+def backward(q, k, v, dout, lse, delta, causal: bool, softmax_scale: float, runs=None, window=None):
     """dq, dk, dv by the split kernels (dK/dV, then dQ). lse and delta [b, h, s] as `forward` and `row_delta` give
-    them; runs as for `forward`."""
+    them; runs and window as for `forward`."""
     bsz, seq, heads, head_dim = q.shape
     kv_heads = k.shape[2]
     group = heads // kv_heads
     seg, run_start, run_end = runs if runs is not None else _no_documents(q.device)
     has_doc = runs is not None
+    window = _window_constant(causal, window)
     scale = softmax_scale
     dq = torch.empty_like(q)
     dk = torch.empty_like(k)
@@ -477,7 +509,7 @@ def backward(q, k, v, dout, lse, delta, causal: bool, softmax_scale: float, runs
         q, k, v, dout, lse, delta, dk, dv, seg, run_start, run_end,
         *_strides3(q), *_strides3(k), *_strides3(v), *_strides3(dout), *_strides3(dk), *_strides3(dv),
         seq, heads, kv_heads, group, scale * LOG2E, scale,
-        BLOCK_M=block_m, BLOCK_N=block_n, HEAD_DIM=head_dim, CAUSAL=causal, HAS_DOC=has_doc,
+        BLOCK_M=block_m, BLOCK_N=block_n, HEAD_DIM=head_dim, CAUSAL=causal, HAS_DOC=has_doc, WINDOW=window,
         num_warps=warps, num_stages=stages,
     )
     block_m, block_n, warps, stages = _config("dq", head_dim)
@@ -485,7 +517,7 @@ def backward(q, k, v, dout, lse, delta, causal: bool, softmax_scale: float, runs
         q, k, v, dout, lse, delta, dq, seg, run_start, run_end,
         *_strides3(q), *_strides3(k), *_strides3(v), *_strides3(dout), *_strides3(dq),
         seq, heads, group, scale * LOG2E, scale,
-        BLOCK_M=block_m, BLOCK_N=block_n, HEAD_DIM=head_dim, CAUSAL=causal, HAS_DOC=has_doc,
+        BLOCK_M=block_m, BLOCK_N=block_n, HEAD_DIM=head_dim, CAUSAL=causal, HAS_DOC=has_doc, WINDOW=window,
         num_warps=warps, num_stages=stages,
     )
     return dq, dk, dv

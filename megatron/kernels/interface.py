@@ -3,15 +3,19 @@
 Legend: b batch, s sequence, h query heads, g kv heads, d head dim. Tensors are `bshd`.
 
     out_bshd = flash_attention(q_bshd, k_bsgd, v_bsgd, causal=True, document_ids=ids_bs)
+    out_bshd = flash_attention(q_bshd, k_bsgd, v_bsgd, window=4096)  # sliding window (Mistral, Gemma)
     out_bshd = flash_attention(q_bshd, k_bsgd, v_bsgd, forward="triton", backward="split")  # Triton kernels only
 
 Grouped-query attention: query head `h` reads kv head `h // (h_q // h_kv)`; K/V are never
 repeated. `document_ids` marks packed sequences: a query sees only keys of its own
 document. A document is a contiguous run of equal ids (what sequence packing produces).
+`window` W (causal only) is sliding-window attention: query i sees key j iff 0 <= i - j < W (the W keys ending at
+itself, transformers' `q_idx - kv_idx < sliding_window`), intersected with its document; None is full causal, and
+so is a window of at least the sequence. The kernels skip key / query blocks outside the window: O(S * W) work.
 
 Kernels: the Triton forward and split backward (attention_triton.py) run everywhere Triton does. On Hopper
 with Triton 3.6, where they support the inputs (causal, bf16, with or without GQA and documents, sequence a
-multiple of 128: gluon_sm90.unsupported_reason), the warp-specialized Gluon kernels take over: the fused
+multiple of 128, no sliding window: gluon_sm90.unsupported_reason), the warp-specialized Gluon kernels take over: the fused
 backward (attention_gluon_bwd_sm90.py) at head dim 64 and 128 (5 GEMM units per block pair instead of the
 split kernels' 7), and the forward (attention_gluon_fwd_sm90.py) at head dim 128 (at 64 the Triton forward
 measured faster). The call's `forward` ("auto", "triton", "gluon") and `backward` ("auto", "fused", "split")
@@ -69,23 +73,26 @@ BACKWARDS = ("auto", "fused", "split")  # auto: fused where it runs, else split;
 _NOTED: set = set()
 
 
-def _gluon_forward_unsupported(q, k, causal: bool, forward: str = "auto"):
+WINDOW_REASON = "sliding window (the Gluon kernels have none)"
+
+
+def _gluon_forward_unsupported(q, k, causal: bool, forward: str = "auto", window=None):
     """None when the Gluon forward runs for these inputs and `forward`, else why the Triton forward runs.
     forward="gluon" where the Gluon forward cannot run raises, saying why."""
     if forward == "triton":
         return "forward='triton'"
-    reason = gluon_fwd.unsupported_reason(q, k, causal)
+    reason = WINDOW_REASON if window is not None else gluon_fwd.unsupported_reason(q, k, causal)
     if reason is not None and forward == "gluon":
         raise ValueError(f"forward='gluon' cannot run here: {reason}; use forward='auto' or 'triton'")
     return reason
 
 
-def _fused_backward_unsupported(q, k, causal: bool, backward: str = "auto"):
+def _fused_backward_unsupported(q, k, causal: bool, backward: str = "auto", window=None):
     """None when the fused backward runs for these inputs and `backward`, else why the split kernels run.
     backward="fused" where the fused backward cannot run raises, saying why."""
     if backward == "split":
         return "backward='split'"
-    reason = gluon_bwd.unsupported_reason(q, k, causal)
+    reason = WINDOW_REASON if window is not None else gluon_bwd.unsupported_reason(q, k, causal)
     if reason is not None and backward == "fused":
         raise ValueError(f"backward='fused' cannot run here: {reason}; use backward='auto' or 'split'")
     return reason
@@ -103,20 +110,20 @@ def _note(direction: str, msg: str) -> None:
 
 class _FlashAttention(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q, k, v, causal, softmax_scale, document_ids, forward, backward):
+    def forward(ctx, q, k, v, causal, softmax_scale, document_ids, window, forward, backward):
         q, k, v = (_last_dim_contiguous(t) for t in (q, k, v))
         runs = document_runs(document_ids) if document_ids is not None else None
-        reason = _gluon_forward_unsupported(q, k, causal, forward)
-        ctx.split_reason = _fused_backward_unsupported(q, k, causal, backward)  # why not fused; None: fused
+        reason = _gluon_forward_unsupported(q, k, causal, forward, window)
+        ctx.split_reason = _fused_backward_unsupported(q, k, causal, backward, window)  # why not fused; None: fused
         _note("forward", "Gluon kernel (warp-specialized)" if reason is None else f"Triton kernel ({reason})")
         if reason is None:
             out, lse = gluon_fwd.forward(q, k, v, softmax_scale, runs[1] if runs is not None else None)
             LAST_COMPILED["fwd_gluon"] = gluon_fwd.LAST_COMPILED["fwd"]
         else:
-            out, lse = attention_triton.forward(q, k, v, causal, softmax_scale, runs)
+            out, lse = attention_triton.forward(q, k, v, causal, softmax_scale, runs, window)
             LAST_COMPILED["fwd"] = attention_triton.LAST_COMPILED["fwd"]
         ctx.save_for_backward(q, k, v, out, lse, *(runs or ()))
-        ctx.causal, ctx.softmax_scale, ctx.has_doc = causal, softmax_scale, runs is not None
+        ctx.causal, ctx.softmax_scale, ctx.has_doc, ctx.window = causal, softmax_scale, runs is not None, window
         return out
 
     @staticmethod
@@ -132,10 +139,12 @@ class _FlashAttention(torch.autograd.Function):
             dq, dk, dv = gluon_bwd.backward(q, k, v, dout, lse, delta, ctx.softmax_scale, documents=documents)
             LAST_COMPILED["bwd_fused"] = gluon_bwd.LAST_COMPILED["ws"]
         else:
-            dq, dk, dv = attention_triton.backward(q, k, v, dout, lse, delta, ctx.causal, ctx.softmax_scale, runs)
+            dq, dk, dv = attention_triton.backward(
+                q, k, v, dout, lse, delta, ctx.causal, ctx.softmax_scale, runs, ctx.window
+            )
             LAST_COMPILED["dkdv"] = attention_triton.LAST_COMPILED["dkdv"]
             LAST_COMPILED["dq"] = attention_triton.LAST_COMPILED["dq"]
-        return dq, dk, dv, None, None, None, None, None
+        return dq, dk, dv, None, None, None, None, None, None
 
 
 def flash_attention(
@@ -146,6 +155,7 @@ def flash_attention(
     causal: bool = True,
     softmax_scale: float | None = None,
     document_ids: torch.Tensor | None = None,
+    window: int | None = None,
     forward: str = "auto",
     backward: str = "auto",
 ) -> torch.Tensor:
@@ -153,7 +163,8 @@ def flash_attention(
 
     q_bshd [b, s, h, d]; k_bsgd, v_bsgd [b, s, g, d] with h % g == 0; document_ids_bs
     [b, s] int (contiguous runs = documents) or None. Returns [b, s, h, d] in q's dtype.
-    forward in FORWARDS, backward in BACKWARDS: which kernels run (module docstring).
+    softmax_scale: None is 1/sqrt(d). window: None (full causal) or W >= 1 with causal: query i sees key j iff
+    0 <= i - j < W. forward in FORWARDS, backward in BACKWARDS: which kernels run (module docstring).
     """
     ok, why = is_available()
     if not ok:
@@ -181,4 +192,11 @@ def flash_attention(
     scale = softmax_scale if softmax_scale is not None else 1.0 / math.sqrt(head_dim)
     if not scale > 0:
         raise ValueError(f"softmax_scale must be positive, got {scale}")
-    return _FlashAttention.apply(q, k, v, bool(causal), float(scale), document_ids, forward, backward)
+    if window is not None:
+        if isinstance(window, bool) or not isinstance(window, int) or window < 1:
+            raise ValueError(f"window must be a positive int or None, got {window!r}")
+        if not causal:
+            raise ValueError("a sliding window needs causal=True")
+        if window >= seq:
+            window = None  # every causal key is within the window: the full causal kernels
+    return _FlashAttention.apply(q, k, v, bool(causal), float(scale), document_ids, window, forward, backward)

@@ -19,9 +19,10 @@ pytestmark = pytest.mark.skipif(not AVAILABLE, reason=WHY)
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def reference_attention(q_bshd, k_bsgd, v_bsgd, causal, scale, document_ids_bs=None, with_lse=False):
+def reference_attention(q_bshd, k_bsgd, v_bsgd, causal, scale, document_ids_bs=None, with_lse=False, window=None):
     """Explicit softmax in the inputs' dtype (call with fp64 tensors); with_lse: also the rows' logsumexp [b, h, q]
-    of the masked scores (natural log)."""
+    of the masked scores (natural log); window W: query i sees key j only if i - j < W (with causal: the W keys
+    ending at i)."""
     heads, kv_heads = q_bshd.shape[2], k_bsgd.shape[2]
     k_bshd = k_bsgd.repeat_interleave(heads // kv_heads, dim=2)
     v_bshd = v_bsgd.repeat_interleave(heads // kv_heads, dim=2)
@@ -30,6 +31,9 @@ def reference_attention(q_bshd, k_bsgd, v_bsgd, causal, scale, document_ids_bs=N
     keep_bqk = torch.ones(1, seq, seq, dtype=torch.bool, device=q_bshd.device)
     if causal:
         keep_bqk = keep_bqk & torch.ones(seq, seq, dtype=torch.bool, device=q_bshd.device).tril()
+    if window is not None:
+        pos = torch.arange(seq, device=q_bshd.device)
+        keep_bqk = keep_bqk & (pos[:, None] - pos[None, :] < window)
     if document_ids_bs is not None:
         keep_bqk = keep_bqk & (document_ids_bs[:, :, None] == document_ids_bs[:, None, :])
     scores_bhqk = scores_bhqk.masked_fill(~keep_bqk[:, None], float("-inf"))
@@ -58,7 +62,9 @@ def rel_err(x, ref):
     return ((x.double() - ref).norm() / ref.norm().clamp_min(1e-30)).item()
 
 
-def check(bsz, seq, heads, kv_heads, head_dim, causal, dtype, use_docs, seed, tol, device=DEVICE, scale=None):
+def check(
+    bsz, seq, heads, kv_heads, head_dim, causal, dtype, use_docs, seed, tol, device=DEVICE, scale=None, window=None
+):
     gen = torch.Generator().manual_seed(seed)
     q = torch.randn(bsz, seq, heads, head_dim, generator=gen)
     k = torch.randn(bsz, seq, kv_heads, head_dim, generator=gen)
@@ -72,7 +78,7 @@ def check(bsz, seq, heads, kv_heads, head_dim, causal, dtype, use_docs, seed, to
     scale_used = scale if scale is not None else 1.0 / math.sqrt(head_dim)
 
     q64, k64, v64 = (t.double().requires_grad_() for t in (q, k, v))
-    ref = reference_attention(q64, k64, v64, causal, scale_used, docs)
+    ref = reference_attention(q64, k64, v64, causal, scale_used, docs, window=window)
     ref.backward(dout.double())
 
     qx, kx, vx = (t.to(device=device, dtype=dtype).requires_grad_() for t in (q, k, v))
@@ -83,6 +89,7 @@ def check(bsz, seq, heads, kv_heads, head_dim, causal, dtype, use_docs, seed, to
         causal=causal,
         softmax_scale=scale,
         document_ids=None if docs is None else docs.to(device),
+        window=window,
     )
     assert out.dtype == dtype and out.shape == q.shape
     out.backward(dout.to(device=device, dtype=dtype))
@@ -179,6 +186,87 @@ def test_document_is_a_contiguous_run_of_ids():
 
 def test_custom_softmax_scale():
     check(1, 20, 2, 1, 16, True, torch.float32, False, seed=11, tol=1e-4 if DEVICE == "cpu" else 5e-3, scale=0.3)
+
+
+# Sliding windows (causal): query i sees key j iff 0 <= i - j < W. Interpreter blocks are 16.
+# (bsz, seq, heads, kv_heads, head_dim, window, use_docs)
+WINDOW_CASES = [
+    (1, 33, 2, 2, 16, 2, False),  # itself and the key before
+    (2, 70, 4, 2, 16, 5, False),  # smaller than a block, GQA
+    (1, 64, 2, 2, 16, 16, False),  # exactly one block
+    (1, 80, 4, 1, 32, 23, False),  # not a multiple of the block, multi-query attention
+    (2, 96, 4, 2, 16, 32, False),  # two blocks
+    (1, 40, 2, 1, 16, 39, False),  # one short of the sequence: every causal key but the first for the last query
+    (1, 40, 2, 1, 16, 100, False),  # longer than the sequence: full causal
+    (2, 80, 2, 1, 16, 20, (37, 43)),  # document edge off a block
+    (1, 96, 4, 2, 16, 24, (32, 16, 48)),  # document edges on blocks
+    (1, 64, 2, 2, 16, 40, (5, 11, 48)),  # window longer than the first documents, shorter than the last
+    (2, 50, 2, 1, 16, 9, True),  # random documents
+]
+
+
+@pytest.mark.parametrize("bsz,seq,heads,kv_heads,head_dim,window,use_docs", WINDOW_CASES)
+def test_window_matches_fp64_reference(bsz, seq, heads, kv_heads, head_dim, window, use_docs):
+    tol = 1e-4 if DEVICE == "cpu" else 5e-3
+    check(bsz, seq, heads, kv_heads, head_dim, True, torch.float32, use_docs, seed=seq + window, tol=tol, window=window)
+
+
+def test_window_with_custom_softmax_scale():
+    check(1, 48, 2, 1, 16, True, torch.float32, (20, 28), seed=12, tol=1e-4 if DEVICE == "cpu" else 5e-3, scale=0.7,
+          window=11)  # fmt: skip
+
+
+def test_blocks_outside_the_window_are_never_read():
+    """NaN in key / value block 0 reaches no query whose window starts past it (a masked but visited block would
+    give 0 * NaN = NaN in P V and in dQ), and NaN in the last query block reaches no key whose window ends before
+    it (the dK/dV kernel): the kernels skip the blocks outside every window of a block, not only mask them."""
+    seq, heads, kv_heads, head_dim, window, block = 96, 2, 1, 16, 20, 16
+    if DEVICE != "cpu":
+        pytest.skip("interpreter block sizes (16) are what the ranges below assume")
+    gen = torch.Generator().manual_seed(3)
+    q, dout = (torch.randn(1, seq, heads, head_dim, generator=gen) for _ in range(2))
+    k, v = (torch.randn(1, seq, kv_heads, head_dim, generator=gen) for _ in range(2))
+
+    def run(q, k, v, dout):
+        q, k, v = (t.clone().requires_grad_() for t in (q, k, v))
+        out = flash_attention(q, k, v, window=window)
+        out.backward(dout)
+        return out.detach(), q.grad, k.grad, v.grad
+
+    clean = run(q, k, v, dout)
+    k_bad, v_bad = k.clone(), v.clone()
+    k_bad[:, :block] = v_bad[:, :block] = float("nan")
+    out, dq, _, _ = run(q, k_bad, v_bad, dout)
+    first = 3 * block  # query blocks from 48 on: windows start at 48 - 19 = 29 or later, past key block 0
+    assert torch.isnan(out[:, block : block + 1]).all()  # queries that see the poisoned keys do get NaN
+    for name, got, want in (("out", out, clean[0]), ("dq", dq, clean[1])):
+        assert torch.isfinite(got[:, first:]).all(), f"{name}: a query block read key block 0"
+        torch.testing.assert_close(got[:, first:], want[:, first:], rtol=1e-5, atol=1e-6)
+
+    q_bad, dout_bad = q.clone(), dout.clone()
+    q_bad[:, seq - block :] = dout_bad[:, seq - block :] = float("nan")
+    _, _, dk, dv = run(q_bad, k, v, dout_bad)
+    last = 3 * block  # key blocks before 48: the last key 47 is seen up to query 66, before query block 80
+    for name, got, want in (("dk", dk, clean[2]), ("dv", dv, clean[3])):
+        assert torch.isfinite(got[:, :last]).all(), f"{name}: a key block read the last query block"
+        torch.testing.assert_close(got[:, :last], want[:, :last], rtol=1e-5, atol=1e-6)
+
+
+def test_window_of_one_is_each_querys_own_value():
+    """W = 1: every query sees its own key only, so the output is its value (the gradients' reference is ~0, which
+    the relative checks above cannot compare)."""
+    gen = torch.Generator().manual_seed(4)
+    q, k, v = (torch.randn(1, 37, 2, 16, generator=gen).to(DEVICE) for _ in range(3))
+    torch.testing.assert_close(flash_attention(q, k, v, window=1), v, rtol=1e-5, atol=1e-5)
+
+
+def test_window_argument_is_checked():
+    q = torch.randn(1, 8, 2, 16, device=DEVICE)
+    for bad in (0, -3, 2.5, True):
+        with pytest.raises(ValueError, match="window must be a positive int or None"):
+            flash_attention(q, q, q, window=bad)
+    with pytest.raises(ValueError, match="a sliding window needs causal=True"):
+        flash_attention(q, q, q, causal=False, window=4)
 
 
 def test_rejects_bad_shapes():
@@ -354,3 +442,61 @@ def test_gpu_gluon_forward_matches_reference(bsz, seq, heads, kv_heads, head_dim
     assert ((out.float() - ref).norm() / ref.norm()).item() < 1e-2
     lse_ref = lse_ref * gfwd.LOG2E  # [b, h, s], log2 units
     assert (lse - lse_ref).abs().max().item() < 1e-2
+
+
+def _gpu_inputs(bsz, seq, heads, kv_heads, head_dim, seed):
+    gen = torch.Generator(device="cuda").manual_seed(seed)
+    q, dout = (torch.randn(bsz, seq, heads, head_dim, device="cuda", generator=gen) for _ in range(2))
+    k, v = (torch.randn(bsz, seq, kv_heads, head_dim, device="cuda", generator=gen) for _ in range(2))
+    return [t.bfloat16() for t in (q, k, v, dout)]
+
+
+def _check_gpu_bf16(q, k, v, dout, scale, ids=None, window=None, tol=1e-2, **kernels):
+    """bf16 kernels against the fp32 reference on the same (bf16-rounded) inputs: out, dq, dk, dv."""
+    qx, kx, vx = (t.clone().requires_grad_() for t in (q, k, v))
+    out = flash_attention(qx, kx, vx, softmax_scale=scale, document_ids=ids, window=window, **kernels)
+    out.backward(dout)
+    q32, k32, v32 = (t.float().requires_grad_() for t in (q, k, v))
+    ref = reference_attention(q32, k32, v32, True, scale if scale else q.shape[-1] ** -0.5, ids, window=window)
+    ref.backward(dout.float())
+    for name, got, want in (("out", out, ref), ("dq", qx.grad, q32.grad), ("dk", kx.grad, k32.grad),
+                            ("dv", vx.grad, v32.grad)):  # fmt: skip
+        assert torch.isfinite(got).all(), f"{name} has non-finite values"
+        err = ((got.float() - want).norm() / want.norm()).item()
+        assert err < tol, f"{name}: rel err {err:.2e} >= {tol}"
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("docs", [None, (3000, 1000, 4192), "random"])  # document edges off 128-token blocks
+@pytest.mark.parametrize("head_dim", [128, 64])
+@pytest.mark.parametrize("window", [1024, 4096, 1000])  # 1000: not a multiple of any block
+def test_gpu_bf16_window_matches_reference(window, head_dim, docs):
+    """Sliding windows at a realistic length (S = 8192, 8 query heads on 2 kv heads), bf16, through the Triton
+    kernels (the dispatcher's choice for a window), against the fp32 reference."""
+    from megatron.kernels import interface as fat
+
+    seq = 8192
+    q, k, v, dout = _gpu_inputs(1, seq, 8, 2, head_dim, seed=window + head_dim)
+    ids = None
+    if docs == "random":
+        ids = random_document_ids(1, seq, torch.Generator().manual_seed(window)).cuda()
+    elif docs is not None:
+        ids = document_ids_of_lengths(docs, 1).cuda()
+    for name in ("fwd", "dkdv", "dq", "fwd_gluon", "bwd_fused"):
+        fat.LAST_COMPILED.pop(name, None)
+    _check_gpu_bf16(q, k, v, dout, None, ids, window)
+    assert {"fwd", "dkdv", "dq"} <= set(fat.LAST_COMPILED) and "fwd_gluon" not in fat.LAST_COMPILED
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("kernels", [{}, {"forward": "triton", "backward": "split"}])
+@pytest.mark.parametrize("head_dim", [128, 64])
+def test_gpu_bf16_softmax_scale_in_every_kernel(kernels, head_dim):
+    """A softmax scale other than 1/sqrt(d) (Gemma's query_pre_attn_scalar) in the kernels the dispatcher chooses
+    (on sm_90 with Triton 3.6: the Gluon forward at head dim 128 and the fused backward) and in the Triton ones."""
+    q, k, v, dout = _gpu_inputs(2, 2048, 8, 2, head_dim, seed=head_dim)
+    _check_gpu_bf16(q, k, v, dout, 1 / 16, **kernels)
+    ids = document_ids_of_lengths((1000, 1048), 2).cuda()
+    _check_gpu_bf16(q, k, v, dout, 1 / 16, ids, **kernels)

@@ -42,6 +42,19 @@ def test_gluon_forward_is_chosen_at_head_dim_128_only(monkeypatch):
     assert fag.unsupported_reason(*_qk(d=64), True) is None  # the fused backward runs there
 
 
+def test_a_window_runs_the_triton_kernels(monkeypatch):
+    """The Gluon kernels have no sliding window: with one the Triton kernels run (even on an sm_90 GPU), and asking
+    for the Gluon ones raises, saying why."""
+    monkeypatch.setattr(gluon_sm90, "environment_reason", lambda device: None)
+    q, k = _qk()
+    assert fat._gluon_forward_unsupported(q, k, True) is None and fat._fused_backward_unsupported(q, k, True) is None
+    assert fat._gluon_forward_unsupported(q, k, True, "auto", 64) == fat.WINDOW_REASON
+    assert fat._fused_backward_unsupported(q, k, True, "auto", 64) == fat.WINDOW_REASON
+    q, k, v = (torch.randn(1, 40, 2, 16) for _ in range(3))
+    with pytest.raises(ValueError, match=r"forward='gluon' cannot run here: sliding window \(the Gluon kernels"):
+        fat.flash_attention(q, k, v, window=8, forward="gluon")
+
+
 def test_triton_kernels_can_be_forced():
     q, k = _qk()
     assert fat._fused_backward_unsupported(q, k, True, "split") == "backward='split'"
