@@ -42,6 +42,7 @@ class Option:
     kind: type  # bool, int, float, str or list
     choices: Optional[tuple]
     shape: bool
+    override: object  # False, True or "rotary": see megatron.config.opt
     negate: Optional[str]
     parse: Optional[typing.Callable]
 
@@ -84,7 +85,8 @@ def options() -> tuple:
             flag = meta.get("flag") or "--" + f.name.replace("_", "-")
             out.append(Option(
                 section, f.name, flag, meta.get("aliases", ()), meta.get("yaml", ()), docs.get(f.name, ""), default,
-                _kind(cls, f), meta.get("choices"), meta.get("shape", False), meta.get("negate"), meta.get("parse"),
+                _kind(cls, f), meta.get("choices"), meta.get("shape", False), meta.get("override", False),
+                meta.get("negate"), meta.get("parse"),
             ))  # fmt: skip
     return tuple(out)
 
@@ -133,8 +135,14 @@ _GROUP_TITLES = {
 }
 
 
+def _shape_tag(o: Option) -> str:
+    if not o.shape:
+        return ""
+    return " [shape; a flag may change it on --load]" if o.override else " [shape]"
+
+
 def _help(o: Option) -> str:
-    text = o.help + (" [shape]" if o.shape else "")
+    text = o.help + _shape_tag(o)
     if o.kind is bool and o.negate is None:
         return text + f" ({o.flag.replace('--', '--no-', 1)} turns it off)"
     if o.default not in (None, [], False) and o.negate is None:
@@ -149,6 +157,9 @@ def _add_option(g, o: Option) -> None:
         g.add_argument(o.flag, *o.aliases, dest=o.dest, action="store_true", default=None, help=_help(o))
         g.add_argument(o.flag.replace("--", "--no-", 1), dest=o.dest, action="store_false", default=None,
                        help=argparse.SUPPRESS)  # fmt: skip
+    elif o.kind is list and o.choices:
+        g.add_argument(o.flag, *o.aliases, dest=o.dest, nargs="+", choices=list(o.choices), metavar="TYPE",
+                       help=_help(o))  # fmt: skip
     elif o.kind is list:
         g.add_argument(o.flag, *o.aliases, dest=o.dest, nargs="+", metavar="PATH", help=_help(o))
     else:
@@ -226,15 +237,30 @@ def _read_yaml(path: str) -> dict:
 
 
 def _shape_fragment(o: Option, value) -> str:
+    """``value`` as command-line words ("" when it is the default a missing flag gives)."""
     if o.negate:
         return "" if value else o.negate
     if o.kind is bool:
-        return o.flag if value else ""
+        if bool(value) == bool(o.default):
+            return ""
+        return o.flag if value else o.flag.replace("--", "--no-", 1)
+    if value is None or (o.kind is list and not value):
+        return ""
+    if o.kind is list:
+        return f"{o.flag} {' '.join(map(str, value))}"
     return f"{o.flag} {value}"
 
 
+def _overridable(o: Option, saved: dict) -> bool:
+    """A saved shape field a flag may change (RoPE: numerics, not weight shapes)."""
+    if o.override == "rotary":
+        return bool(saved.get("use_rotary_position_embeddings"))
+    return o.override is True
+
+
 def _apply_model_args(values: dict, given: dict) -> dict:
-    """Fold ``--load DIR``'s model_args.json into values; a given shape field that disagrees is an error."""
+    """Fold ``--load DIR``'s model_args.json into values; a given shape field that disagrees is an error,
+    except the RoPE fields (``override`` in megatron.config), whose change is printed in one line."""
     from megatron.training.weights import MODEL_ARGS_JSON, read_model_args
 
     load = values.get("checkpoint.load")
@@ -242,9 +268,13 @@ def _apply_model_args(values: dict, given: dict) -> dict:
     if not saved:
         return values
     by_key = {o.key: o for o in shape_options()}
+    changed = []
     for key, value in saved.items():
         o = by_key.get(key)
         if o is None:
+            continue
+        if o.dest in given and given[o.dest] != value and _overridable(o, saved):
+            changed.append(f"{key} {value} -> {given[o.dest]}")
             continue
         if o.dest in given and given[o.dest] != value:
             flag = _shape_fragment(o, given[o.dest]) or f"{o.flag} {given[o.dest]}"
@@ -253,6 +283,8 @@ def _apply_model_args(values: dict, given: dict) -> dict:
                 "drop the flag (the checkpoint sets the model shape)"
             )
         values[o.dest] = value
+    if changed and os.environ.get("RANK", "0") == "0":
+        print(f"> --load {load}: RoPE changed for continued pretraining: {', '.join(changed)}", flush=True)
     return values
 
 
@@ -298,7 +330,7 @@ def flag_reference() -> str:
             flags = " ".join(f"`{f}`" for f in ((o.negate,) if o.negate else (o.flag, *o.aliases)))
             choices = f" One of {', '.join(f'`{c}`' for c in o.choices)}." if o.choices else ""
             default = "" if o.default in (None, []) else f"`{o.default}`"
-            lines.append(f"| {flags} | `{o.dest}` | {default} | {o.help}{choices}{' [shape]' if o.shape else ''} |")
+            lines.append(f"| {flags} | `{o.dest}` | {default} | {o.help}{choices}{_shape_tag(o)} |")
         lines.append("")
     lines += ["## Megatron-DeepSpeed spellings", "", "| flag | meaning |", "| --- | --- |"]
     for flags, _, kw in _LEGACY:

@@ -26,20 +26,24 @@ class ConfigError(ValueError):
 
 
 ATTENTION_BACKENDS = ("classic", "sdpa", "flash", "flash_triton")
+ROPE_SCALING_TYPES = ("linear", "llama3", "yarn", "dynamic", "longrope")
 ULYSSES_EXCHANGES = ("deepspeed", "fused", "overlap")
 
 
-def opt(default=None, *, flag=None, aliases=(), yaml=(), choices=None, shape=False, negate=None, parse=None, factory=None):
+def opt(default=None, *, flag=None, aliases=(), yaml=(), choices=None, shape=False, override=False, negate=None,
+        parse=None, factory=None):  # fmt: skip
     """A config field and how the command line and YAML spell it.
 
     flag: the command-line name (default ``--`` + field name with dashes); aliases: other
     spellings of the same flag; yaml: other YAML key names (ArcticTraining/ALST/Oumi's);
-    choices: allowed values; shape: the field fixes the weights (written to model_args.json);
+    choices: allowed values; shape: the field is saved with the weights (model_args.json);
+    override: a shape field that a flag may change on ``--load`` (it changes the numerics, not
+    the weights' shapes: RoPE); ``"rotary"``: only for a checkpoint with rotary embeddings;
     negate: a flag that sets a boolean to False (``--disable-bias-linear``); parse: a function
     from the command-line string to the value (default: from the field's type).
     """
-    meta = dict(flag=flag, aliases=tuple(aliases), yaml=tuple(yaml), choices=choices, shape=shape, negate=negate,
-                parse=parse)  # fmt: skip
+    meta = dict(flag=flag, aliases=tuple(aliases), yaml=tuple(yaml), choices=choices, shape=shape, override=override,
+                negate=negate, parse=parse)  # fmt: skip
     if factory is not None:
         return field(default_factory=factory, metadata=meta)
     return field(default=default, metadata=meta)
@@ -69,16 +73,44 @@ class ModelConfig:
     """Key/value heads (grouped-query attention); default as many as query heads."""
     seq_length: int = 128
     """Tokens per training sample."""
-    max_position_embeddings: Optional[int] = opt(None, shape=True)
-    """Size of the learned position table; default the sequence length."""
+    max_position_embeddings: Optional[int] = opt(None, shape=True, override="rotary")
+    """Size of the learned position table; default the sequence length. With RoPE, the context the model is
+    meant for (HF's max_position_embeddings; dynamic NTK scales beyond it), which --load may change."""
     vocab_size: int = opt(256, shape=True)
     """Vocabulary size before padding (set from the tokenizer; give it for --mock-data)."""
     make_vocab_size_divisible_by: int = opt(128, shape=True)
     """Pad the embedding table to a multiple of this (faster matmuls)."""
     use_rotary_position_embeddings: bool = opt(False, shape=True)
     """Rotary position embeddings (Llama) instead of learned absolute positions (GPT)."""
-    rotary_base: float = opt(10000.0, shape=True)
-    """RoPE theta."""
+    rotary_base: float = opt(10000.0, aliases=("--rope-theta",), shape=True, override=True)
+    """RoPE theta (the base of the rotation frequencies)."""
+    rope_scaling_type: Optional[str] = opt(None, choices=("none",) + ROPE_SCALING_TYPES, shape=True, override=True)
+    """RoPE scaling for a longer context, computed as transformers does: linear (positions / factor), llama3
+    (Llama 3.1: low frequencies / factor, a smooth band), yarn (NTK-by-parts and an attention factor on cos/sin),
+    dynamic (NTK base from the longest position of the batch, when past --max-position-embeddings); none (default)
+    for plain RoPE. longrope (Phi-3) is refused."""
+    rope_scaling_factor: float = opt(1.0, shape=True, override=True)
+    """RoPE scaling factor: the new context / the original one (linear, llama3, yarn, dynamic)."""
+    rope_original_max_position_embeddings: Optional[int] = opt(None, shape=True, override=True)
+    """The context the scaled checkpoint was pretrained at (llama3, yarn; required by them)."""
+    rope_low_freq_factor: float = opt(1.0, shape=True, override=True)
+    """llama3: wavelengths above original length / this are divided by the factor."""
+    rope_high_freq_factor: float = opt(4.0, shape=True, override=True)
+    """llama3: wavelengths below original length / this are kept; in between, a smooth blend."""
+    yarn_beta_fast: float = opt(32.0, shape=True, override=True)
+    """yarn: rotations per original length above which frequencies are kept (extrapolated)."""
+    yarn_beta_slow: float = opt(1.0, shape=True, override=True)
+    """yarn: rotations per original length below which frequencies are divided by the factor (interpolated)."""
+    yarn_mscale: Optional[float] = opt(None, shape=True, override=True)
+    """yarn: with --yarn-mscale-all-dim, the attention factor is mscale(factor, this) / mscale(factor, that)
+    (DeepSeek's); default 0.1 ln(factor) + 1."""
+    yarn_mscale_all_dim: Optional[float] = opt(None, shape=True, override=True)
+    """yarn: the denominator's mscale of the attention factor (with --yarn-mscale)."""
+    yarn_truncate: bool = opt(True, shape=True, override=True)
+    """yarn: round the correction range to whole dimensions (transformers' default; gpt-oss turns it off)."""
+    rope_attention_factor: Optional[float] = opt(None, shape=True, override=True)
+    """yarn: the multiplier of cos and sin (both q and k are scaled, the scores by its square); default from the
+    factor and --yarn-mscale."""
     normalization: str = opt("LayerNorm", choices=("LayerNorm", "RMSNorm"), shape=True)
     """LayerNorm (GPT) or RMSNorm (Llama)."""
     norm_epsilon: float = opt(1e-5, shape=True)
@@ -121,6 +153,43 @@ class ModelConfig:
                 f"--max-position-embeddings {self.max_position_embeddings} is smaller than --seq-length "
                 f"{self.seq_length}; raise it to at least the sequence length"
             )
+        self._check_rope_scaling()
+
+    def _check_rope_scaling(self) -> None:
+        kind = self.rope_scaling_type
+        if kind == "none":
+            _fill(self, "rope_scaling_type", None)
+            kind = None
+        if kind is None:
+            return
+        _choice(kind, ROPE_SCALING_TYPES, "--rope-scaling-type")
+        if not self.use_rotary_position_embeddings:
+            raise ConfigError(f"--rope-scaling-type {kind} scales rotary embeddings; add --use-rotary-position-embeddings")
+        if kind == "longrope":
+            raise ConfigError(
+                "--rope-scaling-type longrope (Phi-3 128k) is not supported: its frequencies switch between two "
+                "per-dimension factor lists at the original length; use yarn or llama3 to extend a context"
+            )
+        if not self.rope_scaling_factor > 0:
+            raise ConfigError(f"--rope-scaling-factor {self.rope_scaling_factor} must be > 0 (new context / original)")
+        original = self.rope_original_max_position_embeddings
+        if kind in ("llama3", "yarn") and original is None:
+            raise ConfigError(
+                f"--rope-scaling-type {kind} needs --rope-original-max-position-embeddings: the context the "
+                "checkpoint was pretrained at"
+            )
+        if kind == "dynamic" and original is not None and original != self.max_position_embeddings:
+            raise ConfigError(
+                "--rope-scaling-type dynamic scales from --max-position-embeddings (transformers' definition); "
+                "drop --rope-original-max-position-embeddings or set --max-position-embeddings to it"
+            )
+        if kind == "llama3" and not self.rope_high_freq_factor > self.rope_low_freq_factor:
+            raise ConfigError(
+                f"--rope-high-freq-factor {self.rope_high_freq_factor} must exceed --rope-low-freq-factor "
+                f"{self.rope_low_freq_factor}"
+            )
+        if kind == "dynamic" and self.head_dim <= 2:
+            raise ConfigError("--rope-scaling-type dynamic needs a head dim > 2 (its exponent is dim / (dim - 2))")
 
     @classmethod
     def from_dict(cls, values: dict) -> ModelConfig:
@@ -305,6 +374,16 @@ class TrainConfig:
             raise ConfigError("--micro-batch-size must be >= 1 and --train-iters >= 0")
         if self.max_skipped_steps < 0:
             raise ConfigError("--max-skipped-steps must be >= 0 (0 never stops on skipped steps)")
+        if self.lr < 0 or self.min_lr < 0:
+            flag, value = ("--lr", self.lr) if self.lr < 0 else ("--min-lr", self.min_lr)
+            raise ConfigError(f"{flag} {value:g} is negative; a learning rate is >= 0 (e.g. --lr 3e-4 --min-lr 3e-5)")
+        if self.min_lr > self.lr:
+            raise ConfigError(f"--min-lr {self.min_lr:g} is above --lr {self.lr:g}: the decay would raise the learning "
+                              "rate; give a --min-lr at most --lr (often --lr / 10)")  # fmt: skip
+        if self.lr_warmup_iters < 0 or self.train_iters and self.lr_warmup_iters > self.train_iters:
+            raise ConfigError(f"--lr-warmup-iters {self.lr_warmup_iters} is outside the run (--train-iters "
+                              f"{self.train_iters}): the learning rate would never reach --lr; use 0 to "
+                              f"{self.train_iters} warmup steps (often 1-10% of the run)")  # fmt: skip
 
     @property
     def dtype_name(self) -> str:

@@ -41,13 +41,16 @@ def apply_ulysses(model: nn.Module, group, exchange: str = "deepspeed", chunks: 
 
     Each rank holds ``s = S / sp`` tokens; the exchange turns ``[b, s, h, d]`` into
     ``[b, S, h / sp, d]`` around the core attention and back. Key/value heads fewer than the
-    SP ranks are replicated so that each rank gets one.
+    SP ranks are replicated so that each rank gets one. Dynamic-NTK RoPE takes its sequence length
+    over the SP group (``megatron.model.rotary.RotaryEmbedding``).
     """
     from megatron.model.ulysses import DeepSpeedUlyssesAttention, FusedUlyssesAttention, OverlappedUlyssesAttention
 
     sp = torch.distributed.get_world_size(group)
     for attn in [m for m in model.modules() if isinstance(m, ParallelAttention)]:
         attn.kv_repeat = sp // attn.g if attn.g < sp else 1
+        if attn.rotary is not None:
+            attn.rotary.group = group
         core = attn.core_attention
         if exchange == "deepspeed":
             attn.core_attention = DeepSpeedUlyssesAttention(core, group)

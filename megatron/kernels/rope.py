@@ -5,8 +5,9 @@ negates and concatenates, and multiplies strided views of the fused QKV output: 
 kernels per tensor, most on non-contiguous memory (11% of a GPT-1.3B step at 32k on an H100,
 ``docs/benchmarks/throughput/profile_*``). Here one program per (batch, token) computes the
 angles in fp32 from the global position and ``inv_freq`` (the same fp32 values as the eager
-path), reads any strided ``[b, s, heads, d]`` view and writes a contiguous output. Backward is
-the same rotation by the negative angle.
+path, RoPE scaling included), multiplies cos and sin by the attention factor (yarn's; 1
+otherwise), reads any strided ``[b, s, heads, d]`` view and writes a contiguous output. Backward
+is the same rotation by the negative angle, with the same factor.
 
 On CPU the kernel runs in Triton's interpreter (``TRITON_INTERPRET=1``), which is how the tests
 compare it with the eager reference.
@@ -22,7 +23,7 @@ if HAVE_TRITON:
 
     @triton.jit
     def _rope_kernel(
-        X, OUT, POS, INV_FREQ,
+        X, OUT, POS, INV_FREQ, SCALE,
         stride_xb, stride_xs, stride_xh,
         stride_ob, stride_os, stride_oh,
         S, H,
@@ -34,8 +35,8 @@ if HAVE_TRITON:
         pos = tl.load(POS + pid).to(tl.float32)
         i = tl.arange(0, HALF)
         angle = pos * tl.load(INV_FREQ + i)
-        cos = tl.cos(angle)[None, :]
-        sin = (tl.sin(angle) * SIGN)[None, :]
+        cos = (tl.cos(angle) * SCALE)[None, :]
+        sin = (tl.sin(angle) * SCALE * SIGN)[None, :]
         h = tl.arange(0, BLOCK_H)[:, None]
         mask = h < H
         x_ptr = X + b * stride_xb + s * stride_xs + h * stride_xh + i[None, :]
@@ -46,13 +47,13 @@ if HAVE_TRITON:
         tl.store(o_ptr + HALF, (x2 * cos + x1 * sin).to(OUT.dtype.element_ty), mask=mask)
 
 
-def _rotate(x_bshd: torch.Tensor, pos_bs: torch.Tensor, inv_freq: torch.Tensor, sign: float) -> torch.Tensor:
+def _rotate(x_bshd: torch.Tensor, pos_bs: torch.Tensor, inv_freq: torch.Tensor, scale: float, sign: float) -> torch.Tensor:
     b, s, h, d = x_bshd.shape
     if x_bshd.stride(-1) != 1:
         x_bshd = x_bshd.contiguous()
     out = torch.empty((b, s, h, d), dtype=x_bshd.dtype, device=x_bshd.device)
     _rope_kernel[(b * s,)](
-        x_bshd, out, pos_bs, inv_freq,
+        x_bshd, out, pos_bs, inv_freq, float(scale),
         x_bshd.stride(0), x_bshd.stride(1), x_bshd.stride(2),
         out.stride(0), out.stride(1), out.stride(2),
         s, h,
@@ -63,14 +64,15 @@ def _rotate(x_bshd: torch.Tensor, pos_bs: torch.Tensor, inv_freq: torch.Tensor, 
 
 class _FusedRope(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x_bshd, pos_bs, inv_freq):
+    def forward(ctx, x_bshd, pos_bs, inv_freq, scale):
         ctx.save_for_backward(pos_bs, inv_freq)
-        return _rotate(x_bshd, pos_bs, inv_freq, 1.0)
+        ctx.scale = scale
+        return _rotate(x_bshd, pos_bs, inv_freq, scale, 1.0)
 
     @staticmethod
     def backward(ctx, grad_out):
         pos_bs, inv_freq = ctx.saved_tensors
-        return _rotate(grad_out, pos_bs, inv_freq, -1.0), None, None
+        return _rotate(grad_out, pos_bs, inv_freq, ctx.scale, -1.0), None, None, None
 
 
 def supported(x_bshd: torch.Tensor) -> bool:
@@ -79,7 +81,9 @@ def supported(x_bshd: torch.Tensor) -> bool:
     return HAVE_TRITON and x_bshd.shape[-1] % 2 == 0 and half >= 1 and (half & (half - 1)) == 0
 
 
-def fused_rotary(x_bshd: torch.Tensor, position_ids_bs: torch.Tensor, inv_freq: torch.Tensor) -> torch.Tensor:
-    """Rotate ``x_bshd`` ([b, s, heads, d], any strides) by RoPE at the given global positions."""
+def fused_rotary(x_bshd: torch.Tensor, position_ids_bs: torch.Tensor, inv_freq: torch.Tensor,
+                 attention_factor: float = 1.0) -> torch.Tensor:  # fmt: skip
+    """Rotate ``x_bshd`` ([b, s, heads, d], any strides) by RoPE at the given global positions, cos and
+    sin times ``attention_factor``; ``inv_freq`` [d / 2] holds the (scaled) frequencies."""
     pos = position_ids_bs.expand(x_bshd.shape[0], x_bshd.shape[1]).contiguous()
-    return _FusedRope.apply(x_bshd, pos, inv_freq.float().contiguous())
+    return _FusedRope.apply(x_bshd, pos, inv_freq.float().contiguous(), float(attention_factor))

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from megatron.config import AttentionConfig, ModelConfig
-from megatron.model.rotary import apply_rotary
+from megatron.model.rotary import RotaryEmbedding
 
 _LOGGED = set()
 
@@ -253,6 +253,7 @@ class ParallelAttention(nn.Module):
         self.qkv = nn.Linear(cfg.hidden_size, (self.h + 2 * self.g) * self.d, bias=cfg.add_bias_linear)
         self.dense = nn.Linear(self.h * self.d, cfg.hidden_size, bias=cfg.add_bias_linear)
         self.dense.is_output_projection = True
+        self.rotary = RotaryEmbedding(cfg) if cfg.use_rotary_position_embeddings else None
         self.core_attention = build_backend(attention or AttentionConfig(), device)
         self.kv_repeat = 1
 
@@ -261,8 +262,8 @@ class ParallelAttention(nn.Module):
         b, s, _ = x_bsH.shape
         q, k, v = self.qkv(x_bsH).split([self.h * self.d, self.g * self.d, self.g * self.d], dim=-1)
         q_bshd, k_bsgd, v_bsgd = q.view(b, s, self.h, self.d), k.view(b, s, self.g, self.d), v.view(b, s, self.g, self.d)
-        if self.cfg.use_rotary_position_embeddings:
-            q_bshd, k_bsgd = apply_rotary(q_bshd, k_bsgd, position_ids_bs, self.cfg.rotary_base)
+        if self.rotary is not None:
+            q_bshd, k_bsgd = self.rotary(q_bshd, k_bsgd, position_ids_bs)
         if self.kv_repeat > 1:
             k_bsgd = k_bsgd.repeat_interleave(self.kv_repeat, dim=2)
             v_bsgd = v_bsgd.repeat_interleave(self.kv_repeat, dim=2)
