@@ -71,6 +71,9 @@ class ModelConfig:
     """Query heads."""
     num_key_value_heads: Optional[int] = opt(None, aliases=("--num-query-groups",), shape=True)
     """Key/value heads (grouped-query attention); default as many as query heads."""
+    kv_channels: Optional[int] = opt(None, shape=True)
+    """Head dimension; default hidden / heads (Qwen3 and Mistral-Nemo set their own: heads x head dim may differ
+    from the hidden size)."""
     seq_length: int = 128
     """Tokens per training sample."""
     max_position_embeddings: Optional[int] = opt(None, shape=True, override="rotary")
@@ -115,10 +118,14 @@ class ModelConfig:
     """LayerNorm (GPT) or RMSNorm (Llama)."""
     norm_epsilon: float = opt(1e-5, shape=True)
     """Epsilon of the normalization layers."""
+    qk_layernorm: bool = opt(False, shape=True)
+    """RMSNorm over each query and key head (head dim, weights attention.q_norm/k_norm) before RoPE (Qwen3)."""
     swiglu: bool = opt(False, shape=True)
     """SwiGLU MLP (Llama) instead of GeLU (GPT)."""
     add_bias_linear: bool = opt(True, negate="--disable-bias-linear", shape=True)
     """Biases in linear layers (GPT); --disable-bias-linear turns them off (Llama)."""
+    add_qkv_bias: bool = opt(False, shape=True)
+    """Biases on the query, key and value projections even with --disable-bias-linear (Qwen2)."""
     untie_embeddings_and_output_weights: bool = opt(False, shape=True)
     """Separate output layer instead of reusing the word embeddings."""
     activation: str = opt("gelu", choices=("gelu", "gelu_tanh"), shape=True)
@@ -138,11 +145,13 @@ class ModelConfig:
             _fill(self, "ffn_hidden_size", swiglu_width if self.swiglu else 4 * self.hidden_size)
         _choice(self.normalization, ("LayerNorm", "RMSNorm"), "--normalization")
         _choice(self.activation, ("gelu", "gelu_tanh"), "--activation")
-        if self.hidden_size % self.num_attention_heads:
+        if self.kv_channels is None and self.hidden_size % self.num_attention_heads:
             raise ConfigError(
                 f"--hidden-size {self.hidden_size} is not divisible by --num-attention-heads "
-                f"{self.num_attention_heads}; pick a head count that divides the hidden size"
+                f"{self.num_attention_heads}; pick a head count that divides the hidden size, or give --kv-channels"
             )
+        if self.kv_channels is not None and (self.kv_channels < 2 or self.kv_channels % 2):
+            raise ConfigError(f"--kv-channels {self.kv_channels} must be an even number >= 2 (RoPE rotates pairs)")
         if self.num_attention_heads % self.num_key_value_heads:
             raise ConfigError(
                 f"--num-attention-heads {self.num_attention_heads} is not divisible by --num-key-value-heads "
@@ -199,7 +208,7 @@ class ModelConfig:
 
     @property
     def head_dim(self) -> int:
-        return self.hidden_size // self.num_attention_heads
+        return self.kv_channels or self.hidden_size // self.num_attention_heads
 
     @property
     def padded_vocab_size(self) -> int:
@@ -209,9 +218,11 @@ class ModelConfig:
     def num_parameters(self) -> int:
         """Parameter count of the model this config builds (padded vocabulary)."""
         h, f, v = self.hidden_size, self.ffn_hidden_size, self.padded_vocab_size
-        kv = self.num_key_value_heads * self.head_dim
+        q, kv = self.num_attention_heads * self.head_dim, self.num_key_value_heads * self.head_dim
         b = 1 if self.add_bias_linear else 0
-        attn = h * (h + 2 * kv) + b * (h + 2 * kv) + h * h + b * h
+        qkv_bias = 1 if self.add_bias_linear or self.add_qkv_bias else 0
+        attn = h * (q + 2 * kv) + qkv_bias * (q + 2 * kv) + q * h + b * h
+        attn += 2 * self.head_dim if self.qk_layernorm else 0
         mlp = (h * f * (3 if self.swiglu else 2)) + b * (f * (2 if self.swiglu else 1) + h)
         norm = 2 * h if self.normalization == "LayerNorm" else h
         per_layer = attn + mlp + 2 * norm

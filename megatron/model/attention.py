@@ -250,18 +250,25 @@ class ParallelAttention(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.h, self.g, self.d = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
-        self.qkv = nn.Linear(cfg.hidden_size, (self.h + 2 * self.g) * self.d, bias=cfg.add_bias_linear)
+        qkv_bias = cfg.add_bias_linear or cfg.add_qkv_bias
+        self.qkv = nn.Linear(cfg.hidden_size, (self.h + 2 * self.g) * self.d, bias=qkv_bias)
         self.dense = nn.Linear(self.h * self.d, cfg.hidden_size, bias=cfg.add_bias_linear)
         self.dense.is_output_projection = True
+        if cfg.qk_layernorm:  # per-head RMSNorm of q and k before RoPE (Qwen3)
+            self.q_norm = nn.RMSNorm(self.d, eps=cfg.norm_epsilon)
+            self.k_norm = nn.RMSNorm(self.d, eps=cfg.norm_epsilon)
         self.rotary = RotaryEmbedding(cfg) if cfg.use_rotary_position_embeddings else None
         self.core_attention = build_backend(attention or AttentionConfig(), device)
         self.kv_repeat = 1
 
     def project(self, x_bsH, position_ids_bs):
-        """Fused QKV projection, RoPE and kv-head replication: this rank's q [b, s, h, d], k and v [b, s, g', d]."""
+        """Fused QKV projection, q/k norms, RoPE and kv-head replication: this rank's q [b, s, h, d], k and v
+        [b, s, g', d]."""
         b, s, _ = x_bsH.shape
         q, k, v = self.qkv(x_bsH).split([self.h * self.d, self.g * self.d, self.g * self.d], dim=-1)
         q_bshd, k_bsgd, v_bsgd = q.view(b, s, self.h, self.d), k.view(b, s, self.g, self.d), v.view(b, s, self.g, self.d)
+        if self.cfg.qk_layernorm:
+            q_bshd, k_bsgd = self.q_norm(q_bshd), self.k_norm(k_bsgd)
         if self.rotary is not None:
             q_bshd, k_bsgd = self.rotary(q_bshd, k_bsgd, position_ids_bs)
         if self.kv_repeat > 1:

@@ -62,12 +62,13 @@ def megatron_deepspeed_flops_per_iteration(
 
 
 def model_flops_per_token(cfg: ModelConfig, seq_length: int) -> float:
-    """Forward+backward model FLOPs per token: 6 x matmul params + causal attention."""
+    """Forward+backward model FLOPs per token: 6 x matmul params + causal attention (heads x head dim wide,
+    which need not be the hidden size)."""
     h, L, f = cfg.hidden_size, cfg.num_layers, cfg.ffn_hidden_size
-    kv = cfg.num_key_value_heads * cfg.head_dim
-    per_layer = h * (h + 2 * kv) + h * h + h * f * (3 if cfg.swiglu else 2)
+    q, kv = cfg.num_attention_heads * cfg.head_dim, cfg.num_key_value_heads * cfg.head_dim
+    per_layer = h * (q + 2 * kv) + q * h + h * f * (3 if cfg.swiglu else 2)
     matmul_params = L * per_layer + cfg.padded_vocab_size * h
-    attention = 6 * L * seq_length * h  # 2 matmuls x 2 FLOP/MAC x S x h, halved for causal, x3 fwd+bwd
+    attention = 6 * L * seq_length * q  # 2 matmuls x 2 FLOP/MAC x S x heads x d, halved for causal, x3 fwd+bwd
     return 6 * matmul_params + attention
 
 
@@ -83,7 +84,8 @@ def model_flops(cfg: ModelConfig, tokens: int, square_sum: int) -> float:
     """Forward+backward model FLOPs of ``tokens`` tokens whose documents' squared lengths sum to
     ``square_sum``; with one document per sequence of length S this is ``model_flops_per_token(cfg,
     S) * tokens``."""
-    return model_flops_per_token(cfg, 0) * tokens + 6 * cfg.num_layers * cfg.hidden_size * square_sum
+    width = cfg.num_attention_heads * cfg.head_dim
+    return model_flops_per_token(cfg, 0) * tokens + 6 * cfg.num_layers * width * square_sum
 
 
 def peak_memory_gb(device: torch.device) -> float:

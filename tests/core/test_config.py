@@ -98,6 +98,26 @@ def test_model_flops_with_documents():
     assert dense - metrics.model_flops(cfg, 16, 72) == pytest.approx(6 * 2 * 64 * (128 - 72))
 
 
+@pytest.mark.parametrize(
+    "extra",
+    [dict(), dict(kv_channels=24), dict(kv_channels=24, add_qkv_bias=True, add_bias_linear=False),
+     dict(kv_channels=16, qk_layernorm=True, add_bias_linear=False, untie_embeddings_and_output_weights=True)],
+    ids=["llama", "head-dim", "qkv-bias", "qk-norm"],
+)  # fmt: skip
+def test_num_parameters_and_flops_follow_head_dim_biases_and_qk_norms(extra):
+    """num_parameters() counts what GPTModel builds; attention FLOPs are heads x head dim wide."""
+    from megatron.model.gpt import GPTModel
+
+    cfg = ModelConfig(num_layers=2, hidden_size=64, num_attention_heads=8, num_key_value_heads=2, seq_length=32,
+                      vocab_size=100, make_vocab_size_divisible_by=1, use_rotary_position_embeddings=True,
+                      normalization="RMSNorm", swiglu=True, **extra)  # fmt: skip
+    assert cfg.num_parameters() == sum(p.numel() for p in GPTModel(cfg).parameters())
+    q = 8 * cfg.head_dim
+    attention = metrics.model_flops_per_token(cfg, 32) - metrics.model_flops_per_token(cfg, 0)
+    assert attention == 6 * 2 * 32 * q
+    assert metrics.model_flops(cfg, 32, 32 * 32) == pytest.approx(metrics.model_flops_per_token(cfg, 32) * 32)
+
+
 def test_lr_schedule_warmup_then_cosine_to_min():
     from megatron.config import TrainConfig
 
