@@ -8,7 +8,9 @@ tokenizers of the same name, so corpora preprocessed there keep their meaning he
 - ``SentencePieceTokenizer``: Megatron's, which appends ``<CLS> <SEP> <EOD> <MASK>`` (and
   ``<PAD> <BOS> <EOS>`` when the model lacks them) after the model's pieces; eod = ``<EOD>``.
 - ``GPTSentencePieceTokenizer``: the model's pieces only (Llama style); eod = the model's eos.
-- ``HFTokenizer``: a ``tokenizer.json`` through the optional ``tokenizers`` package.
+- ``HFTokenizer``: a ``tokenizer.json`` through the optional ``tokenizers`` package; BOS and eod
+  as the family has them (Llama 3: ``<|begin_of_text|>`` first, eod ``<|end_of_text|>``; Qwen:
+  no BOS, eod ``<|endoftext|>``).
 - ``NullTokenizer``: text is whitespace-separated integer ids; eod = vocab_size - 1.
 """
 
@@ -41,12 +43,16 @@ def pad_vocab_size(vocab_size: int, divisible_by: int) -> int:
 
 
 class Tokenizer:
-    """Common attributes; subclasses set ``vocab_size``, ``eod``, ``pad`` and implement the two methods."""
+    """Common attributes; subclasses set ``vocab_size``, ``eod``, ``pad`` and implement the two methods.
+
+    ``bos`` is the begin-of-text id that ``tokenize`` puts first, or None when the tokenizer adds none.
+    """
 
     name = "Tokenizer"
     vocab_size: int
     eod: int
     pad: int
+    bos = None
 
     def __init__(self, make_vocab_size_divisible_by: int = 1):
         self._divisible_by = make_vocab_size_divisible_by
@@ -214,12 +220,20 @@ class SentencePieceTokenizer(Tokenizer):
 _HF_EOS_CANDIDATES = ("<|endoftext|>", "</s>", "<|end_of_text|>", "<eos>", "<|im_end|>", "[SEP]")
 
 
+def _token(value):
+    """A tokenizer_config.json token entry: a string, {"content": ...} or null."""
+    return value.get("content") if isinstance(value, dict) else value
+
+
 class HFTokenizer(Tokenizer):
     """A Hugging Face ``tokenizer.json`` (file or directory holding one), without transformers.
 
     eod is the ``eos_token`` of a sibling ``tokenizer_config.json`` when there is one, else the
-    first of the usual end-of-text tokens found in the vocabulary. Text is encoded without
-    added special tokens; ``--append-eod`` adds the eod.
+    first of the usual end-of-text tokens found in the vocabulary. Documents start with the
+    family's BOS as transformers' tokenizer would put it: ``add_bos_token`` of the
+    tokenizer_config.json when it says, else what tokenizer.json's post-processor prepends
+    (Llama 3's template adds ``<|begin_of_text|>``; Qwen's adds nothing, its bos_token is null).
+    Nothing is appended: ``--append-eod`` adds the eod.
     """
 
     name = "HFTokenizer"
@@ -239,13 +253,13 @@ class HFTokenizer(Tokenizer):
         except Exception as e:
             raise TokenizerError(f"--tokenizer-model {path} is not a tokenizer.json ({e})") from None
         self.vocab_size = self.hf.get_vocab_size(with_added_tokens=True)
-        eos = None
+        config = {}
         cfg = os.path.join(os.path.dirname(path), "tokenizer_config.json")
         if os.path.exists(cfg):
             with open(cfg, encoding="utf-8") as f:
-                eos = json.load(f).get("eos_token")
-            if isinstance(eos, dict):
-                eos = eos.get("content")
+                config = json.load(f)
+        eos = _token(config.get("eos_token"))
+        self.bos = self._family_bos(config)
         for cand in ([eos] if eos else []) + list(_HF_EOS_CANDIDATES):
             if self.hf.token_to_id(cand) is not None:
                 self.eod = self.hf.token_to_id(cand)
@@ -255,8 +269,20 @@ class HFTokenizer(Tokenizer):
         pad = self.hf.token_to_id("<pad>")
         self.pad = pad if pad is not None else self.eod
 
+    def _family_bos(self, config: dict):
+        """The BOS id documents start with, or None."""
+        probe = "a"
+        plain = self.hf.encode(probe, add_special_tokens=False).ids
+        full = self.hf.encode(probe, add_special_tokens=True).ids
+        prepended = full[: len(full) - len(plain)] if full[len(full) - len(plain):] == plain else []
+        named = _token(config.get("bos_token"))
+        bos = self.hf.token_to_id(named) if named else (prepended[0] if len(prepended) == 1 else None)
+        add = config.get("add_bos_token", bool(prepended))
+        return bos if add and bos is not None else None
+
     def tokenize(self, text):
-        return self.hf.encode(text, add_special_tokens=False).ids
+        ids = self.hf.encode(text, add_special_tokens=False).ids
+        return [self.bos, *ids] if self.bos is not None else ids
 
     def detokenize(self, ids):
         return self.hf.decode([int(i) for i in ids], skip_special_tokens=False)
