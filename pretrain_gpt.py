@@ -115,6 +115,14 @@ def main(argv=None, faults=None) -> int:
             )
         tokenizer = build_tokenizer(cfg)
         cfg = cfg.resolve(world_size, vocab_size=None if tokenizer is None else tokenizer.vocab_size)
+        from megatron.training import preflight
+
+        preflight.check_save_dir(cfg.checkpoint.save)
+        preflight.check_data_tokenizer(cfg, tokenizer)
+        preflight.check_validation(cfg)
+        note = preflight.rope_note(cfg)
+        if note and _is_rank0():
+            print(f"> note: {note}", flush=True)
         from megatron.training.trainer import Trainer, initialize_distributed
 
         device = initialize_distributed(cfg)

@@ -5,7 +5,7 @@
 #   ITERS=50 bash examples_deepspeed/quickstart_cpu.sh --log-interval 5
 set -euo pipefail
 cd "$(dirname "$0")/.."
-NPROC=${NPROC:-2} SP=${SP:-2} ITERS=${ITERS:-300} SEQ_LEN=${SEQ_LEN:-256}
+NPROC=${NPROC:-2} SP=${SP:-2} ITERS=${ITERS:-300} SEQ_LEN=${SEQ_LEN:-256} WARMUP=${WARMUP:-$((ITERS < 20 ? ITERS : 20))}
 SAVE_DIR=${SAVE_DIR:-runs/quickstart} CACHE_DIR=${CACHE_DIR:-.cache/corpus}
 PYTHON=${PYTHON:-python}
 if [ -z "${DATA_PATH:-}" ]; then
@@ -17,7 +17,7 @@ cmd=($PYTHON -m torch.distributed.run --standalone --nproc_per_node "$NPROC" pre
   --ds-sequence-parallel-size "$SP" --zero-stage 1
   --num-layers 4 --hidden-size 128 --num-attention-heads 4 --seq-length "$SEQ_LEN"
   --micro-batch-size 2 --global-batch-size 4 --train-iters "$ITERS"
-  --lr 3e-3 --min-lr 3e-4 --lr-warmup-iters 20 --lr-decay-style cosine --weight-decay 0.01 --clip-grad 1.0
+  --lr 3e-3 --min-lr 3e-4 --lr-warmup-iters "$WARMUP" --lr-decay-style cosine --weight-decay 0.01 --clip-grad 1.0
   --data-path "$DATA_PATH" --tokenizer-type "${TOKENIZER_TYPE:-GPTSentencePieceTokenizer}"
   --tokenizer-model "${TOKENIZER_MODEL:?set TOKENIZER_MODEL with DATA_PATH}" --split 98,2,0
   --log-interval 10 --eval-interval 100 --eval-iters 4

@@ -19,6 +19,7 @@ import ast
 import dataclasses
 import inspect
 import os
+import re
 import sys
 import typing
 from functools import lru_cache
@@ -167,8 +168,30 @@ def _add_option(g, o: Option) -> None:
         g.add_argument(o.flag, *o.aliases, dest=o.dest, type=o.parse or o.kind, help=_help(o), **kw)
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse whose errors are one line (a ConfigError) instead of the usage text and exit."""
+
+    def error(self, message: str):
+        raise ConfigError(f"{message}; see `pretrain_gpt.py --help`")
+
+
+_NEGATIVE_NUMBER = re.compile(r"^-(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
+
+
+def _attach_negative_values(argv: list) -> list:
+    """``--lr -1e-3`` as ``--lr=-1e-3``: argparse takes a negative number in exponent form for a
+    flag and stops with "expected one argument"; attached, it reaches validation, which names it."""
+    out = []
+    for arg in argv:
+        if _NEGATIVE_NUMBER.match(arg) and out and out[-1].startswith("--") and "=" not in out[-1]:
+            out[-1] = f"{out[-1]}={arg}"
+        else:
+            out.append(arg)
+    return out
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="pretrain_gpt.py",
         description="GPT pretraining with DeepSpeed-Ulysses sequence parallelism.",
         allow_abbrev=False,
@@ -231,9 +254,15 @@ def _read_yaml(path: str) -> dict:
 
     try:
         with open(path) as f:
-            return _flatten_yaml(yaml.safe_load(f), path)
+            data = yaml.safe_load(f)
     except FileNotFoundError:
         raise ConfigError(f"--config {path} does not exist; give the path of a YAML file") from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ConfigError(f"--config {path} is not valid YAML ({where}{problem}); fix the file") from None
+    return _flatten_yaml(data, path)
 
 
 def _shape_fragment(o: Option, value) -> str:
@@ -292,7 +321,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> Config:
     """Flags (and the optional YAML) into a validated Config; raises ConfigError."""
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
-    args, unknown = parser.parse_known_args(argv)
+    args, unknown = parser.parse_known_args(_attach_negative_values(argv))
     if unknown:
         raise ConfigError(f"unrecognized arguments: {' '.join(unknown)}; see `pretrain_gpt.py --help`")
     for name in ("tensor_model_parallel_size", "pipeline_model_parallel_size"):

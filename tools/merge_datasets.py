@@ -4,7 +4,8 @@
         --output-prefix data/ab_text_document
 
 ``--input`` may also be a folder: every pair in it is merged, sorted by name (Megatron's
-behaviour). All inputs must share a dtype. Output is published atomically.
+behaviour). All inputs must share a dtype and, where they record it (``{prefix}.meta``), the
+tokenizer, which the output then records too. Output is published atomically.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ import argparse
 import os
 import sys
 
+from megatron.data.dataset_info import merged_info, write_raw_info
+from megatron.data.errors import DataError
 from megatron.data.indexed_dataset import IndexedDatasetError, IndexWriter, MMapIndexedDataset
 
 
@@ -36,10 +39,13 @@ def merge(prefixes: list, output_prefix: str) -> int:
     first = MMapIndexedDataset(prefixes[0])  # validates the pair and gives the dtype
     dtype = first.dtype
     first.close()
+    info = merged_info(prefixes)  # the inputs' tokenizer, refused when they disagree
     with IndexWriter(output_prefix, dtype) as w:
         for p in prefixes:
             w.add_index(p)
         w.finalize()
+    if info is not None:
+        write_raw_info(output_prefix, info)
     return len(MMapIndexedDataset(output_prefix).doc_idx) - 1
 
 
@@ -50,7 +56,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     try:
         n = merge(expand(args.input), args.output_prefix)
-    except IndexedDatasetError as e:
+    except (IndexedDatasetError, DataError) as e:
         print(f"merge_datasets.py: error: {e}", file=sys.stderr)
         return 1
     print(f"merged {len(args.input)} inputs, {n} documents -> {args.output_prefix}.bin/.idx")

@@ -3,11 +3,14 @@
 Lines are read in the main process in chunks (so every error can name its file and line),
 tokenized in a ``multiprocessing`` pool (``workers`` processes, results kept in input order
 so the output is deterministic) and streamed to one ``IndexWriter`` per JSON key. Outputs
-are published atomically: on any error nothing that looks like a finished pair is left.
+are published atomically: on any error nothing that looks like a finished pair is left, nor
+a folder the run created. Each pair gets ``{prefix}.meta``, the tokenizer that made it
+(``megatron.data.dataset_info``, checked by training).
 
 Bad input policy: a malformed line, a missing key or a non-string value stops the run with
 ``file:line: problem`` unless ``skip_malformed`` is set, in which case the line is skipped
-and counted. Blank lines are ignored; documents that tokenize to nothing are skipped and counted.
+and counted. Blank lines are ignored; documents that tokenize to nothing are skipped and counted;
+input without a single document is an error.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from megatron.data.dataset_info import write_info
 from megatron.data.errors import DataError
 from megatron.data.indexed_dataset import IndexWriter, best_fitting_dtype, check_vocab_fits
 from megatron.tokenizer import create_tokenizer
@@ -176,6 +180,18 @@ class _Progress:
         self.stream.flush()
 
 
+def _missing_dirs(folder: str) -> list:
+    """``folder`` and its ancestors that do not exist yet, outermost first."""
+    missing = []
+    while folder and not os.path.exists(folder):
+        missing.append(folder)
+        parent = os.path.dirname(folder)
+        if parent == folder:
+            break
+        folder = parent
+    return missing[::-1]
+
+
 def preprocess(
     input: str,
     output_prefix: str,
@@ -206,11 +222,13 @@ def preprocess(
     check_vocab_fits(tok.vocab_size, np_dtype)
     json_keys = tuple(json_keys)
     stats = PreprocessStats()
-    writers = {k: IndexWriter(f"{output_prefix}_{k}_document", np_dtype) for k in json_keys}
+    new_dirs = _missing_dirs(os.path.dirname(os.path.abspath(output_prefix)))  # removed again if the run fails
+    writers: dict = {}
     progress = _Progress(log_interval, progress_stream)
     t0 = time.time()
     executor = None
     try:
+        writers = {k: IndexWriter(f"{output_prefix}_{k}_document", np_dtype) for k in json_keys}
         initargs = (tokenizer_spec, json_keys, append_eod)
         chunks = iter_chunks(files, chunk_lines)
         if workers > 1:
@@ -237,11 +255,22 @@ def preprocess(
             progress.update(stats.documents, stats.bytes)
         if should_stop is not None and should_stop():
             raise KeyboardInterrupt
-        for w in writers.values():
+        if stats.documents == 0:
+            raise PreprocessError(
+                f"--input {input} holds no documents ({stats.skipped_empty} empty, {stats.skipped_malformed} skipped "
+                f"as malformed, the rest blank lines); check the file and --json-keys {' '.join(json_keys)}"
+            )
+        for k, w in writers.items():
             w.finalize()
+            write_info(w.prefix, tok, json_key=k, append_eod=append_eod, dtype=np_dtype.name)
     except BaseException as e:
         for w in writers.values():
             w.abort()
+        for d in reversed(new_dirs):  # only the folders this run created, and only if empty
+            try:
+                os.rmdir(d)
+            except OSError:
+                break
         if executor is not None:  # queued chunks are dropped; workers finish at most their current one
             if isinstance(e, (KeyboardInterrupt, SystemExit)):  # interrupted: do not wait for them
                 for proc in list(getattr(executor, "_processes", {}).values()):

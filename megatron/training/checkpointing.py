@@ -105,8 +105,11 @@ def _prune(save_dir: str, keep_last_n: int, keep: str) -> None:
             shutil.rmtree(os.path.join(save_dir, old), ignore_errors=True)
 
 
-def _file_problem(path: str, size: int | None = None) -> str | None:
-    """Why a checkpoint file cannot be used (missing, wrong size, unreadable), or None."""
+def _file_problem(path: str, size: int | None = None, contents: bool = False) -> str | None:
+    """Why a checkpoint file cannot be used (missing, wrong size, unreadable), or None.
+
+    ``contents``: also read every member of a ``.pt`` archive against the CRC-32 that
+    ``torch.save`` recorded, which finds bytes changed in place (same size, intact directory)."""
     if not os.path.isfile(path):
         return "is missing"
     got = os.path.getsize(path)
@@ -115,9 +118,14 @@ def _file_problem(path: str, size: int | None = None) -> str | None:
     if path.endswith(".pt"):
         try:  # torch.save writes a zip archive; a cut-off file has no central directory
             with zipfile.ZipFile(path) as z:
-                z.infolist()
-        except (zipfile.BadZipFile, OSError) as e:
-            return f"is unreadable ({e})"
+                for member in z.infolist() if contents else ():
+                    if member.CRC == 0 and member.file_size:
+                        continue  # written without checksums (torch.serialization's compute_crc32 off)
+                    with z.open(member) as f:  # raises BadZipFile on a CRC mismatch at the end
+                        while f.read(1 << 24):
+                            pass
+        except (zipfile.BadZipFile, OSError, ValueError) as e:
+            return f"is unreadable or damaged ({e})"
     return None
 
 
@@ -209,6 +217,20 @@ def _read_manifest(ckpt_dir: str) -> dict | None:
         raise ConfigError(f"{path} is unreadable ({e}); restore it, or point 'latest' at an earlier iter_* directory")
 
 
+def _first_damaged(ckpt_dir: str, files: dict, latest: str) -> str | None:
+    """Collective: every file of the manifest checked for presence, size and contents (each rank
+    reads its share); the first problem by file name, the same on every rank, or None."""
+    names = sorted(files)[dist.get_rank() :: dist.get_world_size()]
+    mine = [(n, p) for n in names if (p := _file_problem(os.path.join(ckpt_dir, n), files[n], contents=True))]
+    found = [None] * dist.get_world_size()
+    dist.all_gather_object(found, mine)
+    problems = sorted(p for rank in found for p in rank)
+    if not problems:
+        return None
+    name, problem = problems[0]
+    return f"checkpoint {ckpt_dir} is damaged: {name} {problem}; restore it, or point {latest} at an earlier iter_* directory"
+
+
 def _convert_to_universal(ckpt_dir: str) -> str:
     """Rank 0: DeepSpeed's ds_to_universal into ckpt_dir/universal (once; atomic rename)."""
     out = os.path.join(ckpt_dir, UNIVERSAL)
@@ -244,17 +266,7 @@ def prepare_resume(load_dir: str, layout: Layout) -> Resume | None:
     manifest = _read_manifest(ckpt_dir)
     if manifest is None:
         return Resume(tag, universal=False, saved=None)
-    def first_damaged() -> str | None:  # rank 0 checks every file, as it does when saving
-        for name, size in sorted(manifest["files"].items()):
-            problem = _file_problem(os.path.join(ckpt_dir, name), size)
-            if problem:
-                return (
-                    f"checkpoint {ckpt_dir} is damaged: {name} {problem}; restore it, or point {latest} at an "
-                    "earlier iter_* directory"
-                )
-        return None
-
-    damaged = _rank0_verdict(first_damaged)
+    damaged = _first_damaged(ckpt_dir, manifest["files"], latest)
     if damaged:
         raise ConfigError(damaged)
     saved = Layout(**manifest["layout"])

@@ -36,6 +36,7 @@ def test_token_ids_beyond_the_vocabulary_stop_with_one_line(tmp_path):
          str(tmp_path / "wide"), "--tokenizer-type", "NullTokenizer", "--vocab-size", "1000", "--append-eod"],
         check=True, env=env(), capture_output=True,
     )  # fmt: skip
+    (tmp_path / "wide_text_document.meta").unlink()  # data without its tokenizer's record (older, or Megatron-LM's)
     args = [sys.executable, str(ROOT / "pretrain_gpt.py"), "--num-layers", "1", "--hidden-size", "32",
             "--num-attention-heads", "2", "--seq-length", "32", "--data-path", str(tmp_path / "wide_text_document"),
             "--tokenizer-type", "NullTokenizer", "--vocab-size", "100", "--micro-batch-size", "2", "--train-iters", "2",
@@ -46,3 +47,25 @@ def test_token_ids_beyond_the_vocabulary_stop_with_one_line(tmp_path):
     assert len(errors) == 1 and "outside the model's vocabulary (128 rows" in errors[0], proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr
     assert not (tmp_path / "ckpt").exists() or not any((tmp_path / "ckpt").iterdir())  # nothing saved
+
+
+def test_tokenizer_other_than_the_datas_is_refused_before_training(tmp_path):
+    """Data tokenized with a 100-id vocabulary, trained with a 1000-id one: every id is in range, so
+    only the tokenizer recorded beside the data (``.meta``) tells."""
+    docs = tmp_path / "docs.jsonl"
+    docs.write_text("".join(json.dumps({"text": " ".join(str((i + j) % 100) for j in range(40))}) + "\n" for i in range(40)))
+    subprocess.run(
+        [sys.executable, str(ROOT / "tools/preprocess_data.py"), "--input", str(docs), "--output-prefix",
+         str(tmp_path / "small"), "--tokenizer-type", "NullTokenizer", "--vocab-size", "100", "--append-eod"],
+        check=True, env=env(), capture_output=True,
+    )  # fmt: skip
+    args = [sys.executable, str(ROOT / "pretrain_gpt.py"), "--num-layers", "1", "--hidden-size", "32",
+            "--num-attention-heads", "2", "--seq-length", "32", "--data-path", str(tmp_path / "small_text_document"),
+            "--tokenizer-type", "NullTokenizer", "--vocab-size", "1000", "--micro-batch-size", "2", "--train-iters", "2",
+            "--num-workers", "0", "--split", "100,0,0"]  # fmt: skip
+    proc = subprocess.run(args, env=env(), capture_output=True, text=True, timeout=300, check=False)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr[-2000:]
+    assert "small_text_document was tokenized by a tokenizer: NullTokenizer (vocabulary 101)" in lines[0]
+    assert "this run's tokenizer is NullTokenizer (vocabulary 1001)" in lines[0] and "iteration" not in proc.stdout

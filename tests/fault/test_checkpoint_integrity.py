@@ -34,7 +34,7 @@ def test_shard_cut_short_while_saving_keeps_previous_latest(tmp_path):
                                       "zero_pp_rank_1_mp_rank_00_optim_states.pt"}  # fmt: skip
 
 
-@pytest.mark.parametrize("damage", ["truncate", "delete"])
+@pytest.mark.parametrize("damage", ["truncate", "delete", "garble"])
 def test_damaged_checkpoint_is_named_on_load(tmp_path, damage):
     ckpt = tmp_path / "ckpt"
     args = ARGS + SP2 + ["--zero-stage", "1"]
@@ -43,13 +43,17 @@ def test_damaged_checkpoint_is_named_on_load(tmp_path, damage):
     if damage == "truncate":
         data = shard.read_bytes()
         shard.write_bytes(data[: len(data) // 2])
+    elif damage == "garble":  # same size, zip directory intact: the pickle inside is changed
+        data = bytearray(shard.read_bytes())
+        data[100:300] = bytes(b ^ 0x5A for b in data[100:300])
+        shard.write_bytes(bytes(data))
     else:
         shard.unlink()
     proc = torchrun(2, args + ["--train-iters", "4", "--load", str(ckpt)])
     assert proc.returncode != 0, proc.stdout[-2000:] + proc.stderr[-2000:]  # the ranks exit 2; torchrun says 1
     err = _error_lines(proc)
     assert len(err) == 1, proc.stderr[-2000:]
-    what = "is truncated" if damage == "truncate" else "is missing"
+    what = {"truncate": "is truncated", "delete": "is missing", "garble": "is unreadable or damaged (Bad CRC-32"}[damage]
     assert f"{ckpt / 'iter_0000002'} is damaged: zero_pp_rank_1_mp_rank_00_optim_states.pt {what}" in err[0]
 
 

@@ -12,7 +12,7 @@ import pytest
 from tests.launch import ROOT, TINY_GPT, assert_close_records, env
 
 SCRIPTS = ROOT / "examples_deepspeed" / "sequence_parallel"
-TINY = TINY_GPT + ["--max-position-embeddings", "64", "--train-iters", "2", "--log-interval", "1"]
+TINY = TINY_GPT + ["--max-position-embeddings", "64", "--train-iters", "2", "--lr-warmup-iters", "1", "--log-interval", "1"]
 
 
 def _free_port() -> int:
@@ -91,7 +91,8 @@ def test_two_nodes_match_one_node(corpus_env, tmp_path):
 def test_30b_script_eight_ranks_sp8_matches_one_rank(corpus_env, tmp_path):
     """The eight-GPU layout of the 30B sweep's longer lengths (SP=8, ZeRO-3 over eight ranks), as
     eight CPU processes, against one process: the same losses and gradient norms."""
-    tiny = TINY_GPT + ["--num-attention-heads", "8", "--max-position-embeddings", "64", "--train-iters", "3", "--log-interval", "1"]
+    tiny = TINY_GPT + ["--num-attention-heads", "8", "--max-position-embeddings", "64", "--train-iters", "3",
+                       "--lr-warmup-iters", "1", "--log-interval", "1"]  # fmt: skip
     base = dict(corpus_env, LAUNCHER="torchrun", PRECISION="fp32", OMP_NUM_THREADS="1")
     runs = {}
     for n in ("1", "8"):
