@@ -257,7 +257,8 @@ def test_window_of_one_is_each_querys_own_value():
     the relative checks above cannot compare)."""
     gen = torch.Generator().manual_seed(4)
     q, k, v = (torch.randn(1, 37, 2, 16, generator=gen).to(DEVICE) for _ in range(3))
-    torch.testing.assert_close(flash_attention(q, k, v, window=1), v, rtol=1e-5, atol=1e-5)
+    tol = 1e-5 if DEVICE == "cpu" else 5e-3  # fp32 dots run in tf32 on GPUs
+    torch.testing.assert_close(flash_attention(q, k, v, window=1), v, rtol=tol, atol=tol)
 
 
 def test_window_argument_is_checked():
