@@ -5,11 +5,23 @@ g key/value heads, d head dim. A backend takes ``q_bShd, k_bSgd, v_bSgd`` (the w
 for a subset of heads, as after the Ulysses all-to-all) and optional ``document_ids_bS``, and
 is causal. ``build_backend`` checks what the machine can run once, at model build.
 
+Per layer, a backend is built with (all optional, each layer builds its own):
+  window         sliding window W: query i sees key j iff 0 <= i - j < W (the W keys ending at itself, as
+                 transformers' ``q_idx - kv_idx < sliding_window``), intersected with causal and same-document;
+                 None is full causal. Mistral, Qwen2 (use_sliding_window), Gemma-2/3.
+  softmax_scale  the scale of q.k before the softmax; None is 1/sqrt(d). Gemma: query_pre_attn_scalar**-0.5.
+  softcap        attention-logit soft-cap c: scores = c * tanh(scores / c) before masking and softmax (Gemma-2);
+                 classic only.
+They live on the backend module, so the Ulysses exchanges, which pass their call arguments through, need
+nothing to carry them.
+
 Backends (``AttentionConfig.backend``):
-  classic       explicit fp32 softmax(QK^T)V; the reference, always available.
-  sdpa          torch scaled_dot_product_attention (cuDNN, then flash, then the rest on CUDA).
-  flash         the flash_attn package when installed (else SDPA, said once).
-  flash_triton  our Triton/Gluon FlashAttention kernels (``megatron.kernels``).
+  classic       explicit fp32 softmax(QK^T)V; the reference, always available; window, scale and soft-cap.
+  sdpa          torch scaled_dot_product_attention (cuDNN, then flash, then the rest on CUDA); a window or
+                documents are a dense boolean mask.
+  flash         the flash_attn package when installed (else SDPA, said once); window as its window_size.
+  flash_triton  our Triton/Gluon FlashAttention kernels (``megatron.kernels``); blocks outside the window or the
+                document are skipped.
 
 ParallelAttention is a plain module: QKV projection, RoPE, core attention, output projection.
 Sequence parallelism wraps its ``core_attention`` in a Ulysses exchange from outside
@@ -19,7 +31,6 @@ Sequence parallelism wraps its ``core_attention`` in a Ulysses exchange from out
 from __future__ import annotations
 
 import math
-from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -39,25 +50,32 @@ def log_once(msg: str) -> None:
             print(f"> attention: {msg}", flush=True)
 
 
-def _document_mask(document_ids: torch.Tensor, S: int, device) -> torch.Tensor:
-    """Boolean [b, 1, S, S] mask: causal and within the same document."""
-    causal = torch.ones(S, S, dtype=torch.bool, device=device).tril()
-    same_doc = document_ids[:, :, None] == document_ids[:, None, :]
-    return (causal[None] & same_doc)[:, None]
+def _attention_mask(S: int, device, document_ids: torch.Tensor | None = None, window: int | None = None):
+    """Boolean [1 or b, 1, S, S] mask, True where query i sees key j: causal, within the window (i - j < window)
+    and within the same document."""
+    keep = torch.ones(S, S, dtype=torch.bool, device=device).tril()
+    if window is not None and window < S:
+        keep = keep & ~torch.ones(S, S, dtype=torch.bool, device=device).tril(-window)  # drops i - j >= window
+    keep = keep[None]
+    if document_ids is not None:
+        keep = keep & (document_ids[:, :, None] == document_ids[:, None, :])
+    return keep[:, None]
 
 
-def classic_attention(q, k, v, document_ids=None, dropout_p=0.0, training=False):
-    """Reference attention with an explicit fp32 softmax (materializes [b, h, S, S])."""
-    b, S, h, d = q.shape
+def classic_attention(q, k, v, document_ids=None, dropout_p=0.0, training=False, *, window=None,
+                      softmax_scale=None, softcap=None):  # fmt: skip
+    """Reference attention with an explicit fp32 softmax (materializes [b, h, S, S]); window, softmax_scale and
+    softcap as in the module docstring (the cap in fp32, before the mask)."""
+    _b, S, h, d = q.shape
     rep = h // k.shape[2]
     k = k.repeat_interleave(rep, dim=2) if rep > 1 else k
     v = v.repeat_interleave(rep, dim=2) if rep > 1 else v
     acc = torch.promote_types(q.dtype, torch.float32)  # at least fp32 (fp64 stays fp64 for tests)
-    scores = torch.einsum("bshd,bthd->bhst", q.to(acc), k.to(acc)) / math.sqrt(d)
-    if document_ids is None:
-        mask = torch.ones(S, S, dtype=torch.bool, device=q.device).tril()[None, None]
-    else:
-        mask = _document_mask(document_ids, S, q.device)
+    scores = torch.einsum("bshd,bthd->bhst", q.to(acc), k.to(acc))
+    scores = scores / math.sqrt(d) if softmax_scale is None else scores * softmax_scale
+    if softcap is not None:
+        scores = softcap * torch.tanh(scores / softcap)
+    mask = _attention_mask(S, q.device, document_ids, window)
     scores = scores.masked_fill(~mask, float("-inf"))
     probs = torch.softmax(scores, dim=-1)
     if dropout_p > 0 and training:
@@ -71,16 +89,19 @@ def _sdpa_backends():
     return [SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
 
 
-def sdpa_attention(q, k, v, document_ids=None, dropout_p=0.0, training=False):
-    """torch SDPA; on CUDA the cuDNN backend is preferred, then FlashAttention-2."""
+def sdpa_attention(q, k, v, document_ids=None, dropout_p=0.0, training=False, *, window=None, softmax_scale=None):
+    """torch SDPA; on CUDA the cuDNN backend is preferred, then FlashAttention-2. Documents or a window shorter than
+    the sequence are a dense boolean [b or 1, 1, S, S] mask (SDPA then runs a masked kernel)."""
     from torch.nn.attention import sdpa_kernel
 
     q_bhSd, k_bgSd, v_bgSd = (t.transpose(1, 2) for t in (q, k, v))
-    mask = None if document_ids is None else _document_mask(document_ids, q.shape[1], q.device)
+    S = q.shape[1]
+    windowed = window is not None and window < S
+    mask = _attention_mask(S, q.device, document_ids, window) if document_ids is not None or windowed else None
     with sdpa_kernel(_sdpa_backends(), set_priority=True):
         out = F.scaled_dot_product_attention(
             q_bhSd, k_bgSd, v_bgSd, attn_mask=mask, dropout_p=dropout_p if training else 0.0,
-            is_causal=mask is None, enable_gqa=q.shape[2] != k.shape[2],
+            is_causal=mask is None, scale=softmax_scale, enable_gqa=q.shape[2] != k.shape[2],
         )  # fmt: skip
     return out.transpose(1, 2)
 
@@ -92,36 +113,63 @@ def _sdpa_description(device: torch.device) -> str:
     return "torch SDPA (priority cuDNN > flash > efficient > math" + ("" if cudnn else ", cuDNN SDP disabled") + ")"
 
 
-class CoreAttention(nn.Module):
-    """A backend: ``forward(q_bShd, k_bSgd, v_bSgd, document_ids_bS=None) -> out_bShd``, causal.
+def _softcap_refusal(softcap) -> str | None:
+    if softcap is None:
+        return None
+    return f"it has no attention-logit soft-cap (softcap={softcap}); --attention-backend classic runs it"
 
-    ``supports(device, dropout)`` returns None when the backend runs there, else the reason;
-    ``description`` says what runs (logged once).
+
+class CoreAttention(nn.Module):
+    """A backend: ``forward(q_bShd, k_bSgd, v_bSgd, document_ids_bS=None) -> out_bShd``, causal, with this
+    layer's ``window``, ``softmax_scale`` and ``softcap`` (module docstring) fixed at construction.
+
+    ``supports(device, dropout, window, softmax_scale, softcap)`` returns None when the backend runs there,
+    else the reason; ``description`` says what runs (logged once).
     """
 
     name = ""
 
-    def __init__(self, dropout: float = 0.0, device: Optional[torch.device] = None):
+    def __init__(self, dropout: float = 0.0, device: torch.device | None = None, *, window: int | None = None,
+                 softmax_scale: float | None = None, softcap: float | None = None):  # fmt: skip
         super().__init__()
+        if window is not None and (isinstance(window, bool) or not isinstance(window, int) or window < 1):
+            raise ValueError(f"attention window must be a positive number of tokens or None, got {window!r}")
+        for what, x in (("softmax_scale", softmax_scale), ("softcap", softcap)):
+            if x is not None and not x > 0:
+                raise ValueError(f"attention {what} must be positive or None, got {x!r}")
         self.dropout = dropout
-        self.description = self.describe(device or torch.device("cpu"))
+        self.window, self.softmax_scale, self.softcap = window, softmax_scale, softcap
+        self.description = self.describe(device or torch.device("cpu")) + self._options()
 
     @classmethod
-    def supports(cls, device: torch.device, dropout: float) -> Optional[str]:
-        return None
+    def supports(cls, device: torch.device, dropout: float, window=None, softmax_scale=None, softcap=None):
+        """None when this backend runs there with these options, else why not (one line)."""
+        return _softcap_refusal(softcap)
 
     def describe(self, device: torch.device) -> str:
         return self.name
+
+    def _options(self) -> str:
+        options = [f"{name} {x}" for name, x in (("sliding window", self.window), ("softmax scale", self.softmax_scale),
+                                                 ("logit soft-cap", self.softcap)) if x is not None]  # fmt: skip
+        return "; " + ", ".join(options) if options else ""
 
 
 class ClassicAttention(CoreAttention):
     name = "classic"
 
+    @classmethod
+    def supports(cls, device, dropout, window=None, softmax_scale=None, softcap=None):
+        return None
+
     def describe(self, device):
         return "classic (explicit fp32 softmax)"
 
     def forward(self, q_bShd, k_bSgd, v_bSgd, document_ids_bS=None):
-        return classic_attention(q_bShd, k_bSgd, v_bSgd, document_ids_bS, self.dropout, self.training)
+        return classic_attention(
+            q_bShd, k_bSgd, v_bSgd, document_ids_bS, self.dropout, self.training,
+            window=self.window, softmax_scale=self.softmax_scale, softcap=self.softcap,
+        )  # fmt: skip
 
 
 class SDPAAttention(CoreAttention):
@@ -131,7 +179,10 @@ class SDPAAttention(CoreAttention):
         return _sdpa_description(device)
 
     def forward(self, q_bShd, k_bSgd, v_bSgd, document_ids_bS=None):
-        return sdpa_attention(q_bShd, k_bSgd, v_bSgd, document_ids_bS, self.dropout, self.training)
+        return sdpa_attention(
+            q_bShd, k_bSgd, v_bSgd, document_ids_bS, self.dropout, self.training,
+            window=self.window, softmax_scale=self.softmax_scale,
+        )  # fmt: skip
 
 
 def _flash_attn_package():
@@ -155,15 +206,17 @@ class FlashAttnPackage(CoreAttention):
     name = "flash"
 
     @classmethod
-    def supports(cls, device, dropout):
+    def supports(cls, device, dropout, window=None, softmax_scale=None, softcap=None):
+        if softcap is not None:
+            return _softcap_refusal(softcap)
         if _flash_attn_package()[0] is None:
             return "the flash_attn package is not installed (pip install flash-attn)"
         if device.type != "cuda":
             return "flash_attn needs a CUDA GPU"
         return None
 
-    def __init__(self, dropout=0.0, device=None):
-        super().__init__(dropout, device)
+    def __init__(self, dropout=0.0, device=None, **options):
+        super().__init__(dropout, device, **options)
         self.fn = _flash_attn_package()[0]
 
     def describe(self, device):
@@ -171,19 +224,29 @@ class FlashAttnPackage(CoreAttention):
 
     def forward(self, q_bShd, k_bSgd, v_bSgd, document_ids_bS=None):
         if document_ids_bS is not None:
-            return sdpa_attention(q_bShd, k_bSgd, v_bSgd, document_ids_bS, self.dropout, self.training)
-        return self.fn(q_bShd, k_bSgd, v_bSgd, dropout_p=self.dropout if self.training else 0.0, causal=True)
+            return sdpa_attention(
+                q_bShd, k_bSgd, v_bSgd, document_ids_bS, self.dropout, self.training,
+                window=self.window, softmax_scale=self.softmax_scale,
+            )  # fmt: skip
+        options = {}
+        if self.softmax_scale is not None:
+            options["softmax_scale"] = self.softmax_scale
+        if self.window is not None:
+            options["window_size"] = (self.window - 1, 0)  # keys [i - (W - 1), i]
+        return self.fn(q_bShd, k_bSgd, v_bSgd, dropout_p=self.dropout if self.training else 0.0, causal=True, **options)
 
 
 class FlashTritonAttention(CoreAttention):
-    """Our kernels (``megatron.kernels``): packed documents skip masked blocks; no dropout."""
+    """Our kernels (``megatron.kernels``): packed documents and the window skip masked blocks; no dropout."""
 
     name = "flash_triton"
 
     @classmethod
-    def supports(cls, device, dropout):
+    def supports(cls, device, dropout, window=None, softmax_scale=None, softcap=None):
         from megatron import kernels
 
+        if softcap is not None:
+            return _softcap_refusal(softcap)
         ok, reason = kernels.is_available()
         if not ok:
             return reason
@@ -197,43 +260,69 @@ class FlashTritonAttention(CoreAttention):
     def forward(self, q_bShd, k_bSgd, v_bSgd, document_ids_bS=None):
         from megatron import kernels
 
-        return kernels.flash_attention(q_bShd, k_bSgd, v_bSgd, causal=True, document_ids=document_ids_bS)
+        return kernels.flash_attention(
+            q_bShd, k_bSgd, v_bSgd, causal=True, softmax_scale=self.softmax_scale, document_ids=document_ids_bS,
+            window=self.window,
+        )  # fmt: skip
 
 
 BACKENDS = {cls.name: cls for cls in (ClassicAttention, SDPAAttention, FlashAttnPackage, FlashTritonAttention)}
 
 
-def build_backend(cfg: AttentionConfig, device: Optional[torch.device] = None) -> CoreAttention:
-    """The configured backend, checked once against the machine; what runs is logged once.
+def build_backend(
+    cfg: AttentionConfig, device: torch.device | None = None, window: int | None = None,
+    softmax_scale: float | None = None, softcap: float | None = None,
+) -> CoreAttention:  # fmt: skip
+    """The configured backend for one layer (window, softmax_scale, softcap: module docstring), checked once
+    against the machine; what runs is logged once.
 
     ``flash`` where it cannot run falls back to SDPA (the same result) and says so; ``flash_triton``
-    where it cannot run is an error naming the reason.
+    where it cannot run, or any backend asked for an option it lacks (the soft-cap: classic only), is an error
+    naming the reason.
     """
     device = device or torch.device("cpu")
     cls = BACKENDS[cfg.backend]
-    reason = cls.supports(device, cfg.dropout)
-    if reason and cls is FlashAttnPackage:
-        backend = SDPAAttention(cfg.dropout, device)
+    options = {"window": window, "softmax_scale": softmax_scale, "softcap": softcap}
+    reason = cls.supports(device, cfg.dropout, **options)
+    if reason and cls is FlashAttnPackage and SDPAAttention.supports(device, cfg.dropout, **options) is None:
+        backend = SDPAAttention(cfg.dropout, device, **options)
         log_once(f"--attention-backend flash cannot run ({reason}): {backend.description} runs instead")
         return backend
     if reason:
         raise RuntimeError(f"--attention-backend {cfg.backend} cannot run: {reason}")
-    backend = cls(cfg.dropout, device)
+    backend = cls(cfg.dropout, device, **options)
     log_once(backend.description)
     return backend
 
 
-def document_mask_note(backend: str, seq_length: int, micro_batch_size: int) -> Optional[str]:
+def document_mask_note(backend: str, seq_length: int, micro_batch_size: int, window: int | None = None) -> str | None:
     """The one line to print when packed documents (--reset-attention-mask) meet a backend that
-    builds dense masks, else None. Only the Triton kernel takes document ids and skips masked blocks."""
+    builds dense masks, else None. Only the Triton kernel takes document ids (and a sliding window,
+    which then joins the dense mask) and skips masked blocks."""
     if backend == "flash_triton":
         return None
-    gb = 3 * micro_batch_size * seq_length**2 / 1e9  # the mask and its two boolean factors
+    windowed = window is not None and window < seq_length
+    gb = (4 if windowed else 3) * micro_batch_size * seq_length**2 / 1e9  # the mask and its boolean factors
+    what = "document and sliding-window" if windowed else "dense"
+    takes = "document ids and the window" if windowed else "document ids"
     return (
-        f"--reset-attention-mask with the {backend} backend builds dense [b, 1, S, S] masks (about {gb:.1f} GB "
+        f"--reset-attention-mask with the {backend} backend builds {what} [b, 1, S, S] masks (about {gb:.1f} GB "
         f"at S={seq_length}, micro batch {micro_batch_size}) and computes every masked score; "
-        "--use-flash-attn-triton takes document ids and skips masked blocks instead "
+        f"--use-flash-attn-triton takes {takes} and skips masked blocks instead "
         "(22-68x faster at 64K on an H200: docs/benchmarks/attention_documents/)"
+    )
+
+
+def window_mask_note(backend: str, seq_length: int, window: int | None) -> str | None:
+    """The one line to print when a sliding window (without packed documents: document_mask_note covers those)
+    meets a backend that builds a dense mask for it and computes every score, else None."""
+    if window is None or window >= seq_length or backend not in ("classic", "sdpa"):
+        return None
+    gb = 3 * seq_length**2 / 1e9  # the [1, 1, S, S] mask and its two boolean factors
+    return (
+        f"a sliding window of {window} with the {backend} backend builds a dense [1, 1, S, S] mask (about "
+        f"{gb:.1f} GB at S={seq_length}) and computes every masked score; --use-flash-attn-triton skips the "
+        "blocks outside the window (O(S x window) work)"
     )
 
 
@@ -244,9 +333,12 @@ class ParallelAttention(nn.Module):
     ``position_ids_bs``; ``document_ids_bS`` (optional) covers the whole sequence.
     ``core_attention`` is the backend, or (under SP) a Ulysses exchange around it;
     ``kv_repeat`` replicates key/value heads when there are fewer than SP ranks.
+    ``window``, ``softmax_scale`` and ``softcap`` are this layer's (module docstring), given to its backend.
     """
 
-    def __init__(self, cfg: ModelConfig, attention: Optional[AttentionConfig] = None, device=None):
+    def __init__(self, cfg: ModelConfig, attention: AttentionConfig | None = None, device=None, *,
+                 window: int | None = None, softmax_scale: float | None = None,
+                 softcap: float | None = None):  # fmt: skip
         super().__init__()
         self.cfg = cfg
         self.h, self.g, self.d = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
@@ -258,7 +350,7 @@ class ParallelAttention(nn.Module):
             self.q_norm = nn.RMSNorm(self.d, eps=cfg.norm_epsilon)
             self.k_norm = nn.RMSNorm(self.d, eps=cfg.norm_epsilon)
         self.rotary = RotaryEmbedding(cfg) if cfg.use_rotary_position_embeddings else None
-        self.core_attention = build_backend(attention or AttentionConfig(), device)
+        self.core_attention = build_backend(attention or AttentionConfig(), device, window, softmax_scale, softcap)
         self.kv_repeat = 1
 
     def project(self, x_bsH, position_ids_bs):

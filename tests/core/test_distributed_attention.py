@@ -1,5 +1,5 @@
 """The Ulysses exchanges (ours fused and overlapped, DeepSpeed's DistributedAttention): forward and
-backward equal single-process attention."""
+backward equal single-process attention, with the layer's sliding window and softmax scale too."""
 
 import os
 import socket
@@ -14,12 +14,16 @@ from megatron.config import AttentionConfig, ModelConfig
 from megatron.training.jit_ops import skip_cpu_comm_build
 
 CASES = [
-    # (backend, heads, kv_heads, documents)
-    ("classic", 4, 4, False),
-    ("sdpa", 4, 2, False),  # GQA, kv heads == SP
-    ("sdpa", 4, 1, True),  # kv heads < SP: replicated before the all-to-all; packed documents
-    ("classic", 8, 2, True),
-    ("sdpa", 8, 8, True),  # 4 (SP=2) or 2 (SP=4) kv heads per rank: the overlapped exchange pipelines them
+    # (backend, heads, kv_heads, documents, ParallelAttention options)
+    ("classic", 4, 4, False, {}),
+    ("sdpa", 4, 2, False, {}),  # GQA, kv heads == SP
+    ("sdpa", 4, 1, True, {}),  # kv heads < SP: replicated before the all-to-all; packed documents
+    ("classic", 8, 2, True, {}),
+    ("sdpa", 8, 8, True, {}),  # 4 (SP=2) or 2 (SP=4) kv heads per rank: the overlapped exchange pipelines them
+    # Sliding windows across the SP ranks' slices (6 tokens each at SP=4), with documents and a softmax scale
+    ("classic", 4, 2, False, {"window": 5}),
+    ("sdpa", 4, 1, True, {"window": 7, "softmax_scale": 0.3}),
+    ("classic", 8, 8, True, {"window": 10, "softcap": 3.0}),
 ]
 OVERLAP_CHUNKS = 4  # reduced per case to what divides the kv heads per rank: 1, 2 and 4 chunks all run
 B, S, HIDDEN = 2, 24, 32
@@ -41,21 +45,21 @@ def _inputs(cfg, seed):
     return x, grad_out, positions, docs
 
 
-def _attention(cfg, att, sp_group=None):
+def _attention(cfg, att, sp_group=None, options=None):
     from megatron.model.attention import ParallelAttention
     from megatron.parallelize import apply_ulysses
 
     torch.manual_seed(0)
-    attn = ParallelAttention(cfg, att).double()
+    attn = ParallelAttention(cfg, att, **(options or {})).double()
     if sp_group is not None:
         apply_ulysses(attn, sp_group, att.ulysses_exchange, att.ulysses_overlap_chunks)
     return attn
 
 
-def _run_case(cfg, att, docs_on, sp_group, sp, rank):
+def _run_case(cfg, att, docs_on, sp_group, sp, rank, options=None):
     x, grad_out, positions, docs = _inputs(cfg, 1)
     docs = docs if docs_on else None
-    attn = _attention(cfg, att, sp_group)
+    attn = _attention(cfg, att, sp_group, options)
     s = S // sp
     sl = slice(rank * s, (rank + 1) * s)
     x_local = x[:, sl].clone().requires_grad_(True)
@@ -84,13 +88,13 @@ def _worker(rank, world, port, result_file, exchange):
 
     ps.initialize_model_parallel(world)
     results = []
-    for backend, heads, kv, docs_on in CASES:
+    for backend, heads, kv, docs_on, options in CASES:
         cfg = ModelConfig(
             hidden_size=HIDDEN, num_attention_heads=heads, num_key_value_heads=kv, seq_length=S,
             use_rotary_position_embeddings=True,
         )  # fmt: skip
         att = AttentionConfig(backend=backend, ulysses_exchange=exchange, ulysses_overlap_chunks=OVERLAP_CHUNKS)
-        results.append(_run_case(cfg, att, docs_on, ps.get_sequence_parallel_group(), world, rank))
+        results.append(_run_case(cfg, att, docs_on, ps.get_sequence_parallel_group(), world, rank, options))
     if rank == 0:
         torch.save(results, result_file)
     dist.barrier()
@@ -104,13 +108,13 @@ def test_distributed_attention_matches_single_process(sp, exchange):
         result_file = os.path.join(tmp, "out.pt")
         mp.start_processes(_worker, args=(sp, _free_port(), result_file, exchange), nprocs=sp, start_method="spawn")
         results = torch.load(result_file)
-    for (backend, heads, kv, docs_on), (out, dx, grads) in zip(CASES, results):
+    for (backend, heads, kv, docs_on, options), (out, dx, grads) in zip(CASES, results):
         cfg = ModelConfig(
             hidden_size=HIDDEN, num_attention_heads=heads, num_key_value_heads=kv, seq_length=S,
             use_rotary_position_embeddings=True,
         )  # fmt: skip
-        ref_out, ref_dx, ref_grads = _run_case(cfg, AttentionConfig(backend=backend), docs_on, None, 1, 0)
-        what = f"{backend} h={heads} kv={kv} docs={docs_on} sp={sp} {exchange}"
+        ref_out, ref_dx, ref_grads = _run_case(cfg, AttentionConfig(backend=backend), docs_on, None, 1, 0, options)
+        what = f"{backend} h={heads} kv={kv} docs={docs_on} {options} sp={sp} {exchange}"
         torch.testing.assert_close(out, ref_out, rtol=1e-10, atol=1e-10, msg=what)
         torch.testing.assert_close(dx, ref_dx, rtol=1e-10, atol=1e-10, msg=what)
         for name in ref_grads:
