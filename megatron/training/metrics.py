@@ -11,7 +11,9 @@ Two different numbers, kept apart on purpose:
 With packed documents (``--reset-attention-mask``) a token attends to its own document only, so
 the attention work of a sequence is the sum of its documents' squared lengths, not S². The
 trainer's model FLOPs count that (``document_square_sum``, ``model_flops``); the
-Megatron-DeepSpeed formula stays as published (one document per sequence).
+Megatron-DeepSpeed formula stays as published (one document per sequence). With a sliding window a
+query attends at most ``window`` keys: ``attended_pairs`` counts the (query, key) pairs of a sequence
+under a window and documents, ``attended_pairs_of_documents`` those of a packed batch.
 """
 
 from __future__ import annotations
@@ -78,6 +80,36 @@ def document_square_sum(document_ids_bs: torch.Tensor) -> int:
     b, s = document_ids_bs.shape
     distinct = document_ids_bs.long() + torch.arange(b, device=document_ids_bs.device).unsqueeze(1) * s
     return int((torch.bincount(distinct.reshape(-1)).long() ** 2).sum())
+
+
+def _pairs_per_document(lengths: torch.Tensor, window: int | None) -> torch.Tensor:
+    """Per document of length L: sum over its queries i of min(i + 1, window) keys."""
+    pairs = lengths * (lengths + 1) // 2
+    if window is not None:
+        pairs = torch.where(lengths <= window, pairs, window * (window + 1) // 2 + (lengths - window) * window)
+    return pairs
+
+
+def attended_pairs(seq_length: int, window: int | None = None, document_lengths=None) -> int:
+    """(query, key) pairs one sequence attends, exactly: query i sees key j iff 0 <= i - j < window (None: every
+    earlier key and itself) within the same document. ``document_lengths``: its documents' lengths, summing to
+    ``seq_length`` (None: one document). Without a window and documents this is S (S + 1) / 2 (the FLOPs formulas
+    above take the causal half as S^2 / 2)."""
+    lengths = torch.tensor([seq_length] if document_lengths is None else list(document_lengths), dtype=torch.long)
+    if int(lengths.sum()) != seq_length or (lengths < 0).any():
+        raise ValueError(f"document lengths {list(lengths.tolist())} do not sum to the sequence length {seq_length}")
+    if window is not None and window < 1:
+        raise ValueError(f"window must be >= 1 or None, got {window}")
+    return int(_pairs_per_document(lengths, window).sum())
+
+
+def attended_pairs_of_documents(document_ids_bs: torch.Tensor, window: int | None = None) -> int:
+    """``attended_pairs`` summed over a batch of packed sequences, from their document ids ([b, s], ids from 0,
+    non-decreasing along each sequence, as ``document_square_sum`` takes them)."""
+    b, s = document_ids_bs.shape
+    distinct = document_ids_bs.long() + torch.arange(b, device=document_ids_bs.device).unsqueeze(1) * s
+    lengths = torch.bincount(distinct.reshape(-1)).long().cpu()
+    return int(_pairs_per_document(lengths, window).sum())
 
 
 def model_flops(cfg: ModelConfig, tokens: int, square_sum: int) -> float:
