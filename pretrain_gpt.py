@@ -4,7 +4,8 @@
     deepspeed --num_gpus 8 pretrain_gpt.py --ds-sequence-parallel-size 4 --data-path ... --tokenizer-type ...
 
 All flags: ``python pretrain_gpt.py --help``. This file only turns the command line into a
-``Config`` and hands it to the library.
+``Config`` and hands it to the library. Exit statuses: ``megatron.exit_status`` (0 done, 2 a
+configuration or data error, 3 the run stopped itself, 75 saved and stopped early: requeue).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import os
 import sys
 
+from megatron import exit_status
 from megatron.arguments import parse_args
 from megatron.config import Config, ConfigError
 from megatron.training.checkpointing import CheckpointError
@@ -75,7 +77,7 @@ def _leave(code: int) -> None:
     os._exit(code)
 
 
-def _finish() -> int:
+def _finish(code: int) -> int:
     """Training ended on every rank: tear the process group down in order, then leave without
     running C++ static destructors. Left to interpreter exit, the teardown of communication
     threads occasionally aborted a finished run ("terminate called without an active exception",
@@ -83,10 +85,10 @@ def _finish() -> int:
     import torch.distributed as dist
 
     if not (dist.is_available() and dist.is_initialized() and __name__ == "__main__"):
-        return 0
+        return code
     dist.barrier()
     dist.destroy_process_group()
-    _leave(0)
+    _leave(code)
 
 
 def main(argv=None, faults=None) -> int:
@@ -127,16 +129,18 @@ def main(argv=None, faults=None) -> int:
 
         device = initialize_distributed(cfg)
         train_ds, valid_ds, eod = build_datasets(cfg, tokenizer)
-        Trainer(cfg, train_ds, valid_ds, eod_token=eod, device=device, faults=faults).train()
-        return _finish()
+        trainer = Trainer(cfg, train_ds, valid_ds, eod_token=eod, device=device, faults=faults)
+        trainer.train()
+        unfinished = trainer.exit_policy.early and trainer.iteration < cfg.train.train_iters
+        return _finish(exit_status.REQUEUE if unfinished else exit_status.DONE)
     except ConfigError as e:
         if _is_rank0():
             print(f"error: {e}", file=sys.stderr, flush=True)
-        return _exit_now(2)
+        return _exit_now(exit_status.CONFIG)
     except (TrainingStopped, CheckpointError) as e:
         if _is_rank0():
             print(f"error: {e}", file=sys.stderr, flush=True)
-        return _exit_now(1)
+        return _exit_now(exit_status.STOPPED)
     except Exception as e:  # a dead peer or a timed-out collective must end the job, loudly
         import torch.distributed as dist
 
@@ -147,8 +151,8 @@ def main(argv=None, faults=None) -> int:
         print(f"error: rank {rank} of {world} lost its process group (another rank died, or a collective "
               f"waited past --distributed-timeout-minutes); restart from the last checkpoint with --load: {first}",
               file=sys.stderr, flush=True)  # fmt: skip
-        return 1
-    return 0
+        return exit_status.CRASH
+    return exit_status.DONE
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ if [ -z "${DATA_PATH:-}" ]; then
   DATA_PATH=$DATA_PREFIX
 fi
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
-cmd=($PYTHON -m torch.distributed.run --standalone --nproc_per_node "$NPROC" pretrain_gpt.py
+cmd=($PYTHON -m megatron.launch --standalone --nproc_per_node "$NPROC" pretrain_gpt.py
   --ds-sequence-parallel-size "$SP" --zero-stage 1
   --num-layers 4 --hidden-size 128 --num-attention-heads 4 --seq-length "$SEQ_LEN"
   --micro-batch-size 2 --global-batch-size 4 --train-iters "$ITERS"

@@ -47,6 +47,17 @@ def torchrun(
     return subprocess.run(cmd, env=e, cwd=ROOT, capture_output=True, text=True, timeout=timeout, check=False)
 
 
+def launch(nproc: int, args: list, metrics: Path | None = None, extra_env: dict | None = None, timeout=600,
+           script=PRETRAIN):  # fmt: skip
+    """Run ``script`` on ``nproc`` CPU processes under ``python -m megatron.launch``."""
+    cmd = [sys.executable, "-m", "megatron.launch", "--standalone", f"--nproc-per-node={nproc}", str(script), *args]
+    if metrics is not None:
+        cmd += ["--metrics-file", str(metrics)]
+    e = env()
+    e.update(extra_env or {})
+    return subprocess.run(cmd, env=e, cwd=ROOT, capture_output=True, text=True, timeout=timeout, check=False)
+
+
 def train_records(tmp: Path, name: str, nproc: int, args: list, extra_env: dict | None = None) -> list:
     metrics = tmp / f"{name}.jsonl"
     proc = torchrun(nproc, args, metrics, extra_env)

@@ -4,7 +4,10 @@
 #   NUM_GPUS      processes per node (GPUs; CPU processes on a machine without GPUs)   [8]
 #   NUM_NODES     nodes                                                               [1]
 #   HOSTFILE      DeepSpeed hostfile for multi-node runs (launcher deepspeed)         []
-#   LAUNCHER      deepspeed | torchrun                                                [deepspeed]
+#   LAUNCHER      megatron | torchrun | deepspeed                                     [megatron]
+#                 megatron (python -m megatron.launch, torchrun's static flags): a rank's one-line error is
+#                 the last line on screen, and SIGTERM/SIGUSR1 reach every rank, which saves and exits 75
+#   NODE_RANK / MASTER_ADDR / MASTER_PORT   multi-node megatron/torchrun: this node, rank 0's host and port
 #   SP            sequence-parallel size (--ds-sequence-parallel-size)                [per script]
 #   SEQ_LEN       sequence length                                                     [per script]
 #   MICRO_BATCH   micro batch per GPU                                                 [1]
@@ -16,13 +19,16 @@
 #   TRAIN_ITERS   optimizer steps                                                     [per script]
 #   DATA_PATH     Megatron data prefix(es); empty: the embedded corpus                []
 #   TOKENIZER_TYPE / TOKENIZER_MODEL / VOCAB_FILE / MERGE_FILE   tokenizer for DATA_PATH
-#   SAVE_DIR      checkpoint directory                                                [runs/<name>]
+#   SAVE_DIR      checkpoint directory; a run finds SAVE_DIR/latest and resumes it   [runs/<name>]
 #   DRY_RUN=1     print the command and the DeepSpeed config, launch nothing
 # Extra command-line arguments are passed to pretrain_gpt.py last, so they override.
+#
+# Preemption (SLURM): pass --exit-signal-handler (and --exit-signal SIGUSR1 with #SBATCH --signal=USR1@180);
+# on the signal every rank finishes its step, saves and the job exits 75: requeue it (README, "Exit status").
 set -euo pipefail
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 PYTHON=${PYTHON:-python3}
-NUM_GPUS=${NUM_GPUS:-8} NUM_NODES=${NUM_NODES:-1} HOSTFILE=${HOSTFILE:-} LAUNCHER=${LAUNCHER:-deepspeed}
+NUM_GPUS=${NUM_GPUS:-8} NUM_NODES=${NUM_NODES:-1} HOSTFILE=${HOSTFILE:-} LAUNCHER=${LAUNCHER:-megatron}
 MICRO_BATCH=${MICRO_BATCH:-1} ZERO_STAGE=${ZERO_STAGE:-3} PRECISION=${PRECISION:-bf16} ATTN=${ATTN:-flash}
 SAVE_DIR=${SAVE_DIR:-runs/$NAME} DATA_PATH=${DATA_PATH:-}
 export PYTORCH_CUDA_ALLOC_CONF=${PYTORCH_CUDA_ALLOC_CONF:-expandable_segments:True}
@@ -52,10 +58,17 @@ args=("${MODEL_ARGS[@]}"
   --weight-decay 0.1 --adam-beta1 0.9 --adam-beta2 0.95 --clip-grad 1.0 --init-method-std "${INIT_STD:-0.02}"
   "${precision_args[@]}" "${data_args[@]}" --split 949,50,1
   --log-interval "${LOG_INTERVAL:-1}" --eval-interval "${EVAL_INTERVAL:-1000}" --eval-iters 10
-  --save "$SAVE_DIR" --save-interval "${SAVE_INTERVAL:-1000}" --metrics-file "$SAVE_DIR/metrics.jsonl"
-  "$@")
+  --save "$SAVE_DIR" --save-interval "${SAVE_INTERVAL:-1000}" --metrics-file "$SAVE_DIR/metrics.jsonl")
+[ -f "$SAVE_DIR/latest" ] && args+=(--load "$SAVE_DIR")  # a requeued (or rerun) job continues where it stopped
+args+=("$@")
 
 case "$LAUNCHER" in
+  megatron)
+    launch=($PYTHON -m megatron.launch --nnodes "$NUM_NODES" --nproc-per-node "$NUM_GPUS")
+    if [ "$NUM_NODES" = 1 ]; then launch+=(--standalone); else
+      launch+=(--node-rank "${NODE_RANK:?set NODE_RANK for multi-node runs}" --master-addr "${MASTER_ADDR:?set MASTER_ADDR}" --master-port "${MASTER_PORT:-29500}")
+    fi
+    ;;
   deepspeed)
     launch=(deepspeed --num_nodes "$NUM_NODES" --num_gpus "$NUM_GPUS")
     [ -n "$HOSTFILE" ] && launch+=(--hostfile "$HOSTFILE")
@@ -67,7 +80,7 @@ case "$LAUNCHER" in
       launch+=(--node_rank "${NODE_RANK:?set NODE_RANK for multi-node torchrun}" --master_addr "${MASTER_ADDR:?set MASTER_ADDR}" --master_port "${MASTER_PORT:-29500}")
     fi
     ;;
-  *) echo "error: LAUNCHER=$LAUNCHER is unknown; use deepspeed or torchrun" >&2; exit 2 ;;
+  *) echo "error: LAUNCHER=$LAUNCHER is unknown; use megatron, torchrun or deepspeed" >&2; exit 2 ;;
 esac
 cmd=("${launch[@]}" "$REPO/pretrain_gpt.py" "${args[@]}")
 

@@ -17,12 +17,15 @@ from megatron.config import CheckpointConfig
 
 
 class ExitPolicy:
-    """Starts the clock and installs the signal handler when built."""
+    """Starts the clock and installs the signal handler when built. ``early`` turns True once it
+    stops a run for the signal or the duration: the run is not finished, and its exit status
+    says so (``megatron.exit_status.REQUEUE``)."""
 
     def __init__(self, lg: CheckpointConfig, device: torch.device):
         self.lg, self.device = lg, device
         self._start_time = time.time()
         self._signal_received = False
+        self.early = False
         if lg.exit_signal_handler:
 
             def handler(signum, frame):
@@ -41,6 +44,7 @@ class ExitPolicy:
         overtime = lg.exit_duration_in_mins is not None and minutes >= lg.exit_duration_in_mins
         flags = torch.tensor([float(self._signal_received), float(overtime)], device=self.device)
         dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+        self.early = bool(flags.max() > 0)
         if flags[0] > 0:
             return f"received {lg.exit_signal}"
         if flags[1] > 0:

@@ -120,3 +120,28 @@ def test_alst_yaml_configs_parse_and_run_tiny(tmp_path):
                             "--vocab-size", "128", "--ds-sequence-parallel-size", "2", "--zero-stage", "1",
                             "--num-workers", "0"])  # fmt: skip
     assert len(recs) == 2
+
+
+def test_preempted_script_exits_75_and_its_rerun_resumes(corpus_env, tmp_path):
+    """The SLURM story with the scripts' default launcher: SIGTERM (what a scheduler sends) -> every
+    rank saves -> exit status 75 -> the requeued script finds SAVE_DIR/latest and resumes it."""
+    import signal
+    import time
+
+    save = tmp_path / "ckpt"
+    e = dict(corpus_env, NUM_GPUS="2", SP="2", PRECISION="fp32", ZERO_STAGE="1", SAVE_DIR=str(save))
+    long = TINY + ["--train-iters", "100000", "--exit-signal-handler"]
+    proc = subprocess.Popen(["bash", str(SCRIPTS / "ds_pretrain_gpt_1.3B_seq_parallel_32k.sh"), *long], env=e,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    metrics, deadline = save / "metrics.jsonl", time.time() + 240
+    while time.time() < deadline and not (metrics.exists() and len(_records(metrics)) >= 2):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)  # the script exec'd the launcher: same process
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 75, out[-2000:] + err[-3000:]
+    stopped_at = _records(metrics)[-1]["iteration"]
+    assert (save / "latest").read_text() == f"iter_{stopped_at:07d}" and "Traceback" not in err
+    again = _run("ds_pretrain_gpt_1.3B_seq_parallel_32k.sh", e, *TINY, "--train-iters", str(stopped_at + 2))
+    assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-3000:]
+    assert f"resumed from {save / f'iter_{stopped_at:07d}'} at iteration {stopped_at}" in again.stdout
+    assert (save / "latest").read_text() == f"iter_{stopped_at + 2:07d}"
