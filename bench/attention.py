@@ -6,6 +6,7 @@
     python bench/attention.py --profile-seq 16384     # add per-kernel device times (torch.profiler)
     python bench/attention.py --dry-run               # print the plan, touch no GPU
     python bench/attention.py --doc-len 2048 --impls triton,sdpa --out /tmp/docs.json   # packed documents
+    python bench/attention.py --window 4096           # sliding window; seq 32k,64k,128k
 
 Causal, bf16, head dim 128, layout [b, s, h, d]. FLOPs count only the unmasked half:
 fwd = 4*b*h*s*s*d / 2, fwd+bwd = 3.5 * fwd. Times are triton.testing.do_bench medians (ms).
@@ -15,6 +16,11 @@ fwd = 4*b*h*s*s*d / 2, fwd+bwd = 3.5 * fwd. Times are triton.testing.do_bench me
 then count that work only (sum over documents of 4*h*L*L*d / 2 per sequence). `triton` takes the
 document ids and skips masked blocks; `sdpa` is the model's SDPA path (megatron.model.attention),
 which builds the dense [b, 1, s, s] boolean mask; sdpa_cudnn / sdpa_flash take no mask.
+
+--window W is sliding-window attention (Mistral, Gemma): query i sees key j iff 0 <= i - j < W. Then `triton`
+(ours, skipping the blocks outside the window), `sdpa` (the model's SDPA path, a dense boolean window mask) and
+`flash_attn` (its window_size) run windowed, and `triton_full` is our full causal attention on the same inputs
+for comparison; FLOPs count the attended (query, key) pairs (metrics.attended_pairs: about s*W, not s*s/2).
 """
 
 import argparse
@@ -42,9 +48,23 @@ TRITON_IMPLS = {  # impl -> flash_attention's forward=, backward=
     "triton_plain": ("triton", "split"),
 }
 DOC_IMPLS = ("triton", "sdpa")  # the default --impls with --doc-len
+WINDOW_IMPLS = ("triton", "sdpa", "triton_full")  # the default --impls with --window
+WINDOW_SEQS = "32768,65536,131072"  # the default --seqs with --window
 
 
-def causal_flops(bsz, heads, seq, head_dim, backward, doc_len=0):
+def _document_lengths(seq, doc_len):
+    if not doc_len:
+        return None
+    full, last = divmod(seq, doc_len)
+    return [doc_len] * full + ([last] if last else [])
+
+
+def causal_flops(bsz, heads, seq, head_dim, backward, doc_len=0, window=None):
+    if window:  # the attended (query, key) pairs, 2 GEMMs of 2 FLOPs per multiply-add each
+        from megatron.training.metrics import attended_pairs
+
+        fwd = 4 * bsz * heads * attended_pairs(seq, window, _document_lengths(seq, doc_len)) * head_dim
+        return fwd * 3.5 if backward else fwd
     if doc_len:
         full, last = divmod(seq, doc_len)
         squares = full * doc_len * doc_len + last * last
@@ -61,27 +81,35 @@ def document_ids_for(bsz, seq, doc_len, device="cuda"):
     return (torch.arange(seq, device=device, dtype=torch.int32) // doc_len).expand(bsz, seq).contiguous()
 
 
-def make_attention(impl, document_ids=None):
+def impl_window(impl, window):
+    """The window an impl runs with under --window: triton_full is the full causal comparison."""
+    return None if impl == "triton_full" else (window or None)
+
+
+def make_attention(impl, document_ids=None, window=None):
     """Returns f(q_bshd, k_bshd, v_bshd) -> out_bshd, or raises if the impl is unavailable."""
-    if impl in TRITON_IMPLS:
+    window = impl_window(impl, window)
+    if impl in TRITON_IMPLS or impl == "triton_full":
         ok, why = interface.is_available()
         if not ok:
             raise RuntimeError(why)
 
-        forward, backward = TRITON_IMPLS[impl]
+        forward, backward = TRITON_IMPLS.get(impl, ("auto", "auto"))
 
         def triton_attn(q, k, v):
             return interface.flash_attention(
-                q, k, v, causal=True, document_ids=document_ids, forward=forward, backward=backward
+                q, k, v, causal=True, document_ids=document_ids, window=window, forward=forward, backward=backward
             )
 
         return triton_attn
     if impl == "sdpa":
         from megatron.model.attention import sdpa_attention
 
-        return lambda q, k, v: sdpa_attention(q, k, v, document_ids)
+        return lambda q, k, v: sdpa_attention(q, k, v, document_ids, window=window)
     if document_ids is not None:
         raise ValueError(f"{impl} takes no document mask (use triton or sdpa with --doc-len)")
+    if window is not None and impl != "flash_attn":
+        raise ValueError(f"{impl} takes no window mask (use triton, sdpa or flash_attn with --window)")
     if impl in ("sdpa_flash", "sdpa_cudnn"):
         from torch.nn.attention import SDPBackend, sdpa_kernel
 
@@ -98,8 +126,9 @@ def make_attention(impl, document_ids=None):
     if impl == "flash_attn":
         from flash_attn import flash_attn_func
 
-        return lambda q, k, v: flash_attn_func(q, k, v, causal=True)
-    raise ValueError(f"unknown impl {impl!r}; choose from {IMPLS + ('sdpa',)}")
+        size = (window - 1, 0) if window is not None else (-1, -1)
+        return lambda q, k, v: flash_attn_func(q, k, v, causal=True, window_size=size)
+    raise ValueError(f"unknown impl {impl!r}; choose from {IMPLS + ('sdpa', 'triton_full')}")
 
 
 def make_inputs(bsz, seq, heads, head_dim, seed=0):
@@ -225,33 +254,36 @@ def profile_kernels(impls, seq, args, log):
     return {"seq": seq, "batch": bsz, "ms_per_step_by_kernel": report}
 
 
-def main():
+def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--seqs", default="4096,16384,65536,131072")
+    p.add_argument("--seqs", default=None, help=f"default 4096,16384,65536,131072; with --window {WINDOW_SEQS}")
     p.add_argument("--heads", type=int, default=16)
     p.add_argument("--head-dim", type=int, default=128)
     p.add_argument("--tokens", type=int, default=16384, help="batch = max(1, tokens // seq)")
-    p.add_argument("--impls", default=None, help=f"default {','.join(IMPLS)}; with --doc-len {','.join(DOC_IMPLS)}")
+    p.add_argument("--impls", default=None, help=f"default {','.join(IMPLS)}; with --doc-len {','.join(DOC_IMPLS)}; "
+                   f"with --window {','.join(WINDOW_IMPLS)}")  # fmt: skip
     p.add_argument("--doc-len", type=int, default=0, help="pack documents of this many tokens (0: one per sequence)")
+    p.add_argument("--window", type=int, default=0, help="sliding window of this many keys (0: full causal)")
     p.add_argument("--sweep", action="store_true", help="tune Triton block configs first")
     p.add_argument("--sweep-seq", type=int, default=16384)
     p.add_argument("--profile-seq", type=int, default=0, help="also profile kernels per impl at this seq")
     p.add_argument("--out", default=None, help="JSON path (default docs/benchmarks/attention_<gpu>.json)")
     p.add_argument("--dry-run", action="store_true")
-    args = p.parse_args()
-    seqs = [int(s) for s in args.seqs.split(",")]
-    impls = (args.impls or ",".join(DOC_IMPLS if args.doc_len else IMPLS)).split(",")
+    args = p.parse_args(argv)
     if args.doc_len < 0:
         sys.exit(f"--doc-len must be >= 0, got {args.doc_len}")
+    if args.window < 0:
+        sys.exit(f"--window must be >= 0 (0: full causal), got {args.window}")
+    seqs = [int(s) for s in (args.seqs or (WINDOW_SEQS if args.window else "4096,16384,65536,131072")).split(",")]
+    default_impls = WINDOW_IMPLS if args.window else DOC_IMPLS if args.doc_len else IMPLS
+    impls = (args.impls or ",".join(default_impls)).split(",")
 
     if args.dry_run:
         for seq in seqs:
             bsz = batch_for(seq, args.tokens)
-            print(
-                f"seq {seq}: batch {bsz}, heads {args.heads}, "
-                f"fwd {causal_flops(bsz, args.heads, seq, args.head_dim, False, args.doc_len) / 1e12:.2f} TFLOP; "
-                f"impls {impls}"
-            )
+            flops = causal_flops(bsz, args.heads, seq, args.head_dim, False, args.doc_len, args.window or None)
+            window = f", window {args.window}" if args.window else ""
+            print(f"seq {seq}: batch {bsz}, heads {args.heads}{window}, fwd {flops / 1e12:.2f} TFLOP; impls {impls}")
         return
     if not torch.cuda.is_available():
         sys.exit("bench/attention.py needs a CUDA GPU (use --dry-run to see the plan)")
@@ -273,8 +305,9 @@ def main():
         "head_dim": args.head_dim,
         "heads": args.heads,
         "doc_len": args.doc_len,
-        "flops": "fwd = 4*b*h*s*s*d/2 (causal half; with doc_len, s*s is the sum of squared document lengths); "
-        "fwd+bwd = 3.5*fwd",
+        "window": args.window or None,
+        "flops": "fwd = 4*b*h*s*s*d/2 (causal half; with doc_len, s*s is the sum of squared document lengths; "
+        "with a window, s*s/2 is the attended (query, key) pairs, metrics.attended_pairs); fwd+bwd = 3.5*fwd",
         "timer": "triton.testing.do_bench median, warmup 50 ms, rep 200 ms",
     }
     if args.sweep:
@@ -290,20 +323,25 @@ def main():
         bsz = batch_for(seq, args.tokens)
         q, k, v, dout = make_inputs(bsz, seq, args.heads, args.head_dim, seed=seq)
         document_ids = document_ids_for(bsz, seq, args.doc_len)
-        flops_fwd, flops_fwd_bwd = (causal_flops(bsz, args.heads, seq, args.head_dim, b, args.doc_len) for b in (0, 1))
-        reference_out = None
+        reference_out = {}  # per window: the first impl's output
         for impl in impls:
+            window = impl_window(impl, args.window)
+            flops_fwd, flops_fwd_bwd = (causal_flops(bsz, args.heads, seq, args.head_dim, b, args.doc_len, window)
+                                        for b in (0, 1))  # fmt: skip
             row = {"impl": impl, "seq": seq, "batch": bsz, "heads": args.heads, "head_dim": args.head_dim}
             if args.doc_len:
                 row["doc_len"] = args.doc_len
+            if args.window:
+                row["window"] = window
             try:
-                attn = make_attention(impl, document_ids)
+                attn = make_attention(impl, document_ids, window)
                 with torch.no_grad():
                     out = attn(q, k, v).float()
-                if reference_out is None:
-                    reference_out = out
-                else:  # each impl's output against the first impl's (a sanity check, not a test)
-                    row["rel_diff_vs_" + impls[0]] = ((out - reference_out).norm() / reference_out.norm()).item()
+                if window not in reference_out:
+                    reference_out[window] = impl, out
+                else:  # each impl's output against the first impl's of the same mask (a sanity check, not a test)
+                    first, ref = reference_out[window]
+                    row["rel_diff_vs_" + first] = ((out - ref).norm() / ref.norm()).item()
                 del out
                 # Memory one forward+backward adds on top of the inputs (a dense mask shows here).
                 q.grad = k.grad = v.grad = None
@@ -321,7 +359,7 @@ def main():
                     fwd_tflops=flops_fwd / fwd_ms / 1e9,
                     fwd_bwd_tflops=flops_fwd_bwd / fwd_bwd_ms / 1e9,
                 )
-                if impl == "triton":
+                if impl in ("triton", "triton_full"):
                     row["compiled"] = kernel_report()
             except Exception as e:  # noqa: BLE001 - an impl that fails is recorded, not fatal
                 row["error"] = f"{type(e).__name__}: {str(e)[:300]}"

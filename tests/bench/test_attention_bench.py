@@ -1,7 +1,8 @@
-"""bench/attention.py's FLOP count and packed-document ids (CPU; the timings need a GPU)."""
+"""bench/attention.py's FLOP count, packed-document ids and sliding-window arguments (CPU; the timings need a GPU)."""
 
 import importlib.util
 
+import pytest
 import torch
 
 from megatron.model.attention import classic_attention
@@ -38,3 +39,40 @@ def test_document_ids_are_the_masks_the_model_applies():
     for lo, hi in ((0, 4), (4, 8), (8, 10)):
         alone = classic_attention(q[:, lo:hi], k[:, lo:hi], v[:, lo:hi])
         torch.testing.assert_close(packed[:, lo:hi], alone)
+
+
+def test_window_flops_count_the_attended_pairs():
+    bench = _bench()
+    from megatron.training.metrics import attended_pairs
+
+    # b=2, h=3, s=10, d=8, window 4: queries 0..3 see 1..4 keys, the other 6 see 4 each.
+    assert bench.causal_flops(2, 3, 10, 8, False, window=4) == 4 * 2 * 3 * (10 + 6 * 4) * 8
+    assert bench.causal_flops(2, 3, 10, 8, True, window=4) == 3.5 * 4 * 2 * 3 * (10 + 6 * 4) * 8
+    # With documents of 4 tokens (4 + 4 + 2) and window 3: 6 + 3 pairs, twice, and 3.
+    assert bench.causal_flops(1, 1, 10, 8, False, doc_len=4, window=3) == 4 * (9 + 9 + 3) * 8
+    assert bench.causal_flops(1, 1, 131072, 128, False, window=4096) == 4 * attended_pairs(131072, 4096) * 128
+
+
+def test_window_arguments_and_plan(capsys):
+    bench = _bench()
+    bench.main(["--window", "4096", "--dry-run"])
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split(":")[0] for line in lines] == ["seq 32768", "seq 65536", "seq 131072"]  # 32k-128k by default
+    assert all(", window 4096, " in line and "impls ['triton', 'sdpa', 'triton_full']" in line for line in lines)
+    bench.main(["--window", "512", "--seqs", "4096", "--impls", "triton,flash_attn", "--dry-run"])
+    assert "seq 4096: batch 4, heads 16, window 512" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="--window must be >= 0"):
+        bench.main(["--window", "-1", "--dry-run"])
+    assert bench.impl_window("triton", 4096) == 4096 and bench.impl_window("triton_full", 4096) is None
+    assert bench.impl_window("sdpa", 0) is None
+
+
+def test_window_impls_are_the_masks_the_model_applies():
+    """sdpa with --window is the model's SDPA path with the window (classic's result); SDPA's own kernels cannot
+    take it and say so."""
+    bench = _bench()
+    gen = torch.Generator().manual_seed(1)
+    q, k, v = (torch.randn(1, 24, 2, 8, dtype=torch.float64, generator=gen) for _ in range(3))
+    torch.testing.assert_close(bench.make_attention("sdpa", window=5)(q, k, v), classic_attention(q, k, v, window=5))
+    with pytest.raises(ValueError, match="sdpa_flash takes no window mask"):
+        bench.make_attention("sdpa_flash", window=5)
