@@ -1,9 +1,12 @@
 """The DeepSpeed JSON, derived from the typed config so that no setting has two sources.
 
-A user's ``--deepspeed_config`` file is a starting point for what we do not model (e.g.
-offload, communication settings); the batch sizes, precision, clipping and ZeRO stage come
-from our flags, and a file that disagrees with them is rejected rather than silently
-overridden.
+A user's ``--deepspeed_config`` file is a starting point for what we do not model
+(communication and ZeRO tuning, fp16 loss scaling, monitors): those keys are passed on as they
+are. What the flags set (batch sizes, precision, clipping, ZeRO stage, bucket size, offload,
+the SP reduction type) must agree with the file, or it is rejected with the flag to use; the
+optimizer and learning-rate schedule are built from the flags, so ``optimizer`` and
+``scheduler`` blocks are rejected with the equivalent flags. No key is dropped or overridden
+silently.
 """
 
 from __future__ import annotations
@@ -24,6 +27,45 @@ def _load_user_config(path: str) -> dict:
         raise ConfigError(f"--deepspeed_config {path} is not valid JSON ({e}); fix the file") from None
 
 
+def _flag_value(value) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _reject_optimizer_and_scheduler(user: dict) -> None:
+    """The optimizer (AdamW) and schedule come from the flags; a block DeepSpeed would build them
+    from is refused, naming the flags that say the same."""
+    opt = user.get("optimizer")
+    if opt is not None:
+        params = opt.get("params", {}) if isinstance(opt, dict) else {}
+        flags = [f"{flag} {_flag_value(params[key])}" for key, flag in
+                 (("lr", "--lr"), ("weight_decay", "--weight-decay"), ("eps", "--adam-eps")) if key in params]  # fmt: skip
+        betas = params.get("betas")
+        if isinstance(betas, (list, tuple)) and len(betas) == 2:
+            flags += [f"--adam-beta1 {_flag_value(betas[0])}", f"--adam-beta2 {_flag_value(betas[1])}"]
+        kind = opt.get("type", "?") if isinstance(opt, dict) else "?"
+        raise ConfigError(
+            f"--deepspeed_config has an optimizer block ({kind}), but the optimizer is AdamW built from the flags; "
+            f"remove the block{' and pass ' + ' '.join(flags) if flags else ''}"
+        )
+    sched = user.get("scheduler")
+    if sched is not None:
+        params = sched.get("params", {}) if isinstance(sched, dict) else {}
+        kind = sched.get("type", "?") if isinstance(sched, dict) else "?"
+        flags = []
+        if "warmup_num_steps" in params:
+            flags.append(f"--lr-warmup-iters {params['warmup_num_steps']}")
+        if "warmup_max_lr" in params:
+            flags.append(f"--lr {_flag_value(params['warmup_max_lr'])}")
+        if "total_num_steps" in params:
+            style = "cosine" if "Cosine" in str(kind) else "linear"
+            flags += [f"--lr-decay-iters {params['total_num_steps']}", f"--lr-decay-style {style}"]
+        raise ConfigError(
+            f"--deepspeed_config has a scheduler block ({kind}), but the learning rate follows the flags (linear "
+            f"warmup, then constant, linear or cosine decay to --min-lr); remove the block"
+            f"{' and pass ' + ' '.join(flags) if flags else ''}"
+        )
+
+
 def build_deepspeed_config(cfg: Config, world_size: int) -> dict:
     t, p = cfg.train, cfg.parallel
     gas = cfg.grad_accumulation_steps(world_size)
@@ -42,6 +84,12 @@ def build_deepspeed_config(cfg: Config, world_size: int) -> dict:
                 f"--deepspeed_config sets {key}={user[key]} but the flags give {ours[key]}; "
                 "remove it from the JSON (batch sizes come from --micro-batch-size/--global-batch-size)"
             )
+    if "gradient_clipping" in user and user["gradient_clipping"] not in ("auto", ours["gradient_clipping"]):
+        raise ConfigError(
+            f"--deepspeed_config sets gradient_clipping={user['gradient_clipping']} but --clip-grad is {t.clip_grad}; "
+            f"remove it from the JSON and pass --clip-grad {user['gradient_clipping']}"
+        )
+    _reject_optimizer_and_scheduler(user)
     for prec in ("bf16", "fp16"):
         enabled = user.get(prec, {}).get("enabled", ours[prec]["enabled"])
         if enabled not in ("auto", ours[prec]["enabled"]):
@@ -74,23 +122,45 @@ def build_deepspeed_config(cfg: Config, world_size: int) -> dict:
         # (docs/benchmarks/throughput/memory_efficient_linear/).
         zero.setdefault("memory_efficient_linear", False)
     if p.reduce_bucket_size is not None:
+        if "reduce_bucket_size" in user.get("zero_optimization", {}) and zero["reduce_bucket_size"] != p.reduce_bucket_size:
+            raise ConfigError(
+                f"--deepspeed_config has zero_optimization.reduce_bucket_size={zero['reduce_bucket_size']} but "
+                f"--reduce-bucket-size is {p.reduce_bucket_size}; keep one of them"
+            )
         zero["reduce_bucket_size"] = p.reduce_bucket_size
+    for key, flag, on in (("offload_param", "--offload-param", cfg.memory.offload_param),
+                          ("offload_optimizer", "--offload-optimizer", cfg.memory.offload_optimizer)):  # fmt: skip
+        device = zero[key].get("device") if isinstance(zero.get(key), dict) else None
+        if device not in (None, "cpu", "none") or (device == "cpu" and not on) or (device == "none" and on):
+            what = {"cpu": f"pass {flag}", "none": f"drop {flag}"}.get(device, f"pass {flag} (CPU: NVMe is not supported)")
+            raise ConfigError(
+                f"--deepspeed_config has zero_optimization.{key}.device={device}; offload is set by {flag} "
+                f"(the optimizer and the host-memory check follow the flag): remove the device from the JSON and {what}"
+            )
     # ZeRO-Offload (--offload-param / --offload-optimizer); pinned host buffers only exist with CUDA
     import torch
 
     pin = torch.cuda.is_available()
-    if cfg.memory.offload_param:
-        zero["offload_param"] = {**zero.get("offload_param", {}), "device": "cpu", "pin_memory": pin}
-    if cfg.memory.offload_optimizer:
-        zero["offload_optimizer"] = {**zero.get("offload_optimizer", {}), "device": "cpu", "pin_memory": pin}
+    for key, on in (("offload_param", cfg.memory.offload_param), ("offload_optimizer", cfg.memory.offload_optimizer)):
+        if on:  # the file's other offload keys stay; pinning needs CUDA
+            zero[key] = {"pin_memory": pin, **zero.get(key, {}), "device": "cpu"}
+            zero[key]["pin_memory"] = zero[key]["pin_memory"] and pin
         if not pin:  # CPU-only: torch's AdamW steps the states (see megatron.training.memory.build_optimizer)
             user.setdefault("zero_force_ds_cpu_optimizer", False)
 
     ds = {**user, **ours, "zero_optimization": zero}
-    ds["fp16"] = {**user.get("fp16", {}), **ours["fp16"]} if t.fp16 else {"enabled": False}
-    ds["bf16"] = {"enabled": t.bf16}
-    if p.seq_parallel_communication_data_type is not None:
-        ds["seq_parallel_communication_data_type"] = p.seq_parallel_communication_data_type
+    # fp16's loss-scaling keys have no flags: the file's win over our defaults; the switches are the flags'
+    ds["fp16"] = {**(ours["fp16"] if t.fp16 else {}), **user.get("fp16", {}), "enabled": t.fp16}
+    ds["bf16"] = {**user.get("bf16", {}), "enabled": t.bf16}
+    sp_dtype = p.seq_parallel_communication_data_type
+    if sp_dtype is not None:
+        if user.get("seq_parallel_communication_data_type", sp_dtype) != sp_dtype:
+            raise ConfigError(
+                f"--deepspeed_config has seq_parallel_communication_data_type="
+                f"{user['seq_parallel_communication_data_type']} but --seq-parallel-communication-data-type is "
+                f"{sp_dtype}; keep one of them"
+            )
+        ds["seq_parallel_communication_data_type"] = sp_dtype
     ds.setdefault("steps_per_print", 10**9)
     ds.setdefault("wall_clock_breakdown", False)
     return ds

@@ -1,5 +1,8 @@
 """Flags and YAML map into the typed config; parallel groups; FLOPs accounting; data layout."""
 
+import json
+import re
+
 import pytest
 
 from megatron.arguments import parse_args
@@ -160,3 +163,43 @@ def test_zero3_uses_plain_linear_unless_the_user_json_says_otherwise(tmp_path):
     cfg = parse_args("--mock-data --micro-batch-size 1 --global-batch-size 2 --zero-stage 1".split())
     cfg = cfg.resolve(2)
     assert "memory_efficient_linear" not in build_deepspeed_config(cfg, 2)["zero_optimization"]
+
+
+@pytest.mark.parametrize(
+    "user,expected",
+    [
+        ({"gradient_clipping": 0.5}, "gradient_clipping=0.5 but --clip-grad is 1.0; remove it from the JSON and pass --clip-grad 0.5"),
+        ({"optimizer": {"type": "AdamW", "params": {"lr": 3e-4, "betas": [0.9, 0.95], "weight_decay": 0.1}}},
+         "optimizer block (AdamW), but the optimizer is AdamW built from the flags; remove the block and pass "
+         "--lr 0.0003 --weight-decay 0.1 --adam-beta1 0.9 --adam-beta2 0.95"),
+        ({"scheduler": {"type": "WarmupDecayLR", "params": {"warmup_num_steps": 100, "total_num_steps": 1000}}},
+         "scheduler block (WarmupDecayLR), but the learning rate follows the flags"),
+        ({"zero_optimization": {"offload_optimizer": {"device": "cpu"}}},
+         "zero_optimization.offload_optimizer.device=cpu; offload is set by --offload-optimizer"),
+        ({"zero_optimization": {"offload_param": {"device": "nvme"}}}, "NVMe is not supported"),
+        ({"zero_optimization": {"reduce_bucket_size": 1e6}}, "reduce_bucket_size=1000000.0 but --reduce-bucket-size is 2000"),
+        ({"seq_parallel_communication_data_type": "fp32"}, "seq_parallel_communication_data_type=fp32 but"),
+    ],
+)  # fmt: skip
+def test_deepspeed_config_keys_that_disagree_with_the_flags_are_refused(tmp_path, user, expected):
+    path = tmp_path / "ds.json"
+    path.write_text(json.dumps(user))
+    flags = "--mock-data --zero-stage 3 --reduce-bucket-size 2000 --seq-parallel-communication-data-type bf16"
+    cfg = parse_args([*flags.split(), "--deepspeed_config", str(path)]).resolve(2)
+    with pytest.raises(ConfigError, match=re.escape(expected)):
+        build_deepspeed_config(cfg, 2)
+
+
+def test_deepspeed_config_keys_without_flags_are_kept(tmp_path):
+    path = tmp_path / "ds.json"
+    user = {"fp16": {"initial_scale_power": 12, "loss_scale_window": 500}, "bf16": {"immediate_grad_update": True},
+            "zero_optimization": {"stage3_prefetch_bucket_size": 1234}, "gradient_clipping": "auto",
+            "comms_logger": {"enabled": False}, "steps_per_print": 5}  # fmt: skip
+    path.write_text(json.dumps(user))
+    fp16 = build_deepspeed_config(parse_args(["--mock-data", "--fp16", "--deepspeed_config", str(path)]).resolve(1), 1)
+    assert fp16["fp16"] == {"enabled": True, "initial_scale_power": 12, "loss_scale_window": 500, "hysteresis": 2}
+    assert fp16["gradient_clipping"] == 1.0 and fp16["comms_logger"] == {"enabled": False} and fp16["steps_per_print"] == 5
+    bf16 = build_deepspeed_config(parse_args(["--mock-data", "--bf16", "--zero-stage", "3", "--deepspeed_config", str(path)])
+                                  .resolve(1), 1)  # fmt: skip
+    assert bf16["bf16"] == {"immediate_grad_update": True, "enabled": True}
+    assert bf16["zero_optimization"]["stage3_prefetch_bucket_size"] == 1234
