@@ -144,6 +144,7 @@ class EngineSetup:
     ds_config: dict
     layout: Layout
     resume: Resume | None
+    saved_config: dict | None = None  # the config the resumed checkpoint was trained with (``resume`` sets it)
 
 
 def build_engine(cfg: Config, device: torch.device) -> EngineSetup:
@@ -178,4 +179,5 @@ def resume(setup: EngineSetup, load_dir: str | None) -> tuple:
     if setup.resume is None:
         return 0, 0
     state = load_checkpoint(setup.engine, load_dir, setup.resume)
+    setup.saved_config = state.get("config")
     return state["iteration"], state["consumed_samples"]

@@ -23,6 +23,7 @@ from megatron.training.engine import build_engine, initialize_distributed, resum
 from megatron.training.exit_policy import ExitPolicy
 from megatron.training.faults import NO_FAULTS, FaultInjector
 from megatron.training.logger import TrainingLog, print_rank0, print_run
+from megatron.training.lr_schedule import schedule_change
 from megatron.training.step import SkippedSteps, TrainingStopped, TrainStep
 
 __all__ = ["Trainer", "TrainingStopped", "initialize_distributed"]
@@ -51,6 +52,9 @@ class Trainer:
         self.engine, self.layout = setup.engine, setup.layout
         self.exit_policy = ExitPolicy(cfg.checkpoint, device)
         self.iteration, self.consumed_samples = resume(setup, cfg.checkpoint.load)
+        note = schedule_change((setup.saved_config or {}).get("train"), cfg.train, self.iteration)
+        if note:
+            print_rank0(f"> note: {note}")
         self.step = TrainStep(setup.engine, setup.optimizer, cfg, setup.ds_config, device, self.gas, self.faults)
         self.skips = SkippedSteps()
         self.batches = BatchBuilder(

@@ -34,3 +34,22 @@ def test_killed_save_keeps_previous_checkpoint(tmp_path):
     resumed = train_records(tmp_path, "resumed", 2, ARGS + ["--zero-stage", "1", "--load", str(ckpt)])
     assert [r["iteration"] for r in resumed] == list(range(3, 9))
     assert_close_records(full[2:], resumed, rtol=1e-6, what="resume after killed save")
+
+
+def test_resume_with_a_longer_run_says_how_the_learning_rate_changes(tmp_path):
+    """--train-iters 4 -> 8 moves the default --lr-decay-iters, so the cosine schedule jumps back up:
+    the resumed run says so, with the learning rates and the flag that keeps the checkpoint's."""
+    import json
+
+    ckpt, args = tmp_path / "ckpt", TINY_LLAMA + TRAIN + ["--zero-stage", "1"]
+    train_records(tmp_path, "first", 1, args + ["--train-iters", "4", "--save", str(ckpt)])
+    longer = torchrun(1, args + ["--train-iters", "8", "--load", str(ckpt)], tmp_path / "longer.jsonl")
+    assert longer.returncode == 0, longer.stderr[-3000:]
+    notes = [line for line in longer.stdout.splitlines() if line.startswith("> note: resuming at iteration 4")]
+    assert len(notes) == 1, longer.stdout[-3000:]
+    assert "lr_decay_iters 4 -> 8 (it follows --train-iters 4 -> 8)" in notes[0]
+    first_lr = json.loads((tmp_path / "longer.jsonl").read_text().splitlines()[0])["lr"]
+    assert f"the next step's learning rate is {first_lr:.3e}" in notes[0]
+    assert "To keep the checkpoint's schedule, pass --lr-decay-iters 4" in notes[0]
+    kept = torchrun(1, args + ["--train-iters", "8", "--lr-decay-iters", "4", "--load", str(ckpt)])
+    assert kept.returncode == 0 and "> note: resuming" not in kept.stdout, kept.stderr[-3000:]
