@@ -1,6 +1,6 @@
 """Attention kernel throughput: our Triton FlashAttention vs SDPA (flash, cuDNN) and flash_attn.
 
-    python bench/attention.py                         # seq 4k,16k,64k,128k; writes docs/benchmarks/attention_<gpu>.json
+    python bench/attention.py                         # seq 4k,16k,64k,128k; writes benchmarks/results/<date>_attention_<gpu>/
     python bench/attention.py --seqs 4096 --impls triton,sdpa_flash --out /tmp/a.json
     python bench/attention.py --sweep                 # first tune Triton block configs at --sweep-seq
     python bench/attention.py --profile-seq 16384     # add per-kernel device times (torch.profiler)
@@ -26,12 +26,11 @@ for comparison; FLOPs count the attended (query, key) pairs (metrics.attended_pa
 import argparse
 import json
 import math
-import os
 import re
 import sys
 
 import torch
-from report import report_head, write_json  # bench/, this script's directory
+from report import report_head, results_dir, write_json  # bench/, this script's directory
 
 from megatron.kernels import attention_triton as fat
 from megatron.kernels import interface
@@ -267,7 +266,7 @@ def main(argv=None):
     p.add_argument("--sweep", action="store_true", help="tune Triton block configs first")
     p.add_argument("--sweep-seq", type=int, default=16384)
     p.add_argument("--profile-seq", type=int, default=0, help="also profile kernels per impl at this seq")
-    p.add_argument("--out", default=None, help="JSON path (default docs/benchmarks/attention_<gpu>.json)")
+    p.add_argument("--out", default=None, help="JSON path (default benchmarks/results/<date>_attention_<gpu>/attention_<gpu>.json)")
     p.add_argument("--dry-run", action="store_true")
     args = p.parse_args(argv)
     if args.doc_len < 0:
@@ -296,7 +295,7 @@ def main(argv=None):
     device = torch.cuda.get_device_name()
     slug = (re.search(r"(H100|H200|A100|B200|GB200|L40S?|RTX\s*\d+)", device) or re.search(r"\w+$", device)).group(0)
     slug = slug.lower().replace(" ", "")
-    out_path = args.out or os.path.join("docs", "benchmarks", f"attention_{slug}.json")
+    out_path = args.out or str(results_dir("attention", slug) / f"attention_{slug}.json")
 
     record = {
         **report_head(__file__, device="cuda"),

@@ -5,7 +5,7 @@ tokens) next to a sparse ``.bin`` of the right size (no disk used), so ``GPTData
 exactly as in training: open and validate, build the three indices with vectorized numpy,
 save them to the cache, map them back. Also times a 3-way blend index.
 
-    python bench/build_indices.py --tokens 1e9 --seq-length 2048 --out docs/benchmarks/data_build_indices.json
+    python bench/build_indices.py --tokens 1e9 --seq-length 2048 --out benchmarks/results/<date>_data_pipeline_cpu/build_indices.json
 """
 
 from __future__ import annotations

@@ -1,9 +1,8 @@
 #!/usr/bin/env bash
 # GPT-1.3B (24 x 2048, 16 heads) at 8k, bf16, ZeRO-3, a few steps, on the GPUs of this machine.
-# Writes raw logs and metrics under ${OUT:-runs/gpu_core}, the core GPU check of docs/benchmarks/core_gpu/:
+# Writes raw logs and metrics under ${OUT:-runs/gpu_core}, the core GPU check of benchmarks/results/<date>_gpu_core_<gpu>/:
 #   one H100:   NPROC=1 SP=1 bash bench/gpu_core_run.sh
 #   two H200s:  NPROC=2 SP=2 bash bench/gpu_core_run.sh
-# On the offline GPU image, install the carried wheels first (see ../shared/tools/gpu_wheels.sh).
 set -euo pipefail
 NPROC=${NPROC:-1} SP=${SP:-1} SEQ_LEN=${SEQ_LEN:-8192} ITERS=${ITERS:-10} ATTN=${ATTN:-sdpa}
 OUT=${OUT:-runs/gpu_core}

@@ -199,8 +199,8 @@ def main(argv=None):
             assert len(config) == 4
         except (ValueError, AssertionError):
             sys.exit(f"error: --config {args.config!r} is not BLOCK_M,BLOCK_N,warps,stages (four integers)")
-    # bench/, this script's directory; imported here because docs/ scripts import this module's compile helpers
-    # as bench.kernel_resources, without bench/ on their path
+    # bench/, this script's directory; imported here, so that the compile helpers import as bench.kernel_resources
+    # without bench/ on the path
     from report import report_head, write_json
 
     report = {**report_head(__file__, argv), "arch": args.arch, "head_dim": args.head_dim,

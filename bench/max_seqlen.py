@@ -5,7 +5,7 @@ longest trainable sequence is found by doubling then bisecting the sequence leng
 attempt is a fresh ``torchrun`` of the real trainer (so an OOM leaves nothing behind) that
 runs ``--steps`` training steps (default 2) and reports peak memory, its breakdown and the step time.
 
-    python bench/max_seqlen.py --shape llama-8b --nproc 8            # GPUs; writes docs/benchmarks/
+    python bench/max_seqlen.py --shape llama-8b --nproc 8            # GPUs; writes benchmarks/results/<date>_max_seqlen_<gpu>/
     python bench/max_seqlen.py --shape gpt-1.3b --nproc 8 --rungs baseline,+tiled_loss
     python bench/max_seqlen.py --tiny --nproc 2 --out /tmp/x.json    # CPU smoke run (tested)
 
@@ -46,7 +46,7 @@ import time
 from pathlib import Path
 
 from procgroup import last_error_line, oom_in_log, run_logged  # bench/, this script's directory
-from report import report_head, write_json
+from report import report_head, results_dir, write_json
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -357,7 +357,7 @@ def main(argv=None) -> int:
     p.add_argument(
         "--attempt-timeout", type=int, default=1800, help="seconds per attempt (also skips attempts predicted to exceed it)"
     )
-    p.add_argument("--out", help="JSON result (default docs/benchmarks/max_seqlen_<shape>_<nproc>gpu.json)")
+    p.add_argument("--out", help="JSON result (default benchmarks/results/<date>_max_seqlen_<gpu>/max_seqlen_<shape>_<nproc>gpu.json)")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--result-dir", help=argparse.SUPPRESS)
     args, rest = p.parse_known_args(argv)
@@ -376,7 +376,7 @@ def main(argv=None) -> int:
             f"--granularity {g} must be a multiple of --nproc and divide --start-seq {start} and --max-seq {max_seq}"
         )
     shape = "tiny" if args.tiny else args.shape
-    out = Path(args.out or ROOT / "docs" / "benchmarks" / f"max_seqlen_{shape}_{args.nproc}gpu.json")
+    out = Path(args.out or results_dir("max_seqlen") / f"max_seqlen_{shape}_{args.nproc}gpu.json")
     workdir = Path(tempfile.mkdtemp(prefix="max_seqlen_"))  # per-attempt rank results
 
     import torch

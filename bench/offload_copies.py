@@ -2,7 +2,7 @@
 kept on the GPU, offloaded with copies on the compute stream, and offloaded with side-stream copies
 and backward prefetch (``OffloadTape``, the default).
 
-    python bench/offload_copies.py --shape gpt-1.3b --tokens 32768,131072 --out docs/benchmarks/max_seqlen/offload_copies_h200.json
+    python bench/offload_copies.py --shape gpt-1.3b --tokens 32768,131072 --out benchmarks/results/<date>_max_seqlen_h200/offload_copies_gpt-1.3b_h200.json
     python bench/offload_copies.py --tiny --device cpu --out /tmp/o.json     # CPU smoke run (tested)
 
 One process, one GPU, no sequence parallelism: ``--tokens`` is what one rank holds (e.g. 131072 is

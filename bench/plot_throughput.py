@@ -1,6 +1,6 @@
 """Plots and a markdown table from a ``bench/throughput.py`` JSON.
 
-    python bench/plot_throughput.py docs/benchmarks/throughput/h100_gpt-1.3b_sp1.json
+    python bench/plot_throughput.py benchmarks/results/2026-11-30_throughput_vs_peer_h200/gpt_sp2_recompute_32768.json
     python bench/plot_throughput.py A.json B.json C.json --name combined    # several runs, one table
 
 Several JSONs are first merged into ``<name>.json`` (cases in the order given, a later case replacing

@@ -10,7 +10,7 @@ and the biases are inside the GEMMs (``memory_efficient_linear: false``). This m
 * ``compiled``: the same function through ``torch.compile`` (Inductor fuses the add into the norm's
   kernels, forward and backward).
 
-    python bench/pointwise_fusion.py --out docs/benchmarks/throughput/pointwise_fusion/h200.json
+    python bench/pointwise_fusion.py --out benchmarks/results/<date>_pointwise_fusion_h200/h200.json
     python bench/pointwise_fusion.py --tiny --device cpu --backend aot_eager --out /tmp/p.json   # CPU smoke run (tested)
 
 Per norm: median wall ms of forward + backward of one call (over ``--iters`` samples of ``--reps`` calls each,

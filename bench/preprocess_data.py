@@ -9,7 +9,7 @@ Builds a JSON Lines file of ``--size-mb`` MB in /tmp by cycling the default corp
   trained on the same text by the ``tokenizers`` package (skipped when it is absent);
 - ``HFTokenizer``: the same vocabulary through ``tokenizers`` (Rust).
 
-    python bench/preprocess_data.py --size-mb 100 --workers 1 2 --out docs/benchmarks/data_preprocess.json
+    python bench/preprocess_data.py --size-mb 100 --workers 1 2 --out benchmarks/results/<date>_data_pipeline_cpu/preprocess_data.json
 """
 
 from __future__ import annotations

@@ -12,6 +12,9 @@ arguments), ``date_utc``, ``host``, ``devices`` (every visible GPU, or ``["cpu"]
 the script measured, when it says), and ``versions`` (Python, torch, CUDA, cuDNN and the packages in
 ``PACKAGES``; ``None`` where one is not installed). ``python bench/report.py`` prints the head of this
 environment.
+
+By default a benchmark writes into ``results_dir(topic)``, ``benchmarks/results/<date>_<topic>_<gpu>/``: the
+folder per measurement that ``bench/results.py`` builds docs/results.md from.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import importlib.util
 import json
 import os
 import platform
+import re
 import subprocess
 import sys
 import time
@@ -120,6 +124,26 @@ def report_head_from_child(script: str, argv=None, packages: tuple = (), timeout
     except (subprocess.SubprocessError, json.JSONDecodeError, IndexError, KeyError) as e:
         head.update(devices=None, versions={"python": platform.python_version()}, probe_error=str(e)[:300])
     return head
+
+
+def gpu_slug(name: str | None = None) -> str:
+    """The short GPU name a results folder ends with: "h200" for "NVIDIA H200", "cpu" without a GPU. ``name``: a
+    device name; by default the first GPU's, from ``nvidia-smi`` (so that CUDA is not initialized here)."""
+    if name is None:
+        try:
+            out = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True,
+                                 text=True, timeout=30, check=True).stdout  # fmt: skip
+            name = out.splitlines()[0]
+        except (OSError, subprocess.SubprocessError, IndexError):
+            return "cpu"
+    m = re.search(r"(H100|H200|A100|B200|GB200|L40S?|RTX\s*\d+)", name)
+    return (m.group(1) if m else name.split()[-1]).lower().replace(" ", "")
+
+
+def results_dir(topic: str, gpu: str | None = None) -> Path:
+    """``benchmarks/results/<today, UTC>_<topic>_<gpu>/``, where a benchmark writes by default (``gpu``: see
+    ``gpu_slug``)."""
+    return ROOT / "benchmarks" / "results" / f"{time.strftime('%Y-%m-%d', time.gmtime())}_{topic}_{gpu or gpu_slug()}"
 
 
 def write_json(path, report: dict) -> None:

@@ -8,7 +8,7 @@ switches the tiled MLP on for both. Both write one JSON record per iteration; th
 iterations are dropped and the median of the rest is reported.
 
     python bench/throughput.py --shape gpt-1.3b --seq-lens 8192,32768 --nproc 1 --sp 1 \\
-        --backends sdpa,flash_triton --peer --out docs/benchmarks/throughput/h100_gpt-1.3b_sp1.json
+        --backends sdpa,flash_triton --peer     # writes benchmarks/results/<date>_throughput_<gpu>/
     python bench/throughput.py --tiny --peer --out /tmp/throughput.json     # CPU smoke run (tested)
 
 The output JSON holds the command line of every case, the devices, package versions, and per case:
@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from procgroup import last_error_line, oom_in_log, run_logged  # bench/, this script's directory
-from report import report_head_from_child, write_json
+from report import report_head_from_child, results_dir, write_json
 
 ROOT = Path(__file__).resolve().parents[1]
 PEER_SCRIPT = Path(__file__).resolve().parent / "peer_hf_alst.py"
@@ -398,7 +398,7 @@ def parse_args(argv=None):
         action="store_true",
         help="also try longer sequences of a system that already ran out of memory (default: skip them)",
     )
-    p.add_argument("--out", help="JSON (default docs/benchmarks/throughput/throughput_<shape>_<nproc>gpu_sp<sp>.json)")
+    p.add_argument("--out", help="JSON (default benchmarks/results/<date>_throughput_<gpu>/throughput_<shape>_<nproc>gpu_sp<sp>.json)")
     p.add_argument("--append", action="store_true", help="merge into an existing --out (same case: replaced)")
     p.add_argument("--log-dir", help="per-case logs and metrics (default runs/throughput/<out name>; tiny: a temp dir)")
     p.add_argument("--peer-arg", action="append", default=[], dest="peer_extra", help="extra flag for the peer")
@@ -441,7 +441,7 @@ def parse_args(argv=None):
     if shape.heads % args.sp or (shape.kv_heads % args.sp and args.sp % shape.kv_heads):
         p.error(f"{args.shape}: {shape.heads} heads / {shape.kv_heads} kv heads do not split over SP {args.sp}")
     default_name = f"throughput_{args.shape}_{args.nproc}gpu_sp{args.sp}.json"
-    args.out = Path(args.out or ROOT / "docs" / "benchmarks" / "throughput" / default_name)
+    args.out = Path(args.out or results_dir("throughput") / default_name)
     if args.log_dir:
         args.log_dir = Path(args.log_dir)
     elif t:

@@ -8,7 +8,7 @@
   instead of one fp32-output GEMM;
 * ``liger``: the tiled loss's backward through liger-kernel (``--use-liger-kernel``), where installed.
 
-    python bench/tiled_loss.py --tokens 16384,65536 --out docs/benchmarks/throughput/loss/tiled_loss_h200.json
+    python bench/tiled_loss.py --tokens 16384,65536 --out benchmarks/results/<date>_tiled_loss_h200/tiled_loss_h200.json
     TRITON_INTERPRET=1 python bench/tiled_loss.py --tiny --device cpu --out /tmp/l.json   # CPU smoke run (tested)
 
 One process: ``--tokens`` are the rows one rank holds (16384 is a 32k sequence at SP=2); ``--vocab`` the

@@ -24,10 +24,10 @@ Variants:
           Q, dO, lse, delta (STAGES-deep ring, mbarriers); worker 1 (1 warp) issues the dQ reduce-adds.
           Register reallocation with setmaxnreg (workers 24 registers, default partition 240).
   "plain" one partition of 8 warps doing the same, issuing its own loads and reduce-adds. Slower
-          (docs/benchmarks/attention_gluon/); kept for comparison runs.
+          (measured on the H200); kept for comparison runs.
 
 The Q/dO ring is 3 deep: with 2 stages the gradients were wrong on the H200 once the ring wrapped
-(docs/benchmarks/attention_gluon/README.md).
+(a ptxas 12.8 code-generation fault).
 """
 
 # ruff: noqa: RUF059  (each partition unpacks the shared descriptor / buffer / barrier tuples whole)

@@ -2,8 +2,8 @@
 (interface.py) runs it when `unsupported_reason` is None: causal, bf16, head dim 128, with or without grouped-query
 attention, with or without packed documents, sequence a multiple of 128, an sm_90 GPU, Triton 3.6. Everything else
 takes the Triton forward (attention_triton.py). The kernel also supports head dim 64, where the Triton forward measured faster. Written
-as prototypes in docs/benchmarks/attention_gluon/fwd/ (v1: MHA, head dim 128; v2: GQA, head dim 64, documents),
-where the measurements and the offline tools are.
+as prototypes first (v1: MHA, head dim 128; v2: GQA, head dim 64, documents); measured on an H200 in
+benchmarks/results/2026-11-30_attention_kernels_h200/.
 
 Same outputs as our Triton forward (attention_triton.py `_fwd_kernel`): out bf16 [b, s, h, d] and
 lse fp32 [b, h, s] in log2 units, lse = m + log2(l) with m the running max of q.k * softmax_scale*log2(e), so that
@@ -30,7 +30,7 @@ Key blocks visited, kb0 = m0 / BN, ND = BM / BN diagonal blocks:
   lo = doc_start(m0) // BN  (0 without documents): the block holding the first query's document start;
   order: the ND diagonal blocks kb0 .. kb0+ND-1 ascending, then kb0-1, kb0-2, .. lo descending.
 Three phases, each its own code, so no runtime loop holds a masked/unmasked branch (the pattern ptxas 12.8
-miscompiled in a 2-stage build of our backward, docs/benchmarks/attention_gluon/README.md):
+miscompiled in a 2-stage build of our backward):
   diagonal  (static_range, peeled): mask key <= query (and key >= doc_start(query) with documents);
   full      (runtime loop) blocks kb0-1 .. full_lo with full_lo = max(ceil(doc_start(m0+BM-1) / BN), lo): every key
             of these blocks is at or after every row's document start, so no mask;
@@ -304,7 +304,7 @@ def unsupported_reason(q, k, causal: bool):
     """None when this forward runs on these inputs, else why not (one short phrase): the fused backward's inputs
     (causal, bf16, head dim 64 or 128, sequence a multiple of 128 = BLOCK_M, sm_90, Triton 3.6; the check shared
     with it, gluon_sm90.unsupported_reason), at head dim 128 only. At head dim 64 the kernel is correct (GPU tests call `forward` directly) but the Triton
-    forward measured faster on the H200 (docs/benchmarks/attention_gluon/forward/)."""
+    forward measured faster on the H200 (benchmarks/results/2026-11-30_attention_backends_h200/hd64_fwd_sweep.json)."""
     if reason := gluon_sm90.unsupported_reason(q, k, causal):
         return reason
     if q.shape[-1] != 128:

@@ -32,7 +32,7 @@ SUPPORTED_HEAD_DIMS = (16, 32, 64, 128)
 
 
 # Block configs: (BLOCK_M, BLOCK_N, num_warps, num_stages), tuned with `bench/attention.py --sweep`:
-# head_dim 128 on H100 (docs/benchmarks/attention_notes.md), 64 on H200 (attention_hd64/).
+# head_dim 128 on H100, 64 on H200.
 # fwd and dq need BLOCK_M % BLOCK_N == 0; dkdv needs BLOCK_N % BLOCK_M == 0.
 GPU_CONFIGS = {
     "fwd": {64: (128, 64, 8, 3), 128: (128, 128, 8, 3)},

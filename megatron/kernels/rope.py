@@ -3,7 +3,7 @@
 The eager version (``megatron.model.rotary``) materializes cos/sin ``[b, s, 1, d]``, splits,
 negates and concatenates, and multiplies strided views of the fused QKV output: about ten
 kernels per tensor, most on non-contiguous memory (11% of a GPT-1.3B step at 32k on an H100,
-``docs/benchmarks/throughput/profile_*``). Here one program per (batch, token) computes the
+profiled with ``bench/profile_step.py``). Here one program per (batch, token) computes the
 angles in fp32 from the global position and ``inv_freq`` (the same fp32 values as the eager
 path, RoPE scaling included), multiplies cos and sin by the attention factor (yarn's; 1
 otherwise), reads any strided ``[b, s, heads, d]`` view and writes a contiguous output. Backward

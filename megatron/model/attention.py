@@ -309,7 +309,7 @@ def document_mask_note(backend: str, seq_length: int, micro_batch_size: int, win
         f"--reset-attention-mask with the {backend} backend builds {what} [b, 1, S, S] masks (about {gb:.1f} GB "
         f"at S={seq_length}, micro batch {micro_batch_size}) and computes every masked score; "
         f"--use-flash-attn-triton takes {takes} and skips masked blocks instead "
-        "(22-68x faster at 64K on an H200: docs/benchmarks/attention_documents/)"
+        "(22-68x faster at 64K on an H200: docs/results.md#packed-documents)"
     )
 
 

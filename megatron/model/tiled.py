@@ -36,7 +36,7 @@ def default_chunk(vocab_rows: int, fused: bool) -> int:
     """Tokens per tiled-loss chunk when none is given. The fused path's chunks are 4x the eager
     path's in logits for the same bytes; larger chunks mean fewer fp32 weight-gradient accumulations
     (one [V, H] fp32 read and write per chunk) and larger GEMMs: -11% loss time at vocabulary 50304,
-    -20% at 128256 on an H200 (``docs/benchmarks/throughput/loss/chunk_*.json``)."""
+    -20% at 128256 on an H200 (``benchmarks/results/2026-11-30_tiled_loss_h200/chunk_*.json``)."""
     return max(1, (LOGITS_PER_CHUNK_FUSED if fused else LOGITS_PER_CHUNK) // vocab_rows)
 
 

@@ -109,7 +109,7 @@ def build_deepspeed_config(cfg: Config, world_size: int) -> dict:
         # Long-sequence defaults: prefetch the next layer's parameters while this one computes
         # (5e8 parameters, 1 GB in bf16, ten times DeepSpeed's default), keep small tensors (norms,
         # biases) resident, and bound what is gathered at once (3e9 parameters, 6 GB).
-        # Measured on two H200s, GPT-1.3B, SP=2: docs/benchmarks/throughput/README.md.
+        # Measured on two H200s, GPT-1.3B, SP=2: benchmarks/results/2026-11-29_zero3_settings_h200/.
         zero.setdefault("reduce_bucket_size", 5e8)
         zero.setdefault("stage3_prefetch_bucket_size", 5e8)
         zero.setdefault("stage3_max_reuse_distance", 1e9)
@@ -119,7 +119,7 @@ def build_deepspeed_config(cfg: Config, world_size: int) -> dict:
         # Plain F.linear instead of DeepSpeed's LinearFunctionForZeroStage3, whose separate
         # `output += bias` pass is a full read-write of every linear's output: +6.6% tokens/s at
         # 32k with recomputation, no change elsewhere, lower peak memory, same loss
-        # (docs/benchmarks/throughput/memory_efficient_linear/).
+        # (benchmarks/results/2026-11-30_memory_efficient_linear_h200/).
         zero.setdefault("memory_efficient_linear", False)
     if p.reduce_bucket_size is not None:
         if "reduce_bucket_size" in user.get("zero_optimization", {}) and zero["reduce_bucket_size"] != p.reduce_bucket_size:

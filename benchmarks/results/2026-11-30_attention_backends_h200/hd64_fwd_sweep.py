@@ -2,7 +2,7 @@
 compiles for, against our Triton forward (flash_attention with forward="triton"), causal, bf16, 32 heads (MHA) and 32 / 8
 (GQA 4). Forward only; triton.testing.do_bench medians. One H200.
 
-    python3 docs/benchmarks/attention_gluon/forward/hd64_fwd_sweep.py --out FILE.json
+    python3 benchmarks/results/2026-11-30_attention_backends_h200/hd64_fwd_sweep.py --out FILE.json
 """
 
 import argparse

@@ -1,9 +1,9 @@
 #!/bin/bash
-# One H200 (2026-11-30, sixth session): the library after the Gluon forward became the default (v2 kernel: GQA,
-# head dim 64, documents). All GPU attention tests; the attention benchmark at head dim 128 (triton = Gluon forward
-# + fused backward, triton_fused = Triton forward + fused backward, triton_split, SDPA flash, cuDNN; profiled at
-# 16k), at head dim 64 (32 heads), and with packed documents; then GPT-1.3B and (time permitting) Llama-1B at 32k
-# end to end, SP=1, ZeRO-3, full recomputation, our Triton backend against SDPA.
+# One H200 (2026-11-30): the library after the Gluon forward became the default (GQA, head dim 64, documents).
+# All GPU attention tests; the attention benchmark at head dim 128 (triton = Gluon forward + fused backward,
+# triton_fused = Triton forward + fused backward, triton_split, SDPA flash, cuDNN; profiled at 16k), at head
+# dim 64 (32 heads), and with packed documents; then GPT-1.3B and Llama-1B at 32k end to end, SP=1, ZeRO-3,
+# full recomputation, our Triton backend against SDPA.
 set -u
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
 export PYTHONPATH=/tmp/site:$PWD

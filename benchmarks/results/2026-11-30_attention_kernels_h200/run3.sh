@@ -1,6 +1,6 @@
 #!/bin/bash
-# One H200 (2026-11-30, seventh session): the GPU attention tests at this commit, including
-# test_gpu_gluon_forward_matches_reference as restructured in daae164 (not run on a GPU before this call).
+# One H200 (2026-11-30): the GPU attention tests, including test_gpu_gluon_forward_matches_reference as
+# restructured in daae164.
 set -u
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
 export PYTHONPATH=/tmp/site:$PWD

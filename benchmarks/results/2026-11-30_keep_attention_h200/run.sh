@@ -1,9 +1,9 @@
 #!/bin/bash
-# Two H200s, one device call. (1) bench/tiled_loss.py at the padded vocabulary (one GPU). (2) GPT-1.3B,
-# SP=2, ZeRO-3, today's defaults (fused tiled loss), ours against the HF + DeepSpeed-ALST peer, whose
-# vocabulary is now padded like ours (50304): at 32k without recomputation and with full recomputation,
-# plus ours with --checkpoint-keep-attention, twice; the peer once with its exact vocabulary (50257, as
-# before); at 64k ours with full recomputation and with keep-attention.
+# Two H200s (2026-11-30). (1) bench/tiled_loss.py at the padded vocabulary (one GPU). (2) GPT-1.3B, SP=2,
+# ZeRO-3, the defaults (fused tiled loss), ours against the HF + DeepSpeed-ALST peer, whose vocabulary is
+# padded like ours (50304): at 32k without recomputation and with full recomputation, plus ours with
+# --checkpoint-keep-attention, twice; the peer once with its exact vocabulary (50257); at 64k ours with full
+# recomputation and with keep-attention. run_output_tail.log is this script's output.
 set -u
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
 export PYTHONPATH=/tmp/site:$PWD

@@ -1,9 +1,8 @@
 #!/bin/bash
-# Two H200s, one device call (results packed into $OUT/callC.tar after every step, since a call returns
-# at most ~8 files): bench/tiled_loss.py at the padded vocabulary again (its JSON did not come back from
-# run.sh's call); GPT-1.3B, SP=2, ZeRO-3 at 64k: ours and the peer with full recomputation, ours with
-# keep-attention; a profile of ours at 32k without recomputation with the fused tiled loss; at 128k
-# ours with full recomputation and with keep-attention.
+# Two H200s (2026-11-30; results packed into $OUT/callC.tar after every step): bench/tiled_loss.py at the
+# padded vocabulary again; GPT-1.3B, SP=2, ZeRO-3 at 64k: ours and the peer with full recomputation, ours with
+# keep-attention; a profile of ours at 32k without recomputation with the fused tiled loss
+# (profile_gpt-1.3b_sp2_32k_norecompute.json); at 128k ours with full recomputation and with keep-attention.
 set -u
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
 export PYTHONPATH=/tmp/site:$PWD

@@ -1,6 +1,6 @@
 #!/bin/bash
-# Two H200s, one device call: Llama-1B (identical model on both sides) at 32k, SP=2, ZeRO-3, full
-# recomputation: ours (fused tiled loss) and the peer, then ours with --checkpoint-keep-attention.
+# Two H200s (2026-11-30): Llama-1B (identical model on both sides) at 32k, SP=2, ZeRO-3, full recomputation:
+# ours (fused tiled loss) and the peer, then ours with --checkpoint-keep-attention.
 set -u
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
 export PYTHONPATH=/tmp/site:$PWD

@@ -1,7 +1,6 @@
 #!/bin/bash
-# Two H200s, one device call (2026-11-30, fourth session): end to end with the fused tiled loss's
-# default chunk of 2^28 logits (stop 17 measured it on the loss alone). GPT-1.3B at 32k, SP=2,
-# ZeRO-3, against the padded peer in the same invocation: no recomputation twice, full
+# Two H200s (2026-11-30): end to end with the fused tiled loss's default chunk of 2^28 logits. GPT-1.3B at
+# 32k, SP=2, ZeRO-3, against the padded peer in the same invocation: no recomputation twice, full
 # recomputation once; ours once more with NCCL_PROTO=Simple (NCCL's protocol choice, an A/B only);
 # Llama-1B (identical model on both sides) at 32k with full recomputation.
 set -u

@@ -1,6 +1,6 @@
 #!/bin/bash
-# One H200, one device call (2026-11-30, fourth session): GPT-1.3B, SP=1, ZeRO-3, full recomputation,
-# today's defaults (Triton tiled loss, 2^28-logit chunks) against the padded peer, 8k / 32k / 64k.
+# One H200 (2026-11-30): GPT-1.3B, SP=1, ZeRO-3, full recomputation, the defaults (Triton tiled loss,
+# 2^28-logit chunks) against the padded peer, 8k / 32k / 64k.
 set -u
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
 export PYTHONPATH=/tmp/site:$PWD

@@ -1,5 +1,5 @@
 #!/bin/bash
-# Same-call ours vs peer at 32k with memory_efficient_linear false (our new ZeRO-3 default, both systems),
+# Two H200s (2026-11-30): ours vs peer in one invocation at 32k with memory_efficient_linear false (our new ZeRO-3 default, both systems),
 # then the +offload rung of the GPT-1.3B ladder (ZeRO-Offload + DeepSpeedCPUAdam JIT build on this node).
 set -u
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl

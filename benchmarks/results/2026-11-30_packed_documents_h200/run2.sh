@@ -1,7 +1,7 @@
 #!/bin/bash
-# One H200, one device call: after blocks wholly inside one document run unmasked. GPU tests of the
-# kernels (documents on and off 128-token edges), the packed-document benchmark as in run.sh, and
-# the plain causal benchmark (no documents: must be unchanged).
+# One H200 (2026-11-30), after blocks wholly inside one document run unmasked: GPU tests of the kernels
+# (documents on and off 128-token edges), the packed-document benchmark, and the plain causal benchmark
+# (no documents: must be unchanged).
 R=$OUT/r; mkdir -p $R
 pack() { tar -C $R -cf $OUT/r.tar .; }
 timeout 150 python3 -m pytest -q -m gpu tests/attention/test_flash_attn_triton.py > $R/gpu_tests.log 2>&1; pack

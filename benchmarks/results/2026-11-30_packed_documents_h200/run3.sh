@@ -1,7 +1,7 @@
 #!/bin/bash
-# One H200, one short device call: after the first, partial key block's loop is compiled only with
-# documents (so the kernels without documents are the same as before). Plain causal benchmark at
-# 16k, the packed-document benchmark at 64K, then the GPU tests.
+# One H200 (2026-11-30), after the first, partial key block's loop is compiled only with documents (so the
+# kernels without documents are the same as before): plain causal benchmark at 16k, the packed-document
+# benchmark at 64K, then the GPU tests.
 R=$OUT/r; mkdir -p $R
 pack() { tar -C $R -cf $OUT/r.tar .; }
 timeout 60 python3 bench/attention.py --seqs 16384 --impls triton,sdpa_cudnn --out $R/attention_h200_causal_v3.json > $R/causal_v3.log 2>&1

@@ -1,6 +1,6 @@
 #!/bin/bash
-# One H200 (2026-11-30, fifth session, second call): run4_e2e.sh's packed-document cases again, after
-# b4759e4 made the logged model FLOPs / MFU count attention within documents.
+# One H200 (2026-11-30): GPT-1.3B at 32k with packed 2K-token documents end to end, after b4759e4 made the
+# logged model FLOPs / MFU count attention within documents.
 set -u
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
 export PYTHONPATH=/tmp/site:$PWD

@@ -1,7 +1,7 @@
 #!/bin/bash
-# Two H200s (2026-11-30, sixth session): packed 2K-token documents end to end after the Gluon forward became the
-# default at head dim 128 (with the fused Gluon backward). GPT-1.3B at 32k, ZeRO-3, full recomputation: SP=1
-# (one GPU) ours flash_triton; SP=2 ours flash_triton and sdpa (dense mask).
+# Two H200s (2026-11-30): packed 2K-token documents end to end after the Gluon forward became the default at
+# head dim 128 (with the fused Gluon backward). GPT-1.3B at 32k, ZeRO-3, full recomputation: SP=1 (one GPU)
+# ours flash_triton; SP=2 ours flash_triton and sdpa (dense mask).
 set -u
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
 export PYTHONPATH=/tmp/site:$PWD

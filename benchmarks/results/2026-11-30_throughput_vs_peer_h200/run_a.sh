@@ -1,9 +1,8 @@
 #!/bin/bash
-# Two H200s (2026-11-30, seventh session), one device call, the code at this commit with its defaults.
-# (1) GPT-1.3B, SP=2, ZeRO-3, full recomputation, 8k/32k/64k: ours with each attention backend on the image
-# (sdpa, flash_triton) and the HF + DeepSpeed-ALST peer, one invocation per length.
-# (2) GPT-1.3B at 32k, SP=2, no recomputation, ours (sdpa) at global batch 1 (the table's setting) and 4
-# (gradient accumulation 4, as in real pretraining, where the optimizer step is paid once per 4 sequences).
+# Two H200s (2026-11-30), the code at this commit with its defaults. (1) GPT-1.3B, SP=2, ZeRO-3, full
+# recomputation, 8k/32k/64k: ours with each attention backend (sdpa, flash_triton) and the HF + DeepSpeed-ALST
+# peer, one invocation per length. (2) GPT-1.3B at 32k, SP=2, no recomputation, ours (sdpa) at global batch 1
+# (the table's setting) and 4 (gradient accumulation, where the optimizer step is paid once per 4 sequences).
 set -u
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
 export PYTHONPATH=/tmp/site:$PWD

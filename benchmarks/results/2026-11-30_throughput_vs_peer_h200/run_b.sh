@@ -1,7 +1,7 @@
 #!/bin/bash
-# Two H200s (2026-11-30, seventh session), the device call after run_a.sh. (1) GPT-1.3B at 128k, SP=2, ZeRO-3,
-# full recomputation: ours (sdpa, flash_triton) and the peer, 6 steps, the first 2 left out. (2) If time is left,
-# GPT-1.3B at 128k on one of the two GPUs (SP=1): ours (sdpa) and the peer.
+# Two H200s (2026-11-30), after run_a.sh. (1) GPT-1.3B at 128k, SP=2, ZeRO-3, full recomputation: ours (sdpa,
+# flash_triton) and the peer, 6 steps, the first 2 left out. (2) GPT-1.3B at 128k on one of the two GPUs
+# (SP=1): ours (sdpa) and the peer.
 set -u
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
 export PYTHONPATH=/tmp/site:$PWD

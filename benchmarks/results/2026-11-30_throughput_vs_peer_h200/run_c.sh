@@ -1,8 +1,7 @@
 #!/bin/bash
-# Two H200s (2026-11-30, seventh session), the third device call. (1) GPT-1.3B at 8k, SP=2, full recomputation,
-# ours with both backends, twice (run_a.sh measured flash_triton 1.39x sdpa there, at the host-bound length).
-# (2) Llama-1B, SP=2, ZeRO-3, full recomputation at 8k and 64k (32k is in ../loss_chunk/): ours (sdpa,
-# flash_triton) and the peer.
+# Two H200s (2026-11-30). (1) GPT-1.3B at 8k, SP=2, full recomputation, ours with both backends, twice (the
+# host-bound length, where run_a.sh's two backends differed most). (2) Llama-1B, SP=2, ZeRO-3, full
+# recomputation at 8k and 64k (32k is in ../2026-11-30_loss_chunk_h200/): ours (sdpa, flash_triton) and the peer.
 set -u
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
 export PYTHONPATH=/tmp/site:$PWD

@@ -1,7 +1,6 @@
 #!/bin/bash
-# Two H200s (2026-11-30, seventh session), the fourth device call: ours with the classic (unfused, O(s^2) scores)
-# attention backend, GPT-1.3B, SP=2, ZeRO-3, full recomputation, at 8k and 32k, so that every backend the GPU
-# image can run is in the sweep (flash needs the flash-attn package, which the offline image lacks).
+# Two H200s (2026-11-30): ours with the classic (unfused, O(s^2) scores) attention backend, GPT-1.3B, SP=2,
+# ZeRO-3, full recomputation, at 8k and 32k (flash needs the flash-attn package, not installed here).
 set -u
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
 export PYTHONPATH=/tmp/site:$PWD

@@ -1,7 +1,7 @@
 #!/bin/bash
-# Two H200s, one device call: the fused tiled-loss kernels' GPU test and micro-benchmark (one GPU),
-# then GPT-1.3B at 32k, SP=2, ZeRO-3, no recompute: this tree (fused loss) against ab_old/ (git archive
-# of 6e6ced9, the eager loss), interleaved, twice; and ZeRO-3 contiguous_gradients false (user JSON), twice.
+# Two H200s (2026-11-30): the fused tiled-loss kernels' GPU test and micro-benchmark (one GPU), then
+# GPT-1.3B at 32k, SP=2, ZeRO-3, no recompute: this tree (fused loss) against ab_old/ (git archive of
+# 6e6ced9, the eager loss), interleaved, twice; and ZeRO-3 contiguous_gradients false (user JSON), twice.
 set -u
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
 export PYTHONPATH=/tmp/site:$PWD

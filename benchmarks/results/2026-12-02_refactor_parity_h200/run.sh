@@ -1,9 +1,9 @@
 #!/bin/bash
-# One H200: the GPU attention tests at this commit, then GPT-1.3B at 32k (SP=1, ZeRO-3, bf16, full
-# recomputation, tiled loss) trained by the code before the restructuring (8a8bac2, unpacked into
-# .baseline/) and after it (unpacked into .after/ by `git archive`), alternated in one call, with SDPA
-# and with our kernels.
-#   device: bash benchmarks/results/2026-12-02_refactor_parity_h200/run.sh   (.whl/, .baseline/, .after/ carried)
+# One H200 (2026-12-02): the GPU attention tests at this commit, then GPT-1.3B at 32k (SP=1, ZeRO-3, bf16,
+# full recomputation, tiled loss) trained by the code before the restructuring (8a8bac2, unpacked into
+# .baseline/) and after it (unpacked into .after/ by `git archive`), alternated, with SDPA and with our
+# kernels.
+#   bash benchmarks/results/2026-12-02_refactor_parity_h200/run.sh   (from the repository root, with .baseline/ and .after/)
 set -u
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
 ROOT=$PWD/.after
