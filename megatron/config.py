@@ -241,7 +241,7 @@ class AttentionConfig:
     ulysses_exchange: str = opt("deepspeed", choices=ULYSSES_EXCHANGES)
     """SP all-to-all: deepspeed (DistributedAttention, one all-to-all per tensor), fused (Q, K, V in one,
     fewer copies) or overlap (fused, pipelined over head chunks with the attention). Same results; on two
-    H200s the same speed (docs/benchmarks/throughput/ulysses_exchange)."""
+    H200s the same speed (benchmarks/results/2026-11-30_ulysses_exchange_overlap_h200)."""
     ulysses_overlap_chunks: int = 2
     """--ulysses-exchange overlap: head chunks per rank (reduced to what divides the key/value heads per rank)."""
 
@@ -307,7 +307,7 @@ class ParallelConfig:
     """DeepSpeed ZeRO stage 0-3, sharded over the sequence-data-parallel group (all SP x DP ranks)."""
     zero3_leaf_layers: Optional[bool] = None
     """ZeRO-3: gather each transformer layer's parameters at once (DeepSpeed leaf modules); default on with
-    ZeRO-3 (1.7x tokens/s at 8k on two H200s, equal at 32k: docs/benchmarks/throughput/leaf_layers)."""
+    ZeRO-3 (1.7x tokens/s at 8k on two H200s, equal at 32k: benchmarks/results/2026-11-30_zero3_leaf_layers_h200)."""
     deepspeed_config: Optional[str] = opt(None, flag="--deepspeed_config", aliases=("--deepspeed-config",))
     """A DeepSpeed JSON to start from; batch sizes, precision and ZeRO stage are checked against the flags."""
     seq_parallel_communication_data_type: Optional[str] = opt(None, choices=("fp32", "bf16", "fp16"))
