@@ -308,7 +308,7 @@ def throughput_vs_peer(facts: dict) -> str:
         if repeats:
             out.append("Repeated runs of ours (host-bound lengths spread widely): " + ", ".join(repeats) + ".")
     gb_rows = []
-    for path, report in raw:
+    for _, report in raw:
         for c in ok_cases(report):
             if c["kind"] == "ours" and not c["checkpoint_activations"]:
                 gb_rows.append([global_batch(c), f"{c['shape']}, {seq_label(c['seq_len'])}, SP={c['sp']}",
@@ -680,7 +680,7 @@ def build() -> tuple:
                      f"[against the peer](docs/results.md#{anchor(p['title'])})"])  # fmt: skip
     rows.append([f"Best MFU, {gpt_sp2['title']}, full recomputation", pct(gpt_sp2["best_mfu"]),
                  f"[against the peer](docs/results.md#{anchor(gpt_sp2['title'])})"])  # fmt: skip
-    for shape, m in sorted(mx.items()):
+    for _, m in sorted(mx.items()):
         proj = f"; GPU memory projected to last to ~{num(m['projected'])} with `{m['projected_rung']}`" if m["projected"] else ""
         rows.append([f"Longest trained sequence: {m['title']}", f"{num(m['longest'])} tokens (`{m['rung']}`){proj}",
                      f"[longest sequence](docs/results.md#{anchor(m['title'])})"])  # fmt: skip

@@ -22,8 +22,8 @@ import os
 import re
 import sys
 import typing
-from functools import lru_cache
-from typing import Optional, Sequence
+from collections.abc import Sequence
+from functools import cache
 
 from megatron import config as config_module
 from megatron.config import SECTIONS, Config, ConfigError
@@ -41,11 +41,11 @@ class Option:
     help: str
     default: object
     kind: type  # bool, int, float, str or list
-    choices: Optional[tuple]
+    choices: tuple | None
     shape: bool
     override: object  # False, True or "rotary": see megatron.config.opt
-    negate: Optional[str]
-    parse: Optional[typing.Callable]
+    negate: str | None
+    parse: typing.Callable | None
 
     @property
     def dest(self) -> str:
@@ -57,7 +57,7 @@ class Option:
         return self.flag.lstrip("-").replace("-", "_")
 
 
-@lru_cache(maxsize=None)
+@cache
 def _docstrings(cls) -> dict:
     """{field: its docstring} from the class source (the string right after each field)."""
     tree = ast.parse(inspect.getsource(cls))
@@ -74,7 +74,7 @@ def _kind(cls, f: dataclasses.Field) -> type:
     return args[0] if args else hint
 
 
-@lru_cache(maxsize=None)
+@cache
 def options() -> tuple:
     """Every config field as an Option, section by section, in declaration order."""
     out = []
@@ -214,7 +214,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-@lru_cache(maxsize=None)
+@cache
 def _yaml_keys() -> dict:
     """{YAML key: Option}: flag names with underscores, ALST names, section.field and unique field names."""
     keys, names = {}, {}
@@ -317,7 +317,7 @@ def _apply_model_args(values: dict, given: dict) -> dict:
     return values
 
 
-def parse_args(argv: Optional[Sequence[str]] = None) -> Config:
+def parse_args(argv: Sequence[str] | None = None) -> Config:
     """Flags (and the optional YAML) into a validated Config; raises ConfigError."""
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()

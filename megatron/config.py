@@ -18,7 +18,6 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, field
-from typing import Optional
 
 
 class ConfigError(ValueError):
@@ -65,18 +64,18 @@ class ModelConfig:
     """Number of decoder layers."""
     hidden_size: int = opt(64, shape=True)
     """Width of the residual stream."""
-    ffn_hidden_size: Optional[int] = opt(None, shape=True)
+    ffn_hidden_size: int | None = opt(None, shape=True)
     """MLP inner width; default 4 x hidden (or 8/3 x hidden rounded up to 64 with SwiGLU)."""
     num_attention_heads: int = opt(4, shape=True)
     """Query heads."""
-    num_key_value_heads: Optional[int] = opt(None, aliases=("--num-query-groups",), shape=True)
+    num_key_value_heads: int | None = opt(None, aliases=("--num-query-groups",), shape=True)
     """Key/value heads (grouped-query attention); default as many as query heads."""
-    kv_channels: Optional[int] = opt(None, shape=True)
+    kv_channels: int | None = opt(None, shape=True)
     """Head dimension; default hidden / heads (Qwen3 and Mistral-Nemo set their own: heads x head dim may differ
     from the hidden size)."""
     seq_length: int = 128
     """Tokens per training sample."""
-    max_position_embeddings: Optional[int] = opt(None, shape=True, override="rotary")
+    max_position_embeddings: int | None = opt(None, shape=True, override="rotary")
     """Size of the learned position table; default the sequence length. With RoPE, the context the model is
     meant for (HF's max_position_embeddings; dynamic NTK scales beyond it), which --load may change."""
     vocab_size: int = opt(256, shape=True)
@@ -87,14 +86,14 @@ class ModelConfig:
     """Rotary position embeddings (Llama) instead of learned absolute positions (GPT)."""
     rotary_base: float = opt(10000.0, aliases=("--rope-theta",), shape=True, override=True)
     """RoPE theta (the base of the rotation frequencies)."""
-    rope_scaling_type: Optional[str] = opt(None, choices=("none",) + ROPE_SCALING_TYPES, shape=True, override=True)
+    rope_scaling_type: str | None = opt(None, choices=("none",) + ROPE_SCALING_TYPES, shape=True, override=True)
     """RoPE scaling for a longer context, computed as transformers does: linear (positions / factor), llama3
     (Llama 3.1: low frequencies / factor, a smooth band), yarn (NTK-by-parts and an attention factor on cos/sin),
     dynamic (NTK base from the longest position of the batch, when past --max-position-embeddings); none (default)
     for plain RoPE. longrope (Phi-3) is refused."""
     rope_scaling_factor: float = opt(1.0, shape=True, override=True)
     """RoPE scaling factor: the new context / the original one (linear, llama3, yarn, dynamic)."""
-    rope_original_max_position_embeddings: Optional[int] = opt(None, shape=True, override=True)
+    rope_original_max_position_embeddings: int | None = opt(None, shape=True, override=True)
     """The context the scaled checkpoint was pretrained at (llama3, yarn; required by them)."""
     rope_low_freq_factor: float = opt(1.0, shape=True, override=True)
     """llama3: wavelengths above original length / this are divided by the factor."""
@@ -104,14 +103,14 @@ class ModelConfig:
     """yarn: rotations per original length above which frequencies are kept (extrapolated)."""
     yarn_beta_slow: float = opt(1.0, shape=True, override=True)
     """yarn: rotations per original length below which frequencies are divided by the factor (interpolated)."""
-    yarn_mscale: Optional[float] = opt(None, shape=True, override=True)
+    yarn_mscale: float | None = opt(None, shape=True, override=True)
     """yarn: with --yarn-mscale-all-dim, the attention factor is mscale(factor, this) / mscale(factor, that)
     (DeepSeek's); default 0.1 ln(factor) + 1."""
-    yarn_mscale_all_dim: Optional[float] = opt(None, shape=True, override=True)
+    yarn_mscale_all_dim: float | None = opt(None, shape=True, override=True)
     """yarn: the denominator's mscale of the attention factor (with --yarn-mscale)."""
     yarn_truncate: bool = opt(True, shape=True, override=True)
     """yarn: round the correction range to whole dimensions (transformers' default; gpt-oss turns it off)."""
-    rope_attention_factor: Optional[float] = opt(None, shape=True, override=True)
+    rope_attention_factor: float | None = opt(None, shape=True, override=True)
     """yarn: the multiplier of cos and sin (both q and k are scaled, the scores by its square); default from the
     factor and --yarn-mscale."""
     normalization: str = opt("LayerNorm", choices=("LayerNorm", "RMSNorm"), shape=True)
@@ -263,11 +262,11 @@ class MemoryConfig:
     """With --checkpoint-activations: keep each layer's checkpointed input in pinned host memory."""
     tiled_mlp_compute: bool = False
     """Run each MLP over sequence shards, recomputed in backward (intermediates never span the sequence)."""
-    tiled_mlp_shards: Optional[int] = None
+    tiled_mlp_shards: int | None = None
     """Shards of the tiled MLP; default ceil(local sequence / hidden size)."""
-    tiled_logits_loss: Optional[bool] = None
+    tiled_logits_loss: bool | None = None
     """Output layer + cross-entropy over token chunks (no full fp32 logits); default on when SP > 1."""
-    tiled_logits_chunk_size: Optional[int] = None
+    tiled_logits_chunk_size: int | None = None
     """Tokens per tiled-loss chunk; default about 256M bf16 logits (512 MiB) per chunk on GPUs (the Triton
     kernels), 64M fp32 logits (256 MiB, plus their gradient) elsewhere."""
     use_liger_kernel: bool = False
@@ -305,16 +304,16 @@ class ParallelConfig:
     """Ulysses sequence-parallel degree: consecutive ranks that share one sample's tokens."""
     zero_stage: int = 1
     """DeepSpeed ZeRO stage 0-3, sharded over the sequence-data-parallel group (all SP x DP ranks)."""
-    zero3_leaf_layers: Optional[bool] = None
+    zero3_leaf_layers: bool | None = None
     """ZeRO-3: gather each transformer layer's parameters at once (DeepSpeed leaf modules); default on with
     ZeRO-3 (1.7x tokens/s at 8k on two H200s, equal at 32k: benchmarks/results/2026-11-30_zero3_leaf_layers_h200)."""
-    deepspeed_config: Optional[str] = opt(None, flag="--deepspeed_config", aliases=("--deepspeed-config",))
+    deepspeed_config: str | None = opt(None, flag="--deepspeed_config", aliases=("--deepspeed-config",))
     """A DeepSpeed JSON to start from; batch sizes, precision and ZeRO stage are checked against the flags."""
-    seq_parallel_communication_data_type: Optional[str] = opt(None, choices=("fp32", "bf16", "fp16"))
+    seq_parallel_communication_data_type: str | None = opt(None, choices=("fp32", "bf16", "fp16"))
     """Data type of gradient reductions under SP (DeepSpeed's key); default DeepSpeed's."""
-    reduce_bucket_size: Optional[int] = opt(None, parse=lambda v: int(float(v)))
+    reduce_bucket_size: int | None = opt(None, parse=lambda v: int(float(v)))
     """DeepSpeed reduce_bucket_size in elements (2e8 is accepted); default DeepSpeed's."""
-    distributed_backend: Optional[str] = opt(None, choices=("nccl", "gloo"))
+    distributed_backend: str | None = opt(None, choices=("nccl", "gloo"))
     """nccl or gloo; default nccl on GPUs and gloo on CPUs."""
     distributed_timeout_minutes: float = 10.0
     """A collective waiting longer than this (e.g. for a dead rank) fails instead of hanging."""
@@ -337,7 +336,7 @@ class ParallelConfig:
 class TrainConfig:
     micro_batch_size: int = 1
     """Samples per micro batch per data-parallel rank."""
-    global_batch_size: Optional[int] = None
+    global_batch_size: int | None = None
     """Samples per optimizer step over all data-parallel ranks; default micro batch x DP."""
     train_iters: int = 300
     """Optimizer steps to run."""
@@ -349,7 +348,7 @@ class TrainConfig:
     """Shape of the decay after warmup: constant, linear or cosine."""
     lr_warmup_iters: int = 0
     """Linear warmup steps from 0 to --lr."""
-    lr_decay_iters: Optional[int] = None
+    lr_decay_iters: int | None = None
     """Steps over which the learning rate decays to --min-lr; default --train-iters."""
     weight_decay: float = 0.01
     """AdamW weight decay (not applied to biases and norms)."""
@@ -415,15 +414,15 @@ class DataConfig:
     """Prefixes used only for validation."""
     test_data_path: list = opt(factory=list)
     """Prefixes used only for testing."""
-    data_cache_path: Optional[str] = None
+    data_cache_path: str | None = None
     """Where dataset indices are cached; default next to the data."""
-    tokenizer_type: Optional[str] = None
+    tokenizer_type: str | None = None
     """GPT2BPETokenizer, SentencePieceTokenizer, GPTSentencePieceTokenizer, HFTokenizer or NullTokenizer."""
-    tokenizer_model: Optional[str] = None
+    tokenizer_model: str | None = None
     """SentencePiece .model or HF tokenizer.json."""
-    vocab_file: Optional[str] = None
+    vocab_file: str | None = None
     """GPT-2 vocab.json."""
-    merge_file: Optional[str] = None
+    merge_file: str | None = None
     """GPT-2 merges.txt."""
     reset_position_ids: bool = False
     """Restart position ids after each end-of-document token."""
@@ -462,9 +461,9 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class CheckpointConfig:
-    save: Optional[str] = None
+    save: str | None = None
     """Checkpoint directory to write."""
-    load: Optional[str] = None
+    load: str | None = None
     """Checkpoint (or converted weights) directory to start from."""
     save_interval: int = 0
     """Save every this many steps (0: only at the end when --save is given)."""
@@ -476,7 +475,7 @@ class CheckpointConfig:
     """On --exit-signal every rank finishes its step, a checkpoint is saved and the job exits 0."""
     exit_signal: str = "SIGTERM"
     """The signal --exit-signal-handler listens for: SIGTERM, SIGINT, SIGUSR1 or SIGUSR2."""
-    exit_duration_in_mins: Optional[float] = None
+    exit_duration_in_mins: float | None = None
     """Save and exit once the run has lasted this many minutes (before a scheduler's limit)."""
 
     def __post_init__(self):
@@ -490,9 +489,9 @@ class CheckpointConfig:
 class LoggingConfig:
     log_interval: int = 10
     """Print (and write metrics) every this many steps."""
-    metrics_file: Optional[str] = None
+    metrics_file: str | None = None
     """JSON Lines file with one object per log step."""
-    tensorboard_dir: Optional[str] = None
+    tensorboard_dir: str | None = None
     """TensorBoard event directory."""
 
 
@@ -529,7 +528,7 @@ class Config:
         if m.offload_optimizer and p.zero_stage == 0:
             raise ConfigError("--offload-optimizer needs ZeRO (--zero-stage 1, 2 or 3)")
 
-    def resolve(self, world_size: int, vocab_size: Optional[int] = None) -> Config:
+    def resolve(self, world_size: int, vocab_size: int | None = None) -> Config:
         """The config of a run on ``world_size`` processes (and the tokenizer's vocabulary), checked.
 
         Fills the global batch size (micro batch x DP when not given) and raises ConfigError

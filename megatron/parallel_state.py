@@ -18,16 +18,14 @@ rank must call it (``new_group`` is collective).
 
 from __future__ import annotations
 
-from typing import Optional
-
 import torch.distributed as dist
 
 _SEQUENCE_PARALLEL_GROUP = None
-_SEQUENCE_PARALLEL_RANKS: Optional[list] = None
+_SEQUENCE_PARALLEL_RANKS: list | None = None
 _DATA_PARALLEL_GROUP = None
-_DATA_PARALLEL_RANKS: Optional[list] = None
+_DATA_PARALLEL_RANKS: list | None = None
 _SEQUENCE_DATA_PARALLEL_GROUP = None
-_SEQUENCE_DATA_PARALLEL_RANKS: Optional[list] = None
+_SEQUENCE_DATA_PARALLEL_RANKS: list | None = None
 _MODEL_PARALLEL_GROUP = None  # a singleton group: no tensor/pipeline parallelism here
 
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import importlib.util
 import math
-from typing import Optional
 
 import torch
 from torch import nn
@@ -71,7 +70,7 @@ def apply_ulysses(model: nn.Module, group, exchange: str = "deepspeed", chunks: 
 class _TiledMLPForward:
     """An MLP's forward over sequence shards (``megatron.model.tiled.tiled_mlp``)."""
 
-    def __init__(self, mlp: nn.Module, shards: Optional[int]):
+    def __init__(self, mlp: nn.Module, shards: int | None):
         self.run = type(mlp).forward.__get__(mlp)
         self.shards, self.params = shards, list(mlp.parameters())
 
@@ -79,7 +78,7 @@ class _TiledMLPForward:
         return tiled_mlp(self.run, x_bsH, self.shards, self.params)
 
 
-def apply_tiled_mlp(model: nn.Module, shards: Optional[int] = None) -> None:
+def apply_tiled_mlp(model: nn.Module, shards: int | None = None) -> None:
     """Each MLP (or ``model`` itself, if it is one) runs over ``shards`` token shards (default
     ceil(local sequence / hidden)); only one shard's intermediates exist at a time."""
     from megatron.model.gpt import MLP
@@ -89,14 +88,14 @@ def apply_tiled_mlp(model: nn.Module, shards: Optional[int] = None) -> None:
 
 
 class _TiledLoss:
-    def __init__(self, chunk: Optional[int], use_liger: bool):
+    def __init__(self, chunk: int | None, use_liger: bool):
         self.chunk, self.use_liger = chunk, use_liger
 
     def __call__(self, h_bsH, weight_VH, labels_bs):
         return tiled_cross_entropy(h_bsH, weight_VH, labels_bs, self.chunk, self.use_liger)
 
 
-def apply_tiled_loss(model: GPTModel, chunk: Optional[int] = None, use_liger: bool = False) -> None:
+def apply_tiled_loss(model: GPTModel, chunk: int | None = None, use_liger: bool = False) -> None:
     """The output layer + cross-entropy over ``chunk`` tokens at a time (no full fp32 logits)."""
     if use_liger and importlib.util.find_spec("liger_kernel") is None:
         raise ConfigError("--use-liger-kernel needs liger-kernel: pip install liger-kernel (or drop the flag)")

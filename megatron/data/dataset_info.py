@@ -57,7 +57,7 @@ def read_info(prefix: str) -> dict | None:
         with open(path) as f:
             return json.load(f)
     except (OSError, json.JSONDecodeError) as e:
-        raise DataError(f"{path} is unreadable ({e}); delete it (the data is read without the check) or rewrite it")
+        raise DataError(f"{path} is unreadable ({e}); delete it (the data is read without the check) or rewrite it") from e
 
 
 def _describe(t: dict) -> str:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -64,7 +63,7 @@ class TransformerLayer(nn.Module):
     attention with the keep-attention policy.
     """
 
-    def __init__(self, cfg: ModelConfig, attention: Optional[AttentionConfig] = None, device=None):
+    def __init__(self, cfg: ModelConfig, attention: AttentionConfig | None = None, device=None):
         super().__init__()
         self.input_norm = make_norm(cfg)
         self.attention = ParallelAttention(cfg, attention, device=device)
@@ -93,7 +92,7 @@ class GPTModel(nn.Module):
     and ``run_layer(layer, x, position_ids, document_ids)`` (recomputation).
     """
 
-    def __init__(self, cfg: ModelConfig, attention: Optional[AttentionConfig] = None, device=None):
+    def __init__(self, cfg: ModelConfig, attention: AttentionConfig | None = None, device=None):
         super().__init__()
         self.cfg = cfg
         self.loss_fn = full_logits_cross_entropy

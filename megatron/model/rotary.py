@@ -22,7 +22,6 @@ attention factor that multiplies cos and sin (so q and k, and the scores by its 
 from __future__ import annotations
 
 import math
-from typing import Optional
 
 import torch
 
@@ -82,7 +81,7 @@ def _yarn(cfg: ModelConfig, device) -> torch.Tensor:
     return interpolation * (1 - keep) + extrapolation * keep
 
 
-def _dynamic(cfg: ModelConfig, device, extent: Optional[torch.Tensor]) -> torch.Tensor:
+def _dynamic(cfg: ModelConfig, device, extent: torch.Tensor | None) -> torch.Tensor:
     dim, base, factor, max_pos = cfg.head_dim, cfg.rotary_base, cfg.rope_scaling_factor, cfg.max_position_embeddings
     at_max = base * ((factor * max_pos / max_pos) - (factor - 1)) ** (dim / (dim - 2))
     short = inv_freq(dim, at_max, device)
@@ -95,7 +94,7 @@ def _dynamic(cfg: ModelConfig, device, extent: Optional[torch.Tensor]) -> torch.
     return torch.where(extent > max_pos, long, short)
 
 
-def rope_frequencies(cfg: ModelConfig, device=None, extent: Optional[torch.Tensor] = None):
+def rope_frequencies(cfg: ModelConfig, device=None, extent: torch.Tensor | None = None):
     """(inv_freq [head_dim / 2] fp32, attention factor) of ``cfg``'s RoPE, as transformers computes them.
 
     ``extent`` (dynamic only): the longest position + 1 the batch holds, a 0-d integer tensor
@@ -127,7 +126,7 @@ class RotaryEmbedding:
     its own batch's, which is the same on the first call and in training.
     """
 
-    def __init__(self, cfg: ModelConfig, fused: Optional[bool] = None):
+    def __init__(self, cfg: ModelConfig, fused: bool | None = None):
         self.cfg, self.fused, self.group = cfg, fused, None
         self._static: dict = {}
 
@@ -158,7 +157,7 @@ def _rotate_half(x):
     return torch.cat([-x2, x1], dim=-1)
 
 
-def apply_rotary(q_bshd, k_bsgd, position_ids_bs, freqs, fused: Optional[bool] = None, attention_factor: float = 1.0):
+def apply_rotary(q_bshd, k_bsgd, position_ids_bs, freqs, fused: bool | None = None, attention_factor: float = 1.0):
     """Rotate q and k by ``freqs`` (inv_freq [d / 2], or a float theta for plain RoPE), cos and sin
     times ``attention_factor``. ``fused`` (default: on CUDA when supported) uses the Triton kernel of
     ``megatron.kernels.rope`` (one kernel per tensor, angles in fp32, contiguous output);

@@ -131,7 +131,7 @@ def _file_problem(path: str, size: int | None = None, contents: bool = False) ->
 
 def _listing(ckpt_dir: str) -> dict:
     files = {}
-    for root, dirs, names in os.walk(ckpt_dir):
+    for root, _dirs, names in os.walk(ckpt_dir):
         if os.path.relpath(root, ckpt_dir).split(os.sep)[0].startswith(UNIVERSAL):
             continue  # derived from the checkpoint, not part of it
         for name in names:
@@ -214,7 +214,7 @@ def _read_manifest(ckpt_dir: str) -> dict | None:
         with open(path) as f:
             return json.load(f)
     except (json.JSONDecodeError, OSError) as e:
-        raise ConfigError(f"{path} is unreadable ({e}); restore it, or point 'latest' at an earlier iter_* directory")
+        raise ConfigError(f"{path} is unreadable ({e}); restore it, or point 'latest' at an earlier iter_* directory") from e
 
 
 def _first_damaged(ckpt_dir: str, files: dict, latest: str) -> str | None:

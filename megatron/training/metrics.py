@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import resource
 import sys
-from typing import Optional
 
 import torch
 
@@ -39,7 +38,7 @@ PEAK_BF16_FLOPS = {
 }
 
 
-def peak_flops(device_name: str) -> Optional[float]:
+def peak_flops(device_name: str) -> float | None:
     """Datasheet dense bf16 peak for a CUDA device name, or None when unknown (e.g. CPU)."""
     for key in sorted(PEAK_BF16_FLOPS, key=len, reverse=True):
         if key in device_name.upper():

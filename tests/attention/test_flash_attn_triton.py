@@ -12,7 +12,7 @@ import torch
 
 triton = pytest.importorskip("triton")
 
-from megatron.kernels.interface import flash_attention, is_available
+from megatron.kernels.interface import flash_attention, is_available  # noqa: E402 (after the Triton skip)
 
 AVAILABLE, WHY = is_available()
 pytestmark = pytest.mark.skipif(not AVAILABLE, reason=WHY)

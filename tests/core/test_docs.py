@@ -7,7 +7,7 @@ its command line names, and every repository path, link and link anchor named th
 
 import re
 import shlex
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -21,14 +21,14 @@ FLAG = re.compile(r"--[a-z][a-z0-9_-]*")
 FENCE = re.compile(r"^```([a-z]*)\n(.*?)^```", re.S | re.M)
 
 
-@lru_cache(maxsize=None)
+@cache
 def pretrain_flags() -> frozenset:
     from megatron.arguments import build_parser
 
     return frozenset(build_parser()._option_string_actions) | {"--print-deepspeed-config"}
 
 
-@lru_cache(maxsize=None)
+@cache
 def script_flags(rel: str) -> frozenset:
     """The flags a script's argparse accepts: the literals in its source and in the bench/ helpers it imports
     (``--x`` of a BooleanOptionalAction also gives ``--no-x``)."""
@@ -46,7 +46,7 @@ def script_flags(rel: str) -> frozenset:
     return frozenset(flags)
 
 
-@lru_cache(maxsize=None)
+@cache
 def any_script_flags() -> frozenset:
     rels = [str(p.relative_to(ROOT)) for d in ("bench", "tools") for p in (ROOT / d).glob("*.py")]
     rels += ["megatron/launch.py", "megatron/arguments.py"]
