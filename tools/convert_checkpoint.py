@@ -76,6 +76,7 @@ def megatron_to_hf(input_dir: str, output_dir: str, dtype=None, max_shard_bytes:
     from megatron.training import weights
 
     layout, names, config = None, None, None
+    run_data = None  # the data section of a --save run's config: where its tokenizer came from
     if weights.starts_from_weights(input_dir):  # once a run saved into it, its latest checkpoint wins
         state_dict, cfg, source = weights.read_weights_dir(input_dir)
         if source is not None:
@@ -83,7 +84,8 @@ def megatron_to_hf(input_dir: str, output_dir: str, dtype=None, max_shard_bytes:
             names = list(layout["file_of"])
         tokenizer_src = os.path.join(input_dir, "tokenizer")
     elif weights.is_deepspeed_checkpoint(input_dir):
-        state_dict, cfg, _ = weights.read_deepspeed_checkpoint(input_dir)
+        state_dict, cfg, states = weights.read_deepspeed_checkpoint(input_dir)
+        run_data = states["config"].get("data")
         tokenizer_src = os.path.join(input_dir, "tokenizer")  # a converted dir trained into keeps its tokenizer
     elif os.path.isdir(input_dir):
         raise ConfigError(
@@ -102,8 +104,10 @@ def megatron_to_hf(input_dir: str, output_dir: str, dtype=None, max_shard_bytes:
         name = str(dtype or next(iter(hf_sd.values())).dtype).removeprefix("torch.")
         config = dict(config or hf.hf_config_from_model(cfg), torch_dtype=name, dtype=name)
     hf.write_hf_dir(output_dir, config, hf_sd, layout, max_shard_bytes)
-    _copy_tokenizer(tokenizer_src, output_dir)
-    return f"{input_dir} -> {arch} in {output_dir}"
+    from megatron.hf_export import finish_hf_dir
+
+    extras = finish_hf_dir(output_dir, tokenizer_src, run_data)  # tokenizer, bos/eos, generation_config.json
+    return f"{input_dir} -> {arch} in {output_dir}; {extras}"
 
 
 def _size(value: str) -> int:

@@ -6,7 +6,8 @@
 ``--load`` takes an HF directory, a ``convert_checkpoint.py hf-to-megatron`` directory or a
 ``pretrain_gpt.py --save`` directory (any ZeRO stage). The tokenizer is, in this order: the
 ``--tokenizer-type`` flags (as for pretrain_gpt.py), ``--hf-tokenizer DIR``, a tokenizer.json
-next to the weights, or the tokenizer the training run recorded. The whole text (prompt and
+next to the weights (else a SentencePiece tokenizer.model, else GPT-2's vocab.json and merges.txt),
+or the tokenizer the training run recorded. The whole text (prompt and
 continuation) goes to stdout. Errors are one line on stderr and exit status 2.
 """
 
@@ -73,6 +74,11 @@ def build_tokenizer_for(args, path: str):
     for cand in (path, os.path.join(path, "tokenizer")):
         if os.path.isfile(os.path.join(cand, "tokenizer.json")):
             return HFTokenizer(cand)
+    if os.path.isfile(os.path.join(path, "tokenizer.model")):  # an export of a SentencePiece run
+        return create_tokenizer("GPTSentencePieceTokenizer", tokenizer_model=os.path.join(path, "tokenizer.model"))
+    if os.path.isfile(os.path.join(path, "vocab.json")) and os.path.isfile(os.path.join(path, "merges.txt")):
+        return create_tokenizer("GPT2BPETokenizer", vocab_file=os.path.join(path, "vocab.json"),
+                                merge_file=os.path.join(path, "merges.txt"))  # fmt: skip
     data = _recorded_data_config(path)
     if data is not None:
         return create_tokenizer(data.tokenizer_type, tokenizer_model=data.tokenizer_model, vocab_file=data.vocab_file,
