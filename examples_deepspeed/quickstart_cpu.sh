@@ -7,7 +7,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 NPROC=${NPROC:-2} SP=${SP:-2} ITERS=${ITERS:-300} SEQ_LEN=${SEQ_LEN:-256} WARMUP=${WARMUP:-$((ITERS < 20 ? ITERS : 20))}
 SAVE_DIR=${SAVE_DIR:-runs/quickstart} CACHE_DIR=${CACHE_DIR:-.cache/corpus}
-PYTHON=${PYTHON:-python}
+REPO=$(pwd)
+source examples_deepspeed/python_env.sh  # PYTHON: $PYTHON, else .venv/bin/python, else python3
 if [ -z "${DATA_PATH:-}" ]; then
   eval "$($PYTHON tools/prepare_default_corpus.py --cache-dir "$CACHE_DIR" --shell)"
   DATA_PATH=$DATA_PREFIX

@@ -1,6 +1,7 @@
 # Shared by the ds_pretrain_gpt_*_seq_parallel*.sh scripts: they set the model shape, then
 # source this file. Everything below can be overridden from the environment.
 #
+#   PYTHON        the interpreter (and so the environment) that runs everything  [$REPO/.venv/bin/python, else python3]
 #   NUM_GPUS      processes per node (GPUs; CPU processes on a machine without GPUs)   [8]
 #   NUM_NODES     nodes                                                               [1]
 #   HOSTFILE      DeepSpeed hostfile for multi-node runs (launcher deepspeed)         []
@@ -27,7 +28,12 @@
 # on the signal every rank finishes its step, saves and the job exits 75: requeue it (README, "Exit status").
 set -euo pipefail
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
-PYTHON=${PYTHON:-python3}
+cd "$REPO"  # relative paths (SAVE_DIR, DATA_PATH, ...) are the repository's, as the run sees them
+source "$REPO/examples_deepspeed/python_env.sh"
+# --seq-length among the extra arguments wins: it sets SEQ_LEN (and the length in the run's name) too
+for ((i = 1; i < $#; i++)); do
+  if [ "${!i}" = --seq-length ]; then j=$((i + 1)) && SEQ_LEN=${!j} && NAME=$(sed -E "s/_[0-9]+k?$//" <<<"$NAME")_$SEQ_LEN; fi
+done
 NUM_GPUS=${NUM_GPUS:-8} NUM_NODES=${NUM_NODES:-1} HOSTFILE=${HOSTFILE:-} LAUNCHER=${LAUNCHER:-megatron}
 MICRO_BATCH=${MICRO_BATCH:-1} ZERO_STAGE=${ZERO_STAGE:-3} PRECISION=${PRECISION:-bf16} ATTN=${ATTN:-flash}
 SAVE_DIR=${SAVE_DIR:-runs/$NAME} DATA_PATH=${DATA_PATH:-}
@@ -70,7 +76,7 @@ case "$LAUNCHER" in
     fi
     ;;
   deepspeed)
-    launch=(deepspeed --num_nodes "$NUM_NODES" --num_gpus "$NUM_GPUS")
+    launch=($PYTHON -m deepspeed.launcher.runner --num_nodes "$NUM_NODES" --num_gpus "$NUM_GPUS")
     [ -n "$HOSTFILE" ] && launch+=(--hostfile "$HOSTFILE")
     [ -z "$HOSTFILE" ] && launch+=(--master_port "${MASTER_PORT:-29500}")
     ;;
@@ -91,5 +97,4 @@ if [ "${DRY_RUN:-0}" = 1 ]; then
   exit 0
 fi
 mkdir -p "$SAVE_DIR"
-cd "$REPO"
 exec "${cmd[@]}"

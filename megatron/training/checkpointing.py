@@ -50,7 +50,8 @@ class Layout:
 
     def __str__(self) -> str:
         dp = self.world_size // self.sequence_parallel_size
-        return f"{self.world_size} processes (SP {self.sequence_parallel_size} x DP {dp}), ZeRO-{self.zero_stage}"
+        procs = "1 process" if self.world_size == 1 else f"{self.world_size} processes"
+        return f"{procs} (SP {self.sequence_parallel_size} x DP {dp}), ZeRO-{self.zero_stage}"
 
 
 @dataclass(frozen=True)

@@ -28,8 +28,10 @@ from megatron.training.ds_config import build_deepspeed_config
 from megatron.training.jit_ops import skip_cpu_comm_build
 from megatron.training.logger import print_rank0
 
-# DeepSpeed's ZeRO still calls the deprecated all_gather_into_tensor; the warning is noise to users.
+# DeepSpeed's ZeRO still calls the deprecated all_gather_into_tensor and reduce_scatter_tensor (twice a
+# step); the warnings are noise to users.
 warnings.filterwarnings("ignore", message=".*all_gather_into_tensor.*", category=FutureWarning)
+warnings.filterwarnings("ignore", message=".*reduce_scatter_tensor.*", category=FutureWarning)
 
 
 def set_seed(seed: int) -> None:

@@ -145,3 +145,49 @@ def test_preempted_script_exits_75_and_its_rerun_resumes(corpus_env, tmp_path):
     assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-3000:]
     assert f"resumed from {save / f'iter_{stopped_at:07d}'} at iteration {stopped_at}" in again.stdout
     assert (save / "latest").read_text() == f"iter_{stopped_at + 2:07d}"
+
+
+def _bare_env(**extra) -> dict:
+    """A shell without an activated environment: no PYTHON, no venv on PATH."""
+    return dict(PATH="/usr/bin:/bin", HOME=os.environ.get("HOME", "/tmp"), DRY_RUN="1", **extra)
+
+
+@pytest.mark.skipif(not (ROOT / ".venv" / "bin" / "python").exists(), reason="needs the repository's .venv")
+def test_scripts_find_the_repository_venv_and_launch_through_it(tmp_path):
+    venv = str(ROOT / ".venv" / "bin" / "python")
+    for launcher, how in (("megatron", "-m megatron.launch"), ("deepspeed", "-m deepspeed.launcher.runner"),
+                          ("torchrun", "-m torch.distributed.run")):  # fmt: skip
+        proc = subprocess.run(["bash", str(SCRIPTS / "ds_pretrain_gpt_30B_seq_parallel.sh"), "--seq-length", "64"],
+                              env=_bare_env(NUM_GPUS="2", SP="2", LAUNCHER=launcher), cwd=tmp_path, capture_output=True,
+                              text=True, timeout=120, check=False)  # fmt: skip
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        cmd = proc.stdout.splitlines()[0]
+        assert cmd.startswith(f"{venv} {how} "), cmd
+        # the overriding --seq-length names the run and sets the position table
+        assert "--save runs/gpt_30B_seq_parallel_64 " in cmd and "--max-position-embeddings 64 " in cmd
+    quick = subprocess.run(["bash", str(ROOT / "examples_deepspeed/quickstart_cpu.sh")], cwd=tmp_path, check=False,
+                           env=_bare_env(DATA_PATH="/data/x", TOKENIZER_MODEL="/tok.model", SAVE_DIR=str(tmp_path / "q")),
+                           capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert quick.returncode == 0 and quick.stdout.startswith(f"{venv} -m megatron.launch "), quick.stderr
+
+
+def test_a_python_without_torch_is_named_in_one_line(tmp_path):
+    no_site = tmp_path / "python"  # the interpreter without its site-packages: no torch, no deepspeed
+    no_site.write_text(f'#!/bin/sh\nexec {sys.executable} -S "$@"\n')
+    no_site.chmod(0o755)
+    for python, expected in ((str(no_site), "cannot import torch or deepspeed"), ("no-such-python", "does not run")):
+        proc = subprocess.run(["bash", str(SCRIPTS / "ds_pretrain_gpt_1.3B_seq_parallel_32k.sh")], check=False,
+                              env=_bare_env(PYTHON=python), capture_output=True, text=True, timeout=60)  # fmt: skip
+        lines = proc.stderr.strip().splitlines()
+        assert proc.returncode == 2 and len(lines) == 1, proc.stderr
+        assert lines[0].startswith(f"error: PYTHON={python} {expected}") and "set PYTHON to" in lines[0]
+
+
+def test_a_zero2_run_prints_no_deprecation_warnings(tmp_path):
+    from megatron.training.checkpointing import Layout
+    from tests.launch import launch
+
+    proc = launch(2, TINY + ["--mock-data", "--zero-stage", "2", "--micro-batch-size", "1", "--num-workers", "0"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "deprecated" not in proc.stdout + proc.stderr
+    assert str(Layout(1, 1, 1)) == "1 process (SP 1 x DP 1), ZeRO-1"
