@@ -215,6 +215,30 @@ def attention_kernels(facts: dict) -> str:
     return "\n".join(out)
 
 
+def sliding_window(facts: dict) -> str:
+    folder = latest("sliding_window")
+    rows = []
+    for path in sorted(folder.glob("*.json")):
+        r = load(path)
+        if not r.get("window"):
+            continue
+        by = {(x["impl"], x["seq"]): x for x in r["results"] if not x.get("error")}
+        for s in sorted({s for _, s in by}):
+            ours, sdpa, full = by.get(("triton", s)), by.get(("sdpa", s)), by.get(("triton_full", s))
+            rows.append([r["head_dim"], seq_label(s),
+                         f"{ours['fwd_bwd_ms']:.1f} ({num(ours['fwd_bwd_tflops'])})" if ours else "-",
+                         f"{sdpa['fwd_bwd_ms']:.1f}" if sdpa else "-", f"{full['fwd_bwd_ms']:.1f}" if full else "-"])  # fmt: skip
+    window = next(load(p)["window"] for p in sorted(folder.glob("*.json")) if load(p).get("window"))
+    return "\n".join([
+        f"## Sliding-window attention\n\n`bench/attention.py --window {window}`, one H200, causal, bf16, 16 heads, batch 1, "
+        "forward + backward in ms (TFLOP/s of the attended pairs in brackets): our kernels skip the blocks outside "
+        "the window, SDPA gets a dense window mask.\n",
+        table(["head dim", "sequence", f"ours, window {num(window)}", "SDPA with the window mask", "ours, full causal"],
+              rows),  # fmt: skip
+        "\n" + source(folder),
+    ])  # fmt: skip
+
+
 def packed_documents(facts: dict) -> str:
     folder = latest("packed_documents")
     cells = {}  # (doc_len, seq, impl) -> result; later files (sorted by name) replace earlier ones
@@ -592,7 +616,7 @@ def checks(facts: dict) -> str:
                      f"{max(r['mem_gb'] for r in recs):.1f} GB"])  # fmt: skip
     parity = latest("refactor_parity")
     summary = load(parity / "summary.json")
-    prow = [[re.sub(r"^(before|after)_(.*)_r(\d+)$", r"\1, `\2`", name), f"{r['lm_loss'][0]:.6f}", f"{r['lm_loss'][-1]:.6f}", num(r["tokens_per_sec_median_from_step3"]),
+    prow = [[re.sub(r"^(before|after)_(.*)_r(\d+)$", r"\1, `\2`, run \3", name), f"{r['lm_loss'][0]:.6f}", f"{r['lm_loss'][-1]:.6f}", num(r["tokens_per_sec_median_from_step3"]),
              pct(r["mfu_median_from_step3"]), f"{r['peak_mem_gb']:.2f} GB"] for name, r in summary["runs"].items()]  # fmt: skip
     return "\n".join([
         "## Checks on GPUs\n\nGPT-1.3B at 8k, bf16, ZeRO-3, mock data, 10 steps (`bench/gpu_core_run.sh`): SP=1 and SP=2 "
@@ -641,7 +665,7 @@ def data_pipeline(facts: dict) -> str:
     ])  # fmt: skip
 
 
-SECTIONS = (attention_kernels, packed_documents, throughput_vs_peer, settings_32k, max_seqlen, tiled_loss, switches,
+SECTIONS = (attention_kernels, packed_documents, sliding_window, throughput_vs_peer, settings_32k, max_seqlen, tiled_loss, switches,
             profile, gpt30b, checks, pointwise, data_pipeline)  # fmt: skip
 
 
