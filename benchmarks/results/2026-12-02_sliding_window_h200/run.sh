@@ -2,7 +2,7 @@
 # One H200: the GPU tests of the sliding-window kernels, then bench/attention.py --window 4096
 # (ours windowed, SDPA with the model's dense window mask, our full causal) at 32K-128K, head dim 128
 # and 64; then a second before/after pair of the 2026-12-02_refactor_parity_h200 run (its spread).
-#   device: bash benchmarks/results/2026-12-02_sliding_window_h200/run.sh   (.whl/, .head/, .after/, .baseline/ carried)
+#   bash benchmarks/results/2026-12-02_sliding_window_h200/run.sh   (from the repository root, with .head/, .after/ and .baseline/)
 set -u
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
 TOP=$PWD
