@@ -26,6 +26,7 @@ class ConfigError(ValueError):
 
 ATTENTION_BACKENDS = ("classic", "sdpa", "flash", "flash_triton")
 ROPE_SCALING_TYPES = ("linear", "llama3", "yarn", "dynamic", "longrope")
+LAYER_TYPES = ("full_attention", "sliding_attention")
 ULYSSES_EXCHANGES = ("deepspeed", "fused", "overlap")
 
 
@@ -125,6 +126,12 @@ class ModelConfig:
     """Biases in linear layers (GPT); --disable-bias-linear turns them off (Llama)."""
     add_qkv_bias: bool = opt(False, shape=True)
     """Biases on the query, key and value projections even with --disable-bias-linear (Qwen2)."""
+    sliding_window: int | None = opt(None, shape=True)
+    """Sliding-window attention: query i attends key j when 0 <= i - j < window (transformers' convention), on
+    the layers --layer-types names sliding_attention, or on every layer when it is empty (Mistral)."""
+    layer_types: list = opt(factory=list, choices=LAYER_TYPES, shape=True)
+    """Attention of each layer: full_attention or sliding_attention (transformers' names; Qwen2's
+    max_window_layers); empty: every layer windowed when --sliding-window is set, else full."""
     untie_embeddings_and_output_weights: bool = opt(False, shape=True)
     """Separate output layer instead of reusing the word embeddings."""
     activation: str = opt("gelu", choices=("gelu", "gelu_tanh"), shape=True)
@@ -162,6 +169,7 @@ class ModelConfig:
                 f"{self.seq_length}; raise it to at least the sequence length"
             )
         self._check_rope_scaling()
+        self._check_windows()
 
     def _check_rope_scaling(self) -> None:
         kind = self.rope_scaling_type
@@ -199,6 +207,24 @@ class ModelConfig:
         if kind == "dynamic" and self.head_dim <= 2:
             raise ConfigError("--rope-scaling-type dynamic needs a head dim > 2 (its exponent is dim / (dim - 2))")
 
+    def _check_windows(self) -> None:
+        if self.sliding_window is not None and self.sliding_window < 1:
+            raise ConfigError(f"--sliding-window {self.sliding_window} must be >= 1 (or omit it for full attention)")
+        if not self.layer_types:
+            return
+        if isinstance(self.layer_types, str):  # YAML may give "full_attention sliding_attention ..." as one string
+            _fill(self, "layer_types", self.layer_types.split())
+        _fill(self, "layer_types", list(self.layer_types))
+        for t in self.layer_types:
+            _choice(t, LAYER_TYPES, "--layer-types")
+        if len(self.layer_types) != self.num_layers:
+            raise ConfigError(
+                f"--layer-types names {len(self.layer_types)} layers but --num-layers is {self.num_layers}; "
+                "give one type per layer"
+            )
+        if "sliding_attention" in self.layer_types and self.sliding_window is None:
+            raise ConfigError("--layer-types has sliding_attention layers but no --sliding-window; give the window")
+
     @classmethod
     def from_dict(cls, values: dict) -> ModelConfig:
         """A ModelConfig from a saved dict, ignoring keys that are not model fields (older layouts)."""
@@ -208,6 +234,14 @@ class ModelConfig:
     @property
     def head_dim(self) -> int:
         return self.kv_channels or self.hidden_size // self.num_attention_heads
+
+    def window(self, layer: int) -> int | None:
+        """The sliding window of decoder layer ``layer`` (None: full causal attention)."""
+        if self.sliding_window is None:
+            return None
+        if not self.layer_types or self.layer_types[layer] == "sliding_attention":
+            return self.sliding_window
+        return None
 
     @property
     def padded_vocab_size(self) -> int:

@@ -58,15 +58,19 @@ class MLP(nn.Module):
 class TransformerLayer(nn.Module):
     """Pre-norm decoder layer: x + attn(norm(x)), then x + mlp(norm(x)).
 
-    ``project`` (norm, QKV, RoPE) and ``after_attention`` (output projection, residual, MLP) are
-    the two pieces that ``megatron.parallelize.apply_checkpointing`` recomputes around the
-    attention with the keep-attention policy.
+    Layer ``layer_number`` attends within ``cfg.window(layer_number)`` (its sliding window, from
+    ``--sliding-window`` and ``--layer-types``) or over every earlier token. ``project`` (norm, QKV,
+    RoPE) and ``after_attention`` (output projection, residual, MLP) are the two pieces that
+    ``megatron.parallelize.apply_checkpointing`` recomputes around the attention with the
+    keep-attention policy.
     """
 
-    def __init__(self, cfg: ModelConfig, attention: AttentionConfig | None = None, device=None):
+    def __init__(self, cfg: ModelConfig, attention: AttentionConfig | None = None, device=None,
+                 layer_number: int = 0):  # fmt: skip
         super().__init__()
+        self.window = cfg.window(layer_number)
         self.input_norm = make_norm(cfg)
-        self.attention = ParallelAttention(cfg, attention, device=device)
+        self.attention = ParallelAttention(cfg, attention, device=device, window=self.window)
         self.post_attention_norm = make_norm(cfg)
         self.mlp = MLP(cfg)
         self.dropout = nn.Dropout(cfg.hidden_dropout)
@@ -103,7 +107,7 @@ class GPTModel(nn.Module):
             self.position_embeddings = nn.Embedding(cfg.max_position_embeddings, cfg.hidden_size)
         self.embedding_dropout = nn.Dropout(cfg.hidden_dropout)
         self.layers = nn.ModuleList(
-            TransformerLayer(cfg, attention, device=device) for _ in range(cfg.num_layers)
+            TransformerLayer(cfg, attention, device=device, layer_number=i) for i in range(cfg.num_layers)
         )
         self.final_norm = make_norm(cfg)
         if cfg.untie_embeddings_and_output_weights:

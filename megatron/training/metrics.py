@@ -62,14 +62,24 @@ def megatron_deepspeed_flops_per_iteration(
     return 24 * global_batch_size * s * L * h * h * terms
 
 
+def _windowed(cfg: ModelConfig, seq_length: int) -> list:
+    """The windows of the layers whose window is shorter than the sequence (the others attend in full)."""
+    windows = [cfg.window(i) for i in range(cfg.num_layers)]
+    return [w for w in windows if w is not None and w < seq_length]
+
+
 def model_flops_per_token(cfg: ModelConfig, seq_length: int) -> float:
     """Forward+backward model FLOPs per token: 6 x matmul params + causal attention (heads x head dim wide,
-    which need not be the hidden size)."""
+    which need not be the hidden size); a layer with a sliding window shorter than the sequence counts the
+    pairs it attends (``attended_pairs``), about S x W instead of S^2 / 2."""
     h, L, f = cfg.hidden_size, cfg.num_layers, cfg.ffn_hidden_size
     q, kv = cfg.num_attention_heads * cfg.head_dim, cfg.num_key_value_heads * cfg.head_dim
     per_layer = h * (q + 2 * kv) + q * h + h * f * (3 if cfg.swiglu else 2)
     matmul_params = L * per_layer + cfg.padded_vocab_size * h
-    attention = 6 * L * seq_length * q  # 2 matmuls x 2 FLOP/MAC x S x heads x d, halved for causal, x3 fwd+bwd
+    windowed = _windowed(cfg, seq_length)
+    # 2 matmuls x 2 FLOP/MAC x heads x d per (query, key) pair, x3 fwd+bwd; causal pairs taken as S^2 / 2
+    attention = 6 * (L - len(windowed)) * seq_length * q
+    attention += sum(12 * q * attended_pairs(seq_length, w) / seq_length for w in windowed)
     return 6 * matmul_params + attention
 
 
@@ -112,11 +122,17 @@ def attended_pairs_of_documents(document_ids_bs: torch.Tensor, window: int | Non
 
 
 def model_flops(cfg: ModelConfig, tokens: int, square_sum: int) -> float:
-    """Forward+backward model FLOPs of ``tokens`` tokens whose documents' squared lengths sum to
-    ``square_sum``; with one document per sequence of length S this is ``model_flops_per_token(cfg,
-    S) * tokens``."""
-    width = cfg.num_attention_heads * cfg.head_dim
-    return model_flops_per_token(cfg, 0) * tokens + 6 * cfg.num_layers * width * square_sum
+    """Forward+backward model FLOPs of ``tokens`` tokens (sequences of ``cfg.seq_length``) whose documents'
+    squared lengths sum to ``square_sum``; with one document per sequence of length S this is
+    ``model_flops_per_token(cfg, S) * tokens``. A layer with a sliding window counts the pairs the sequences
+    attend under it: exact with one document per sequence; with packed documents the smaller of two upper
+    bounds, the window's pairs over whole sequences and the documents' causal pairs."""
+    width, S = cfg.num_attention_heads * cfg.head_dim, cfg.seq_length
+    windowed = _windowed(cfg, S)
+    attention = 6 * (cfg.num_layers - len(windowed)) * width * square_sum
+    for w in windowed:
+        attention += 12 * width * min(tokens / S * attended_pairs(S, w), (square_sum + tokens) / 2)
+    return model_flops_per_token(cfg, 0) * tokens + attention
 
 
 def peak_memory_gb(device: torch.device) -> float:

@@ -121,6 +121,23 @@ def test_num_parameters_and_flops_follow_head_dim_biases_and_qk_norms(extra):
     assert metrics.model_flops(cfg, 32, 32 * 32) == pytest.approx(metrics.model_flops_per_token(cfg, 32) * 32)
 
 
+def test_model_flops_count_the_pairs_windowed_layers_attend():
+    """A layer with a window W < S attends attended_pairs(S, W) pairs (about S x W), a full layer S^2 / 2."""
+    cfg = ModelConfig(num_layers=2, hidden_size=64, num_attention_heads=8, seq_length=64, vocab_size=128,
+                      use_rotary_position_embeddings=True, normalization="RMSNorm", swiglu=True, kv_channels=16,
+                      sliding_window=8, layer_types=["sliding_attention", "full_attention"])  # fmt: skip
+    q = 8 * 16
+    attention = metrics.model_flops_per_token(cfg, 64) - metrics.model_flops_per_token(cfg, 0)
+    assert attention == pytest.approx(6 * 64 * q + 12 * q * metrics.attended_pairs(64, 8) / 64)
+    assert metrics.attended_pairs(64, 8) == 8 * 9 // 2 + 56 * 8
+    assert metrics.model_flops(cfg, 3 * 64, 3 * 64 * 64) == pytest.approx(metrics.model_flops_per_token(cfg, 64) * 192)
+    full = ModelConfig(**{**cfg.__dict__, "sliding_window": None, "layer_types": []})
+    assert metrics.model_flops(cfg, 192, 3 * 64 * 64) < metrics.model_flops(full, 192, 3 * 64 * 64)
+    # a window of at least the sequence is full attention
+    wide = ModelConfig(**{**cfg.__dict__, "sliding_window": 64})
+    assert metrics.model_flops_per_token(wide, 64) == metrics.model_flops_per_token(full, 64)
+
+
 def test_lr_schedule_warmup_then_cosine_to_min():
     from megatron.config import TrainConfig
 
