@@ -1,4 +1,4 @@
-"""Hugging Face interop: ``LlamaForCausalLM`` and ``GPT2LMHeadModel`` <-> our ``GPTModel``.
+"""Hugging Face interop: Llama, Mistral, Qwen2, Qwen3 and GPT-2 checkpoints <-> our ``GPTModel``.
 
     from megatron.hf import load_hf_checkpoint
     model, cfg = load_hf_checkpoint("path/to/hf_dir")   # our GPTModel (eval mode) and its ModelConfig
@@ -6,14 +6,17 @@
 
 Tensor maps (ours <- HF), per layer ``i``:
 
-  Llama: qkv <- cat(q_proj, k_proj, v_proj) (RoPE is rotate-half in both, so no permutation),
-         dense <- o_proj, fc1 <- cat(gate_proj, up_proj), fc2 <- down_proj,
-         input_norm <- input_layernorm, post_attention_norm <- post_attention_layernorm.
+  Llama, Mistral, Qwen2, Qwen3: qkv <- cat(q_proj, k_proj, v_proj) (and their biases; RoPE is
+         rotate-half in both, so no permutation), dense <- o_proj, fc1 <- cat(gate_proj, up_proj),
+         fc2 <- down_proj, input_norm <- input_layernorm, post_attention_norm <-
+         post_attention_layernorm, attention.q_norm / k_norm <- self_attn.q_norm / k_norm (Qwen3).
   GPT-2: Conv1D weights are [in, out], ours [out, in]: every linear is transposed.
          qkv <- c_attn (already [q; k; v]), dense <- attn.c_proj, fc1 <- c_fc, fc2 <- mlp.c_proj,
          input_norm <- ln_1, post_attention_norm <- ln_2, gelu_new = --activation gelu_tanh.
 
-Converted models use ``make_vocab_size_divisible_by = 1`` so our padded vocabulary is HF's.
+config.json <-> ModelConfig per family (RoPE scaling in both layouts, windows, head dim) is
+``megatron.hf_config``. Converted models use ``make_vocab_size_divisible_by = 1`` so our padded
+vocabulary is HF's.
 Concatenation, splitting and transposition are exact, so HF -> ours -> HF is bit-exact; the
 source's config.json and tensor layout (names, shards) travel along in ``hf_source.json``.
 Everything here runs on the CPU and needs ``safetensors``; only the tests need ``transformers``.
@@ -28,8 +31,15 @@ import os
 import torch
 
 from megatron.config import ConfigError, ModelConfig
+from megatron.hf_config import (  # noqa: F401  (the loader's public names)
+    LLAMA_FAMILY,
+    SUPPORTED_ARCHITECTURES,
+    architecture_of,
+    hf_architecture_for,
+    hf_config_from_model,
+    model_config_from_hf,
+)
 
-SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM", "GPT2LMHeadModel")
 # Buffers some HF checkpoints carry that hold no weights.
 _IGNORED_SUFFIXES = ("rotary_emb.inv_freq", ".attn.bias", ".attn.masked_bias")
 
@@ -111,120 +121,11 @@ def write_hf_dir(path: str, config: dict, state_dict: dict, layout: dict | None 
             f.write("\n")
 
 
-# ---------------------------------------------------------------- configs
-def architecture_of(config: dict) -> str:
-    archs = config.get("architectures") or []
-    arch = archs[0] if archs else {"llama": "LlamaForCausalLM", "gpt2": "GPT2LMHeadModel"}.get(config.get("model_type"))
-    if arch not in SUPPORTED_ARCHITECTURES:
-        raise ConfigError(
-            f"architecture {arch or config.get('model_type')!r} is not supported; "
-            f"convert one of {', '.join(SUPPORTED_ARCHITECTURES)}"
-        )
-    return arch
-
-
-def _unsupported(arch: str, what: str) -> ConfigError:
-    return ConfigError(f"{arch} with {what} is not supported by our model; convert a checkpoint without it")
-
-
-def model_config_from_hf(config: dict) -> ModelConfig:
-    """Our ModelConfig for an HF config.json (vocabulary unpadded: make_vocab_size_divisible_by=1)."""
-    arch = architecture_of(config)
-    if arch == "LlamaForCausalLM":
-        heads, hidden = config["num_attention_heads"], config["hidden_size"]
-        if config.get("hidden_act", "silu") != "silu":
-            raise _unsupported(arch, f"hidden_act={config['hidden_act']}")
-        if config.get("head_dim") not in (None, hidden // heads):
-            raise _unsupported(arch, f"head_dim={config['head_dim']} != hidden_size / num_attention_heads")
-        rope = config.get("rope_parameters") or config.get("rope_scaling") or {}
-        if rope.get("rope_type", rope.get("type", "default")) != "default":
-            raise _unsupported(arch, f"rope type {rope.get('rope_type', rope.get('type'))!r}")
-        theta = rope.get("rope_theta", config.get("rope_theta", 10000.0))
-        bias = bool(config.get("attention_bias", False))
-        if bool(config.get("mlp_bias", False)) != bias:
-            raise _unsupported(arch, "attention_bias != mlp_bias")
-        return ModelConfig(
-            num_layers=config["num_hidden_layers"], hidden_size=hidden, num_attention_heads=heads,
-            num_key_value_heads=config.get("num_key_value_heads") or heads,
-            ffn_hidden_size=config["intermediate_size"], seq_length=min(config.get("max_position_embeddings", 2048), 2048),
-            max_position_embeddings=config.get("max_position_embeddings", 2048), vocab_size=config["vocab_size"],
-            make_vocab_size_divisible_by=1, use_rotary_position_embeddings=True, rotary_base=float(theta),
-            normalization="RMSNorm", norm_epsilon=config.get("rms_norm_eps", 1e-6), swiglu=True, add_bias_linear=bias,
-            untie_embeddings_and_output_weights=not config.get("tie_word_embeddings", False),
-        )  # fmt: skip
-    act = {"gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu": "gelu"}.get(
-        config.get("activation_function", "gelu_new")
-    )
-    if act is None:
-        raise _unsupported(arch, f"activation_function={config['activation_function']}")
-    for key, ok in (
-        ("scale_attn_weights", True),
-        ("scale_attn_by_inverse_layer_idx", False),
-        ("add_cross_attention", False),
-    ):
-        if config.get(key, ok) != ok:
-            raise _unsupported(arch, f"{key}={config[key]}")
-    hidden = config["n_embd"]
-    return ModelConfig(
-        num_layers=config["n_layer"], hidden_size=hidden, num_attention_heads=config["n_head"],
-        ffn_hidden_size=config.get("n_inner") or 4 * hidden, seq_length=config["n_positions"],
-        max_position_embeddings=config["n_positions"], vocab_size=config["vocab_size"], make_vocab_size_divisible_by=1,
-        normalization="LayerNorm", norm_epsilon=config.get("layer_norm_epsilon", 1e-5), activation=act,
-        untie_embeddings_and_output_weights=not config.get("tie_word_embeddings", True),
-    )  # fmt: skip
-
-
-def hf_architecture_for(cfg: ModelConfig) -> str:
-    """The HF class that computes what our model with ``cfg`` computes; ConfigError if none does."""
-    if cfg.use_rotary_position_embeddings and cfg.normalization == "RMSNorm" and cfg.swiglu:
-        return "LlamaForCausalLM"
-    learned, layer_norm = not cfg.use_rotary_position_embeddings, cfg.normalization == "LayerNorm"
-    if (
-        learned
-        and layer_norm
-        and not cfg.swiglu
-        and cfg.add_bias_linear
-        and cfg.num_key_value_heads == cfg.num_attention_heads
-    ):
-        return "GPT2LMHeadModel"
-    raise ConfigError(
-        "this model shape has no Hugging Face equivalent here: use RoPE + RMSNorm + SwiGLU (LlamaForCausalLM) or "
-        "learned positions + LayerNorm + GeLU + biases, no GQA (GPT2LMHeadModel)"
-    )
-
-
-def hf_config_from_model(cfg: ModelConfig, dtype: torch.dtype = torch.float32) -> dict:
-    arch = hf_architecture_for(cfg)
-    dtype_name = str(dtype).removeprefix("torch.")
-    if arch == "LlamaForCausalLM":
-        return {
-            "architectures": [arch], "model_type": "llama", "hidden_act": "silu",
-            "hidden_size": cfg.hidden_size, "intermediate_size": cfg.ffn_hidden_size,
-            "num_hidden_layers": cfg.num_layers, "num_attention_heads": cfg.num_attention_heads,
-            "num_key_value_heads": cfg.num_key_value_heads, "head_dim": cfg.head_dim,
-            "max_position_embeddings": cfg.max_position_embeddings, "vocab_size": cfg.vocab_size,
-            "rms_norm_eps": cfg.norm_epsilon, "rope_theta": cfg.rotary_base,
-            "rope_parameters": {"rope_type": "default", "rope_theta": cfg.rotary_base}, "rope_scaling": None,
-            "attention_bias": cfg.add_bias_linear, "mlp_bias": cfg.add_bias_linear,
-            "tie_word_embeddings": not cfg.untie_embeddings_and_output_weights,
-            "torch_dtype": dtype_name, "dtype": dtype_name,
-        }  # fmt: skip
-    return {
-        "architectures": [arch], "model_type": "gpt2",
-        "activation_function": "gelu_new" if cfg.activation == "gelu_tanh" else "gelu",
-        "n_embd": cfg.hidden_size, "n_head": cfg.num_attention_heads, "n_layer": cfg.num_layers,
-        "n_inner": cfg.ffn_hidden_size, "n_positions": cfg.max_position_embeddings, "vocab_size": cfg.vocab_size,
-        "layer_norm_epsilon": cfg.norm_epsilon, "scale_attn_weights": True,
-        "tie_word_embeddings": not cfg.untie_embeddings_and_output_weights,
-        "attn_pdrop": 0.0, "embd_pdrop": 0.0, "resid_pdrop": 0.0, "torch_dtype": dtype_name, "dtype": dtype_name,
-    }  # fmt: skip
-
-
 # ---------------------------------------------------------------- tensor maps
 def _layer_map(arch: str, i: int) -> list:
     """[(ours, [hf names], transpose)] for decoder layer i (HF names without the model prefix)."""
     o = f"layers.{i}."
-    if arch == "LlamaForCausalLM":
+    if arch in LLAMA_FAMILY:
         h = f"layers.{i}."
         a, m = h + "self_attn.", h + "mlp."
         rows = [
@@ -238,6 +139,8 @@ def _layer_map(arch: str, i: int) -> list:
             (o + "mlp.fc1.bias", [m + "gate_proj.bias", m + "up_proj.bias"]),
             (o + "mlp.fc2.weight", [m + "down_proj.weight"]),
             (o + "mlp.fc2.bias", [m + "down_proj.bias"]),
+            (o + "attention.q_norm.weight", [a + "q_norm.weight"]),
+            (o + "attention.k_norm.weight", [a + "k_norm.weight"]),
         ]
         return [(ours, hf, False) for ours, hf in rows]
     h = f"h.{i}."
@@ -252,7 +155,7 @@ def _layer_map(arch: str, i: int) -> list:
 
 def _tensor_map(arch: str, cfg: ModelConfig) -> list:
     """[(ours, [hf names without prefix], transpose)] for every tensor of the model."""
-    if arch == "LlamaForCausalLM":
+    if arch in LLAMA_FAMILY:
         rows = [
             ("word_embeddings.weight", ["embed_tokens.weight"], False),
             ("final_norm.weight", ["norm.weight"], False),
@@ -265,13 +168,16 @@ def _tensor_map(arch: str, cfg: ModelConfig) -> list:
         rows += [("final_norm.weight", ["ln_f.weight"], False), ("final_norm.bias", ["ln_f.bias"], False)]
     for i in range(cfg.num_layers):
         rows += _layer_map(arch, i)
-    if not cfg.add_bias_linear:
-        rows = [r for r in rows if not r[0].endswith(".bias")]  # only Llama can drop biases (no norm biases)
+    qkv_bias = cfg.add_bias_linear or cfg.add_qkv_bias
+    if not cfg.add_bias_linear:  # only the Llama family drops biases (its norms have none)
+        rows = [r for r in rows if not r[0].endswith(".bias") or (qkv_bias and r[0].endswith("attention.qkv.bias"))]
+    if not cfg.qk_layernorm:
+        rows = [r for r in rows if not r[0].endswith(("attention.q_norm.weight", "attention.k_norm.weight"))]
     return rows
 
 
 def _prefix(arch: str) -> str:
-    return "model." if arch == "LlamaForCausalLM" else "transformer."
+    return "model." if arch in LLAMA_FAMILY else "transformer."
 
 
 def hf_to_megatron_state_dict(config: dict, hf_state_dict: dict) -> tuple[dict, ModelConfig]:
@@ -304,13 +210,15 @@ def hf_to_megatron_state_dict(config: dict, hf_state_dict: dict) -> tuple[dict, 
     return out, cfg
 
 
-def megatron_to_hf_state_dict(cfg: ModelConfig, state_dict: dict, names: list | None = None) -> tuple[dict, str]:
+def megatron_to_hf_state_dict(cfg: ModelConfig, state_dict: dict, names: list | None = None,
+                              arch: str | None = None) -> tuple[dict, str]:  # fmt: skip
     """(HF state dict, architecture) from our state dict; padded vocabulary rows are dropped.
 
     ``names`` (the source's tensor names, if it came from HF) keeps the GPT-2 prefix and a
-    tied ``lm_head.weight`` exactly as the source had them.
+    tied ``lm_head.weight`` exactly as the source had them; ``arch`` (the source's) is the
+    family to write when it computes what ``cfg`` does.
     """
-    arch = hf_architecture_for(cfg)
+    arch = hf_architecture_for(cfg, prefer=arch)
     prefix = _prefix(arch)
     if names is not None and arch == "GPT2LMHeadModel" and not any(n.startswith(prefix) for n in names):
         prefix = ""  # original OpenAI-style GPT-2 files name tensors without "transformer."
@@ -334,10 +242,10 @@ def megatron_to_hf_state_dict(cfg: ModelConfig, state_dict: dict, names: list | 
 
 
 def _split_sizes(arch: str, cfg: ModelConfig, ours: str, rows: int) -> list:
-    if ours.endswith(("attention.qkv.weight", "attention.qkv.bias")) and arch == "LlamaForCausalLM":
+    if ours.endswith(("attention.qkv.weight", "attention.qkv.bias")) and arch in LLAMA_FAMILY:
         q, kv = cfg.num_attention_heads * cfg.head_dim, cfg.num_key_value_heads * cfg.head_dim
         return [q, kv, kv]
-    if ours.endswith(("mlp.fc1.weight", "mlp.fc1.bias")) and arch == "LlamaForCausalLM":
+    if ours.endswith(("mlp.fc1.weight", "mlp.fc1.bias")) and arch in LLAMA_FAMILY:
         return [cfg.ffn_hidden_size, cfg.ffn_hidden_size]
     return [rows]
 
@@ -356,7 +264,7 @@ def build_model(cfg: ModelConfig, state_dict: dict, device="cpu", dtype: torch.d
 
 
 def load_hf_checkpoint(path: str, device="cpu", dtype: torch.dtype = torch.float32):
-    """(GPTModel, ModelConfig) for an HF LlamaForCausalLM / GPT2LMHeadModel directory."""
+    """(GPTModel, ModelConfig) for an HF directory of one of ``SUPPORTED_ARCHITECTURES``."""
     config, hf_sd, _ = read_hf_dir(path)
     state_dict, cfg = hf_to_megatron_state_dict(config, hf_sd)
     return build_model(cfg, state_dict, device, dtype), cfg

@@ -1,4 +1,4 @@
-"""Convert between Hugging Face checkpoints (LlamaForCausalLM, GPT2LMHeadModel) and ours.
+"""Convert between Hugging Face checkpoints (Llama, Mistral, Qwen2, Qwen3, GPT-2) and ours.
 
     # HF -> a weights directory that `pretrain_gpt.py --load DIR` starts from (any SP size, ZeRO stage)
     python tools/convert_checkpoint.py hf-to-megatron --input HF_DIR --output DIR
@@ -6,13 +6,16 @@
     python tools/convert_checkpoint.py megatron-to-hf --input CKPT_DIR --output HF_DIR [--dtype bfloat16]
 
 Runs on the CPU. Safetensors in and out (sharded with an index json when the source was, or
-above --max-shard-size). Tokenizer files next to the weights are copied along. Errors are
-one line on stderr and exit status 2.
+above --max-shard-size). Tokenizer files next to the weights are copied along. The written
+config.json is the source's (family, token ids, RoPE layout) when the directory was converted
+from HF, with what the run changed (RoPE for a longer context) rewritten; otherwise it is
+generated, with RoPE in both layouts. Errors are one line on stderr and exit status 2.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import sys
@@ -71,21 +74,35 @@ def hf_to_megatron(input_dir: str, output_dir: str) -> str:
     return f"{arch} -> {output_dir} ({cfg.num_parameters() / 1e6:.2f}M parameters); model flags: {fragment}"
 
 
+def _hf_source(input_dir: str) -> dict | None:
+    """The HF config and layout a converted directory came from (a run that saved into it keeps them)."""
+    from megatron.training import weights
+
+    path = os.path.join(input_dir, weights.WEIGHTS_SUBDIR, "hf_source.json")
+    if not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
 def megatron_to_hf(input_dir: str, output_dir: str, dtype=None, max_shard_bytes: int = 5 * 2**30) -> str:
     from megatron import hf
     from megatron.training import weights
 
-    layout, names, config = None, None, None
+    layout, names, source_config, trained = None, None, None, False
     run_data = None  # the data section of a --save run's config: where its tokenizer came from
     if weights.starts_from_weights(input_dir):  # once a run saved into it, its latest checkpoint wins
         state_dict, cfg, source = weights.read_weights_dir(input_dir)
         if source is not None:
-            layout, config = source["layout"], source["config"]
+            layout, source_config = source["layout"], source["config"]
             names = list(layout["file_of"])
         tokenizer_src = os.path.join(input_dir, "tokenizer")
     elif weights.is_deepspeed_checkpoint(input_dir):
         state_dict, cfg, states = weights.read_deepspeed_checkpoint(input_dir)
         run_data = states["config"].get("data")
+        source, trained = _hf_source(input_dir), True
+        if source is not None:  # the trained weights take new shards; the config keeps the source's keys
+            source_config, names = source["config"], list(source["layout"]["file_of"])
         tokenizer_src = os.path.join(input_dir, "tokenizer")  # a converted dir trained into keeps its tokenizer
     elif os.path.isdir(input_dir):
         raise ConfigError(
@@ -94,15 +111,18 @@ def megatron_to_hf(input_dir: str, output_dir: str, dtype=None, max_shard_bytes:
         )
     else:
         raise ConfigError(f"--input {input_dir} does not exist")
-    hf_sd, arch = hf.megatron_to_hf_state_dict(cfg, state_dict, names)
+    source_arch = hf.architecture_of(source_config) if source_config is not None else None
+    hf_sd, arch = hf.megatron_to_hf_state_dict(cfg, state_dict, names, arch=source_arch)
     if dtype is not None:
         hf_sd = {k: v.to(dtype) for k, v in hf_sd.items()}
         if layout is not None:  # same shards, new sizes
             total = sum(v.numel() * v.element_size() for v in hf_sd.values())
             layout = dict(layout, file_metadata={}, index_metadata={"total_size": total})
-    if config is None or dtype is not None:
-        name = str(dtype or next(iter(hf_sd.values())).dtype).removeprefix("torch.")
-        config = dict(config or hf.hf_config_from_model(cfg), torch_dtype=name, dtype=name)
+    written = dtype or next(iter(hf_sd.values())).dtype
+    config = hf.hf_config_from_model(cfg, written, source=source_config)
+    if source_config is None or trained or dtype is not None:
+        name = str(written).removeprefix("torch.")
+        config = dict(config, torch_dtype=name, dtype=name)
     hf.write_hf_dir(output_dir, config, hf_sd, layout, max_shard_bytes)
     from megatron.hf_export import finish_hf_dir
 

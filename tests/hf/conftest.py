@@ -28,6 +28,53 @@ def make_llama(path, tied: bool, max_shard_size=None, dtype=torch.float32, seed=
     return model
 
 
+# The families, tiny: 2 layers, GQA 8/2, windows shorter and RoPE original lengths shorter than FAMILY_SEQ.
+FAMILY_SEQ = 80
+_SHAPE = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=8,
+              num_key_value_heads=2, rms_norm_eps=1e-6, bos_token_id=1, eos_token_id=2)  # fmt: skip
+FAMILIES = {
+    # Llama-3.1-style: llama3 scaling of an original 16-token context to 128, untied
+    "llama3": ("LlamaConfig", "LlamaForCausalLM", dict(
+        max_position_embeddings=128, rope_theta=5e5, tie_word_embeddings=False,
+        rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                      "original_max_position_embeddings": 16})),
+    "llama-linear": ("LlamaConfig", "LlamaForCausalLM", dict(
+        max_position_embeddings=128, rope_theta=1e4, rope_scaling={"rope_type": "linear", "factor": 4.0})),
+    # yarn with DeepSeek's mscale ratio, explicit head dim (8 x 16 != 64)
+    "llama-yarn": ("LlamaConfig", "LlamaForCausalLM", dict(
+        max_position_embeddings=128, rope_theta=5e5, head_dim=16,
+        rope_scaling={"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 32, "mscale": 1.0,
+                      "mscale_all_dim": 0.5})),
+    # dynamic NTK: the sequence passes max_position_embeddings, so the base grows
+    "llama-dynamic": ("LlamaConfig", "LlamaForCausalLM", dict(
+        max_position_embeddings=32, rope_theta=1e4, rope_scaling={"rope_type": "dynamic", "factor": 2.0})),
+    # Mistral: a 16-token window on every layer, head dim 16
+    "mistral": ("MistralConfig", "MistralForCausalLM", dict(
+        max_position_embeddings=128, rope_theta=1e6, sliding_window=16, head_dim=16)),
+    # Qwen2.5-style: q/k/v biases, the last layer windowed (max_window_layers 1), yarn, tied
+    "qwen2": ("Qwen2Config", "Qwen2ForCausalLM", dict(
+        max_position_embeddings=128, tie_word_embeddings=True, use_sliding_window=True, sliding_window=16,
+        max_window_layers=1, rope_parameters={"rope_type": "yarn", "rope_theta": 1e6, "factor": 4.0,
+                                              "original_max_position_embeddings": 32})),
+    # Qwen3: q/k norms, head dim 16, interleaved windows, dynamic NTK past its 32-token context
+    "qwen3": ("Qwen3Config", "Qwen3ForCausalLM", dict(
+        max_position_embeddings=32, head_dim=16, use_sliding_window=True, sliding_window=16,
+        layer_types=["sliding_attention", "full_attention"],
+        rope_parameters={"rope_type": "dynamic", "rope_theta": 1e6, "factor": 2.0})),
+}  # fmt: skip
+
+
+def make_family(name: str, path, seed=0, dtype=torch.float32):
+    """FAMILIES[name] with random weights, norms and biases perturbed, saved to ``path``."""
+    config_cls, model_cls, kwargs = FAMILIES[name]
+    torch.manual_seed(seed)
+    cfg = getattr(transformers, config_cls)(**_SHAPE, **kwargs)
+    model = getattr(transformers, model_cls)(cfg).eval()
+    _perturb_norms(model)
+    model.to(dtype).save_pretrained(path)
+    return model
+
+
 def make_gpt2(path, seed=0):
     """A 2-layer GPT-2 (Conv1D, learned positions, LayerNorm with biases, tied, gelu_new)."""
     torch.manual_seed(seed)

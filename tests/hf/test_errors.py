@@ -1,4 +1,5 @@
-"""One-line errors with a non-zero exit: unsupported architectures, missing shards, tokenizer
+"""One-line errors with a non-zero exit: unsupported architectures and features (mixture of experts,
+multimodal, longrope, activations), models without a Hugging Face family, missing shards, tokenizer
 and shape mismatches; and greedy generation equals an argmax loop over transformers' logits."""
 
 import json
@@ -31,10 +32,11 @@ def test_unsupported_architecture_is_one_line_error(tmp_path, capsys):
 def test_unsupported_llama_variant_is_one_line_error(tmp_path, capsys):
     make_llama(tmp_path, tied=True)
     cfg = json.loads((tmp_path / "config.json").read_text())
-    cfg["rope_parameters"] = {"rope_type": "yarn", "rope_theta": 1e4, "factor": 4.0}
+    cfg["rope_parameters"] = {"rope_type": "longrope", "rope_theta": 1e4, "short_factor": [1.0] * 4,
+                              "long_factor": [2.0] * 4, "original_max_position_embeddings": 64}  # fmt: skip
     (tmp_path / "config.json").write_text(json.dumps(cfg))
     rc = convert(["hf-to-megatron", "--input", str(tmp_path), "--output", str(tmp_path / "out")])
-    _one_line_error(capsys, rc, "yarn")
+    _one_line_error(capsys, rc, "longrope")
 
 
 def test_missing_shard_is_one_line_error(tmp_path, capsys):
@@ -117,3 +119,37 @@ def test_top_p_sampling_is_seeded(tmp_path, capsys):
         assert generate(args + ["--seed", seed]) == 0
         outs.append(capsys.readouterr().out.strip().splitlines()[-1])
     assert outs[0] == outs[1] and outs[0].startswith("5 17 ")
+
+
+@pytest.mark.parametrize(
+    "config,words",
+    [
+        ({"architectures": ["MixtralForCausalLM"], "model_type": "mixtral", "num_local_experts": 8},
+         ["MixtralForCausalLM", "mixture-of-experts"]),
+        ({"architectures": ["Qwen2MoeForCausalLM"], "model_type": "qwen2_moe", "num_experts": 60},
+         ["Qwen2MoeForCausalLM", "mixture-of-experts"]),
+        ({"architectures": ["Qwen2VLForConditionalGeneration"], "model_type": "qwen2_vl", "vision_config": {}},
+         ["Qwen2VLForConditionalGeneration", "vision inputs"]),
+        ({"architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2", "num_experts": 4}, ["mixture-of-experts"]),
+        ({"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_act": "gelu", "hidden_size": 64,
+          "num_attention_heads": 4, "num_hidden_layers": 1}, ["hidden_act=gelu"]),
+    ],
+    ids=["mixtral", "qwen2-moe", "qwen2-vl", "experts-key", "activation"],
+)  # fmt: skip
+def test_unsupported_feature_is_one_line_error_naming_it(tmp_path, capsys, config, words):
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    rc = convert(["hf-to-megatron", "--input", str(tmp_path), "--output", str(tmp_path / "out")])
+    _one_line_error(capsys, rc, "not supported", *words)
+
+
+def test_model_without_a_hf_family_is_one_line_error(tmp_path, capsys):
+    """Interleaved windows need Qwen2's q/k/v biases or Qwen3's q/k norms to export."""
+    from megatron.config import ConfigError, ModelConfig
+    from megatron.hf import hf_config_from_model
+
+    cfg = ModelConfig(use_rotary_position_embeddings=True, normalization="RMSNorm", swiglu=True, add_bias_linear=False,
+                      sliding_window=8, layer_types=["sliding_attention", "full_attention"])  # fmt: skip
+    with pytest.raises(ConfigError, match="sliding windows on some layers only"):
+        hf_config_from_model(cfg)
+    assert hf_config_from_model(ModelConfig(**{**cfg.__dict__, "qk_layernorm": True}))["model_type"] == "qwen3"
+    assert hf_config_from_model(ModelConfig(**{**cfg.__dict__, "layer_types": []}))["model_type"] == "mistral"

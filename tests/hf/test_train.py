@@ -1,6 +1,7 @@
 """A converted model trains under SP=2 starting from HF's loss, and its checkpoint converts
-back to an HF model that computes what the trained model computes: a GQA Llama under ZeRO-3
-and a GPT-2 under ZeRO-1.
+back to an HF model that computes what the trained model computes: a GQA Llama, a Qwen2 (q/k/v
+biases, a windowed layer, yarn) and a Qwen3 (q/k norms, head dim 16, interleaved windows,
+dynamic NTK past its context) under ZeRO-3, and a GPT-2 under ZeRO-1.
 
 One 2-process run per model serves all tests: it starts from the converted weights (the shape
 flags come from model_args.json), logs the first loss, evaluates after the last step and saves
@@ -12,7 +13,7 @@ import json
 import pytest
 import torch
 
-from tests.hf.conftest import hf_loss, make_gpt2, make_llama, mock_batch
+from tests.hf.conftest import hf_loss, make_family, make_gpt2, make_llama, mock_batch
 from tests.launch import torchrun
 from tools.convert_checkpoint import main as convert
 
@@ -26,6 +27,8 @@ RUN = [
 
 MODELS = {
     "llama-zero3": (lambda p: make_llama(p, tied=False), "3", "LlamaForCausalLM"),
+    "qwen2-zero3": (lambda p: make_family("qwen2", p), "3", "Qwen2ForCausalLM"),
+    "qwen3-zero3": (lambda p: make_family("qwen3", p), "3", "Qwen3ForCausalLM"),
     "gpt2-zero1": (make_gpt2, "1", "GPT2LMHeadModel"),
 }
 
@@ -79,10 +82,8 @@ def test_missing_checkpoint_shard_is_one_line_error(trained, capsys):
     broken = tmp / "broken"
     shutil.copytree(tmp / "init", broken)
     # ZeRO-3: one rank's optimizer partition (the fp32 weights); ZeRO-1: the module states file
-    shard, message = {
-        "llama-zero3": ("zero_pp_rank_1_mp_rank_00_optim_states.pt", "error: cannot consolidate the ZeRO-3 shards"),
-        "gpt2-zero1": ("mp_rank_00_model_states.pt", "error: "),
-    }[name]
+    zero3 = ("zero_pp_rank_1_mp_rank_00_optim_states.pt", "error: cannot consolidate the ZeRO-3 shards")
+    shard, message = zero3 if name.endswith("zero3") else ("mp_rank_00_model_states.pt", "error: ")
     (broken / "iter_0000002" / shard).unlink()
     capsys.readouterr()
     rc = convert(["megatron-to-hf", "--input", str(broken), "--output", str(tmp / "broken_hf")])
