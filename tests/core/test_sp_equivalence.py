@@ -69,3 +69,20 @@ def test_keep_attention_checkpointing_trains_like_sp1(reference, tmp_path, shape
                                     "--checkpoint-activations", "--checkpoint-keep-attention"]  # fmt: skip
     got = train_records(tmp_path, f"keep_attention_{shape}_z{zero}", 2, args)
     assert_close_records(reference[shape], got, what=f"{shape} SP=2 ZeRO-{zero} keep-attention checkpointing")
+
+
+# Qwen-style attention on the tiny Llama: head dim 24 (8 x 24 != 64), q/k/v biases without an output bias,
+# q/k norms, and dynamic-NTK RoPE past its 32-token context (its length is the maximum over the SP ranks).
+ATTENTION_FEATURES = TINY_LLAMA + [
+    "--kv-channels", "24", "--add-qkv-bias", "--qk-layernorm", "--rope-scaling-type", "dynamic",
+    "--rope-scaling-factor", "2", "--max-position-embeddings", "32",
+]  # fmt: skip
+
+
+def test_sp2_sp4_equal_sp1_with_head_dim_qkv_bias_qk_norm_and_scaled_rope(tmp_path):
+    ref = train_records(tmp_path, "features_sp1", 1, ATTENTION_FEATURES + TRAIN + ["--zero-stage", "1"])
+    assert ref[-1]["lm_loss"] < ref[0]["lm_loss"], "the reference run must learn something"
+    for sp, zero in ((2, 1), (4, 3)):
+        args = ATTENTION_FEATURES + TRAIN + ["--ds-sequence-parallel-size", str(sp), "--zero-stage", str(zero)]
+        got = train_records(tmp_path, f"features_sp{sp}_z{zero}", sp, args)
+        assert_close_records(ref, got, what=f"attention features SP={sp} ZeRO-{zero}")
