@@ -91,3 +91,44 @@ def test_resolved_config_is_frozen_and_complete():
     with pytest.raises(dataclasses.FrozenInstanceError):
         run.train.lr = 1.0
     assert arguments.config_from_values({"model.num_layers": 3}).model.num_layers == 3
+
+
+def test_rope_flags_change_a_loaded_checkpoint_and_say_so(tmp_path, capsys):
+    """RoPE fields change the numerics, not the weights: on --load they override model_args.json with a
+    one-line note; every other shape field that disagrees is still refused."""
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    saved = weights.model_args_from_config(ModelConfig(use_rotary_position_embeddings=True, max_position_embeddings=64,
+                                                       normalization="RMSNorm", swiglu=True))  # fmt: skip
+    (ckpt / "model_args.json").write_text(json.dumps(saved))
+    flags = ["--load", str(ckpt), "--rope-scaling-type", "yarn", "--rope-scaling-factor", "4",
+             "--rope-original-max-position-embeddings", "64", "--max-position-embeddings", "256"]  # fmt: skip
+    m = parse_args(flags).model
+    assert (m.rope_scaling_type, m.rope_scaling_factor, m.max_position_embeddings) == ("yarn", 4.0, 256)
+    note = capsys.readouterr().out.strip().splitlines()
+    assert len(note) == 1 and "RoPE changed for continued pretraining" in note[0]
+    assert "rope_scaling_type None -> yarn" in note[0] and "max_position_embeddings 64 -> 256" in note[0]
+    with pytest.raises(ConfigError, match="--kv-channels 32 disagrees"):
+        parse_args(flags + ["--kv-channels", "32"])
+    assert "--layer-types full_attention sliding_attention" in weights.model_args_fragment(
+        {"layer_types": ["full_attention", "sliding_attention"], "kv_channels": None, "yarn_truncate": True}
+    )
+
+
+@pytest.mark.parametrize(
+    "fields,match",
+    [
+        (dict(rope_scaling_type="longrope"), "longrope .* not supported"),
+        (dict(rope_scaling_type="yarn", rope_scaling_factor=4.0), "needs --rope-original-max-position-embeddings"),
+        (dict(rope_scaling_type="dynamic", rope_original_max_position_embeddings=32), "scales from"),
+        (dict(sliding_window=8, layer_types=["sliding_attention"]), "names 1 layers"),
+        (dict(layer_types=["sliding_attention", "full_attention"]), "no --sliding-window"),
+        (dict(hidden_size=60, num_attention_heads=8), "or give --kv-channels"),
+    ],
+    ids=["longrope", "yarn-original", "dynamic-original", "layer-count", "no-window", "head-dim"],
+)  # fmt: skip
+def test_rope_and_window_fields_are_checked(fields, match):
+    base = dict(use_rotary_position_embeddings=True, max_position_embeddings=64, num_layers=2)
+    with pytest.raises(ConfigError, match=match):
+        ModelConfig(**{**base, **fields})
+    assert ModelConfig(**{**base, "hidden_size": 60, "num_attention_heads": 8, "kv_channels": 16}).head_dim == 16
