@@ -506,7 +506,7 @@ class CheckpointConfig:
     exit_interval: int = 0
     """Stop (after saving) once the iteration is a multiple of this (0 disables)."""
     exit_signal_handler: bool = False
-    """On --exit-signal every rank finishes its step, a checkpoint is saved and the job exits 0."""
+    """On --exit-signal every rank finishes its step, a checkpoint is saved and the job exits 75 (saved, requeue)."""
     exit_signal: str = "SIGTERM"
     """The signal --exit-signal-handler listens for: SIGTERM, SIGINT, SIGUSR1 or SIGUSR2."""
     exit_duration_in_mins: float | None = None
