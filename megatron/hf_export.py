@@ -76,7 +76,8 @@ def _exported_tokenizer(output_dir: str, kind: str | None):
         if os.path.isfile(join("tokenizer.json")):
             return "HFTokenizer", create_tokenizer("HFTokenizer", tokenizer_model=output_dir)
         if os.path.isfile(join("tokenizer.model")):
-            kind = kind if kind in ("GPTSentencePieceTokenizer", "SentencePieceTokenizer") else "GPTSentencePieceTokenizer"
+            if kind not in ("GPTSentencePieceTokenizer", "SentencePieceTokenizer"):
+                kind = "GPTSentencePieceTokenizer"
             return kind, create_tokenizer(kind, tokenizer_model=join("tokenizer.model"))
         if os.path.isfile(join("vocab.json")) and os.path.isfile(join("merges.txt")):
             return "GPT2BPETokenizer", create_tokenizer("GPT2BPETokenizer", vocab_file=join("vocab.json"),

@@ -45,7 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--nnodes", type=int, default=1, help="nodes (static: no elastic range)")
     p.add_argument("--node-rank", "--node_rank", type=int, default=0, help="this node's index, 0..nnodes-1")
     p.add_argument("--master-addr", "--master_addr", default="127.0.0.1", help="rank 0's host")
-    p.add_argument("--master-port", "--master_port", type=int, help="rank 0's port (default 29500; a free one with --standalone)")
+    p.add_argument("--master-port", "--master_port", type=int,
+                   help="rank 0's port (default 29500; a free one with --standalone)")
     p.add_argument("--standalone", action="store_true", help="one node, a free port")
     p.add_argument("script", help="the training script, e.g. pretrain_gpt.py")
     p.add_argument("script_args", nargs=argparse.REMAINDER, help="its arguments")
@@ -139,7 +140,8 @@ def run(args) -> int:
     args.master_port = args.master_port or 29500
     if not 0 <= args.node_rank < args.nnodes or args.nproc_per_node < 1:
         print(f"megatron.launch: error: --node-rank {args.node_rank} of --nnodes {args.nnodes} with --nproc-per-node "
-              f"{args.nproc_per_node}; give 0 <= node rank < nodes and at least one process", file=sys.stderr)  # fmt: skip
+              f"{args.nproc_per_node}; give 0 <= node rank < nodes and at least one process",
+              file=sys.stderr)  # fmt: skip
         return 2
     cmd = [sys.executable, "-u", args.script, *args.script_args]
     ranks = _Ranks({})

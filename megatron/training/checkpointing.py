@@ -229,7 +229,10 @@ def _first_damaged(ckpt_dir: str, files: dict, latest: str) -> str | None:
     if not problems:
         return None
     name, problem = problems[0]
-    return f"checkpoint {ckpt_dir} is damaged: {name} {problem}; restore it, or point {latest} at an earlier iter_* directory"
+    return (
+        f"checkpoint {ckpt_dir} is damaged: {name} {problem}; restore it, or point {latest} at an earlier iter_* "
+        "directory"
+    )
 
 
 def _convert_to_universal(ckpt_dir: str) -> str:
