@@ -192,6 +192,39 @@ def _missing_dirs(folder: str) -> list:
     return missing[::-1]
 
 
+def _write_chunks(results, writers: dict, stats, progress, should_stop, skip_malformed: bool) -> None:
+    """Append each tokenized chunk to its key's writer, in input order, counting into ``stats``."""
+    for out, errors, empty, nbytes in results:
+        if should_stop is not None and should_stop():
+            raise KeyboardInterrupt
+        if errors and not skip_malformed:
+            raise PreprocessError(f"{errors[0]}; fix the input or pass --skip-malformed")
+        stats.skipped_malformed += len(errors)
+        stats.skipped_empty += empty
+        stats.bytes += nbytes
+        for k, (flat, lens) in out.items():
+            writers[k].add_documents(flat, lens)
+            stats.tokens += int(flat.size)
+        stats.documents += len(next(iter(out.values()))[1])
+        progress.update(stats.documents, stats.bytes)
+
+
+def _abort(writers: dict, new_dirs: list, executor, interrupted: bool) -> None:
+    """A failed or interrupted run leaves nothing: partial outputs and the folders it created go."""
+    for w in writers.values():
+        w.abort()
+    for d in reversed(new_dirs):  # only the folders this run created, and only if empty
+        try:
+            os.rmdir(d)
+        except OSError:
+            break
+    if executor is not None:  # queued chunks are dropped; workers finish at most their current one
+        if interrupted:  # do not wait for them
+            for proc in list(getattr(executor, "_processes", {}).values()):
+                proc.kill()
+        executor.shutdown(wait=False, cancel_futures=True)
+
+
 def preprocess(
     input: str,
     output_prefix: str,
@@ -240,19 +273,7 @@ def preprocess(
         else:
             _init_worker(*initargs)
             results = map(_encode_chunk, chunks)
-        for out, errors, empty, nbytes in results:
-            if should_stop is not None and should_stop():
-                raise KeyboardInterrupt
-            if errors and not skip_malformed:
-                raise PreprocessError(f"{errors[0]}; fix the input or pass --skip-malformed")
-            stats.skipped_malformed += len(errors)
-            stats.skipped_empty += empty
-            stats.bytes += nbytes
-            for k, (flat, lens) in out.items():
-                writers[k].add_documents(flat, lens)
-                stats.tokens += int(flat.size)
-            stats.documents += len(next(iter(out.values()))[1])
-            progress.update(stats.documents, stats.bytes)
+        _write_chunks(results, writers, stats, progress, should_stop, skip_malformed)
         if should_stop is not None and should_stop():
             raise KeyboardInterrupt
         if stats.documents == 0:
@@ -264,18 +285,7 @@ def preprocess(
             w.finalize()
             write_info(w.prefix, tok, json_key=k, append_eod=append_eod, dtype=np_dtype.name)
     except BaseException as e:
-        for w in writers.values():
-            w.abort()
-        for d in reversed(new_dirs):  # only the folders this run created, and only if empty
-            try:
-                os.rmdir(d)
-            except OSError:
-                break
-        if executor is not None:  # queued chunks are dropped; workers finish at most their current one
-            if isinstance(e, (KeyboardInterrupt, SystemExit)):  # interrupted: do not wait for them
-                for proc in list(getattr(executor, "_processes", {}).values()):
-                    proc.kill()
-            executor.shutdown(wait=False, cancel_futures=True)
+        _abort(writers, new_dirs, executor, interrupted=isinstance(e, (KeyboardInterrupt, SystemExit)))
         raise
     if executor is not None:
         executor.shutdown()

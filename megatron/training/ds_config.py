@@ -66,18 +66,9 @@ def _reject_optimizer_and_scheduler(user: dict) -> None:
         )
 
 
-def build_deepspeed_config(cfg: Config, world_size: int) -> dict:
-    t, p = cfg.train, cfg.parallel
-    gas = cfg.grad_accumulation_steps(world_size)
-    ours = {
-        "train_batch_size": t.global_batch_size,
-        "train_micro_batch_size_per_gpu": t.micro_batch_size,
-        "gradient_accumulation_steps": gas,
-        "gradient_clipping": t.clip_grad,
-        "bf16": {"enabled": t.bf16},
-        "fp16": {"enabled": t.fp16, "initial_scale_power": 16, "loss_scale_window": 1000, "hysteresis": 2},
-    }
-    user = _load_user_config(p.deepspeed_config) if p.deepspeed_config else {}
+def _check_top_level(user: dict, ours: dict, cfg: Config) -> None:
+    """Batch sizes, clipping and precision in the file must agree with the flags; no optimizer or scheduler."""
+    t = cfg.train
     for key in ("train_batch_size", "train_micro_batch_size_per_gpu", "gradient_accumulation_steps"):
         if key in user and user[key] not in ("auto", ours[key]):
             raise ConfigError(
@@ -95,6 +86,10 @@ def build_deepspeed_config(cfg: Config, world_size: int) -> dict:
         if enabled not in ("auto", ours[prec]["enabled"]):
             raise ConfigError(f"--deepspeed_config enables {prec}={enabled} but --{prec} says otherwise; make them agree")
 
+
+def _zero_section(user: dict, cfg: Config) -> dict:
+    """The file's zero_optimization with the stage, our long-sequence defaults, the bucket size and offload."""
+    p = cfg.parallel
     zero = dict(user.get("zero_optimization", {}))
     if "stage" in zero and zero["stage"] != p.zero_stage:
         raise ConfigError(
@@ -147,7 +142,23 @@ def build_deepspeed_config(cfg: Config, world_size: int) -> dict:
             zero[key]["pin_memory"] = zero[key]["pin_memory"] and pin
         if not pin:  # CPU-only: torch's AdamW steps the states (see megatron.training.memory.build_optimizer)
             user.setdefault("zero_force_ds_cpu_optimizer", False)
+    return zero
 
+
+def build_deepspeed_config(cfg: Config, world_size: int) -> dict:
+    t, p = cfg.train, cfg.parallel
+    gas = cfg.grad_accumulation_steps(world_size)
+    ours = {
+        "train_batch_size": t.global_batch_size,
+        "train_micro_batch_size_per_gpu": t.micro_batch_size,
+        "gradient_accumulation_steps": gas,
+        "gradient_clipping": t.clip_grad,
+        "bf16": {"enabled": t.bf16},
+        "fp16": {"enabled": t.fp16, "initial_scale_power": 16, "loss_scale_window": 1000, "hysteresis": 2},
+    }
+    user = _load_user_config(p.deepspeed_config) if p.deepspeed_config else {}
+    _check_top_level(user, ours, cfg)
+    zero = _zero_section(user, cfg)
     ds = {**user, **ours, "zero_optimization": zero}
     # fp16's loss-scaling keys have no flags: the file's win over our defaults; the switches are the flags'
     ds["fp16"] = {**(ours["fp16"] if t.fp16 else {}), **user.get("fp16", {}), "enabled": t.fp16}
