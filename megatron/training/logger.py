@@ -26,8 +26,9 @@ def print_rank0(*args) -> None:
 
 
 def print_run(cfg: Config, world: int, dp: int, gas: int, device: torch.device) -> None:
-    """The run's shape in one line, and a note when packed documents meet a dense-mask backend."""
-    from megatron.model.attention import document_mask_note
+    """The run's shape in one line, and a note when packed documents or a sliding window meet a
+    dense-mask backend."""
+    from megatron.model.attention import document_mask_note, window_mask_note
 
     t = cfg.train
     print_rank0(
@@ -36,10 +37,13 @@ def print_run(cfg: Config, world: int, dp: int, gas: int, device: torch.device) 
         f"x DP {dp} = global batch {t.global_batch_size} | ZeRO-{cfg.parallel.zero_stage} | {t.dtype_name} | "
         f"device {device}"
     )
+    m, backend = cfg.model, cfg.attention.backend
     if cfg.data.reset_attention_mask:
-        note = document_mask_note(cfg.attention.backend, cfg.model.seq_length, t.micro_batch_size)
-        if note:
-            print_rank0(f"> note: {note}")
+        note = document_mask_note(backend, m.seq_length, t.micro_batch_size, window=m.sliding_window)
+    else:
+        note = window_mask_note(backend, m.seq_length, m.sliding_window)
+    if note:
+        print_rank0(f"> note: {note}")
 
 
 class TrainingLog:

@@ -37,3 +37,12 @@ def test_trainer_prints_the_note_once(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     notes = [line for line in proc.stdout.splitlines() if line.startswith("> note: --reset-attention-mask")]
     assert len(notes) == 1 and "--use-flash-attn-triton" in notes[0], proc.stdout[-3000:]
+
+
+def test_trainer_prints_the_window_note_once(tmp_path):
+    args = TINY_LLAMA + TRAIN + ["--train-iters", "1", "--zero-stage", "1", "--attention-backend", "sdpa",
+                                 "--sliding-window", "8"]  # fmt: skip
+    proc = torchrun(1, args, tmp_path / "m.jsonl")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    notes = [line for line in proc.stdout.splitlines() if line.startswith("> note: a sliding window of 8")]
+    assert len(notes) == 1 and "--use-flash-attn-triton" in notes[0], proc.stdout[-3000:]
