@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # GPT-30B (64 layers, hidden 6144, 64 heads), ZeRO-3, bf16, sequence length from SEQ_LEN.
-# SP defaults follow the seeds' table (8k: 2, 16k: 4, 32k and longer: 8 on one 8-GPU node).
+# SP defaults follow Megatron-DeepSpeed's published GPT-30B table (8k: 2, 16k: 4, 32k and longer: 8 on one 8-GPU node).
 # Variables and their defaults: see launch_common.sh. Example: SEQ_LEN=65536 bash $0
 NAME=gpt_30B_seq_parallel_${SEQ_LEN:-8192}
 SEQ_LEN=${SEQ_LEN:-8192}
