@@ -30,6 +30,7 @@ import torch.distributed as dist
 
 from megatron.config import ConfigError
 from megatron.training.faults import NO_FAULTS, FaultInjector
+from megatron.training.weights import MODEL_ARGS_JSON
 
 LATEST = "latest"
 MANIFEST = "manifest.json"
@@ -170,12 +171,16 @@ def _rank0_verdict(check) -> str | None:
 
 def save_checkpoint(
     engine, save_dir: str, iteration: int, client_state: dict, layout: Layout, keep_last_n: int = 0,
-    faults: FaultInjector = NO_FAULTS,
+    faults: FaultInjector = NO_FAULTS, model_args: dict | None = None,
 ) -> str:  # fmt: skip
     """Collective: every rank writes its shards; rank 0 verifies them all, writes the manifest,
     points ``latest`` at them and, with ``keep_last_n`` > 0, deletes older ``iter_*``
     checkpoints beyond the newest N. Raises CheckpointError (``latest`` untouched) if a shard
-    is missing or unreadable. ``faults`` may kill a rank or damage a shard before the check."""
+    is missing or unreadable. ``faults`` may kill a rank or damage a shard before the check.
+
+    ``model_args`` (the shape fields, ``megatron.training.weights.model_args_from_config``) is written
+    to ``save_dir/model_args.json`` before ``latest`` moves, so ``--load save_dir`` resumes with the
+    shape and RoPE the run trained with (a context-extended run needs no RoPE flags again)."""
     tag = _tag(iteration)
     rank = dist.get_rank()
     engine.save_checkpoint(save_dir, tag=tag, client_state=dict(client_state, iteration=iteration), save_latest=False)
@@ -191,6 +196,8 @@ def save_checkpoint(
         if problem is None:
             manifest = {"iteration": iteration, "layout": asdict(layout), "files": files}
             _atomic_write_text(os.path.join(ckpt_dir, MANIFEST), json.dumps(manifest, indent=1))
+            if model_args is not None:
+                _atomic_write_text(os.path.join(save_dir, MODEL_ARGS_JSON), json.dumps(model_args, indent=2))
             _atomic_write_text(os.path.join(save_dir, LATEST), tag)
             if keep_last_n > 0:
                 _prune(save_dir, keep_last_n, keep=tag)

@@ -25,6 +25,7 @@ from megatron.training.faults import NO_FAULTS, FaultInjector
 from megatron.training.logger import TrainingLog, print_rank0, print_run
 from megatron.training.lr_schedule import schedule_change
 from megatron.training.step import SkippedSteps, TrainingStopped, TrainStep
+from megatron.training.weights import model_args_from_config
 
 __all__ = ["Trainer", "TrainingStopped", "initialize_distributed"]
 
@@ -125,6 +126,7 @@ class Trainer:
             self.layout,
             keep_last_n=self.cfg.checkpoint.keep_last_n_checkpoints,
             faults=self.faults,
+            model_args=model_args_from_config(self.cfg.model),
         )
         print_rank0(f"> saved checkpoint {path}")
 

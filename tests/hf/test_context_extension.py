@@ -112,3 +112,23 @@ def test_exported_model_computes_the_trained_model_in_transformers(extended):
     )
     with torch.no_grad():
         torch.testing.assert_close(ours(tokens), hf_model(tokens).logits, rtol=0, atol=1e-5)
+
+
+def test_resume_without_rope_flags_keeps_the_extended_rope(extended):
+    """The --save directory carries model_args.json with the run's RoPE: resuming it (here on one rank, SP=1)
+    needs no RoPE flags, and the checkpoint it saves still exports yarn."""
+    tmp, _, _ = extended
+    shutil.copytree(tmp / "l3", tmp / "l3_resumed")
+    saved = json.loads((tmp / "l3_resumed" / "model_args.json").read_text())
+    assert (saved["rope_scaling_type"], saved["max_position_embeddings"]) == ("yarn", SEQ)
+    resume = list(RUN)
+    sp = resume.index("--ds-sequence-parallel-size")
+    del resume[sp : sp + 2]
+    resume[resume.index("--train-iters") + 1] = "3"
+    proc = torchrun(1, ["--load", str(tmp / "l3_resumed"), "--save", str(tmp / "l3_resumed"), *resume])
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "RoPE changed" not in proc.stdout
+    assert (tmp / "l3_resumed" / "latest").read_text().strip().endswith("3")
+    assert convert(["megatron-to-hf", "--input", str(tmp / "l3_resumed"), "--output", str(tmp / "resumed_hf")]) == 0
+    config = json.loads((tmp / "resumed_hf" / "config.json").read_text())
+    assert config["rope_parameters"] == YARN_PARAMETERS
