@@ -8,7 +8,7 @@ sequence. Shapes: b micro batch, S full sequence, s = S / SP this rank's slice.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -21,8 +21,9 @@ from megatron.training import metrics
 @dataclass
 class Batch:
     """This rank's slice of one micro batch. ``document_ids`` covers the full sequence;
-    ``square_sum`` is its documents' squared lengths summed (b x S² without documents), for the
-    model FLOPs."""
+    ``square_sum`` is its documents' squared lengths summed (b x S² without documents) and
+    ``window_pairs`` {window: pairs attended} for the model's sliding windows with packed documents
+    (empty without documents), for the model FLOPs (``metrics.model_flops``)."""
 
     input_ids: torch.Tensor
     labels: torch.Tensor
@@ -30,6 +31,7 @@ class Batch:
     position_ids: torch.Tensor
     document_ids: torch.Tensor | None
     square_sum: int
+    window_pairs: dict = field(default_factory=dict)
 
 
 def check_token_ids(tokens: torch.Tensor, indices: list, model: ModelConfig) -> None:
@@ -96,4 +98,5 @@ class BatchBuilder:
             to(position_ids[:, sl].contiguous()),
             None if document_ids is None else to(document_ids),
             metrics.document_square_sum(document_ids) if document_ids is not None else input_ids.numel() * S,
+            metrics.window_pairs_of_documents(self.cfg.model, document_ids) if document_ids is not None else {},
         )

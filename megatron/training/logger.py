@@ -78,7 +78,7 @@ class TrainingLog:
             self._file = None
 
     def add(self, step: dict) -> None:
-        """One step's result: lm_loss, grad_norm, lr, skipped and square_sum (this DP rank's)."""
+        """One step's result: lm_loss, grad_norm, lr, skipped, square_sum and window_pairs (this DP rank's)."""
         self._window.append(step)
 
     def skipped_step(self, iteration: int, in_a_row: int, total: int) -> None:
@@ -98,7 +98,8 @@ class TrainingLog:
             cfg.model, t.global_batch_size, cfg.model.seq_length, cfg.memory.checkpoint_activations,
             cfg.memory.checkpoint_keep_attention,
         )  # fmt: skip
-        flops_model = metrics.model_flops(cfg.model, tokens, self._square_sum(window))
+        square_sum, window_pairs = self._attention_pairs(window)
+        flops_model = metrics.model_flops(cfg.model, tokens, square_sum, window_pairs)
         rec = {
             "iteration": iteration,
             "lm_loss": sum(w["lm_loss"] for w in window) / len(window),
@@ -146,13 +147,17 @@ class TrainingLog:
             self._file.write(json.dumps(rec) + "\n")
             self._file.flush()
 
-    def _square_sum(self, window: list) -> float:
-        """Documents' squared lengths per iteration over the global batch (gbs x S² without documents).
-        With documents they differ across data-parallel ranks and are summed over them; the SP
-        ranks of a group hold the same sequences."""
-        local = sum(w["square_sum"] for w in window) / len(window)
+    def _attention_pairs(self, window: list) -> tuple:
+        """(documents' squared lengths, {sliding window: pairs attended} or None) per iteration over the global
+        batch (gbs x S² and no window pairs without documents). With documents they differ across data-parallel
+        ranks and are summed over them; the SP ranks of a group hold the same sequences."""
+        windows = sorted(window[0].get("window_pairs") or {})
+        local = [sum(w["square_sum"] for w in window) / len(window)]
+        local += [sum(w["window_pairs"][x] for w in window) / len(window) for x in windows]
         if not self.cfg.data.reset_attention_mask or self.dp == 1:
-            return local * self.dp
-        total = torch.tensor(local, dtype=torch.float64, device=self.device)
-        dist.all_reduce(total, group=ps.get_data_parallel_group())
-        return total.item()
+            totals = [v * self.dp for v in local]
+        else:
+            t = torch.tensor(local, dtype=torch.float64, device=self.device)
+            dist.all_reduce(t, group=ps.get_data_parallel_group())
+            totals = t.tolist()
+        return totals[0], (dict(zip(windows, totals[1:])) or None)

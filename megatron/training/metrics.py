@@ -121,17 +121,30 @@ def attended_pairs_of_documents(document_ids_bs: torch.Tensor, window: int | Non
     return int(_pairs_per_document(lengths, window).sum())
 
 
-def model_flops(cfg: ModelConfig, tokens: int, square_sum: int) -> float:
+def windows_shorter_than_sequence(cfg: ModelConfig) -> list:
+    """The distinct sliding windows of ``cfg``'s layers that are shorter than ``cfg.seq_length``, sorted."""
+    return sorted(set(_windowed(cfg, cfg.seq_length)))
+
+
+def window_pairs_of_documents(cfg: ModelConfig, document_ids_bs: torch.Tensor) -> dict:
+    """{window: attended pairs of the packed batch under it} for each of ``windows_shorter_than_sequence``."""
+    return {w: attended_pairs_of_documents(document_ids_bs, w) for w in windows_shorter_than_sequence(cfg)}
+
+
+def model_flops(cfg: ModelConfig, tokens: int, square_sum: int, window_pairs: dict | None = None) -> float:
     """Forward+backward model FLOPs of ``tokens`` tokens (sequences of ``cfg.seq_length``) whose documents'
     squared lengths sum to ``square_sum``; with one document per sequence of length S this is
     ``model_flops_per_token(cfg, S) * tokens``. A layer with a sliding window counts the pairs the sequences
-    attend under it: exact with one document per sequence; with packed documents the smaller of two upper
-    bounds, the window's pairs over whole sequences and the documents' causal pairs."""
+    attend under it: ``window_pairs[w]`` when given (``window_pairs_of_documents``: exact with packed
+    documents), else the pairs of whole sequences, capped by the documents' causal pairs."""
     width, S = cfg.num_attention_heads * cfg.head_dim, cfg.seq_length
     windowed = _windowed(cfg, S)
     attention = 6 * (cfg.num_layers - len(windowed)) * width * square_sum
     for w in windowed:
-        attention += 12 * width * min(tokens / S * attended_pairs(S, w), (square_sum + tokens) / 2)
+        if window_pairs is not None and w in window_pairs:
+            attention += 12 * width * window_pairs[w]
+        else:
+            attention += 12 * width * min(tokens / S * attended_pairs(S, w), (square_sum + tokens) / 2)
     return model_flops_per_token(cfg, 0) * tokens + attention
 
 

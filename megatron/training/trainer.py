@@ -76,6 +76,7 @@ class Trainer:
                 batches = self.batches.of_step(self.train_ds, self.consumed_samples // t.global_batch_size, self.gas)
                 out = self.step(batches, self.iteration)
                 out["square_sum"] = sum(b.square_sum for b in batches)  # this DP rank's, for the model FLOPs
+                out["window_pairs"] = {w: sum(b.window_pairs[w] for b in batches) for w in batches[0].window_pairs}
                 self.iteration += 1
                 self.consumed_samples += t.global_batch_size
                 self.skips.count(out["skipped"])

@@ -41,6 +41,33 @@ def test_mock_documents_flops_match_a_hand_count(tmp_path):
         assert _logged_flops(rec, 1) == pytest.approx(expected, rel=1e-9), it
 
 
+def _window_pairs(tokens, eod, window):
+    """(query, key) pairs one input sequence attends under a sliding window within its documents, by hand."""
+    total, pos = 0, 0
+    for t in tokens:
+        total += min(pos + 1, window)
+        pos = 0 if t == eod else pos + 1
+    return total
+
+
+def test_mock_documents_with_a_sliding_window_count_the_pairs_attended(tmp_path):
+    """A window shorter than the documents: each layer's attention FLOPs are 12 x heads x head dim per pair that
+    the window leaves inside a document, counted exactly (not bounded by the whole sequences' pairs)."""
+    args = TINY_LLAMA + TRAIN + ["--train-iters", "2", "--zero-stage", "1", "--mock-document-length", "12",
+                                 "--reset-attention-mask", "--sliding-window", "5"]  # fmt: skip
+    cfg = parse_args(args)
+    seq, gbs, eod = cfg.model.seq_length, cfg.train.global_batch_size, cfg.model.vocab_size - 1
+    ds = MockGPTDataset(seq, cfg.model.vocab_size, cfg.train.seed, document_length=12)
+    records = train_records(tmp_path, "window", 1, args)
+    width = cfg.model.num_attention_heads * cfg.model.head_dim
+    assert len(records) == 2
+    for it, rec in enumerate(records):
+        pairs = sum(_window_pairs(ds[j]["tokens"][:-1].tolist(), eod, 5) for j in range(it * gbs, (it + 1) * gbs))
+        assert pairs < gbs * metrics.attended_pairs(seq, 5)  # the documents cut pairs off the window
+        expected = metrics.model_flops_per_token(cfg.model, 0) * gbs * seq + cfg.model.num_layers * 12 * width * pairs
+        assert _logged_flops(rec, 1) == pytest.approx(expected, rel=1e-9), it
+
+
 def test_corpus_documents_flops_agree_between_one_and_two_data_parallel_ranks(tmp_path):
     """Documents of varied lengths: each data-parallel rank holds different ones, so the global figure
     needs every rank's count; one rank and two ranks train on the same global batches."""
