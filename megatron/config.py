@@ -323,8 +323,14 @@ class ParallelConfig:
     """nccl or gloo; default nccl on GPUs and gloo on CPUs."""
     distributed_timeout_minutes: float = 10.0
     """A collective waiting longer than this (e.g. for a dead rank) fails instead of hanging."""
+    deepcompile: bool = False
+    """Compile the model with DeepSpeed's compiler (DeepCompile: torch.compile with DeepSpeed's ZeRO-1 or ZeRO-3
+    graph passes, ``compile.deepcompile`` in the DeepSpeed JSON); CUDA GPUs only."""
 
     def __post_init__(self):
+        if self.deepcompile and self.zero_stage not in (1, 3):
+            raise ConfigError(f"--deepcompile has ZeRO-1 and ZeRO-3 passes (got --zero-stage {self.zero_stage}); "
+                              "use --zero-stage 1 or 3, or drop --deepcompile")
         if self.zero_stage not in (0, 1, 2, 3):
             raise ConfigError(f"--zero-stage {self.zero_stage} is not a ZeRO stage; use 0, 1, 2 or 3")
         if self.sequence_parallel_size < 1:

@@ -172,6 +172,12 @@ def build_deepspeed_config(cfg: Config, world_size: int) -> dict:
                 f"{sp_dtype}; keep one of them"
             )
         ds["seq_parallel_communication_data_type"] = sp_dtype
+    user_compile = user.get("compile", {}).get("deepcompile", p.deepcompile)
+    if user_compile != p.deepcompile:
+        raise ConfigError(f"--deepspeed_config has compile.deepcompile={user_compile} but --deepcompile is "
+                          f"{'on' if p.deepcompile else 'off'}; {'pass' if user_compile else 'drop'} --deepcompile")
+    if p.deepcompile:
+        ds["compile"] = {**user.get("compile", {}), "deepcompile": True}
     ds.setdefault("steps_per_print", 10**9)
     ds.setdefault("wall_clock_breakdown", False)
     return ds

@@ -22,7 +22,7 @@ import torch
 import torch.distributed as dist
 
 from megatron import parallel_state as ps
-from megatron.config import Config
+from megatron.config import Config, ConfigError
 from megatron.training.checkpointing import Layout, Resume, load_checkpoint, prepare_resume
 from megatron.training.ds_config import build_deepspeed_config
 from megatron.training.jit_ops import skip_cpu_comm_build
@@ -157,6 +157,8 @@ def build_engine(cfg: Config, device: torch.device) -> EngineSetup:
     from megatron.training.weights import load_weights, starts_from_weights
 
     world = dist.get_world_size()
+    if cfg.parallel.deepcompile and device.type != "cuda":
+        raise ConfigError("--deepcompile compiles for CUDA GPUs and this run has none; drop --deepcompile")
     ds_config = build_deepspeed_config(cfg, world)
     layout = Layout(world, cfg.parallel.sequence_parallel_size, cfg.parallel.zero_stage)
     start_from_weights = starts_from_weights(cfg.checkpoint.load)  # converted HF weights: iteration 0, fresh optimizer
@@ -172,6 +174,9 @@ def build_engine(cfg: Config, device: torch.device) -> EngineSetup:
         print_rank0(f"> loaded model weights from {cfg.checkpoint.load} (iteration 0, fresh optimizer)")
     optimizer = build_optimizer(cfg, model, device)
     engine, optimizer, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_config, mpu=ps)
+    if cfg.parallel.deepcompile:
+        engine.compile()  # DeepCompile: the first steps trace and compile the model
+        print_rank0(f"> DeepCompile on (ZeRO-{cfg.parallel.zero_stage} passes); the first steps compile")
     return EngineSetup(engine, optimizer, ds_config, layout, resume)
 
 

@@ -26,6 +26,7 @@ CASES = {
     "warmup_longer_than_run": (1, BASE + ["--lr-warmup-iters", "5"], "--lr-warmup-iters 5 is outside the run (--train-iters 1)"),
     "missing_value": (1, BASE + ["--lr"], "argument --lr: expected one argument"),
     "save_is_a_file": (1, BASE + ["--save", __file__], f"--save {__file__} is a file, not a directory"),
+    "deepcompile_on_cpu": (1, BASE + ["--deepcompile"], "--deepcompile compiles for CUDA GPUs and this run has none"),
     "save_unwritable": (1, BASE + ["--save", __file__ + "/ckpt"], f"--save {__file__}/ckpt is not writable"),
 }  # fmt: skip
 
