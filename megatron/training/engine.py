@@ -25,7 +25,7 @@ from megatron import parallel_state as ps
 from megatron.config import Config, ConfigError
 from megatron.training.checkpointing import Layout, Resume, load_checkpoint, prepare_resume
 from megatron.training.ds_config import build_deepspeed_config
-from megatron.training.jit_ops import skip_cpu_comm_build
+from megatron.training.jit_ops import numeric_arch_list, skip_cpu_comm_build
 from megatron.training.logger import print_rank0
 
 # DeepSpeed's ZeRO still calls the deprecated all_gather_into_tensor and reduce_scatter_tensor (twice a
@@ -175,6 +175,7 @@ def build_engine(cfg: Config, device: torch.device) -> EngineSetup:
     optimizer = build_optimizer(cfg, model, device)
     engine, optimizer, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_config, mpu=ps)
     if cfg.parallel.deepcompile:
+        numeric_arch_list(say=print_rank0)  # DeepCompile JIT-builds its ops
         engine.compile()  # DeepCompile: the first steps trace and compile the model
         print_rank0(f"> DeepCompile on (ZeRO-{cfg.parallel.zero_stage} passes); the first steps compile")
     return EngineSetup(engine, optimizer, ds_config, layout, resume)

@@ -7,6 +7,8 @@ every later process that wants the op waits on it forever, printing nothing. So:
 shared-memory all-reduce (``deepspeed_shm_comm``, which only DeepSpeed's inference all-reduce
 uses) is not built at all; an op that is built (``cpu_adam`` for ``--offload-optimizer`` on GPUs)
 is announced before the wait, and a lock older than any build is named as the problem.
+DeepSpeed's builder reads ``TORCH_CUDA_ARCH_LIST`` as plain numbers, so an arch-specific entry
+(``9.0a``) is given to it as ``9.0`` (``numeric_arch_list``).
 """
 
 from __future__ import annotations
@@ -57,3 +59,23 @@ def before_jit_build(name: str, say=print) -> None:
         say(f"> waiting for another process to finish building DeepSpeed's {name} op ({lock}; if none is, delete it)")
     elif not any(f.endswith(".so") for f in os.listdir(folder)):
         say(f"> building DeepSpeed's {name} op on first use (about a minute) in {folder}")
+
+
+def numeric_arch_list(environ=os.environ, say=print) -> str | None:
+    """Make ``TORCH_CUDA_ARCH_LIST`` readable by DeepSpeed's op builder, which parses each entry as numbers and stops
+    every JIT build (DeepCompile's ops, cpu_adam) on an arch-specific target such as Hopper's ``9.0a``: drop the
+    ``a``/``f`` suffixes (sm_90 code runs on the same GPUs). Returns the new value, or None when nothing changed."""
+    value = environ.get("TORCH_CUDA_ARCH_LIST")
+    if not value:
+        return None
+    entries = value.replace(";", " ").split()
+    numeric = []
+    for e in entries:  # "9.0a" -> "9.0", "9.0a+PTX" -> "9.0+PTX"
+        base, plus, tail = e.partition("+")
+        numeric.append((base.rstrip("af") if base[:1].isdigit() else base) + plus + tail)
+    if numeric == entries:
+        return None
+    new = " ".join(dict.fromkeys(numeric))
+    environ["TORCH_CUDA_ARCH_LIST"] = new
+    say(f"> TORCH_CUDA_ARCH_LIST {value!r} -> {new!r} for DeepSpeed's op builds (it reads plain compute capabilities)")
+    return new

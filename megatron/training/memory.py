@@ -198,9 +198,10 @@ def build_optimizer(param_groups: list, lr: float, betas: tuple, eps: float, dev
     without offload), and the DeepSpeed JSON allows it (zero_force_ds_cpu_optimizer false).
     """
     if offload and device.type == "cuda":
-        from megatron.training.jit_ops import before_jit_build
+        from megatron.training.jit_ops import before_jit_build, numeric_arch_list
 
         local0 = int(os.environ.get("LOCAL_RANK", "0")) == 0
+        numeric_arch_list(say=print if local0 else lambda _: None)
         before_jit_build("cpu_adam", say=print if local0 else lambda _: None)  # a stale lock: an error, not a hang
         try:
             from deepspeed.ops.adam import DeepSpeedCPUAdam

@@ -41,3 +41,15 @@ def test_stale_lock_of_a_built_op_is_named(tmp_path, monkeypatch):
     os.utime(lock, (old, old))
     with pytest.raises(ConfigError, match=f"{lock} is left from an interrupted build .* delete it"):
         jit_ops.before_jit_build("cpu_adam", say=said.append)
+
+
+def test_arch_specific_cuda_targets_are_given_to_deepspeed_as_numbers():
+    from megatron.training.jit_ops import numeric_arch_list
+
+    said = []
+    env = {"TORCH_CUDA_ARCH_LIST": "8.0;9.0a 9.0 10.0f+PTX"}
+    assert numeric_arch_list(env, said.append) == "8.0 9.0 10.0+PTX"
+    assert env["TORCH_CUDA_ARCH_LIST"] == "8.0 9.0 10.0+PTX" and len(said) == 1 and "'8.0;9.0a" in said[0]
+    for plain in ({"TORCH_CUDA_ARCH_LIST": "8.0 9.0+PTX"}, {}):
+        before = dict(plain)
+        assert numeric_arch_list(plain, said.append) is None and plain == before and len(said) == 1
