@@ -223,9 +223,9 @@ def test_deepspeed_config_keys_without_flags_are_kept(tmp_path):
 
 
 def test_deepcompile_sets_the_json_and_agrees_with_a_users_file(tmp_path):
-    cfg = parse_args("--mock-data --micro-batch-size 1 --global-batch-size 2 --zero-stage 3 --deepcompile".split())
+    cfg = parse_args("--mock-data --micro-batch-size 1 --global-batch-size 2 --deepcompile".split())
     assert build_deepspeed_config(cfg.resolve(2), 2)["compile"] == {"deepcompile": True}
-    plain = parse_args("--mock-data --micro-batch-size 1 --global-batch-size 2 --zero-stage 3".split()).resolve(2)
+    plain = parse_args("--mock-data --micro-batch-size 1 --global-batch-size 2".split()).resolve(2)
     assert "compile" not in build_deepspeed_config(plain, 2)
     user = tmp_path / "ds.json"
     user.write_text('{"compile": {"deepcompile": true, "free_activation": true}}')
@@ -233,5 +233,8 @@ def test_deepcompile_sets_the_json_and_agrees_with_a_users_file(tmp_path):
         "deepcompile": True, "free_activation": True}  # fmt: skip
     with pytest.raises(ConfigError, match="compile.deepcompile=True but --deepcompile is off; pass --deepcompile"):
         build_deepspeed_config(plain.replace(parallel={"deepspeed_config": str(user)}), 2)
-    with pytest.raises(ConfigError, match="--deepcompile has ZeRO-1 and ZeRO-3 passes"):
-        parse_args("--mock-data --zero-stage 2 --deepcompile".split())
+    for stage in ("0", "2", "3"):
+        with pytest.raises(ConfigError, match=f"--deepcompile runs with ZeRO-1 only \\(got --zero-stage {stage};"):
+            parse_args(f"--mock-data --zero-stage {stage} --deepcompile".split())
+    with pytest.raises(ConfigError, match="--deepcompile does not trace the tiled loss's backward"):
+        parse_args("--mock-data --ds-sequence-parallel-size 2 --deepcompile".split())  # SP > 1: tiled loss by default
