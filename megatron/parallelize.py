@@ -7,7 +7,7 @@ checkpoints and Hugging Face conversion see the same state dict):
   apply_ulysses(model, group, exchange, chunks)   wrap each core attention in a Ulysses exchange
   apply_tiled_mlp(model, shards)                  MLPs over sequence shards, recomputed in backward
   apply_tiled_loss(model, chunk, use_liger)       output layer + loss over token chunks
-  apply_checkpointing(model, policy, in_cpu)      recompute layers: "full" or "keep_attention"
+  apply_checkpointing(model, policy, in_cpu)      recompute layers: a CHECKPOINT_POLICIES name, or one per layer
   apply_zero3_leaf(model)                         ZeRO-3 gathers each layer's parameters at once
 
 ``parallelize(model, cfg, sp_group)`` applies what a Config asks for, in that order.
@@ -27,7 +27,7 @@ from megatron.model.attention import ParallelAttention, log_once
 from megatron.model.gpt import GPTModel, TransformerLayer
 from megatron.model.tiled import tiled_cross_entropy, tiled_mlp
 
-CHECKPOINT_POLICIES = ("none", "full", "keep_attention")
+CHECKPOINT_POLICIES = ("none", "attention_output", "keep_attention", "full")
 
 
 def _layers(model: nn.Module) -> list:
@@ -88,27 +88,37 @@ def apply_tiled_mlp(model: nn.Module, shards: int | None = None) -> None:
 
 
 class _TiledLoss:
-    def __init__(self, chunk: int | None, use_liger: bool):
-        self.chunk, self.use_liger = chunk, use_liger
+    def __init__(self, chunk: int | None, use_liger: bool, softcap: float | None = None):
+        self.chunk, self.use_liger, self.softcap = chunk, use_liger, softcap
 
     def __call__(self, h_bsH, weight_VH, labels_bs):
-        return tiled_cross_entropy(h_bsH, weight_VH, labels_bs, self.chunk, self.use_liger)
+        return tiled_cross_entropy(h_bsH, weight_VH, labels_bs, self.chunk, self.use_liger, softcap=self.softcap)
 
 
 def apply_tiled_loss(model: GPTModel, chunk: int | None = None, use_liger: bool = False) -> None:
-    """The output layer + cross-entropy over ``chunk`` tokens at a time (no full fp32 logits)."""
+    """The output layer + cross-entropy over ``chunk`` tokens at a time (no full fp32 logits), with the
+    model's final-logit soft-cap (``--final-logit-softcap``), which liger's fused loss lacks."""
+    softcap = model.cfg.final_logit_softcap
+    if use_liger and softcap is not None:
+        raise ConfigError(f"--use-liger-kernel's fused loss has no final-logit soft-cap (--final-logit-softcap "
+                          f"{softcap}); drop --use-liger-kernel (the tiled loss applies the cap)")  # fmt: skip
     if use_liger and importlib.util.find_spec("liger_kernel") is None:
         raise ConfigError("--use-liger-kernel needs liger-kernel: pip install liger-kernel (or drop the flag)")
-    model.loss_fn = _TiledLoss(chunk, use_liger)
+    model.loss_fn = _TiledLoss(chunk, use_liger, softcap)
 
 
 # ----------------------------------------------------------------------------- recomputation
 class _FullCheckpoint:
     """``GPTModel.run_layer``: each layer recomputed in backward (torch's non-reentrant checkpoint of
-    the layer module, so ZeRO-3's hooks gather its parameters for the recompute too)."""
+    the layer module, so ZeRO-3's hooks gather its parameters for the recompute too). ``layers``: the ids of
+    the layers it recomputes (None: all; the others run as they are)."""
+
+    def __init__(self, layers: set | None = None):
+        self.layers = layers
 
     def __call__(self, layer, x_bsH, position_ids_bs, document_ids_bS=None):
-        if not (layer.training and torch.is_grad_enabled()):
+        chosen = self.layers is None or id(layer) in self.layers
+        if not (chosen and layer.training and torch.is_grad_enabled()):
             return layer(x_bsH, position_ids_bs, document_ids_bS)
         return checkpoint(layer, x_bsH, position_ids_bs, document_ids_bS, use_reentrant=False)
 
@@ -130,12 +140,120 @@ class _KeepAttention:
         return checkpoint(layer.after_attention, out_bshd, x_bsH, use_reentrant=False)
 
 
+LSE_REFUSAL = ("attention-output checkpointing needs a backend that returns its log-sum-exp (--attention-backend "
+               "{name} does not); use --attention-backend flash_triton or classic")  # fmt: skip
+
+
+def _core_and_group(attention: ParallelAttention):
+    """The backend of ``attention`` and, under SP, the Ulysses group of the exchange around it (else None)."""
+    core = attention.core_attention
+    if hasattr(core, "local_attention") and hasattr(core, "group"):
+        return core.local_attention, core.group
+    return core, None
+
+
+def _check_lse_backend(layer: TransformerLayer) -> None:
+    core, _ = _core_and_group(layer.attention)
+    if not getattr(core, "returns_lse", False):
+        raise ConfigError(LSE_REFUSAL.format(name=getattr(core, "name", type(core).__name__)))
+    if getattr(core, "dropout", 0.0) > 0:
+        raise ConfigError(f"attention-output checkpointing replays no attention dropout (--attention-dropout "
+                          f"{core.dropout}); set --attention-dropout 0 or use another recomputation policy")  # fmt: skip
+
+
+def _rng_states(device):
+    return torch.get_rng_state(), (torch.cuda.get_rng_state(device) if device.type == "cuda" else None)
+
+
+class _AttentionOutputFunction(torch.autograd.Function):
+    """One decoder layer that keeps only its input, the core attention's output (in the backend's layout: under
+    SP ``[b, S, h/sp, d]``) and its log-sum-exp. Forward without autograd; backward (reentrant, like DeepSpeed's
+    activation checkpointing: modules are called again, so ZeRO-3's hooks gather their parameters) recomputes
+    output projection + residual + MLP from the kept output (under SP after one exchange of it back to the
+    local layout), then norm + QKV + RoPE (+ the Q/K/V exchange), and runs the attention's backward from the kept
+    output and log-sum-exp: the attention's forward runs once a step. Parameter gradients accumulate through
+    ``torch.autograd.backward`` inside; the input's gradient is returned."""
+
+    @staticmethod
+    def forward(ctx, layer, x_bsH, position_ids_bs, document_ids_bS, _anchor):
+        from megatron.model.ulysses import heads_to_seq, seq_to_heads
+
+        core, group = _core_and_group(layer.attention)
+        with torch.no_grad():
+            q, k, v = layer.project(x_bsH, position_ids_bs)
+            if group is not None:
+                q, k, v = seq_to_heads([q, k, v], group)
+            out_bShd, lse = core.forward_lse(q, k, v, document_ids_bS)
+            del q, k, v
+            out_bshd = heads_to_seq([out_bShd], group)[0] if group is not None else out_bShd
+            ctx.rng = _rng_states(x_bsH.device)
+            y_bsH = layer.after_attention(out_bshd, x_bsH)
+        ctx.layer, ctx.core, ctx.group = layer, core, group
+        ctx.position_ids, ctx.document_ids = position_ids_bs, document_ids_bS
+        ctx.save_for_backward(x_bsH, out_bShd, lse)
+        return y_bsH
+
+    @staticmethod
+    def backward(ctx, dy_bsH):
+        from megatron.model.ulysses import heads_to_seq, seq_to_heads
+
+        x_bsH, out_bShd, lse = ctx.saved_tensors
+        layer, core, group = ctx.layer, ctx.core, ctx.group
+        x = x_bsH.detach().requires_grad_(x_bsH.requires_grad)
+        with torch.no_grad():
+            out_bshd = heads_to_seq([out_bShd], group)[0] if group is not None else out_bShd
+        out_bshd = out_bshd.detach().requires_grad_(True)
+        cpu_rng, cuda_rng = ctx.rng
+        devices = [x.device] if cuda_rng is not None else []
+        with torch.random.fork_rng(devices=devices), torch.enable_grad():  # the same dropout masks as the forward
+            torch.set_rng_state(cpu_rng)
+            if cuda_rng is not None:
+                torch.cuda.set_rng_state(cuda_rng, x.device)
+            y = layer.after_attention(out_bshd, x)
+        torch.autograd.backward(y, dy_bsH)
+        dout_bshd, out_bshd, y = out_bshd.grad, None, None
+        with torch.enable_grad():
+            q, k, v = layer.project(x, ctx.position_ids)
+        with torch.no_grad():
+            qkv = seq_to_heads([q, k, v], group) if group is not None else [q, k, v]
+            dout = seq_to_heads([dout_bshd], group)[0] if group is not None else dout_bshd
+            grads = core.backward_lse(*qkv, out_bShd, lse, dout, ctx.document_ids)
+            del qkv, dout
+            if group is not None:
+                grads = heads_to_seq(list(grads), group)
+        torch.autograd.backward((q, k, v), tuple(grads))
+        return None, x.grad if x_bsH.requires_grad else None, None, None, None
+
+
+class _AttentionOutput:
+    """``TransformerLayer.forward`` with attention-output checkpointing (``_AttentionOutputFunction``) while
+    training; as it is otherwise. About 2 x hidden values a token kept (input and attention output) against
+    keep-attention's 6 (input, q, k, v, output) and full recomputation's 1."""
+
+    def __init__(self, layer: TransformerLayer):
+        self.layer, self.run = layer, type(layer).forward.__get__(layer)
+        self.anchor = torch.empty(0, requires_grad=True)  # backward runs even if the input needs no gradient
+
+    def __call__(self, x_bsH, position_ids_bs, document_ids_bS=None):
+        layer = self.layer
+        if not (layer.training and torch.is_grad_enabled()):
+            return self.run(x_bsH, position_ids_bs, document_ids_bS)
+        from megatron.model.ulysses import OverlappedUlyssesAttention
+
+        if isinstance(layer.attention.core_attention, OverlappedUlyssesAttention):
+            log_once("attention-output checkpointing exchanges Q/K/V and the output un-pipelined (as "
+                     "--ulysses-exchange fused does); --ulysses-exchange overlap applies to the other layers")  # fmt: skip
+        _check_lse_backend(layer)
+        return _AttentionOutputFunction.apply(layer, x_bsH, position_ids_bs, document_ids_bS, self.anchor)
+
+
 class _OffloadedCheckpoint:
     """``GPTModel.run_layer``: each layer recomputed in backward, its kept input in pinned host memory
-    until then; the layers of one forward pass share one tape (started by a pre-hook on the model)."""
+    until then; the layers of one forward pass share one tape (started by a pre-hook on the model).
+    ``layers``: the ids of the layers it recomputes (None: all; the others run as they are)."""
 
-    def __init__(self):
-        self.tape = None
+    def __init__(self, layers: set | None = None):
+        self.tape, self.layers = None, layers
 
     def start_pass(self, module, args) -> None:
         from megatron.training.memory import OffloadTape
@@ -145,37 +263,63 @@ class _OffloadedCheckpoint:
     def __call__(self, layer, x_bsH, position_ids_bs, document_ids_bS=None):
         from megatron.training.memory import offloaded_checkpoint
 
-        if not (layer.training and torch.is_grad_enabled()):
+        chosen = self.layers is None or id(layer) in self.layers
+        if not (chosen and layer.training and torch.is_grad_enabled()):
             return layer(x_bsH, position_ids_bs, document_ids_bS)
         return offloaded_checkpoint(layer, x_bsH, position_ids_bs, document_ids_bS, tape=self.tape)
 
 
-def apply_checkpointing(model: nn.Module, policy: str = "full", in_cpu: bool = False) -> None:
-    """Recompute each decoder layer of ``model`` in backward while training.
+def _policies(model: nn.Module, policy) -> list:
+    """One checked policy name per decoder layer of ``model``."""
+    layers = _layers(model)
+    names = [policy] * len(layers) if isinstance(policy, str) else list(policy)
+    if len(names) != len(layers):
+        raise ConfigError(f"a recomputation policy per layer needs {len(layers)} names (one per decoder layer), "
+                          f"got {len(names)}")  # fmt: skip
+    for name in names:
+        if name not in CHECKPOINT_POLICIES:
+            raise ConfigError(f"recomputation policy {name!r} is unknown; use one of {', '.join(CHECKPOINT_POLICIES)}")
+    return names
 
-    ``full``: the whole layer (torch checkpoint; with ``in_cpu`` its input waits in host memory),
-    through ``GPTModel.run_layer``; ``keep_attention``: everything but the exchange and core
-    attention, which run once (each layer's forward, so it also applies to a bare layer);
-    ``none``: nothing. Outputs and gradients equal the plain layer's (``tests/alst``).
+
+def apply_checkpointing(model: nn.Module, policy="full", in_cpu: bool = False) -> None:
+    """Recompute decoder layers of ``model`` in backward while training.
+
+    ``policy``: one name of CHECKPOINT_POLICIES for every layer, or a list with one per decoder layer (in
+    ``model.modules()`` order, i.e. layer order). ``full``: the whole layer (torch checkpoint; with ``in_cpu`` its
+    input waits in host memory), through ``GPTModel.run_layer``; ``keep_attention``: everything but the exchange
+    and core attention, which run once; ``attention_output``: the layer keeps its input, the core attention's
+    output and log-sum-exp, recomputes the rest and runs the attention's backward from them (its forward runs
+    once; flash_triton and classic backends); ``none``: nothing. The last two and keep_attention change each
+    layer's forward, so they also apply to a bare layer. Outputs and gradients equal the plain layer's
+    (``tests/alst``).
     """
-    if policy not in CHECKPOINT_POLICIES:
-        raise ConfigError(f"recomputation policy {policy!r} is unknown; use one of {', '.join(CHECKPOINT_POLICIES)}")
+    names = _policies(model, policy)
     if policy == "none":
         return
-    if in_cpu and policy != "full":
-        raise ConfigError("--checkpoint-in-cpu offloads fully recomputed layers; drop --checkpoint-keep-attention")
-    if policy == "keep_attention":
-        for layer in _layers(model):
+    if in_cpu and isinstance(policy, str) and policy != "full":
+        raise ConfigError(f"--checkpoint-in-cpu offloads fully recomputed layers, not the {policy} policy; drop "
+                          "--checkpoint-keep-attention (or --checkpoint-in-cpu)")  # fmt: skip
+    full = set()
+    for layer, name in zip(_layers(model), names):
+        if name == "keep_attention":
             layer.forward = _KeepAttention(layer)
+        elif name == "attention_output":
+            _check_lse_backend(layer)
+            layer.forward = _AttentionOutput(layer)
+        elif name == "full":
+            full.add(id(layer))
+    if not full:
         return
     if not isinstance(model, GPTModel):
         raise TypeError(f"full recomputation applies to a GPTModel (got {type(model).__name__})")
+    chosen = None if len(full) == len(names) else full
     if in_cpu:
-        runner = _OffloadedCheckpoint()
+        runner = _OffloadedCheckpoint(chosen)
         model.register_forward_pre_hook(runner.start_pass)
         model.run_layer = runner
     else:
-        model.run_layer = _FullCheckpoint()
+        model.run_layer = _FullCheckpoint(chosen)
 
 
 # ----------------------------------------------------------------------------- ZeRO-3
@@ -189,7 +333,11 @@ def apply_zero3_leaf(model: nn.Module) -> int:
 
 # ----------------------------------------------------------------------------- all of it
 def checkpoint_policy(cfg: Config) -> str:
+    """The recomputation policy a Config asks for: ``--recompute attention_output`` (where the field exists),
+    else --checkpoint-activations (full) with --checkpoint-keep-attention, else none."""
     m = cfg.memory
+    if getattr(m, "recompute", None) == "attention_output":
+        return "attention_output"
     if not m.checkpoint_activations:
         return "none"
     return "keep_attention" if m.checkpoint_keep_attention else "full"

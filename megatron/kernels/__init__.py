@@ -13,6 +13,6 @@ Triton chooses its CPU interpreter (TRITON_INTERPRET=1) when a kernel is defined
 first use, not at start-up.
 """
 
-from megatron.kernels.interface import flash_attention, is_available
+from megatron.kernels.interface import flash_attention, flash_attention_backward, flash_attention_forward, is_available
 
-__all__ = ["flash_attention", "is_available"]
+__all__ = ["flash_attention", "flash_attention_backward", "flash_attention_forward", "is_available"]

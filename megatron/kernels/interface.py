@@ -108,20 +108,42 @@ def _note(direction: str, msg: str) -> None:
         print(line, flush=True)
 
 
+def _forward(q, k, v, causal, softmax_scale, runs, window, forward):
+    """out, lse (fp32 [b, h, s], log2 units) by the kernels `forward` chooses."""
+    reason = _gluon_forward_unsupported(q, k, causal, forward, window)
+    _note("forward", "Gluon kernel (warp-specialized)" if reason is None else f"Triton kernel ({reason})")
+    if reason is None:
+        out, lse = gluon_fwd.forward(q, k, v, softmax_scale, runs[1] if runs is not None else None)
+        LAST_COMPILED["fwd_gluon"] = gluon_fwd.LAST_COMPILED["fwd"]
+    else:
+        out, lse = attention_triton.forward(q, k, v, causal, softmax_scale, runs, window)
+        LAST_COMPILED["fwd"] = attention_triton.LAST_COMPILED["fwd"]
+    return out, lse
+
+
+def _backward(q, k, v, out, lse, dout, causal, softmax_scale, runs, window, split_reason):
+    """dq, dk, dv from the forward's out and lse; split_reason None runs the fused Gluon kernel."""
+    dout = _last_dim_contiguous(dout)
+    delta = attention_triton.row_delta(out, dout)
+    _note("backward", "fused Gluon kernel (5 GEMM units)" if split_reason is None else f"split kernels ({split_reason})")
+    if split_reason is None:
+        documents = runs[1:] if runs is not None else None
+        dq, dk, dv = gluon_bwd.backward(q, k, v, dout, lse, delta, softmax_scale, documents=documents)
+        LAST_COMPILED["bwd_fused"] = gluon_bwd.LAST_COMPILED["ws"]
+    else:
+        dq, dk, dv = attention_triton.backward(q, k, v, dout, lse, delta, causal, softmax_scale, runs, window)
+        LAST_COMPILED["dkdv"] = attention_triton.LAST_COMPILED["dkdv"]
+        LAST_COMPILED["dq"] = attention_triton.LAST_COMPILED["dq"]
+    return dq, dk, dv
+
+
 class _FlashAttention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, causal, softmax_scale, document_ids, window, forward, backward):
         q, k, v = (_last_dim_contiguous(t) for t in (q, k, v))
         runs = document_runs(document_ids) if document_ids is not None else None
-        reason = _gluon_forward_unsupported(q, k, causal, forward, window)
         ctx.split_reason = _fused_backward_unsupported(q, k, causal, backward, window)  # why not fused; None: fused
-        _note("forward", "Gluon kernel (warp-specialized)" if reason is None else f"Triton kernel ({reason})")
-        if reason is None:
-            out, lse = gluon_fwd.forward(q, k, v, softmax_scale, runs[1] if runs is not None else None)
-            LAST_COMPILED["fwd_gluon"] = gluon_fwd.LAST_COMPILED["fwd"]
-        else:
-            out, lse = attention_triton.forward(q, k, v, causal, softmax_scale, runs, window)
-            LAST_COMPILED["fwd"] = attention_triton.LAST_COMPILED["fwd"]
+        out, lse = _forward(q, k, v, causal, softmax_scale, runs, window, forward)
         ctx.save_for_backward(q, k, v, out, lse, *(runs or ()))
         ctx.causal, ctx.softmax_scale, ctx.has_doc, ctx.window = causal, softmax_scale, runs is not None, window
         return out
@@ -130,42 +152,13 @@ class _FlashAttention(torch.autograd.Function):
     def backward(ctx, dout):
         q, k, v, out, lse, *runs = ctx.saved_tensors
         runs = tuple(runs) if ctx.has_doc else None
-        dout = _last_dim_contiguous(dout)
-        delta = attention_triton.row_delta(out, dout)
-        reason = ctx.split_reason
-        _note("backward", "fused Gluon kernel (5 GEMM units)" if reason is None else f"split kernels ({reason})")
-        if reason is None:
-            documents = runs[1:] if runs is not None else None
-            dq, dk, dv = gluon_bwd.backward(q, k, v, dout, lse, delta, ctx.softmax_scale, documents=documents)
-            LAST_COMPILED["bwd_fused"] = gluon_bwd.LAST_COMPILED["ws"]
-        else:
-            dq, dk, dv = attention_triton.backward(
-                q, k, v, dout, lse, delta, ctx.causal, ctx.softmax_scale, runs, ctx.window
-            )
-            LAST_COMPILED["dkdv"] = attention_triton.LAST_COMPILED["dkdv"]
-            LAST_COMPILED["dq"] = attention_triton.LAST_COMPILED["dq"]
+        dq, dk, dv = _backward(q, k, v, out, lse, dout, ctx.causal, ctx.softmax_scale, runs, ctx.window,
+                               ctx.split_reason)  # fmt: skip
         return dq, dk, dv, None, None, None, None, None, None
 
 
-def flash_attention(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    *,
-    causal: bool = True,
-    softmax_scale: float | None = None,
-    document_ids: torch.Tensor | None = None,
-    window: int | None = None,
-    forward: str = "auto",
-    backward: str = "auto",
-) -> torch.Tensor:
-    """Exact attention, softmax(q k^T * scale [masked]) v, without materializing scores.
-
-    q_bshd [b, s, h, d]; k_bsgd, v_bsgd [b, s, g, d] with h % g == 0; document_ids_bs
-    [b, s] int (contiguous runs = documents) or None. Returns [b, s, h, d] in q's dtype.
-    softmax_scale: None is 1/sqrt(d). window: None (full causal) or W >= 1 with causal: query i sees key j iff
-    0 <= i - j < W. forward in FORWARDS, backward in BACKWARDS: which kernels run (module docstring).
-    """
+def _checked(q, k, v, causal, softmax_scale, document_ids, window, forward, backward):
+    """The checked call: (scale, window) with the window dropped where it covers the sequence; raises on bad input."""
     ok, why = is_available()
     if not ok:
         raise RuntimeError(f"flash_attention unavailable: {why}")
@@ -199,4 +192,58 @@ def flash_attention(
             raise ValueError("a sliding window needs causal=True")
         if window >= seq:
             window = None  # every causal key is within the window: the full causal kernels
-    return _FlashAttention.apply(q, k, v, bool(causal), float(scale), document_ids, window, forward, backward)
+    return float(scale), window
+
+
+def flash_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    causal: bool = True,
+    softmax_scale: float | None = None,
+    document_ids: torch.Tensor | None = None,
+    window: int | None = None,
+    forward: str = "auto",
+    backward: str = "auto",
+) -> torch.Tensor:
+    """Exact attention, softmax(q k^T * scale [masked]) v, without materializing scores.
+
+    q_bshd [b, s, h, d]; k_bsgd, v_bsgd [b, s, g, d] with h % g == 0; document_ids_bs
+    [b, s] int (contiguous runs = documents) or None. Returns [b, s, h, d] in q's dtype.
+    softmax_scale: None is 1/sqrt(d). window: None (full causal) or W >= 1 with causal: query i sees key j iff
+    0 <= i - j < W. forward in FORWARDS, backward in BACKWARDS: which kernels run (module docstring).
+    """
+    scale, window = _checked(q, k, v, causal, softmax_scale, document_ids, window, forward, backward)
+    return _FlashAttention.apply(q, k, v, bool(causal), scale, document_ids, window, forward, backward)
+
+
+@torch.no_grad()
+def flash_attention_forward(q, k, v, *, causal=True, softmax_scale=None, document_ids=None, window=None,
+                            forward="auto") -> tuple:  # fmt: skip
+    """The forward alone, outside autograd: ``(out_bshd, lse_bhs)``, lse fp32 [b, h, s] in log2 units (the
+    kernels' convention: log2 of the row's sum of exp2(scale * log2(e) * q.k)); what ``flash_attention_backward``
+    takes back. Arguments as ``flash_attention``'s."""
+    scale, window = _checked(q, k, v, causal, softmax_scale, document_ids, window, forward, "auto")
+    q, k, v = (_last_dim_contiguous(t) for t in (q, k, v))
+    runs = document_runs(document_ids) if document_ids is not None else None
+    return _forward(q, k, v, bool(causal), scale, runs, window, forward)
+
+
+@torch.no_grad()
+def flash_attention_backward(q, k, v, out, lse, dout, *, causal=True, softmax_scale=None, document_ids=None,
+                             window=None, backward="auto") -> tuple:  # fmt: skip
+    """``(dq, dk, dv)`` of attention from a forward's ``out`` and ``lse`` (``flash_attention_forward``) and the
+    output's gradient ``dout``, without running the forward again; equal to the autograd backward of
+    ``flash_attention`` with the same arguments. dk, dv have k's kv heads (GQA sums over each group)."""
+    scale, window = _checked(q, k, v, causal, softmax_scale, document_ids, window, "auto", backward)
+    q, k, v = (_last_dim_contiguous(t) for t in (q, k, v))
+    if tuple(out.shape) != tuple(q.shape) or tuple(dout.shape) != tuple(q.shape):
+        raise ValueError(f"out and dout must be q's shape {tuple(q.shape)}, got {tuple(out.shape)}, {tuple(dout.shape)}")
+    b, s, h, _ = q.shape
+    if tuple(lse.shape) != (b, h, s) or lse.dtype != torch.float32:
+        raise ValueError(f"lse must be fp32 [b, h, s] = {(b, h, s)}, got {lse.dtype} {tuple(lse.shape)}")
+    runs = document_runs(document_ids) if document_ids is not None else None
+    split_reason = _fused_backward_unsupported(q, k, bool(causal), backward, window)
+    return _backward(q, k, v, _last_dim_contiguous(out), lse.contiguous(), dout, bool(causal), scale, runs, window,
+                     split_reason)  # fmt: skip
