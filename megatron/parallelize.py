@@ -88,23 +88,18 @@ def apply_tiled_mlp(model: nn.Module, shards: int | None = None) -> None:
 
 
 class _TiledLoss:
-    def __init__(self, chunk: int | None, use_liger: bool, softcap: float | None = None):
-        self.chunk, self.use_liger, self.softcap = chunk, use_liger, softcap
+    def __init__(self, chunk: int | None, use_liger: bool):
+        self.chunk, self.use_liger = chunk, use_liger
 
     def __call__(self, h_bsH, weight_VH, labels_bs):
-        return tiled_cross_entropy(h_bsH, weight_VH, labels_bs, self.chunk, self.use_liger, softcap=self.softcap)
+        return tiled_cross_entropy(h_bsH, weight_VH, labels_bs, self.chunk, self.use_liger)
 
 
 def apply_tiled_loss(model: GPTModel, chunk: int | None = None, use_liger: bool = False) -> None:
-    """The output layer + cross-entropy over ``chunk`` tokens at a time (no full fp32 logits), with the
-    model's final-logit soft-cap (``--final-logit-softcap``), which liger's fused loss lacks."""
-    softcap = model.cfg.final_logit_softcap
-    if use_liger and softcap is not None:
-        raise ConfigError(f"--use-liger-kernel's fused loss has no final-logit soft-cap (--final-logit-softcap "
-                          f"{softcap}); drop --use-liger-kernel (the tiled loss applies the cap)")  # fmt: skip
+    """The output layer + cross-entropy over ``chunk`` tokens at a time (no full fp32 logits)."""
     if use_liger and importlib.util.find_spec("liger_kernel") is None:
         raise ConfigError("--use-liger-kernel needs liger-kernel: pip install liger-kernel (or drop the flag)")
-    model.loss_fn = _TiledLoss(chunk, use_liger, softcap)
+    model.loss_fn = _TiledLoss(chunk, use_liger)
 
 
 # ----------------------------------------------------------------------------- recomputation

@@ -83,6 +83,60 @@ def classic_attention(q, k, v, document_ids=None, dropout_p=0.0, training=False,
     return torch.einsum("bhst,bthd->bshd", probs.to(v.dtype), v)
 
 
+def _classic_scores(q, k, window, softmax_scale, softcap, document_ids):
+    """fp32 (or fp64) scores [b, h, S, S] of classic_attention, kv heads repeated; also the uncapped tanh for the
+    soft-cap's derivative (None without one) and the mask."""
+    _b, S, h, d = q.shape
+    rep = h // k.shape[2]
+    k = k.repeat_interleave(rep, dim=2) if rep > 1 else k
+    acc = torch.promote_types(q.dtype, torch.float32)
+    scores = torch.einsum("bshd,bthd->bhst", q.to(acc), k.to(acc))
+    scores = scores / math.sqrt(d) if softmax_scale is None else scores * softmax_scale
+    tanh = None
+    if softcap is not None:
+        tanh = torch.tanh(scores / softcap)
+        scores = softcap * tanh
+    mask = _attention_mask(S, q.device, document_ids, window)
+    return scores.masked_fill(~mask, float("-inf")), tanh, mask
+
+
+def classic_attention_lse(q, k, v, document_ids=None, *, window=None, softmax_scale=None, softcap=None):
+    """classic_attention without dropout, and its natural-log log-sum-exp [b, h, S] in fp32 (fp64 stays fp64)."""
+    scores, _, _ = _classic_scores(q, k, window, softmax_scale, softcap, document_ids)
+    lse = torch.logsumexp(scores, dim=-1)
+    probs = torch.exp(scores - lse[..., None])
+    rep = q.shape[2] // v.shape[2]
+    v_rep = v.repeat_interleave(rep, dim=2) if rep > 1 else v
+    return torch.einsum("bhst,bthd->bshd", probs.to(v.dtype), v_rep), lse
+
+
+def classic_attention_backward(q, k, v, out, lse, dout, document_ids=None, *, window=None, softmax_scale=None,
+                               softcap=None):  # fmt: skip
+    """dq, dk, dv of classic_attention_lse from its out and lse (the softmax rebuilt as exp(scores - lse), not
+    renormalized): dS = P (dP - rowsum(dout * out)), through the soft-cap's tanh and the scale."""
+    _b, S, h, d = q.shape
+    g = k.shape[2]
+    rep = h // g
+    acc = torch.promote_types(q.dtype, torch.float32)
+    scores, tanh, _ = _classic_scores(q, k, window, softmax_scale, softcap, document_ids)
+    probs = torch.exp(scores - lse.to(acc)[..., None])  # masked scores are -inf: 0
+    k_rep = (k.repeat_interleave(rep, dim=2) if rep > 1 else k).to(acc)
+    v_rep = (v.repeat_interleave(rep, dim=2) if rep > 1 else v).to(acc)
+    do = dout.to(acc)
+    dv = torch.einsum("bhst,bshd->bthd", probs, do)
+    dp = torch.einsum("bshd,bthd->bhst", do, v_rep)
+    delta = (do * out.to(acc)).sum(-1).transpose(1, 2)  # [b, h, S]
+    ds = probs * (dp - delta[..., None])
+    if tanh is not None:
+        ds = ds * (1 - tanh * tanh)
+    ds = ds / math.sqrt(d) if softmax_scale is None else ds * softmax_scale
+    dq = torch.einsum("bhst,bthd->bshd", ds, k_rep)
+    dk = torch.einsum("bhst,bshd->bthd", ds, q.to(acc))
+    if rep > 1:
+        dk, dv = (t.unflatten(2, (g, rep)).sum(3) for t in (dk, dv))
+    return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype)
+
+
 def _sdpa_backends():
     from torch.nn.attention import SDPBackend
 
@@ -149,6 +203,19 @@ class CoreAttention(nn.Module):
     def describe(self, device: torch.device) -> str:
         return self.name
 
+    # Attention-output checkpointing (megatron.parallelize, "attention_output"): the forward returning its
+    # log-sum-exp, and the backward from (q, k, v, out, lse, dout), outside autograd. Backends without them
+    # leave returns_lse False.
+    returns_lse = False
+
+    def forward_lse(self, q_bShd, k_bSgd, v_bSgd, document_ids_bS=None):
+        """(out_bShd, lse) without autograd; lse in this backend's own layout and units."""
+        raise NotImplementedError(f"the {self.name} attention backend returns no log-sum-exp")
+
+    def backward_lse(self, q_bShd, k_bSgd, v_bSgd, out_bShd, lse, dout_bShd, document_ids_bS=None):
+        """(dq, dk, dv) from forward_lse's out and lse and the output's gradient."""
+        raise NotImplementedError(f"the {self.name} attention backend has no backward from its log-sum-exp")
+
     def _options(self) -> str:
         options = [f"{name} {x}" for name, x in (("sliding window", self.window), ("softmax scale", self.softmax_scale),
                                                  ("logit soft-cap", self.softcap)) if x is not None]  # fmt: skip
@@ -164,6 +231,21 @@ class ClassicAttention(CoreAttention):
 
     def describe(self, device):
         return "classic (explicit fp32 softmax)"
+
+    returns_lse = True
+
+    def _lse_options(self):
+        return {"window": self.window, "softmax_scale": self.softmax_scale, "softcap": self.softcap}
+
+    @torch.no_grad()
+    def forward_lse(self, q_bShd, k_bSgd, v_bSgd, document_ids_bS=None):
+        return classic_attention_lse(q_bShd, k_bSgd, v_bSgd, document_ids_bS, **self._lse_options())
+
+    @torch.no_grad()
+    def backward_lse(self, q_bShd, k_bSgd, v_bSgd, out_bShd, lse, dout_bShd, document_ids_bS=None):
+        return classic_attention_backward(q_bShd, k_bSgd, v_bSgd, out_bShd, lse, dout_bShd, document_ids_bS,
+                                          **self._lse_options())  # fmt: skip
+
 
     def forward(self, q_bShd, k_bSgd, v_bSgd, document_ids_bS=None):
         return classic_attention(
@@ -256,6 +338,23 @@ class FlashTritonAttention(CoreAttention):
 
     def describe(self, device):
         return "FlashAttention-Triton (ours)"
+
+    returns_lse = True
+
+    def forward_lse(self, q_bShd, k_bSgd, v_bSgd, document_ids_bS=None):
+        from megatron import kernels
+
+        return kernels.flash_attention_forward(q_bShd, k_bSgd, v_bSgd, causal=True, softmax_scale=self.softmax_scale,
+                                               document_ids=document_ids_bS, window=self.window)  # fmt: skip
+
+    def backward_lse(self, q_bShd, k_bSgd, v_bSgd, out_bShd, lse, dout_bShd, document_ids_bS=None):
+        from megatron import kernels
+
+        return kernels.flash_attention_backward(
+            q_bShd, k_bSgd, v_bSgd, out_bShd, lse, dout_bShd, causal=True, softmax_scale=self.softmax_scale,
+            document_ids=document_ids_bS, window=self.window,
+        )  # fmt: skip
+
 
     def forward(self, q_bShd, k_bSgd, v_bSgd, document_ids_bS=None):
         from megatron import kernels

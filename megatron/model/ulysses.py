@@ -249,7 +249,7 @@ class DeepSpeedUlyssesAttention(torch.nn.Module):
         super().__init__()
         from deepspeed.sequence.layer import DistributedAttention
 
-        self.local_attention = local_attention
+        self.local_attention, self.group = local_attention, group
         self.inner = DistributedAttention(local_attention, group, scatter_idx=2, gather_idx=1)
 
     def forward(self, q_bshd, k_bsgd, v_bsgd, *args):

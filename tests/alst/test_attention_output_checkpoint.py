@@ -69,14 +69,33 @@ def test_classic_equals_full_and_no_recomputation(documents, kv_heads):
     _assert_same(runs["full"], runs["attention_output"], rtol=1e-10, atol=1e-12)
 
 
-def test_softcap_window_and_tiled_mlp():
-    """Gemma-2-like attention (logit soft-cap, a sliding window, a softmax scale) and a tiled MLP."""
-    batch = _batch()
-    shape = dict(attention_softcap=5.0, sliding_window=6, query_pre_attn_scalar=12.0, num_layers=2)
-    ref = _loss_and_grads(_model(**shape), batch, "none")
-    model = _model(**shape)
+def test_window_and_tiled_mlp():
+    """A sliding window (with packed documents) and a tiled MLP."""
+    batch = _batch(documents=True)
+    ref = _loss_and_grads(_model(sliding_window=6), batch, "none")
+    model = _model(sliding_window=6)
     apply_tiled_mlp(model, 2)
     _assert_same(ref, _loss_and_grads(model, batch, "attention_output"), rtol=1e-10, atol=1e-12)
+
+
+def test_classic_backward_from_lse_equals_autograd_with_softcap_scale_window():
+    """The classic backend's backward from (out, lse): soft-cap (Gemma-2), softmax scale, window, documents, GQA."""
+    from megatron.model.attention import classic_attention, classic_attention_backward, classic_attention_lse
+
+    g = torch.Generator().manual_seed(0)
+    q = torch.randn(2, 12, 4, 8, generator=g, dtype=torch.float64)
+    k, v = (torch.randn(2, 12, 2, 8, generator=g, dtype=torch.float64) for _ in range(2))
+    dout = torch.randn_like(q)
+    docs = torch.tensor([[0] * 5 + [1] * 7, [0] * 12])
+    opts = dict(window=4, softmax_scale=0.4, softcap=2.0)
+    out, lse = classic_attention_lse(q, k, v, docs, **opts)
+    grads = classic_attention_backward(q, k, v, out, lse, dout, docs, **opts)
+    qkv = [t.clone().requires_grad_() for t in (q, k, v)]
+    ref = classic_attention(*qkv, docs, **opts)
+    ref.backward(dout)
+    torch.testing.assert_close(out, ref.detach(), rtol=1e-12, atol=1e-12)
+    for a, t in zip(grads, qkv):
+        torch.testing.assert_close(a, t.grad, rtol=1e-10, atol=1e-12)
 
 
 def test_per_layer_policy_list_mixing_every_policy():
@@ -210,3 +229,25 @@ def test_sp2_equals_sp1_full_recomputation(exchange):
     results = mp.Manager().dict()
     mp.spawn(_sp_worker, args=(2, port, exchange, results), nprocs=2, join=True)
     assert dict(results) == {0: "ok", 1: "ok"}
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("documents", [False, True], ids=["causal", "documents"])
+def test_gpu_bf16_backward_from_lse_equals_autograd(documents):
+    """On the GPU (the Gluon forward and fused backward on Hopper): the entry from (out, lse) equals autograd."""
+    from megatron.kernels import flash_attention, flash_attention_backward, flash_attention_forward
+
+    torch.manual_seed(0)
+    q = torch.randn(1, 1024, 8, 128, device="cuda", dtype=torch.bfloat16)
+    k, v = (torch.randn(1, 1024, 2, 128, device="cuda", dtype=torch.bfloat16) for _ in range(2))
+    dout = torch.randn_like(q)
+    docs = (torch.arange(1024, device="cuda") // 300)[None] if documents else None
+    out, lse = flash_attention_forward(q, k, v, document_ids=docs)
+    dq, dk, dv = flash_attention_backward(q, k, v, out, lse, dout, document_ids=docs)
+    qkv = [t.clone().requires_grad_() for t in (q, k, v)]
+    ref = flash_attention(*qkv, document_ids=docs)
+    ref.backward(dout)
+    torch.testing.assert_close(out, ref.detach(), rtol=0, atol=0)
+    for a, t in zip((dq, dk, dv), qkv):
+        torch.testing.assert_close(a, t.grad, rtol=0, atol=0)
