@@ -167,7 +167,13 @@ class _AttentionOutputFunction(torch.autograd.Function):
     output projection + residual + MLP from the kept output (under SP after one exchange of it back to the
     local layout), then norm + QKV + RoPE (+ the Q/K/V exchange), and runs the attention's backward from the kept
     output and log-sum-exp: the attention's forward runs once a step. Parameter gradients accumulate through
-    ``torch.autograd.backward`` inside; the input's gradient is returned."""
+    ``torch.autograd.backward`` inside; the input's gradient is returned.
+
+    Under SP the output is kept in the backend's layout, not the local one: both are the same size, and either
+    way one exchange of it is needed in backward (here back to the local layout for the recompute; the other way
+    it would be to the heads layout for the attention's backward), so the one kept is the one the attention's
+    backward reads as it is. The backward runs the fused exchanges whatever --ulysses-exchange is (the same data
+    movement as DeepSpeed's and the overlapped one). What is kept stays on the device (no host offload)."""
 
     @staticmethod
     def forward(ctx, layer, x_bsH, position_ids_bs, document_ids_bS, _anchor):
