@@ -257,6 +257,11 @@ class AttentionConfig:
             raise ConfigError(f"--ulysses-overlap-chunks {self.ulysses_overlap_chunks} must be at least 1")
 
 
+def _forced_by_checkpoint_flags(m) -> str:
+    """The --recompute policy --checkpoint-activations and its sub-flags mean."""
+    return "offload" if m.checkpoint_in_cpu else "keep_attention" if m.checkpoint_keep_attention else "full"
+
+
 @dataclass(frozen=True)
 class MemoryConfig:
     checkpoint_activations: bool = opt(False, yaml=("activation_checkpointing", "gradient_checkpointing"))
@@ -281,6 +286,15 @@ class MemoryConfig:
     """ZeRO-3: keep partitioned parameters in pinned CPU memory (DeepSpeed offload_param)."""
     offload_optimizer: bool = False
     """ZeRO 1-3: keep optimizer states (and the step) on the CPU (DeepSpeed offload_optimizer)."""
+    recompute: str = opt("auto", choices=("auto", "none", "attention_output", "keep_attention", "full", "offload"))
+    """Recomputation per decoder layer. auto: on GPUs (or with --activation-memory-budget) a planner picks per layer
+    the fastest of none > attention_output > keep_attention > full > offload whose planned activation peak fits the
+    budget, and logs the plan in one line; on CPU without a budget, what the other flags say (no recomputation
+    unless --checkpoint-activations). --checkpoint-activations (with --checkpoint-keep-attention /
+    --checkpoint-in-cpu) forces full (keep_attention / offload) on every layer; any other value forces that policy."""
+    activation_memory_budget: float | None = None
+    """GB of GPU memory for activations under --recompute auto, instead of the measured free memory less the
+    optimizer states still to come and a margin (lets the planner run on CPU)."""
 
     def __post_init__(self):
         if self.tiled_mlp_shards is not None and self.tiled_mlp_shards < 1:
@@ -291,6 +305,10 @@ class MemoryConfig:
             raise ConfigError("--checkpoint-in-cpu offloads checkpointed activations; add --checkpoint-activations")
         if self.checkpoint_keep_attention and not self.checkpoint_activations:
             raise ConfigError("--checkpoint-keep-attention chooses what --checkpoint-activations recomputes; add --checkpoint-activations")
+        if self.checkpoint_activations and self.recompute not in ("auto", _forced_by_checkpoint_flags(self)):
+            raise ConfigError(f"--recompute {self.recompute} and --checkpoint-activations disagree; drop one of them")
+        if self.activation_memory_budget is not None and self.activation_memory_budget <= 0:
+            raise ConfigError(f"--activation-memory-budget {self.activation_memory_budget} must be > 0 GB")
         if self.checkpoint_keep_attention and self.checkpoint_in_cpu:
             raise ConfigError("--checkpoint-keep-attention and --checkpoint-in-cpu do not combine (the kept attention "
                               "tensors stay on the GPU); drop one of them")  # fmt: skip

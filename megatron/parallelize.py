@@ -344,6 +344,24 @@ def checkpoint_policy(cfg: Config) -> str:
     return "keep_attention" if m.checkpoint_keep_attention else "full"
 
 
+def _apply_recompute(model: GPTModel, cfg: Config) -> list:
+    """Recomputation as --recompute says: a forced policy on every layer, else (auto) the memory planner's plan
+    where a budget is known (a GPU, or --activation-memory-budget), else today's default (checkpoint_policy)."""
+    from megatron.training import recompute_plan
+
+    forced = recompute_plan.forced_policy(cfg.memory)
+    if forced is not None:
+        recompute_plan.apply_plan(model, [forced] * len(_layers(model)), cfg.memory.checkpoint_in_cpu)
+        return []
+    param = next(model.parameters(), None)
+    plan = recompute_plan.plan_for(cfg, model, param.device if param is not None else None)
+    if plan is None:
+        apply_checkpointing(model, checkpoint_policy(cfg), cfg.memory.checkpoint_in_cpu)
+        return []
+    recompute_plan.apply_plan(model, plan.policies)
+    return [plan.summary()]
+
+
 def parallelize(model: GPTModel, cfg: Config, sp_group=None) -> list:
     """Apply what ``cfg`` asks for to ``model``; returns the one-line notes of what was applied."""
     m, notes = cfg.memory, []
@@ -353,7 +371,7 @@ def parallelize(model: GPTModel, cfg: Config, sp_group=None) -> list:
         apply_tiled_mlp(model, m.tiled_mlp_shards)
     if m.use_tiled_logits_loss or m.use_liger_kernel:
         apply_tiled_loss(model, m.tiled_logits_chunk_size, m.use_liger_kernel)
-    apply_checkpointing(model, checkpoint_policy(cfg), m.checkpoint_in_cpu)
+    notes += _apply_recompute(model, cfg)
     if cfg.parallel.zero_stage == 3 and cfg.parallel.use_zero3_leaf_layers:
         n = apply_zero3_leaf(model)
         notes.append(f"ZeRO-3: {n} transformer layers gathered as whole modules (leaf modules)")

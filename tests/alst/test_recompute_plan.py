@@ -3,6 +3,8 @@
 length that fits, the per-policy memory model against the bytes autograd saves for a real layer, the one-line plan
 of a tiny run, and losses of planned and forced policies equal to full recomputation's."""
 
+import json
+
 import pytest
 import torch
 
@@ -18,7 +20,7 @@ from megatron.training.recompute_plan import (
     plan_recompute,
     planned_peak,
 )  # fmt: skip
-from tests.launch import TINY_LLAMA, TRAIN, assert_close_records, train_records
+from tests.launch import TINY_LLAMA, TRAIN, assert_close_records, torchrun, train_records
 
 # GPT-1.3B-like: 24 layers, hidden 2048, 16 heads
 SHAPE = LayerShape(hidden=2048, heads=16, kv_heads=16, head_dim=128, ffn=8192, gated=False, layers=24, vocab=50304)
@@ -134,7 +136,7 @@ def test_memory_model_matches_saved_tensors(policy, gated, tiled, norm):
     assert abs(got - want) <= 0.01 * want + 8, (policy, got, want)
 
 
-def test_plan_line_and_losses_equal_full(tmp_path, capfd):
+def test_plan_line_and_losses_equal_full(tmp_path):
     args = TINY_LLAMA + TRAIN + ["--zero-stage", "1", "--attention-backend", "classic"]
     ref = train_records(tmp_path, "full", 1, args + ["--recompute", "full"])
     # 2 layers x 2 x 64 tokens: a budget between all-none and all-attention_output's peaks
@@ -142,9 +144,11 @@ def test_plan_line_and_losses_equal_full(tmp_path, capfd):
     lo = planned_peak(shape, ["attention_output"] * 2, 128, dtype_bytes=4)
     hi = planned_peak(shape, ["none"] * 2, 128, dtype_bytes=4)
     budget = (lo + hi) / 2 / GB
-    capfd.readouterr()
-    got = train_records(tmp_path, "auto", 1, args + ["--activation-memory-budget", f"{budget:.9f}"])
-    out = capfd.readouterr().out
+    metrics = tmp_path / "auto.jsonl"
+    proc = torchrun(1, args + ["--activation-memory-budget", f"{budget:.9f}"], metrics)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = proc.stdout
+    got = [json.loads(line) for line in metrics.read_text().splitlines() if "lm_loss" in line]
     assert_close_records(ref, got, what="planned mix")
     lines = [ln for ln in out.splitlines() if "recompute:" in ln]
     assert lines, out[-2000:]
