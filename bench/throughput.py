@@ -38,6 +38,13 @@ from report import report_head_from_child, results_dir, write_json
 ROOT = Path(__file__).resolve().parents[1]
 PEER_SCRIPT = Path(__file__).resolve().parent / "peer_hf_alst.py"
 PEER_BACKEND = "hf-sdpa"  # the peer's attention: transformers' SDPA under DeepSpeed's Ulysses wrapper
+# name -> (runner, backend label): the systems a user would pick instead of ours (--peers)
+PEERS = {
+    "hf_alst": (PEER_SCRIPT, PEER_BACKEND),
+    "torchtitan": (Path(__file__).resolve().parent / "peer_torchtitan.py", "torchtitan-sdpa"),
+}
+PEER_OF_BACKEND = {backend: name for name, (_, backend) in PEERS.items()}
+TORCHTITAN_AC_ORDER = ("none", "op", "full")  # fastest first: the first one that fits is recorded
 
 
 @dataclass(frozen=True)
@@ -156,14 +163,31 @@ TINY_OURS_FLAGS = ["--tiled-mlp-shards", "2", "--tiled-logits-chunk-size", "32"]
 TINY_PEER_FLAGS = ["--mlp-shards", "2", "--loss-shards", "2"]
 
 
+def torchtitan_flags(case: Case, iters: int, metrics_file: Path, extra: list) -> list:
+    """bench/peer_torchtitan.py flags (one GPU per data-parallel rank: torchtitan's FSDP2, no Ulysses)."""
+    flags = ["--shape", case.shape, "--seq-length", str(case.seq_len), "--iters", str(iters),
+             "--metrics-file", str(metrics_file)]  # fmt: skip
+    flags += ["--bf16"] if case.bf16 else ["--no-compile"]  # CPU smoke runs: eager
+    return flags + extra
+
+
+def peer_name(case) -> str | None:
+    """The peer a case (or case record) runs, None for ours."""
+    kind = case["kind"] if isinstance(case, dict) else case.kind
+    backend = case["backend"] if isinstance(case, dict) else case.backend
+    return None if kind == "ours" else PEER_OF_BACKEND.get(backend, "hf_alst")
+
+
 def case_command(case: Case, iters: int, metrics_file: Path, extra: list) -> list:
-    if case.shape == "tiny":
+    name = peer_name(case)
+    if case.shape == "tiny" and name in (None, "hf_alst"):
         extra = (TINY_OURS_FLAGS if case.kind == "ours" else TINY_PEER_FLAGS) + extra
-    script, flags = (
-        (ROOT / "pretrain_gpt.py", ours_flags(case, iters, metrics_file, extra))
-        if case.kind == "ours"
-        else (PEER_SCRIPT, peer_flags(case, iters, metrics_file, extra))
-    )
+    if name is None:
+        script, flags = ROOT / "pretrain_gpt.py", ours_flags(case, iters, metrics_file, extra)
+    elif name == "torchtitan":
+        script, flags = PEERS[name][0], torchtitan_flags(case, iters, metrics_file, extra)
+    else:
+        script, flags = PEER_SCRIPT, peer_flags(case, iters, metrics_file, extra)
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={case.nproc}",
             str(script), *flags]  # fmt: skip
 
@@ -264,7 +288,24 @@ def run_case(case: Case, args, log_dir: Path) -> dict:
     metrics_file = log_dir / f"{case.name}.jsonl"
     log_file = log_dir / f"{case.name}.log"
     metrics_file.unlink(missing_ok=True)
-    cmd = case_command(case, args.iters, metrics_file, args.extra if case.kind == "ours" else args.peer_extra)
+    extra = args.extra if case.kind == "ours" else args.peer_extra
+    if peer_name(case) == "torchtitan":
+        extra = list(args.torchtitan_extra)
+        if "--ac-mode" not in extra:  # its best setting that fits: try the modes fastest first
+            attempts = []
+            for mode in TORCHTITAN_AC_ORDER:
+                res = _run_once(case, args, log_dir, metrics_file, log_file, extra + ["--ac-mode", mode])
+                attempts.append({"ac_mode": mode, "outcome": res["outcome"], "error": res["error"]})
+                if res["outcome"] != "oom":
+                    break
+            res["peer_attempts"] = attempts
+            return res
+    return _run_once(case, args, log_dir, metrics_file, log_file, extra)
+
+
+def _run_once(case: Case, args, log_dir: Path, metrics_file: Path, log_file: Path, extra: list) -> dict:
+    metrics_file.unlink(missing_ok=True)
+    cmd = case_command(case, args.iters, metrics_file, extra)
     env = dict(os.environ, PYTHONUNBUFFERED="1")  # the workers import what this process imports (installed package)
     env.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
     if not case.bf16:  # CPU smoke runs: one thread per process on small machines, and DeepSpeed's
@@ -285,7 +326,7 @@ def run_case(case: Case, args, log_dir: Path) -> dict:
         "checkpoint_keep_attention": case.checkpoint_activations and _switch(cmd, "--checkpoint-keep-attention"),
         "warmup": args.warmup, "command": cmd, "log": str(log_file),
         "metrics_file": str(metrics_file), "returncode": returncode, "wall_s": round(time.time() - t0, 1),
-        "outcome": outcome, "error": error,
+        "outcome": outcome, "error": error, "peer_name": peer_name(case),
     }  # fmt: skip
     res.update(summarize(records, args.warmup))
     if meta is not None:
@@ -316,12 +357,20 @@ def comparisons(cases: list) -> list:
         shape, seq, nproc, sp, precision, tiled_mlp, tiled_loss, recompute, leaf, zero_stage, _keep_attention = setting
         same = [c for c in cases if _setting(c) == setting]
         ok = [c for c in same if c["outcome"] == "ok" and c.get("tokens_per_sec_per_gpu")]
-        peer = next((c for c in ok if c["kind"] == "peer"), None)
         ours = [c for c in ok if c["kind"] == "ours"]
-        if peer is None or not ours:
+        peers = [c for c in ok if c["kind"] == "peer"]
+        if not peers or not ours:
             continue
         best = max(ours, key=lambda c: c["tokens_per_sec_per_gpu"])
-        out.append({
+        out += [_comparison(setting, best, peer) for peer in peers]
+    return out
+
+
+def _comparison(setting: tuple, best: dict, peer: dict) -> dict:
+    """Ours' best case against one peer's case of the same setting."""
+    shape, seq, nproc, sp, precision, tiled_mlp, tiled_loss, recompute, leaf, zero_stage, _keep_attention = setting
+    return {
+            "peer": peer_name(peer), "peer_settings": _peer_settings(peer),
             "shape": shape, "seq_len": seq, "nproc": nproc, "sp": sp, "precision": precision, "tiled_mlp": tiled_mlp,
             "tiled_loss": tiled_loss, "checkpoint_activations": recompute, "zero3_leaf_layers": leaf,
             "zero_stage": zero_stage, "best_backend": best["backend"], "best_exchange": best.get("ulysses_exchange"),
@@ -330,7 +379,17 @@ def comparisons(cases: list) -> list:
             "ratio_tokens_per_sec": best["tokens_per_sec_per_gpu"] / peer["tokens_per_sec_per_gpu"],
             "ours_mfu": best.get("mfu"), "peer_mfu": peer.get("mfu"),
             "ours_peak_mem_gb": best.get("peak_mem_gb"), "peer_peak_mem_gb": peer.get("peak_mem_gb"),
-        })  # fmt: skip
+        }  # fmt: skip
+
+
+def _peer_settings(peer: dict) -> dict:
+    """What a peer case ran with (its version, and for torchtitan the activation-checkpoint mode and compile)."""
+    meta = peer.get("peer") or {}
+    name = peer_name(peer)
+    out = {"version": (meta.get("versions") or {}).get("torchtitan" if name == "torchtitan" else "deepspeed")}
+    for key in ("ac_mode", "compile", "fsdp", "mixed_precision"):
+        if key in meta:
+            out[key] = meta[key]
     return out
 
 
@@ -350,8 +409,7 @@ def plan(args) -> list:
                   "checkpoint_activations": not args.no_recompute, "zero3_leaf_layers": args.zero3_leaf_layers}  # fmt: skip
         if not args.peer_only:
             cases += [Case(kind="ours", backend=b, exchange=x, **common) for b in args.backends for x in args.exchanges]
-        if args.peer or args.peer_only:
-            cases.append(Case(kind="peer", backend=PEER_BACKEND, **common))
+        cases += [Case(kind="peer", backend=PEERS[name][1], **common) for name in args.peers]
     return cases
 
 
@@ -368,7 +426,12 @@ def parse_args(argv=None):
     p.add_argument("--sp", type=int, help="Ulysses sequence-parallel size (default --nproc)")
     p.add_argument("--backends", default=None, help="our attention backends (default sdpa,flash_triton; tiny sdpa)")
     p.add_argument("--peer", action="store_true", help="also run the HF + DeepSpeed-ALST peer for each length")
-    p.add_argument("--peer-only", action="store_true", help="run only the peer")
+    p.add_argument("--peers", default=None,
+                   help=f"comma-separated peers to run for each length ({', '.join(PEERS)}; --peer means hf_alst)")
+    p.add_argument("--peer-only", action="store_true", help="run only the peer(s) (default peer: hf_alst)")
+    p.add_argument("--torchtitan-arg", action="append", default=[], dest="torchtitan_extra",
+                   help="extra flag for bench/peer_torchtitan.py (e.g. --ac-mode=op; default: the fastest mode that "
+                        "fits, trying none, op, full)")
     p.add_argument("--iters", type=int, help="training iterations per case (default 8; tiny 4)")
     p.add_argument("--warmup", type=int, help="iterations left out of the medians (default 3; tiny 2)")
     p.add_argument(
@@ -418,6 +481,12 @@ def parse_args(argv=None):
         b.strip() for b in (args.backends or ("sdpa" if t else "sdpa,flash_triton")).split(",") if b.strip()
     ]
     args.iters = args.iters or (4 if t else 8)
+    args.peers = [x.strip() for x in (args.peers or "").split(",") if x.strip()]
+    if (args.peer or args.peer_only) and not args.peers:
+        args.peers = ["hf_alst"]
+    bad = [x for x in args.peers if x not in PEERS]
+    if bad:
+        p.error(f"unknown peer(s) {bad}; choose from {', '.join(PEERS)}")
     args.tiled_mlp = args.tiled_mlp or ("on" if t else "off")
     args.warmup = args.warmup if args.warmup is not None else (2 if t else 3)
     from megatron.config import ATTENTION_BACKENDS, ULYSSES_EXCHANGES
@@ -456,8 +525,8 @@ def main(argv=None) -> int:
     cases = plan(args)
     if args.dry_run:
         for case in cases:
-            print(" ".join(case_command(case, args.iters, args.log_dir / f"{case.name}.jsonl",
-                                        args.extra if case.kind == "ours" else args.peer_extra)))  # fmt: skip
+            extra = {None: args.extra, "torchtitan": args.torchtitan_extra}.get(peer_name(case), args.peer_extra)
+            print(" ".join(case_command(case, args.iters, args.log_dir / f"{case.name}.jsonl", extra)))
         return 0
     args.log_dir.mkdir(parents=True, exist_ok=True)
     report = None
@@ -478,7 +547,7 @@ def main(argv=None) -> int:
           f"{len(cases)} cases, logs in {args.log_dir}", flush=True)  # fmt: skip
     oom_at: dict = {}  # (kind, backend) -> shortest length that ran out of memory
     for case in cases:
-        sys_key = (case.kind, case.backend)
+        sys_key = (case.kind, case.backend)  # each peer has its own backend label
         if not args.keep_going_after_oom and sys_key in oom_at and case.seq_len > oom_at[sys_key]:
             res = {"name": case.name, "kind": case.kind, "backend": case.backend, "shape": case.shape,
                    "seq_len": case.seq_len, "nproc": case.nproc, "sp": case.sp, "dp": case.nproc // case.sp,
@@ -494,7 +563,7 @@ def main(argv=None) -> int:
         print(_line(res), flush=True)
     for comp in report["comparisons"]:
         print(f"  {comp['shape']} seq {comp['seq_len']} np {comp['nproc']} sp {comp['sp']}: ours "
-              f"({comp['best_backend']}) / peer = {comp['ratio_tokens_per_sec']:.2f}x tokens/s", flush=True)  # fmt: skip
+              f"({comp['best_backend']}) / {comp['peer']} = {comp['ratio_tokens_per_sec']:.2f}x tokens/s", flush=True)  # fmt: skip
     print(f"wrote {args.out}")
     return 0
 
