@@ -1,0 +1,88 @@
+"""The optional peers of bench/throughput.py: torchtitan's runner (skipped where torchtitan is not installed)."""
+
+import json
+import os
+import subprocess
+import sys
+import types
+from pathlib import Path
+
+import peer_torchtitan  # bench/, on pytest's pythonpath
+import pytest
+import throughput  # bench/
+
+from megatron.arguments import parse_args
+from megatron.training import metrics
+from tests.launch import ROOT, env
+
+
+@pytest.mark.parametrize("shape", ["gpt-1.3b", "llama-1b", "tiny"])
+def test_torchtitan_swiglu_width_and_model_flops_match_ours(shape):
+    s = throughput.SHAPES[shape]
+    base = int(2 * 4 * s.hidden / 3)  # torchtitan's FeedForward arithmetic, mirrored by ffn_width
+    args = types.SimpleNamespace(dim=s.hidden, multiple_of=peer_torchtitan.MULTIPLE_OF,
+                                 ffn_dim_multiplier=(s.peer_ffn - 0.5) / base, n_layers=s.layers, n_heads=s.heads,
+                                 n_kv_heads=s.kv_heads, vocab_size=-(-s.vocab // 128) * 128)  # fmt: skip
+    assert peer_torchtitan.ffn_width(args) == s.peer_ffn
+    ours = parse_args(s.megatron_flags()).model
+    peer = peer_torchtitan.megatron_model_config(args, 8192)
+    for seq in (8192, 32768):
+        ratio = metrics.model_flops_per_token(peer, seq) / metrics.model_flops_per_token(ours, seq)
+        assert abs(ratio - 1) < 0.01, (shape, seq, ratio)
+
+
+def test_peers_flag_plans_one_case_per_peer_and_compares_each():
+    args = throughput.parse_args(["--seq-lens", "8192", "--backends", "sdpa", "--peers", "hf_alst,torchtitan"])
+    cases = throughput.plan(args)
+    assert [(c.kind, c.backend) for c in cases] == [("ours", "sdpa"), ("peer", "hf-sdpa"), ("peer", "torchtitan-sdpa")]
+    cmd = throughput.case_command(cases[2], 5, Path("m.jsonl"), ["--ac-mode", "op"])
+    assert cmd[5].endswith("peer_torchtitan.py") and "--bf16" in cmd and cmd[-2:] == ["--ac-mode", "op"]
+    assert throughput.parse_args(["--peer"]).peers == ["hf_alst"]  # --peer keeps meaning hf_alst
+    with pytest.raises(SystemExit):
+        throughput.parse_args(["--peers", "megatron-lm"])
+    recs = [{"kind": c.kind, "backend": c.backend, "shape": c.shape, "seq_len": 8192, "nproc": 1, "sp": 1,
+             "precision": "bf16", "tiled_mlp": False, "tiled_loss": True, "outcome": "ok",
+             "tokens_per_sec_per_gpu": tps, "zero3_leaf_layers": True, "zero_stage": 3,
+             "peer": {"ac_mode": "none", "versions": {"torchtitan": "0.2.2"}} if c.backend.startswith("torch") else None}
+            for c, tps in zip(cases, (300.0, 200.0, 600.0))]  # fmt: skip
+    comps = {c["peer"]: c for c in throughput.comparisons(recs)}
+    assert comps["hf_alst"]["ratio_tokens_per_sec"] == 1.5 and comps["torchtitan"]["ratio_tokens_per_sec"] == 0.5
+    assert comps["torchtitan"]["peer_settings"] == {"version": "0.2.2", "ac_mode": "none"}
+
+
+def test_torchtitan_runner_trains_the_tiny_shape_on_cpu(tmp_path):
+    torchtitan = pytest.importorskip("torchtitan")
+    pytest.importorskip("tyro")
+    pytest.importorskip("datasets")
+    out = tmp_path / "tt.jsonl"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=1",
+           str(ROOT / "bench" / "peer_torchtitan.py"), "--shape", "tiny", "--seq-length", "128", "--iters", "3",
+           "--no-compile", "--ac-mode", "op", "--dump-folder", str(tmp_path), "--metrics-file", str(out)]  # fmt: skip
+    site = str(Path(torchtitan.__file__).parents[1])  # where it is installed (a --target directory, say)
+    run_env = env()
+    run_env.update(OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join(filter(None, [run_env.get("PYTHONPATH"), site])))
+    proc = subprocess.run(cmd, env=run_env, cwd=ROOT, capture_output=True, text=True,
+                          timeout=300, check=False)  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    lines = [json.loads(x) for x in out.read_text().splitlines()]
+    meta, recs = lines[0]["peer"], lines[1:]
+    assert meta["ffn_width"] == 192 and meta["ac_mode"] == "op" and meta["model_args"]["vocab_size"] == 512
+    ours = metrics.model_flops_per_token(parse_args(throughput.SHAPES["tiny"].megatron_flags()).model, 128)
+    assert abs(meta["model_flops_per_token"] / ours - 1) < 0.01
+    assert len(recs) == 3 and all(r["tokens_per_sec_per_gpu"] > 0 and r["grad_norm"] > 0 for r in recs)
+    assert recs[-1]["lm_loss"] < recs[0]["lm_loss"] + 0.5
+
+
+@pytest.mark.parametrize("shape", ["gpt-1.3b", "llama-1b"])
+def test_torchtitan_builds_the_shapes_swiglu_width(shape):
+    pytest.importorskip("torchtitan")
+    pytest.importorskip("tyro")
+    import torch
+    from torchtitan.models.llama3.model.model import Transformer
+
+    targs = peer_torchtitan.model_args(shape, 8192)
+    with torch.device("meta"):
+        model = Transformer(targs)
+    ffn = model.layers["0"].feed_forward
+    assert ffn.w1.out_features == ffn.w3.out_features == throughput.SHAPES[shape].peer_ffn
+    assert model.output.out_features == -(-throughput.SHAPES[shape].vocab // 128) * 128
