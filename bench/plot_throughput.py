@@ -26,9 +26,9 @@ CASES_HEADER = (
     "| --- | ---: | ---: | ---: | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |"
 )
 RATIOS_HEADER = (
-    "| shape | seq len | GPUs | SP | recompute | ours (backend) tokens/s/GPU | peer tokens/s/GPU | ours / peer | ours MFU "
-    "| peer MFU |\n"
-    "| --- | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: |"
+    "| shape | seq len | GPUs | SP | recompute | ours (backend) tokens/s/GPU | peer | peer tokens/s/GPU | ours / peer "
+    "| ours MFU | peer MFU |\n"
+    "| --- | ---: | ---: | ---: | --- | ---: | --- | ---: | ---: | ---: | ---: |"
 )
 OUTCOME_TEXT = {"oom": "OOM", "timeout": "timeout", "failed": "failed", "skipped": "skipped (OOM earlier)"}
 
@@ -41,7 +41,9 @@ def system_label(case: dict) -> str:
     what = case["backend"] + ("" if case.get("checkpoint_activations", True) else ", no recompute")
     what += ", attention kept" if case.get("checkpoint_keep_attention") else ""
     what += f", {case['ulysses_exchange']} exchange" if case.get("ulysses_exchange") not in (None, "deepspeed") else ""
-    what += ", leaf layers" if case.get("zero3_leaf_layers") else ""
+    what += ", leaf layers" if case.get("zero3_leaf_layers") and case["backend"] != "torchtitan-sdpa" else ""
+    ac_mode = (case.get("peer") or {}).get("ac_mode")  # torchtitan: the activation-checkpoint mode it ran
+    what = f"{case['backend']}, AC {ac_mode}" if ac_mode else what
     return f"peer ({what})" if case["kind"] == "peer" else f"ours ({what})"
 
 
@@ -94,8 +96,9 @@ def markdown_table(report: dict) -> str:
         lines += [
             "",
             (
-                "Ours (fastest backend) against the peer (Hugging Face Llama + DeepSpeed ALST), same length, GPUs, SP "
-                "and recomputation (full layers or none, in both):"
+                "Ours (fastest backend) against each peer (hf_alst: Hugging Face Llama + DeepSpeed ALST, same "
+                "recomputation as ours; torchtitan: its fastest activation-checkpoint mode that fits), same length, "
+                "GPUs and SP:"
             ),
             "",
             RATIOS_HEADER,
@@ -108,7 +111,7 @@ def markdown_table(report: dict) -> str:
                 f"| {r['shape']} | {r['seq_len']:,} | {r['nproc']} | {r['sp']} | {recompute} | "
                 f"{r['ours_tokens_per_sec_per_gpu']:,.0f} ({r['best_backend']}"
                 f"{'' if r.get('best_exchange') in (None, 'deepspeed') else ', ' + r['best_exchange']}) | "
-                f"{r['peer_tokens_per_sec_per_gpu']:,.0f} | "
+                f"{r.get('peer', 'hf_alst')} | {r['peer_tokens_per_sec_per_gpu']:,.0f} | "
                 f"{r['ratio_tokens_per_sec']:.2f}x | {_percent(r.get('ours_mfu'))} | {_percent(r.get('peer_mfu'))} |"
             )
     return "\n".join(lines) + "\n"
