@@ -211,8 +211,8 @@ def test_plot_and_table(tmp_path, capsys, monkeypatch):
     )
     assert "| gpt-1.3b | 32,768 | 1 | 1 | ours (flash_triton) | no | - | - | - | - | - | - | OOM |" in table
     assert "| gpt-1.3b | 65,536 | 1 | 1 | ours (sdpa) | no | - | - | - | - | - | - | timeout |" in table
-    assert "| gpt-1.3b | 8,192 | 1 | 1 | full | 11,000 (flash_triton) | 8,000 | 1.38x | 49.0% | 36.0% |" in table
-    assert "| gpt-1.3b | 32,768 | 1 | 1 | full | 6,000 (sdpa) | 5,000 | 1.20x | 45.0% | 37.0% |" in table
+    assert "| gpt-1.3b | 8,192 | 1 | 1 | full | 11,000 (flash_triton) | hf_alst | 8,000 | 1.38x | 49.0% | 36.0% |" in table
+    assert "| gpt-1.3b | 32,768 | 1 | 1 | full | 6,000 (sdpa) | hf_alst | 5,000 | 1.20x | 45.0% | 37.0% |" in table
     assert table.count("x | ") == 2  # no ratio at 65,536, where ours did not finish
     out = capsys.readouterr().out
     try:
@@ -253,7 +253,7 @@ def test_several_calls_merge_into_one_table(tmp_path, capsys):
     assert ratios == {8192: pytest.approx(11000 / 10000), 32768: pytest.approx(6000 / 5000),
                       65536: pytest.approx(4800 / 4000)}  # fmt: skip
     table = (tmp_path / "merged.md").read_text()
-    assert "| gpt-1.3b | 65,536 | 1 | 1 | full | 4,800 (sdpa) | 4,000 | 1.20x |" in table
+    assert "| gpt-1.3b | 65,536 | 1 | 1 | full | 4,800 (sdpa) | hf_alst | 4,000 | 1.20x |" in table
     assert "settings_per_source" in merged and "iterations 4-8" not in table  # the calls ran different counts
 
 
