@@ -158,8 +158,8 @@ def main(argv=None) -> int:
     targs = model_args(args.shape, S, args.pad_vocab)
     jc = job_config(args, world)
     pdims = ParallelDims(dp_replicate=1, dp_shard=world, cp=1, tp=1, pp=1, ep=1, etp=1, world_size=world)
-    if cuda or pdims.fsdp_enabled:
-        pdims.build_mesh() if hasattr(pdims, "build_mesh") else None
+    if not cuda and world > 1:  # torchtitan's device mesh sets a CUDA device per rank
+        raise SystemExit("error: the torchtitan peer runs one process on CPU; use --nproc_per_node 1 or GPUs")
 
     torch.manual_seed(args.seed)
     with torch.device("meta"):
