@@ -298,10 +298,13 @@ def _apply_model_args(values: dict, given: dict) -> dict:
         return values
     by_key = {o.key: o for o in shape_options()}
     changed = []
+    tokenizer_sets_vocab = values.get("data.tokenizer_type") not in (None, "NullTokenizer")
     for key, value in saved.items():
         o = by_key.get(key)
         if o is None:
             continue
+        if key == "vocab_size" and tokenizer_sets_vocab:
+            continue  # the tokenizer gives it (Config.resolve), as in the run that saved; --vocab-size is not read
         if o.dest in given and given[o.dest] != value and _overridable(o, saved):
             changed.append(f"{key} {value} -> {given[o.dest]}")
             continue
