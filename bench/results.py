@@ -665,8 +665,91 @@ def data_pipeline(facts: dict) -> str:
     ])  # fmt: skip
 
 
-SECTIONS = (attention_kernels, packed_documents, sliding_window, throughput_vs_peer, settings_32k, max_seqlen, tiled_loss, switches,
-            profile, gpt30b, checks, pointwise, data_pipeline)  # fmt: skip
+def _folder_cases(folder: Path) -> list:
+    """Every case of every JSON in ``folder`` (and one level below), each with the name of its file."""
+    cases = []
+    for path in sorted(folder.glob("*.json")) + sorted(folder.glob("*/*.json")):
+        for c in load(path).get("cases", []):
+            cases.append(dict(c, file=path.relative_to(folder).as_posix()))
+    return cases
+
+
+def _tokens_cell(c: dict) -> str:
+    if c.get("outcome") != "ok":
+        return "failed"
+    return f"{num(c['tokens_per_sec_per_gpu'])} ({pct(c['mfu'])}, {c['peak_mem_gb']:.1f} GB)"
+
+
+def peers_one_gpu(facts: dict) -> str:
+    """Ours (today's bench defaults) against each peer on one GPU, per shape and length."""
+    folder = latest("peers")
+    cases = [c for c in _folder_cases(folder) if c.get("outcome") == "ok"]
+    peers = sorted({c["peer_name"] for c in cases if c["kind"] == "peer"})
+    rows, facts["peers"] = [], []
+    for shape, seq in sorted({(c["shape"], c["seq_len"]) for c in cases}):
+        here = [c for c in cases if (c["shape"], c["seq_len"]) == (shape, seq)]
+        ours = max((c for c in here if c["kind"] == "ours"), key=lambda c: c["tokens_per_sec_per_gpu"], default=None)
+        if ours is None:
+            continue
+        row = [shape_name(shape), seq_label(seq), f"{_tokens_cell(ours)}, `{ours['backend']}`"]
+        for name in peers:
+            peer = next((c for c in here if c["kind"] == "peer" and c["peer_name"] == name), None)
+            row.append("not run" if peer is None else
+                       f"{_tokens_cell(peer)}; ours {ratio(ours['tokens_per_sec_per_gpu'] / peer['tokens_per_sec_per_gpu'])}")
+            if peer is not None:
+                facts["peers"].append(dict(shape=shape, seq=seq, peer=name,
+                                           ratio=ours["tokens_per_sec_per_gpu"] / peer["tokens_per_sec_per_gpu"]))
+        rows.append(row)
+    return "\n".join([
+        "## Against torchtitan and HF + DeepSpeed ALST, 1 x H200\n\n`bench/throughput.py --peers hf_alst,torchtitan`, "
+        "one H200, SP=1, bf16, micro batch 1, each case a fresh process. Ours with the benchmark's settings of that "
+        "day (ZeRO-3, full recomputation, tiled loss); torchtitan with its first activation-checkpoint mode that fits "
+        "(none at 8k: it keeps every activation), FSDP2 and `torch.compile`. Tokens/s per GPU (MFU, peak memory):\n",
+        table(["shape", "length", "ours", *peers], rows, right_from=9),
+        "\n" + source(folder),
+    ])  # fmt: skip
+
+
+def recompute_planner(facts: dict) -> str:
+    """``--recompute auto`` against full recomputation, per length."""
+    folder = latest("recompute_planner")
+    cases = _folder_cases(folder)
+    rows, gains = [], {}
+    for seq in sorted({c["seq_len"] for c in cases}):
+        auto = next(c for c in cases if c["seq_len"] == seq and c["file"].startswith("auto"))
+        full = next(c for c in cases if c["seq_len"] == seq and c["file"].startswith("full"))
+        gains[seq] = auto["tokens_per_sec_per_gpu"] / full["tokens_per_sec_per_gpu"]
+        rows.append([seq_label(seq), _tokens_cell(full), _tokens_cell(auto), ratio(gains[seq]),
+                     f"{full['final_loss']:.4f} / {auto['final_loss']:.4f}"])  # fmt: skip
+    facts["planner"] = gains
+    return "\n".join([
+        "## Recomputation planner\n\nGPT-1.3B, one H200, SP=1, ZeRO-3, bf16, our kernels, tiled MLP and loss: "
+        "`--recompute auto` (each layer's policy planned from the free memory; the plans are in the folder's README) "
+        "against `--checkpoint-activations` (full recomputation). Tokens/s (MFU, peak memory):\n",
+        table(["length", "full recomputation", "auto", "auto / full", "last loss, full / auto"], rows),
+        "\n" + source(folder),
+    ])  # fmt: skip
+
+
+def short_sequence_zero(facts: dict) -> str:
+    """ZeRO stages and DeepCompile at 8k on one GPU."""
+    folder = latest("short_sequence_zero")
+    rows = []
+    for c in sorted(_folder_cases(folder), key=lambda c: (c["file"].split("/")[-1], c["file"])):
+        setting = c["file"].split("/")[-1].rsplit("_r", 1)[0].replace("zero", "ZeRO-").replace("_deepcompile", " + DeepCompile")
+        rows.append([setting, c["file"].split("/")[0], _tokens_cell(c)])
+    return "\n".join([
+        "## Short sequences: ZeRO stage and DeepCompile\n\nGPT-1.3B at 8k, one H200, SP=1, bf16, no "
+        "recomputation, our kernels. Tokens/s (MFU, peak memory) of each call; why DeepCompile fails with this model: "
+        "the folder's README.\n",
+        table(["setting", "call", "tokens/s"], rows),
+        "\n" + source(folder),
+    ])  # fmt: skip
+
+
+SECTIONS = (attention_kernels, packed_documents, sliding_window, throughput_vs_peer, peers_one_gpu, recompute_planner,
+            short_sequence_zero, settings_32k, max_seqlen, tiled_loss, switches, profile, gpt30b, checks, pointwise,
+            data_pipeline)  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------------- the two outputs
@@ -704,6 +787,15 @@ def build() -> tuple:
                      f"[against the peer](docs/results.md#{anchor(p['title'])})"])  # fmt: skip
     rows.append([f"Best MFU, {gpt_sp2['title']}, full recomputation", pct(gpt_sp2["best_mfu"]),
                  f"[against the peer](docs/results.md#{anchor(gpt_sp2['title'])})"])  # fmt: skip
+    rows.append(["Recomputation planner (`--recompute auto`) against full recomputation: GPT-1.3B, 1 x H200",
+                 ", ".join(f"{ratio(g)} at {seq_label(q)}" for q, g in sorted(facts["planner"].items())),
+                 "[planner](docs/results.md#recomputation-planner)"])  # fmt: skip
+    for name in sorted({p["peer"] for p in facts["peers"]}):
+        cells = ", ".join(f"{ratio(p['ratio'])} ({shape_name(p['shape'])}, {seq_label(p['seq'])})"
+                          for p in facts["peers"] if p["peer"] == name)
+        title = {"hf_alst": "HF + DeepSpeed ALST"}.get(name, name)
+        rows.append([f"Tokens/s against {title}, 1 x H200, SP=1 (ours with full recomputation)", cells,
+                     "[against torchtitan](docs/results.md#against-torchtitan-and-hf--deepspeed-alst-1-x-h200)"])  # fmt: skip
     for _, m in sorted(mx.items()):
         proj = f"; GPU memory projected to last to ~{num(m['projected'])} with `{m['projected_rung']}`" if m["projected"] else ""
         rows.append([f"Longest trained sequence: {m['title']}", f"{num(m['longest'])} tokens (`{m['rung']}`){proj}",
