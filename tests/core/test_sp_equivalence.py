@@ -71,6 +71,15 @@ def test_keep_attention_checkpointing_trains_like_sp1(reference, tmp_path, shape
     assert_close_records(reference[shape], got, what=f"{shape} SP=2 ZeRO-{zero} keep-attention checkpointing")
 
 
+def test_attention_output_checkpointing_trains_like_sp1(reference, tmp_path):
+    """--recompute attention_output (each layer keeps its input and its attention's output and log-sum-exp; the
+    attention's backward runs from them) at SP=2 under ZeRO-3 with leaf layers trains exactly like SP=1."""
+    args = TINY_LLAMA + TRAIN + ["--ds-sequence-parallel-size", "2", "--zero-stage", "3", "--zero3-leaf-layers",
+                                 "--recompute", "attention_output", "--attention-backend", "classic"]  # fmt: skip
+    got = train_records(tmp_path, "attention_output_llama_z3", 2, args)
+    assert_close_records(reference["llama"], got, what="llama SP=2 ZeRO-3 attention-output checkpointing")
+
+
 # Qwen-style attention on the tiny Llama: head dim 24 (8 x 24 != 64), q/k/v biases without an output bias,
 # q/k norms, and dynamic-NTK RoPE past its 32-token context (its length is the maximum over the SP ranks).
 ATTENTION_FEATURES = TINY_LLAMA + [
