@@ -43,7 +43,7 @@ class LayerShape:
     def of(cls, model_cfg) -> LayerShape:
         c = model_cfg
         return cls(c.hidden_size, c.num_attention_heads, c.num_key_value_heads, c.head_dim, c.ffn_hidden_size,
-                   c.gated_mlp, c.num_layers, c.padded_vocab_size, c.normalization)  # fmt: skip
+                   getattr(c, "gated_mlp", c.swiglu), c.num_layers, c.padded_vocab_size, c.normalization)  # fmt: skip
 
 
 @dataclass(frozen=True)
