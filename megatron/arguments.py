@@ -161,6 +161,9 @@ def _add_option(g, o: Option) -> None:
     elif o.kind is list and o.choices:
         g.add_argument(o.flag, *o.aliases, dest=o.dest, nargs="+", choices=list(o.choices), metavar="TYPE",
                        help=_help(o))  # fmt: skip
+    elif o.kind is list and o.parse is not None:  # numbers (longrope's factor lists)
+        g.add_argument(o.flag, *o.aliases, dest=o.dest, nargs="+", type=o.parse, metavar=o.parse.__name__.upper(),
+                       help=_help(o))  # fmt: skip
     elif o.kind is list:
         g.add_argument(o.flag, *o.aliases, dest=o.dest, nargs="+", metavar="PATH", help=_help(o))
     else:

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from megatron.config_fields import (  # noqa: F401  (re-exported: the names users import from megatron.config)
     ATTENTION_BACKENDS,
     LAYER_TYPES,
+    NORMALIZATIONS,
     ROPE_SCALING_TYPES,
     ULYSSES_EXCHANGES,
     ConfigError,
@@ -59,15 +60,22 @@ class ModelConfig:
     """Rotary position embeddings (Llama) instead of learned absolute positions (GPT)."""
     rotary_base: float = opt(10000.0, aliases=("--rope-theta",), shape=True, override=True)
     """RoPE theta (the base of the rotation frequencies)."""
+    rotary_base_local: float | None = opt(None, shape=True, override=True)
+    """RoPE theta of the sliding-window layers (Gemma-3's rope_local_base_freq): they rotate with plain RoPE at this
+    base, and --rotary-base and --rope-scaling-type apply to the full-attention layers only; default: one RoPE for
+    every layer."""
     rope_scaling_type: str | None = opt(None, choices=("none",) + ROPE_SCALING_TYPES, shape=True, override=True)
     """RoPE scaling for a longer context, computed as transformers does: linear (positions / factor), llama3
     (Llama 3.1: low frequencies / factor, a smooth band), yarn (NTK-by-parts and an attention factor on cos/sin),
-    dynamic (NTK base from the longest position of the batch, when past --max-position-embeddings); none (default)
-    for plain RoPE. longrope (Phi-3) is refused."""
+    dynamic (NTK base from the longest position of the batch, when past --max-position-embeddings), longrope (Phi-3:
+    per-frequency --rope-short-factor / --rope-long-factor, chosen by the global sequence length, and an attention
+    factor on cos/sin); none (default) for plain RoPE."""
     rope_scaling_factor: float = opt(1.0, shape=True, override=True)
-    """RoPE scaling factor: the new context / the original one (linear, llama3, yarn, dynamic)."""
+    """RoPE scaling factor: the new context / the original one (linear, llama3, yarn, dynamic; longrope: only its
+    default attention factor sqrt(1 + ln(factor) / ln(original)) uses it, HF's max_position_embeddings / original
+    when its config has no factor)."""
     rope_original_max_position_embeddings: int | None = opt(None, shape=True, override=True)
-    """The context the scaled checkpoint was pretrained at (llama3, yarn; required by them)."""
+    """The context the scaled checkpoint was pretrained at (llama3, yarn, longrope; required by them)."""
     rope_low_freq_factor: float = opt(1.0, shape=True, override=True)
     """llama3: wavelengths above original length / this are divided by the factor."""
     rope_high_freq_factor: float = opt(4.0, shape=True, override=True)
@@ -84,16 +92,49 @@ class ModelConfig:
     yarn_truncate: bool = opt(True, shape=True, override=True)
     """yarn: round the correction range to whole dimensions (transformers' default; gpt-oss turns it off)."""
     rope_attention_factor: float | None = opt(None, shape=True, override=True)
-    """yarn: the multiplier of cos and sin (both q and k are scaled, the scores by its square); default from the
-    factor and --yarn-mscale."""
-    normalization: str = opt("LayerNorm", choices=("LayerNorm", "RMSNorm"), shape=True)
-    """LayerNorm (GPT) or RMSNorm (Llama)."""
+    """yarn, longrope: the multiplier of cos and sin (both q and k are scaled, the scores by its square); default
+    from the factor and --yarn-mscale (yarn) or sqrt(1 + ln(factor) / ln(original)) (longrope, 1 for factor <= 1)."""
+    rope_short_factor: list = opt(factory=list, shape=True, override=True, parse=float)
+    """longrope: one divisor per rotation frequency (rotary dim / 2 numbers, HF's short_factor): inv_freq_i = 1 /
+    (short_i * theta^(2i/d)) while the longest position + 1 of the micro batch is at most
+    --rope-original-max-position-embeddings. The length is the global one: under sequence parallelism the maximum
+    over the SP ranks' global position ids (one all-reduce of a scalar per layer), so SP=N rotates as SP=1;
+    transformers' rule (max(position_ids) + 1 > original selects the long factors) for the whole batch."""
+    rope_long_factor: list = opt(factory=list, shape=True, override=True, parse=float)
+    """longrope: the divisors (HF's long_factor) used instead of --rope-short-factor once the micro batch's longest
+    position + 1, over all SP ranks, exceeds --rope-original-max-position-embeddings (both regimes keep the
+    attention factor)."""
+    rotary_percent: float = opt(1.0, shape=True)
+    """Fraction of each head that RoPE rotates (Megatron-LM's --rotary-percent; HF's partial_rotary_factor,
+    GPT-NeoX's rotary_pct): the first int(head dim x this) dimensions, rotate-half within them, frequencies over that
+    dim; the rest pass through unrotated (Pythia 0.25, Phi-4-mini 0.75)."""
+    normalization: str = opt("LayerNorm", choices=NORMALIZATIONS, shape=True)
+    """LayerNorm (GPT), RMSNorm (Llama) or GemmaRMSNorm (Gemma: RMSNorm in fp32 times (1 + weight), cast back
+    after the product; its weights are offsets from 1)."""
     norm_epsilon: float = opt(1e-5, shape=True)
     """Epsilon of the normalization layers."""
     qk_layernorm: bool = opt(False, shape=True)
-    """RMSNorm over each query and key head (head dim, weights attention.q_norm/k_norm) before RoPE (Qwen3)."""
+    """RMSNorm over each query and key head (head dim, weights attention.q_norm/k_norm) before RoPE (Qwen3); with
+    --normalization GemmaRMSNorm it is Gemma's (1 + weight) form (Gemma-3)."""
+    sandwich_norm: bool = opt(False, shape=True)
+    """Gemma-2/3 sandwich norms: the attention's and the MLP's outputs are normalized too before their residual
+    add, x + norm(attn(norm(x))) and x + norm(mlp(norm(x))) (weights attention_output_norm, mlp_output_norm)."""
     swiglu: bool = opt(False, shape=True)
     """SwiGLU MLP (Llama) instead of GeLU (GPT)."""
+    geglu: bool = opt(False, shape=True)
+    """Gated GeLU MLP (Gemma): fc1 holds [gate; up], fc2 takes gelu(gate) * up with --activation's GeLU (Gemma's
+    gelu_pytorch_tanh is gelu_tanh); not with --swiglu."""
+    scale_embeddings: bool = opt(False, shape=True)
+    """Multiply the word embeddings by sqrt(hidden size), rounded to the embeddings' dtype (Gemma)."""
+    query_pre_attn_scalar: float | None = opt(None, shape=True)
+    """Attention scores are q.k * this**-0.5 instead of head dim**-0.5 (Gemma-2/3's query_pre_attn_scalar);
+    default the head dim."""
+    attention_softcap: float | None = opt(None, shape=True)
+    """Attention-logit soft-cap c (Gemma-2's attn_logit_softcapping): scores = c * tanh(scores / c) before the mask
+    and the softmax; only --attention-backend classic computes it."""
+    final_logit_softcap: float | None = opt(None, shape=True)
+    """Final-logit soft-cap c (Gemma-2's final_logit_softcapping): logits = c * tanh(logits / c), in the logits and
+    in the full and tiled losses (not with --use-liger-kernel)."""
     add_bias_linear: bool = opt(True, negate="--disable-bias-linear", shape=True)
     """Biases in linear layers (GPT); --disable-bias-linear turns them off (Llama)."""
     add_qkv_bias: bool = opt(False, shape=True)
@@ -106,8 +147,12 @@ class ModelConfig:
     max_window_layers); empty: every layer windowed when --sliding-window is set, else full."""
     untie_embeddings_and_output_weights: bool = opt(False, shape=True)
     """Separate output layer instead of reusing the word embeddings."""
+    parallel_residual: bool = opt(False, shape=True)
+    """Parallel attention and MLP (GPT-NeoX's use_parallel_residual, GPT-J): x + attn(norm1(x)) + mlp(norm2(x)),
+    both branches reading the layer's input, instead of x + attn(norm1(x)) followed by + mlp(norm2(that))."""
     activation: str = opt("gelu", choices=("gelu", "gelu_tanh"), shape=True)
-    """MLP activation without --swiglu: gelu (exact, erf) or gelu_tanh (GPT-2's gelu_new)."""
+    """MLP activation without --swiglu, and --geglu's: gelu (exact, erf) or gelu_tanh (GPT-2's gelu_new, Gemma's
+    gelu_pytorch_tanh)."""
     init_method_std: float = 0.02
     """Standard deviation of the normal initialization."""
     hidden_dropout: float = 0.0
@@ -120,8 +165,8 @@ class ModelConfig:
             _fill(self, "max_position_embeddings", self.seq_length)
         if self.ffn_hidden_size is None:
             swiglu_width = int(math.ceil(8 * self.hidden_size / 3 / 64) * 64)
-            _fill(self, "ffn_hidden_size", swiglu_width if self.swiglu else 4 * self.hidden_size)
-        _choice(self.normalization, ("LayerNorm", "RMSNorm"), "--normalization")
+            _fill(self, "ffn_hidden_size", swiglu_width if self.gated_mlp else 4 * self.hidden_size)
+        _choice(self.normalization, NORMALIZATIONS, "--normalization")
         _choice(self.activation, ("gelu", "gelu_tanh"), "--activation")
         if self.kv_channels is None and self.hidden_size % self.num_attention_heads:
             raise ConfigError(
@@ -140,24 +185,73 @@ class ModelConfig:
                 f"--max-position-embeddings {self.max_position_embeddings} is smaller than --seq-length "
                 f"{self.seq_length}; raise it to at least the sequence length"
             )
+        self._check_rotary()
         self._check_rope_scaling()
         self._check_windows()
+        self._check_gemma()
+
+    def _check_gemma(self) -> None:
+        if self.swiglu and self.geglu:
+            raise ConfigError("--swiglu and --geglu were both given; an MLP has one gate activation: choose one")
+        for flag, x in (("--query-pre-attn-scalar", self.query_pre_attn_scalar),
+                        ("--attention-softcap", self.attention_softcap),
+                        ("--final-logit-softcap", self.final_logit_softcap),
+                        ("--rotary-base-local", self.rotary_base_local)):  # fmt: skip
+            if x is not None and not x > 0:
+                raise ConfigError(f"{flag} {x} must be > 0 (or omit it)")
+        if self.rotary_base_local is not None and not self.use_rotary_position_embeddings:
+            raise ConfigError("--rotary-base-local is the RoPE base of the sliding-window layers; add "
+                              "--use-rotary-position-embeddings")  # fmt: skip
+
+    def _check_rotary(self) -> None:
+        """--rotary-percent and longrope's factor lists (parsed from strings: flags, one YAML string)."""
+        for name in ("rope_short_factor", "rope_long_factor"):
+            value = getattr(self, name)
+            try:
+                _fill(self, name, [float(x) for x in (value.split() if isinstance(value, str) else value or [])])
+            except (TypeError, ValueError):
+                flag = "--" + name.replace("_", "-")
+                raise ConfigError(f"{flag} {value!r} must be numbers, one per rotation frequency") from None
+        p = self.rotary_percent
+        if p != 1.0 and not self.use_rotary_position_embeddings:
+            raise ConfigError(f"--rotary-percent {p} is the part of each head RoPE rotates; add "
+                              "--use-rotary-position-embeddings")  # fmt: skip
+        if p == 1.0:
+            return  # whole heads (an odd head dim is refused where RoPE is on: --kv-channels)
+        if not 0 < p <= 1 or int(self.head_dim * p) < 2 or int(self.head_dim * p) % 2:
+            raise ConfigError(
+                f"--rotary-percent {p} must be in (0, 1] and rotate an even number of dimensions >= 2 of the head dim "
+                f"{self.head_dim} (int(head dim x percent) = {int(self.head_dim * p)})"
+            )
+
+    def _check_longrope(self) -> None:
+        if self.rope_original_max_position_embeddings is None:
+            raise ConfigError("--rope-scaling-type longrope needs --rope-original-max-position-embeddings: the context "
+                              "the checkpoint was pretrained at (the short and long factors switch there)")  # fmt: skip
+        n = self.rotary_dim // 2
+        for flag, factors in (("--rope-short-factor", self.rope_short_factor),
+                              ("--rope-long-factor", self.rope_long_factor)):  # fmt: skip
+            if len(factors) != n or not all(f > 0 for f in factors):
+                raise ConfigError(
+                    f"--rope-scaling-type longrope needs {flag} with {n} positive numbers (one per rotation frequency: "
+                    f"rotary dim {self.rotary_dim} / 2), got {len(factors)}"
+                )
 
     def _check_rope_scaling(self) -> None:
         kind = self.rope_scaling_type
         if kind == "none":
             _fill(self, "rope_scaling_type", None)
             kind = None
+        if kind != "longrope" and (self.rope_short_factor or self.rope_long_factor):
+            raise ConfigError("--rope-short-factor / --rope-long-factor are longrope's; add --rope-scaling-type "
+                              "longrope or drop them")  # fmt: skip
         if kind is None:
             return
         _choice(kind, ROPE_SCALING_TYPES, "--rope-scaling-type")
         if not self.use_rotary_position_embeddings:
             raise ConfigError(f"--rope-scaling-type {kind} scales rotary embeddings; add --use-rotary-position-embeddings")
         if kind == "longrope":
-            raise ConfigError(
-                "--rope-scaling-type longrope (Phi-3 128k) is not supported: its frequencies switch between two "
-                "per-dimension factor lists at the original length; use yarn or llama3 to extend a context"
-            )
+            self._check_longrope()
         if not self.rope_scaling_factor > 0:
             raise ConfigError(f"--rope-scaling-factor {self.rope_scaling_factor} must be > 0 (new context / original)")
         original = self.rope_original_max_position_embeddings
@@ -176,7 +270,7 @@ class ModelConfig:
                 f"--rope-high-freq-factor {self.rope_high_freq_factor} must exceed --rope-low-freq-factor "
                 f"{self.rope_low_freq_factor}"
             )
-        if kind == "dynamic" and self.head_dim <= 2:
+        if kind == "dynamic" and self.rotary_dim <= 2:
             raise ConfigError("--rope-scaling-type dynamic needs a head dim > 2 (its exponent is dim / (dim - 2))")
 
     def _check_windows(self) -> None:
@@ -207,6 +301,25 @@ class ModelConfig:
     def head_dim(self) -> int:
         return self.kv_channels or self.hidden_size // self.num_attention_heads
 
+    @property
+    def rotary_dim(self) -> int:
+        """The dimensions of each head RoPE rotates: int(head dim x --rotary-percent), as transformers truncates it."""
+        return int(self.head_dim * self.rotary_percent)
+
+    @property
+    def gated_mlp(self) -> bool:
+        """fc1 holds [gate; up] (SwiGLU or GeGLU)."""
+        return self.swiglu or self.geglu
+
+    @property
+    def softmax_scale(self) -> float | None:
+        """The attention's score scale: query_pre_attn_scalar**-0.5, or None for 1/sqrt(head dim)."""
+        return None if self.query_pre_attn_scalar is None else self.query_pre_attn_scalar**-0.5
+
+    def local_rope(self, layer: int) -> bool:
+        """Decoder layer ``layer`` rotates with the local RoPE (--rotary-base-local: a sliding-window layer)."""
+        return self.rotary_base_local is not None and self.window(layer) is not None
+
     def window(self, layer: int) -> int | None:
         """The sliding window of decoder layer ``layer`` (None: full causal attention)."""
         if self.sliding_window is None:
@@ -228,9 +341,9 @@ class ModelConfig:
         qkv_bias = 1 if self.add_bias_linear or self.add_qkv_bias else 0
         attn = h * (q + 2 * kv) + qkv_bias * (q + 2 * kv) + q * h + b * h
         attn += 2 * self.head_dim if self.qk_layernorm else 0
-        mlp = (h * f * (3 if self.swiglu else 2)) + b * (f * (2 if self.swiglu else 1) + h)
+        mlp = (h * f * (3 if self.gated_mlp else 2)) + b * (f * (2 if self.gated_mlp else 1) + h)
         norm = 2 * h if self.normalization == "LayerNorm" else h
-        per_layer = attn + mlp + 2 * norm
+        per_layer = attn + mlp + (4 if self.sandwich_norm else 2) * norm
         emb = v * h + (0 if self.use_rotary_position_embeddings else self.max_position_embeddings * h)
         out = v * h if self.untie_embeddings_and_output_weights else 0
         return self.num_layers * per_layer + emb + out + norm
@@ -562,6 +675,19 @@ class Config:
         if p.deepcompile and (m.use_tiled_logits_loss or m.use_liger_kernel):
             raise ConfigError("--deepcompile does not trace the tiled loss's backward; add --no-tiled-logits-loss "
                               "(and drop --use-liger-kernel) or drop --deepcompile")
+        md = self.model
+        if md.attention_softcap is not None and self.attention.backend != "classic":
+            raise ConfigError(
+                f"--attention-softcap {md.attention_softcap} (Gemma-2's attn_logit_softcapping) is computed only by "
+                f"--attention-backend classic (explicit fp32 softmax; {self.attention.backend} has no soft-cap); add "
+                "--attention-backend classic"
+            )
+        if md.final_logit_softcap is not None and m.use_liger_kernel:
+            raise ConfigError(
+                f"--use-liger-kernel's fused loss has no final-logit soft-cap (--final-logit-softcap "
+                f"{md.final_logit_softcap}, Gemma-2's final_logit_softcapping); drop --use-liger-kernel (the tiled "
+                "loss, --tiled-logits-loss, applies the cap)"
+            )
 
     def resolve(self, world_size: int, vocab_size: int | None = None) -> Config:
         """The config of a run on ``world_size`` processes (and the tokenizer's vocabulary), checked.

@@ -16,6 +16,7 @@ class ConfigError(ValueError):
 ATTENTION_BACKENDS = ("classic", "sdpa", "flash", "flash_triton")
 ROPE_SCALING_TYPES = ("linear", "llama3", "yarn", "dynamic", "longrope")
 LAYER_TYPES = ("full_attention", "sliding_attention")
+NORMALIZATIONS = ("LayerNorm", "RMSNorm", "GemmaRMSNorm")
 ULYSSES_EXCHANGES = ("deepspeed", "fused", "overlap")
 
 

@@ -1,4 +1,5 @@
-"""Hugging Face interop: Llama, Mistral, Qwen2, Qwen3 and GPT-2 checkpoints <-> our ``GPTModel``.
+"""Hugging Face interop: Llama, Mistral, Qwen2, Qwen3, Gemma, Gemma-2, Gemma-3, Phi-3, GPT-NeoX and GPT-2
+checkpoints <-> our ``GPTModel``.
 
     from megatron.hf import load_hf_checkpoint
     model, cfg = load_hf_checkpoint("path/to/hf_dir")   # our GPTModel (eval mode) and its ModelConfig
@@ -10,9 +11,19 @@ Tensor maps (ours <- HF), per layer ``i``:
          rotate-half in both, so no permutation), dense <- o_proj, fc1 <- cat(gate_proj, up_proj),
          fc2 <- down_proj, input_norm <- input_layernorm, post_attention_norm <-
          post_attention_layernorm, attention.q_norm / k_norm <- self_attn.q_norm / k_norm (Qwen3).
+  Gemma: as Llama (its norms' weights are Gemma's offsets from 1, kept as they are: GemmaRMSNorm).
+  Gemma-2, Gemma-3: as Llama but for the sandwich norms: attention_output_norm <- post_attention_layernorm,
+         post_attention_norm (the MLP's input norm) <- pre_feedforward_layernorm, mlp_output_norm <-
+         post_feedforward_layernorm; q_norm / k_norm (Gemma-3).
   GPT-2: Conv1D weights are [in, out], ours [out, in]: every linear is transposed.
          qkv <- c_attn (already [q; k; v]), dense <- attn.c_proj, fc1 <- c_fc, fc2 <- mlp.c_proj,
          input_norm <- ln_1, post_attention_norm <- ln_2, gelu_new = --activation gelu_tanh.
+  Phi-3: as Llama but fused: qkv <- self_attn.qkv_proj (already [q; k; v]), fc1 <- mlp.gate_up_proj (already
+         [gate; up]); no biases.
+  GPT-NeoX: qkv <- attention.query_key_value permuted from its per-head [heads, 3, d] rows to [3, heads, d]
+         (weight and bias), dense <- attention.dense, fc1 <- mlp.dense_h_to_4h, fc2 <- mlp.dense_4h_to_h, norms
+         input_layernorm / post_attention_layernorm / final_layer_norm with biases, output_layer <- embed_out
+         (``gpt_neox.`` prefix; embed_out has none). The permutation is exact both ways.
 
 config.json <-> ModelConfig per family (RoPE scaling in both layouts, windows, head dim) is
 ``megatron.hf_config``. Converted models use ``make_vocab_size_divisible_by = 1`` so our padded
@@ -32,6 +43,7 @@ import torch
 
 from megatron.config import ConfigError, ModelConfig
 from megatron.hf_config import (  # noqa: F401  (the loader's public names)
+    GEMMA_FAMILY,
     LLAMA_FAMILY,
     SUPPORTED_ARCHITECTURES,
     architecture_of,
@@ -39,9 +51,20 @@ from megatron.hf_config import (  # noqa: F401  (the loader's public names)
     hf_config_from_model,
     model_config_from_hf,
 )
+from megatron.hf_phi3_neox import (
+    NEOX_QKV,
+    PHI3_NEOX_FAMILY,
+    neox_qkv_from_hf,
+    neox_qkv_to_hf,
+    output_layer_name,
+    phi3_neox_layer_rows,
+    phi3_neox_prefix,
+    phi3_neox_top_rows,
+)
 
 # Buffers some HF checkpoints carry that hold no weights.
-_IGNORED_SUFFIXES = ("rotary_emb.inv_freq", ".attn.bias", ".attn.masked_bias")
+_IGNORED_SUFFIXES = ("rotary_emb.inv_freq", ".attn.bias", ".attn.masked_bias", ".attention.bias",
+                     ".attention.masked_bias")  # fmt: skip  (GPT-2's and old GPT-NeoX files' causal-mask buffers)
 
 
 # ---------------------------------------------------------------- safetensors directories
@@ -122,15 +145,35 @@ def write_hf_dir(path: str, config: dict, state_dict: dict, layout: dict | None 
 
 
 # ---------------------------------------------------------------- tensor maps
+def _llama_layout(arch: str) -> bool:
+    """Llama's tensor names (model. prefix, q/k/v and gate/up projections): the Llama and Gemma families."""
+    return arch in LLAMA_FAMILY or arch in GEMMA_FAMILY
+
+
+def _norm_rows(arch: str, o: str, h: str) -> list:
+    """(ours, [hf]) for a decoder layer's norms (Gemma-2/3: sandwich norms, HF's names shifted)."""
+    if arch in ("Gemma2ForCausalLM", "Gemma3ForCausalLM"):
+        return [
+            (o + "input_norm.weight", [h + "input_layernorm.weight"]),
+            (o + "attention_output_norm.weight", [h + "post_attention_layernorm.weight"]),
+            (o + "post_attention_norm.weight", [h + "pre_feedforward_layernorm.weight"]),
+            (o + "mlp_output_norm.weight", [h + "post_feedforward_layernorm.weight"]),
+        ]
+    return [
+        (o + "input_norm.weight", [h + "input_layernorm.weight"]),
+        (o + "post_attention_norm.weight", [h + "post_attention_layernorm.weight"]),
+    ]
+
+
 def _layer_map(arch: str, i: int) -> list:
     """[(ours, [hf names], transpose)] for decoder layer i (HF names without the model prefix)."""
+    if arch in PHI3_NEOX_FAMILY:
+        return phi3_neox_layer_rows(arch, i)
     o = f"layers.{i}."
-    if arch in LLAMA_FAMILY:
+    if _llama_layout(arch):
         h = f"layers.{i}."
         a, m = h + "self_attn.", h + "mlp."
-        rows = [
-            (o + "input_norm.weight", [h + "input_layernorm.weight"]),
-            (o + "post_attention_norm.weight", [h + "post_attention_layernorm.weight"]),
+        rows = _norm_rows(arch, o, h) + [
             (o + "attention.qkv.weight", [a + "q_proj.weight", a + "k_proj.weight", a + "v_proj.weight"]),
             (o + "attention.qkv.bias", [a + "q_proj.bias", a + "k_proj.bias", a + "v_proj.bias"]),
             (o + "attention.dense.weight", [a + "o_proj.weight"]),
@@ -154,8 +197,11 @@ def _layer_map(arch: str, i: int) -> list:
 
 
 def _tensor_map(arch: str, cfg: ModelConfig) -> list:
-    """[(ours, [hf names without prefix], transpose)] for every tensor of the model."""
-    if arch in LLAMA_FAMILY:
+    """[(ours, [hf names without prefix], transpose)] for every tensor of the model (transpose: True, False or
+    NEOX_QKV, GPT-NeoX's per-head fused QKV)."""
+    if arch in PHI3_NEOX_FAMILY:
+        rows = phi3_neox_top_rows(arch)
+    elif _llama_layout(arch):
         rows = [
             ("word_embeddings.weight", ["embed_tokens.weight"], False),
             ("final_norm.weight", ["norm.weight"], False),
@@ -177,7 +223,9 @@ def _tensor_map(arch: str, cfg: ModelConfig) -> list:
 
 
 def _prefix(arch: str) -> str:
-    return "model." if arch in LLAMA_FAMILY else "transformer."
+    if arch in PHI3_NEOX_FAMILY:
+        return phi3_neox_prefix(arch)
+    return "model." if _llama_layout(arch) else "transformer."
 
 
 def hf_to_megatron_state_dict(config: dict, hf_state_dict: dict) -> tuple[dict, ModelConfig]:
@@ -196,8 +244,13 @@ def hf_to_megatron_state_dict(config: dict, hf_state_dict: dict) -> tuple[dict, 
         if missing:
             raise ConfigError(f"{arch} checkpoint lacks {prefix}{missing[0]}; the files do not match config.json")
         parts = [sd.pop(n) for n in hf_names]
+        if transpose == NEOX_QKV:
+            out[ours] = neox_qkv_from_hf(parts[0], cfg.num_attention_heads)
+            continue
         out[ours] = torch.cat([p.t() if transpose else p for p in parts], dim=0).contiguous()
     lm_head = sd.pop("lm_head.weight", None)
+    if arch in PHI3_NEOX_FAMILY:  # GPT-NeoX files name it embed_out (outside the gpt_neox. prefix)
+        lm_head = sd.pop("embed_out.weight", lm_head)
     if cfg.untie_embeddings_and_output_weights:
         if lm_head is None:
             raise ConfigError(f"{arch} has tie_word_embeddings=false but no lm_head.weight; a shard is missing")
@@ -231,33 +284,40 @@ def megatron_to_hf_state_dict(cfg: ModelConfig, state_dict: dict, names: list | 
         if ours not in sd:
             raise ConfigError(f"checkpoint lacks {ours}; it does not match its own config")
         t = sd[ours]
+        if transpose == NEOX_QKV:
+            out[prefix + hf_names[0]] = neox_qkv_to_hf(t, cfg.num_attention_heads)
+            continue
         sizes = _split_sizes(arch, cfg, ours, t.shape[0])
         for name, part in zip(hf_names, torch.split(t, sizes, dim=0)):
             out[prefix + name] = (part.t() if transpose else part).contiguous()
+    head = output_layer_name(arch, names)
     if cfg.untie_embeddings_and_output_weights:
-        out["lm_head.weight"] = sd["output_layer.weight"].contiguous()
-    elif names is not None and "lm_head.weight" in names:
-        out["lm_head.weight"] = sd["word_embeddings.weight"].clone()
+        out[head] = sd["output_layer.weight"].contiguous()
+    elif names is not None and head in names:
+        out[head] = sd["word_embeddings.weight"].clone()
     return out, arch
 
 
 def _split_sizes(arch: str, cfg: ModelConfig, ours: str, rows: int) -> list:
-    if ours.endswith(("attention.qkv.weight", "attention.qkv.bias")) and arch in LLAMA_FAMILY:
+    if ours.endswith(("attention.qkv.weight", "attention.qkv.bias")) and _llama_layout(arch):
         q, kv = cfg.num_attention_heads * cfg.head_dim, cfg.num_key_value_heads * cfg.head_dim
         return [q, kv, kv]
-    if ours.endswith(("mlp.fc1.weight", "mlp.fc1.bias")) and arch in LLAMA_FAMILY:
+    if ours.endswith(("mlp.fc1.weight", "mlp.fc1.bias")) and _llama_layout(arch):
         return [cfg.ffn_hidden_size, cfg.ffn_hidden_size]
     return [rows]
 
 
 # ---------------------------------------------------------------- loading models
 def build_model(cfg: ModelConfig, state_dict: dict, device="cpu", dtype: torch.dtype = torch.float32):
-    """Our GPTModel (eval mode, single process, SDPA attention) holding ``state_dict``; no random init is spent."""
+    """Our GPTModel (eval mode, single process, SDPA attention; the classic backend for Gemma-2's attention-logit
+    soft-cap, which only it computes) holding ``state_dict``; no random init is spent."""
+    from megatron.config import AttentionConfig
     from megatron.model.gpt import GPTModel
 
     device = torch.device(device)
+    attention = AttentionConfig(backend="classic" if cfg.attention_softcap is not None else "sdpa")
     with torch.device("meta"):
-        model = GPTModel(cfg, device=device)
+        model = GPTModel(cfg, attention, device=device)
     model = model.to_empty(device=device)
     model.load_state_dict(state_dict, strict=True)
     return model.to(dtype).eval()

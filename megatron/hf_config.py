@@ -10,17 +10,40 @@ Families (architecture: what it adds to a Llama decoder):
   Qwen3ForCausalLM     per-head RMSNorm of q and k (--qk-layernorm), head_dim 128 by default,
                        windows as Qwen2
   GPT2LMHeadModel      learned positions, LayerNorm, gelu_new
+  Phi3ForCausalLM      Llama's with fused qkv_proj / gate_up_proj, longrope (short/long factor lists switched
+                       by the global sequence length), partial_rotary_factor (--rotary-percent), a window on
+                       every layer; Phi-3-small, Phi-3.5-MoE and the multimodal Phis are refused
+  GPTNeoXForCausalLM   Pythia: LayerNorm and GeLU MLP with biases, the per-head fused query_key_value,
+                       partial rotary (rotary_pct), parallel residual (--parallel-residual), untied embed_out
+                       (megatron.hf_phi3_neox has the Phi-3 and GPT-NeoX details)
+  GemmaForCausalLM     embeddings times sqrt(hidden), RMSNorm times (1 + w) in fp32 (GemmaRMSNorm),
+                       GeGLU (gelu_pytorch_tanh), head_dim 256, tied
+  Gemma2ForCausalLM    Gemma's, plus sandwich norms, query_pre_attn_scalar, attention-logit soft-cap
+                       (classic backend only), final-logit soft-cap, interleaved sliding windows
+  Gemma3ForCausalLM    Gemma-2's without the attention soft-cap, plus (1 + w) q/k norms, a RoPE base of
+                       its own for the sliding layers (rope_local_base_freq) and RoPE scaling on the
+                       full-attention layers only (megatron.hf_gemma has the Gemma details)
 
 RoPE is read from either layout, as transformers reads it: ``rope_scaling`` + ``rope_theta``
 (transformers 4.x, vLLM) or ``rope_parameters`` (transformers 5.x); ``rope_scaling`` wins when
 both are there. A config we write carries both, so transformers 4 and 5 and vLLM read it unchanged. Anything a family
-can hold that our model does not compute (mixture of experts, vision towers, longrope, partial
-rotary, other activations) is a one-line ConfigError naming the feature.
+can hold that our model does not compute (mixture of experts, vision towers, partial rotary outside
+Phi-3 and GPT-NeoX, other activations; Gemma's bidirectional attention and biases; Gemma-3 with vision, Gemma-3n,
+PaliGemma, RecurrentGemma) is a one-line ConfigError naming the feature.
 """
 
 from __future__ import annotations
 
 from megatron.config import ConfigError, ModelConfig
+from megatron.hf_gemma import GEMMA_FAMILY, gemma_config, gemma_expresses, gemma_hf_config, gemma_only
+from megatron.hf_phi3_neox import (
+    PHI3_NEOX_FAMILY,
+    PHI3_NEOX_UNSUPPORTED,
+    phi3_neox_config,
+    phi3_neox_expresses,
+    phi3_neox_hf_config,
+    phi3_neox_only,
+)
 
 LLAMA_FAMILY = {
     "LlamaForCausalLM": "llama",
@@ -28,8 +51,9 @@ LLAMA_FAMILY = {
     "Qwen2ForCausalLM": "qwen2",
     "Qwen3ForCausalLM": "qwen3",
 }
-SUPPORTED_ARCHITECTURES = (*LLAMA_FAMILY, "GPT2LMHeadModel")
-_MODEL_TYPES = {**{t: a for a, t in LLAMA_FAMILY.items()}, "gpt2": "GPT2LMHeadModel"}
+SUPPORTED_ARCHITECTURES = (*LLAMA_FAMILY, "GPT2LMHeadModel", *GEMMA_FAMILY, *PHI3_NEOX_FAMILY)
+_MODEL_TYPES = {**{t: a for a, t in {**LLAMA_FAMILY, **GEMMA_FAMILY, **PHI3_NEOX_FAMILY}.items()},
+                "gpt2": "GPT2LMHeadModel"}  # fmt: skip
 
 _MOE, _VISION = "mixture-of-experts layers", "vision inputs (a multimodal model)"
 UNSUPPORTED_FEATURES = {
@@ -38,6 +62,11 @@ UNSUPPORTED_FEATURES = {
     "MllamaForConditionalGeneration": _VISION, "LlavaForConditionalGeneration": _VISION,
     "Qwen2VLForConditionalGeneration": _VISION, "Qwen2_5_VLForConditionalGeneration": _VISION,
     "Qwen3VLForConditionalGeneration": _VISION, "Mistral3ForConditionalGeneration": _VISION,
+    "Gemma3ForConditionalGeneration": _VISION + " (convert its text model as Gemma3ForCausalLM)",
+    "PaliGemmaForConditionalGeneration": _VISION, "Gemma3nForConditionalGeneration": _VISION + " and audio inputs",
+    "Gemma3nForCausalLM": "Gemma-3n's per-layer embeddings, AltUp and Laurel blocks",
+    "RecurrentGemmaForCausalLM": "recurrent (RG-LRU) layers",
+    **PHI3_NEOX_UNSUPPORTED,
 }  # fmt: skip
 _FEATURE_KEYS = {
     "num_local_experts": _MOE, "num_experts": _MOE, "n_routed_experts": _MOE, "moe_intermediate_size": _MOE,
@@ -48,42 +77,43 @@ _FEATURE_KEYS = {
 _ROPE_KEYS = {
     "rope_type", "type", "rope_theta", "factor", "original_max_position_embeddings", "low_freq_factor",
     "high_freq_factor", "beta_fast", "beta_slow", "mscale", "mscale_all_dim", "attention_factor", "truncate",
-    "partial_rotary_factor",
+    "partial_rotary_factor", "short_factor", "long_factor",
 }  # fmt: skip
 ROPE_FIELDS = (
     "rotary_base", "rope_scaling_type", "rope_scaling_factor", "rope_original_max_position_embeddings",
     "rope_low_freq_factor", "rope_high_freq_factor", "yarn_beta_fast", "yarn_beta_slow", "yarn_mscale",
-    "yarn_mscale_all_dim", "yarn_truncate", "rope_attention_factor",
+    "yarn_mscale_all_dim", "yarn_truncate", "rope_attention_factor", "rope_short_factor", "rope_long_factor",
+    "rotary_percent",
 )  # fmt: skip
 
 
-def rope_from_hf(arch: str, config: dict) -> dict:
-    """Our RoPE fields for an HF config, from ``rope_scaling`` + ``rope_theta`` or ``rope_parameters``."""
+def rope_from_hf(arch: str, config: dict, rotary: bool = False) -> dict:
+    """Our RoPE fields for an HF config, from ``rope_scaling`` + ``rope_theta`` or ``rope_parameters``.
+    ``rotary``: the family rotates part of each head (Phi-3, GPT-NeoX), partial_rotary_factor is --rotary-percent;
+    elsewhere it is refused (transformers' Llama-family attention rotates whole heads)."""
     params = dict(config.get("rope_scaling") or config.get("rope_parameters") or {})
     theta = float(params.get("rope_theta", config.get("rope_theta", 10000.0)))
     kind = params.get("rope_type", params.get("type", "default"))
-    if kind == "longrope":
-        raise _unsupported(arch, "rope type 'longrope' (Phi-3 128k: per-dimension factor lists switched at the "
-                                 "original length)")  # fmt: skip
-    if kind not in ("default", "linear", "llama3", "yarn", "dynamic"):
+    if kind not in ("default", "linear", "llama3", "yarn", "dynamic", "longrope"):
         raise _unsupported(arch, f"rope type {kind!r}")
     partial = params.get("partial_rotary_factor", config.get("partial_rotary_factor", 1.0))
-    if partial != 1.0:
+    if partial != 1.0 and not rotary:
         raise _unsupported(arch, f"partial_rotary_factor={partial} (RoPE on part of each head)")
+    rotary_percent = dict(rotary_percent=float(partial)) if rotary else {}
     unknown = sorted(set(params) - _ROPE_KEYS)
     if unknown:
         raise _unsupported(arch, f"RoPE parameters {', '.join(unknown)}")
     if kind == "default":
-        return dict(rotary_base=theta)
+        return dict(rotary_base=theta, **rotary_percent)
     max_pos = config.get("max_position_embeddings", 2048)
     # transformers: a top-level original_max_position_embeddings wins (Phi-3's), else the dict's, else max_pos
     original = config.get("original_max_position_embeddings", params.get("original_max_position_embeddings", max_pos))
     factor = params.get("factor")
-    if factor is None and kind == "yarn":
+    if factor is None and kind in ("yarn", "longrope"):
         factor = max_pos / original
     if factor is None:
         raise _unsupported(arch, f"rope type {kind!r} without a factor")
-    out = dict(rotary_base=theta, rope_scaling_type=kind, rope_scaling_factor=float(factor))
+    out = dict(rotary_base=theta, rope_scaling_type=kind, rope_scaling_factor=float(factor), **rotary_percent)
     if kind == "llama3":
         out.update(rope_original_max_position_embeddings=int(original),
                    rope_low_freq_factor=float(params["low_freq_factor"]),
@@ -95,6 +125,13 @@ def rope_from_hf(arch: str, config: dict) -> dict:
             yarn_mscale=params.get("mscale"), yarn_mscale_all_dim=params.get("mscale_all_dim"),
             yarn_truncate=bool(params.get("truncate", True)), rope_attention_factor=params.get("attention_factor"),
         )  # fmt: skip
+    if kind == "longrope":
+        if not (params.get("short_factor") and params.get("long_factor")):
+            raise _unsupported(arch, "rope type 'longrope' without short_factor and long_factor")
+        out.update(rope_original_max_position_embeddings=int(original),
+                   rope_attention_factor=params.get("attention_factor"),
+                   rope_short_factor=[float(x) for x in params["short_factor"]],
+                   rope_long_factor=[float(x) for x in params["long_factor"]])  # fmt: skip
     return out
 
 
@@ -115,7 +152,15 @@ def rope_to_hf(cfg: ModelConfig) -> tuple:
             scaling.update({k: v for k, v in optional.items() if v is not None})
             if not cfg.yarn_truncate:
                 scaling["truncate"] = False
+        if kind == "longrope":
+            scaling.update(original_max_position_embeddings=cfg.rope_original_max_position_embeddings,
+                           short_factor=list(cfg.rope_short_factor),
+                           long_factor=list(cfg.rope_long_factor))  # fmt: skip
+            if cfg.rope_attention_factor is not None:
+                scaling["attention_factor"] = cfg.rope_attention_factor
     parameters = {"rope_type": kind or "default", "rope_theta": cfg.rotary_base}
+    if cfg.rotary_percent != 1.0:
+        parameters["partial_rotary_factor"] = cfg.rotary_percent
     parameters.update({k: v for k, v in (scaling or {}).items() if k != "rope_type"})
     return cfg.rotary_base, scaling, parameters
 
@@ -220,12 +265,24 @@ def model_config_from_hf(config: dict) -> ModelConfig:
     arch = architecture_of(config)
     if arch in LLAMA_FAMILY:
         return _llama_family_config(arch, config)
+    if arch in GEMMA_FAMILY:
+        return gemma_config(arch, config)
+    if arch in PHI3_NEOX_FAMILY:
+        return phi3_neox_config(arch, config)
     return _gpt2_config(arch, config)
 
 
 # ---------------------------------------------------------------- ours -> HF
 def _expresses(arch: str, cfg: ModelConfig) -> bool:
     """``arch`` computes what our model with ``cfg`` computes."""
+    if arch in PHI3_NEOX_FAMILY:
+        return phi3_neox_expresses(arch, cfg)
+    if phi3_neox_only(cfg):  # partial rotary, the parallel residual
+        return False
+    if arch in GEMMA_FAMILY:
+        return gemma_expresses(arch, cfg)
+    if gemma_only(cfg):  # embedding scale, (1 + w) norms, GeGLU, sandwich norms, soft-caps, local RoPE
+        return False
     windows = [cfg.window(i) for i in range(cfg.num_layers)]
     windowed, all_windowed = any(w is not None for w in windows), all(w is not None for w in windows)
     if arch == "GPT2LMHeadModel":
@@ -249,9 +306,22 @@ def hf_architecture_for(cfg: ModelConfig, prefer: str | None = None) -> str:
     the source's family); ConfigError if none does."""
     if prefer in SUPPORTED_ARCHITECTURES and _expresses(prefer, cfg):
         return prefer
-    for arch in ("Qwen3ForCausalLM", "Qwen2ForCausalLM", "LlamaForCausalLM", "MistralForCausalLM", "GPT2LMHeadModel"):
+    for arch in ("Qwen3ForCausalLM", "Qwen2ForCausalLM", "LlamaForCausalLM", "MistralForCausalLM", "GPT2LMHeadModel",
+                 "Gemma3ForCausalLM", "Gemma2ForCausalLM", "GemmaForCausalLM", *PHI3_NEOX_FAMILY):  # fmt: skip
         if _expresses(arch, cfg):
             return arch
+    if phi3_neox_only(cfg):
+        raise ConfigError(
+            "partial rotary (--rotary-percent) and --parallel-residual have a Hugging Face equivalent here only as "
+            "Phi3ForCausalLM (RMSNorm + SwiGLU, no biases, no --parallel-residual, RoPE default or longrope) or "
+            "GPTNeoXForCausalLM (LayerNorm + GeLU with biases, no GQA, no --kv-channels, no sliding window)"
+        )
+    if gemma_only(cfg):
+        raise ConfigError(
+            "this Gemma-style model has no Hugging Face equivalent here: Gemma needs --normalization GemmaRMSNorm "
+            "--geglu --scale-embeddings with RoPE and no biases; Gemma-2 adds --sandwich-norm (no --qk-layernorm, "
+            "no --rotary-base-local); Gemma-3 adds --sandwich-norm --qk-layernorm (no --attention-softcap)"
+        )
     if cfg.qk_layernorm and cfg.use_rotary_position_embeddings:
         raise ConfigError("--qk-layernorm with biases has no Hugging Face equivalent here (Qwen3 has none); "
                           "drop --add-qkv-bias and use --disable-bias-linear")  # fmt: skip
@@ -262,7 +332,7 @@ def hf_architecture_for(cfg: ModelConfig, prefer: str | None = None) -> str:
         )
     raise ConfigError(
         "this model shape has no Hugging Face equivalent here: use RoPE + RMSNorm + SwiGLU (Llama, Mistral, Qwen2, "
-        "Qwen3) or learned positions + LayerNorm + GeLU + biases, no GQA (GPT2LMHeadModel)"
+        "Qwen3), RoPE + GemmaRMSNorm + GeGLU + scaled embeddings (Gemma, Gemma-2, Gemma-3) or learned positions + LayerNorm + GeLU + biases, no GQA (GPT2LMHeadModel)"
     )
 
 
@@ -334,6 +404,10 @@ def hf_config_from_model(cfg: ModelConfig, dtype=None, source: dict | None = Non
     arch = hf_architecture_for(cfg, prefer=source_arch)
     if arch == "GPT2LMHeadModel":
         generated = _gpt2_hf_config(cfg)
+    elif arch in GEMMA_FAMILY:
+        generated = gemma_hf_config(cfg, arch)
+    elif arch in PHI3_NEOX_FAMILY:
+        generated = phi3_neox_hf_config(cfg, arch)
     else:
         generated = _set_rope(_llama_family_hf_config(cfg, arch), cfg)
     if arch == source_arch:

@@ -88,18 +88,23 @@ def apply_tiled_mlp(model: nn.Module, shards: int | None = None) -> None:
 
 
 class _TiledLoss:
-    def __init__(self, chunk: int | None, use_liger: bool):
-        self.chunk, self.use_liger = chunk, use_liger
+    def __init__(self, chunk: int | None, use_liger: bool, softcap: float | None = None):
+        self.chunk, self.use_liger, self.softcap = chunk, use_liger, softcap
 
     def __call__(self, h_bsH, weight_VH, labels_bs):
-        return tiled_cross_entropy(h_bsH, weight_VH, labels_bs, self.chunk, self.use_liger)
+        return tiled_cross_entropy(h_bsH, weight_VH, labels_bs, self.chunk, self.use_liger, softcap=self.softcap)
 
 
 def apply_tiled_loss(model: GPTModel, chunk: int | None = None, use_liger: bool = False) -> None:
-    """The output layer + cross-entropy over ``chunk`` tokens at a time (no full fp32 logits)."""
+    """The output layer + cross-entropy over ``chunk`` tokens at a time (no full fp32 logits), with the
+    model's final-logit soft-cap (``--final-logit-softcap``), which liger's fused loss lacks."""
+    softcap = model.cfg.final_logit_softcap
+    if use_liger and softcap is not None:
+        raise ConfigError(f"--use-liger-kernel's fused loss has no final-logit soft-cap (--final-logit-softcap "
+                          f"{softcap}); drop --use-liger-kernel (the tiled loss applies the cap)")  # fmt: skip
     if use_liger and importlib.util.find_spec("liger_kernel") is None:
         raise ConfigError("--use-liger-kernel needs liger-kernel: pip install liger-kernel (or drop the flag)")
-    model.loss_fn = _TiledLoss(chunk, use_liger)
+    model.loss_fn = _TiledLoss(chunk, use_liger, softcap)
 
 
 # ----------------------------------------------------------------------------- recomputation

@@ -9,9 +9,11 @@ Per layer, a backend is built with (all optional, each layer builds its own):
   window         sliding window W: query i sees key j iff 0 <= i - j < W (the W keys ending at itself, as
                  transformers' ``q_idx - kv_idx < sliding_window``), intersected with causal and same-document;
                  None is full causal. Mistral, Qwen2 (use_sliding_window), Gemma-2/3.
-  softmax_scale  the scale of q.k before the softmax; None is 1/sqrt(d). Gemma: query_pre_attn_scalar**-0.5.
-  softcap        attention-logit soft-cap c: scores = c * tanh(scores / c) before masking and softmax (Gemma-2);
-                 classic only.
+  softmax_scale  the scale of q.k before the softmax; None is 1/sqrt(d). Gemma-2/3: query_pre_attn_scalar**-0.5
+                 (--query-pre-attn-scalar).
+  softcap        attention-logit soft-cap c: scores = c * tanh(scores / c) before masking and softmax (Gemma-2's
+                 attn_logit_softcapping, --attention-softcap); classic only: the others refuse it, naming classic
+                 (Config refuses the combination at start-up).
 They live on the backend module, so the Ulysses exchanges, which pass their call arguments through, need
 nothing to carry them.
 
@@ -37,6 +39,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from megatron.config import AttentionConfig, ModelConfig
+from megatron.model.norms import make_head_norm
 from megatron.model.rotary import RotaryEmbedding
 
 _LOGGED = set()
@@ -170,7 +173,9 @@ def _sdpa_description(device: torch.device) -> str:
 def _softcap_refusal(softcap) -> str | None:
     if softcap is None:
         return None
-    return f"it has no attention-logit soft-cap (softcap={softcap}); --attention-backend classic runs it"
+    return (f"it has no attention-logit soft-cap (softcap={softcap}); --attention-backend classic runs it "
+            "(--attention-softcap, Gemma-2's attn_logit_softcapping, needs its explicit fp32 softmax over "
+            "[b, h, S, S] scores)")  # fmt: skip
 
 
 class CoreAttention(nn.Module):
@@ -245,7 +250,6 @@ class ClassicAttention(CoreAttention):
     def backward_lse(self, q_bShd, k_bSgd, v_bSgd, out_bShd, lse, dout_bShd, document_ids_bS=None):
         return classic_attention_backward(q_bShd, k_bSgd, v_bSgd, out_bShd, lse, dout_bShd, document_ids_bS,
                                           **self._lse_options())  # fmt: skip
-
 
     def forward(self, q_bShd, k_bSgd, v_bSgd, document_ids_bS=None):
         return classic_attention(
@@ -355,7 +359,6 @@ class FlashTritonAttention(CoreAttention):
             document_ids=document_ids_bS, window=self.window,
         )  # fmt: skip
 
-
     def forward(self, q_bShd, k_bSgd, v_bSgd, document_ids_bS=None):
         from megatron import kernels
 
@@ -432,12 +435,13 @@ class ParallelAttention(nn.Module):
     ``position_ids_bs``; ``document_ids_bS`` (optional) covers the whole sequence.
     ``core_attention`` is the backend, or (under SP) a Ulysses exchange around it;
     ``kv_repeat`` replicates key/value heads when there are fewer than SP ranks.
-    ``window``, ``softmax_scale`` and ``softcap`` are this layer's (module docstring), given to its backend.
+    ``window``, ``softmax_scale`` and ``softcap`` are this layer's (module docstring), given to its backend;
+    ``local_rope``: this layer rotates with the local RoPE (``--rotary-base-local``, Gemma-3's sliding layers).
     """
 
     def __init__(self, cfg: ModelConfig, attention: AttentionConfig | None = None, device=None, *,
                  window: int | None = None, softmax_scale: float | None = None,
-                 softcap: float | None = None):  # fmt: skip
+                 softcap: float | None = None, local_rope: bool = False):  # fmt: skip
         super().__init__()
         self.cfg = cfg
         self.h, self.g, self.d = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
@@ -445,10 +449,9 @@ class ParallelAttention(nn.Module):
         self.qkv = nn.Linear(cfg.hidden_size, (self.h + 2 * self.g) * self.d, bias=qkv_bias)
         self.dense = nn.Linear(self.h * self.d, cfg.hidden_size, bias=cfg.add_bias_linear)
         self.dense.is_output_projection = True
-        if cfg.qk_layernorm:  # per-head RMSNorm of q and k before RoPE (Qwen3)
-            self.q_norm = nn.RMSNorm(self.d, eps=cfg.norm_epsilon)
-            self.k_norm = nn.RMSNorm(self.d, eps=cfg.norm_epsilon)
-        self.rotary = RotaryEmbedding(cfg) if cfg.use_rotary_position_embeddings else None
+        if cfg.qk_layernorm:  # per-head RMSNorm of q and k before RoPE (Qwen3; Gemma-3's (1 + w) form)
+            self.q_norm, self.k_norm = make_head_norm(cfg), make_head_norm(cfg)
+        self.rotary = RotaryEmbedding(cfg, local=local_rope) if cfg.use_rotary_position_embeddings else None
         self.core_attention = build_backend(attention or AttentionConfig(), device, window, softmax_scale, softcap)
         self.kv_repeat = 1
 

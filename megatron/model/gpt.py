@@ -8,6 +8,7 @@ slice of tokens; only attention sees the full sequence (for a subset of heads).
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 
 import torch
@@ -16,6 +17,8 @@ from torch import nn
 
 from megatron.config import AttentionConfig, ModelConfig
 from megatron.model.attention import ParallelAttention
+from megatron.model.norms import make_norm
+from megatron.model.tiled import softcapped
 
 
 def _gathered(params: list):
@@ -27,39 +30,35 @@ def _gathered(params: list):
     return contextlib.nullcontext()
 
 
-def make_norm(cfg: ModelConfig) -> nn.Module:
-    if cfg.normalization == "RMSNorm":
-        return nn.RMSNorm(cfg.hidden_size, eps=cfg.norm_epsilon)
-    return nn.LayerNorm(cfg.hidden_size, eps=cfg.norm_epsilon)
-
-
 class MLP(nn.Module):
-    """GeLU MLP (GPT) or SwiGLU (Llama; fc1 holds [gate; up] stacked)."""
+    """GeLU MLP (GPT), SwiGLU (Llama) or GeGLU (Gemma); the gated ones hold [gate; up] stacked in fc1."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.swiglu = cfg.swiglu
+        self.swiglu, self.gated = cfg.swiglu, cfg.gated_mlp
         self.gelu_approximate = "tanh" if cfg.activation == "gelu_tanh" else "none"
-        out = 2 * cfg.ffn_hidden_size if cfg.swiglu else cfg.ffn_hidden_size
+        out = 2 * cfg.ffn_hidden_size if cfg.gated_mlp else cfg.ffn_hidden_size
         self.fc1 = nn.Linear(cfg.hidden_size, out, bias=cfg.add_bias_linear)
         self.fc2 = nn.Linear(cfg.ffn_hidden_size, cfg.hidden_size, bias=cfg.add_bias_linear)
         self.fc2.is_output_projection = True
 
     def forward(self, x_bsH):
         y = self.fc1(x_bsH)
-        if self.swiglu:
-            gate, up = y.chunk(2, dim=-1)
-            y = F.silu(gate) * up
-        else:
-            y = F.gelu(y, approximate=self.gelu_approximate)
-        return self.fc2(y)
+        if not self.gated:
+            return self.fc2(F.gelu(y, approximate=self.gelu_approximate))
+        gate, up = y.chunk(2, dim=-1)
+        act = F.silu(gate) if self.swiglu else F.gelu(gate, approximate=self.gelu_approximate)
+        return self.fc2(act * up)
 
 
 class TransformerLayer(nn.Module):
-    """Pre-norm decoder layer: x + attn(norm(x)), then x + mlp(norm(x)).
+    """Pre-norm decoder layer: x + attn(norm(x)), then x + mlp(norm(x)); with ``--sandwich-norm`` (Gemma-2/3)
+    each branch's output is normalized too: x + norm(attn(norm(x))), x + norm(mlp(norm(x))). With
+    ``--parallel-residual`` (GPT-NeoX) both branches read the layer's input: x + attn(norm1(x)) + mlp(norm2(x)).
 
     Layer ``layer_number`` attends within ``cfg.window(layer_number)`` (its sliding window, from
-    ``--sliding-window`` and ``--layer-types``) or over every earlier token. ``project`` (norm, QKV,
+    ``--sliding-window`` and ``--layer-types``) or over every earlier token, with the local RoPE
+    (``--rotary-base-local``) when it is a windowed layer of a model that has one. ``project`` (norm, QKV,
     RoPE) and ``after_attention`` (output projection, residual, MLP) are the two pieces that
     ``megatron.parallelize.apply_checkpointing`` recomputes around the attention with the
     keep-attention policy.
@@ -70,9 +69,16 @@ class TransformerLayer(nn.Module):
         super().__init__()
         self.window = cfg.window(layer_number)
         self.input_norm = make_norm(cfg)
-        self.attention = ParallelAttention(cfg, attention, device=device, window=self.window)
-        self.post_attention_norm = make_norm(cfg)
+        self.attention = ParallelAttention(
+            cfg, attention, device=device, window=self.window, softmax_scale=cfg.softmax_scale,
+            softcap=cfg.attention_softcap, local_rope=cfg.local_rope(layer_number),
+        )  # fmt: skip
+        self.post_attention_norm = make_norm(cfg)  # the MLP's input norm (HF Llama's post_attention_layernorm)
         self.mlp = MLP(cfg)
+        self.sandwich, self.parallel_residual = cfg.sandwich_norm, cfg.parallel_residual
+        if self.sandwich:  # HF Gemma-2/3's post_attention_layernorm and post_feedforward_layernorm
+            self.attention_output_norm = make_norm(cfg)
+            self.mlp_output_norm = make_norm(cfg)
         self.dropout = nn.Dropout(cfg.hidden_dropout)
 
     def forward(self, x_bsH, position_ids_bs, document_ids_bS=None):
@@ -83,23 +89,35 @@ class TransformerLayer(nn.Module):
         return self.attention.project(self.input_norm(x_bsH), position_ids_bs)
 
     def after_attention(self, out_bshd, x_bsH):
-        x_bsH = x_bsH + self.dropout(self.attention.output(out_bshd))
-        return x_bsH + self.dropout(self.mlp(self.post_attention_norm(x_bsH)))
+        a_bsH = self.attention.output(out_bshd)
+        if self.sandwich:
+            a_bsH = self.attention_output_norm(a_bsH)
+        if self.parallel_residual:  # HF GPT-NeoX: mlp(ln2(x)) + attn(ln1(x)) + x, summed in that order
+            m_bsH = self.mlp(self.post_attention_norm(x_bsH))
+            if self.sandwich:
+                m_bsH = self.mlp_output_norm(m_bsH)
+            return self.dropout(m_bsH) + self.dropout(a_bsH) + x_bsH
+        x_bsH = x_bsH + self.dropout(a_bsH)
+        m_bsH = self.mlp(self.post_attention_norm(x_bsH))
+        if self.sandwich:
+            m_bsH = self.mlp_output_norm(m_bsH)
+        return x_bsH + self.dropout(m_bsH)
 
 
 class GPTModel(nn.Module):
     """Embeddings, decoder layers, final norm and (tied or untied) output layer.
 
     ``forward(input_ids, position_ids, labels=None)`` returns logits ``[b, s, V]`` without
-    labels and per-token fp32 cross-entropy ``[b, s]`` with them. Two slots are for techniques
-    applied from outside (``megatron.parallelize``): ``loss_fn(h, weight, labels)`` (a tiled loss)
+    labels and per-token fp32 cross-entropy ``[b, s]`` with them; Gemma's embedding scale (``--scale-embeddings``)
+    and final-logit soft-cap (``--final-logit-softcap``, in the logits and in every loss) apply. Two slots are for
+    techniques applied from outside (``megatron.parallelize``): ``loss_fn(h, weight, labels)`` (a tiled loss)
     and ``run_layer(layer, x, position_ids, document_ids)`` (recomputation).
     """
 
     def __init__(self, cfg: ModelConfig, attention: AttentionConfig | None = None, device=None):
         super().__init__()
         self.cfg = cfg
-        self.loss_fn = full_logits_cross_entropy
+        self.loss_fn = functools.partial(full_logits_cross_entropy, softcap=cfg.final_logit_softcap)
         self.run_layer = run_layer
         V = cfg.padded_vocab_size
         self.word_embeddings = nn.Embedding(V, cfg.hidden_size)
@@ -143,6 +161,8 @@ class GPTModel(nn.Module):
 
     def hidden_states(self, input_ids_bs, position_ids_bs, document_ids_bS=None):
         x = self.word_embeddings(input_ids_bs)
+        if self.cfg.scale_embeddings:  # transformers' Gemma: sqrt(H) in fp32, then rounded to the embeddings' dtype
+            x = x * torch.tensor(self.cfg.hidden_size**0.5, dtype=torch.float32).to(x.dtype).item()
         if not self.cfg.use_rotary_position_embeddings:
             x = x + self.position_embeddings(position_ids_bs)
         x = self.embedding_dropout(x)
@@ -155,7 +175,7 @@ class GPTModel(nn.Module):
             position_ids_bs = torch.arange(input_ids_bs.shape[1], device=input_ids_bs.device).expand_as(input_ids_bs)
         h_bsH = self.hidden_states(input_ids_bs, position_ids_bs, document_ids_bS)
         if labels_bs is None:
-            return F.linear(h_bsH, self.output_weight())
+            return softcapped(F.linear(h_bsH, self.output_weight()), self.cfg.final_logit_softcap)
         return self.loss_fn(h_bsH, self.output_weight(), labels_bs)
 
 
@@ -164,8 +184,9 @@ def run_layer(layer, x_bsH, position_ids_bs, document_ids_bS=None):
     return layer(x_bsH, position_ids_bs, document_ids_bS)
 
 
-def full_logits_cross_entropy(h_bsH, weight_VH, labels_bs):
-    """Per-token fp32 cross-entropy ``[b, s]`` through the full logits ``[b, s, V]``."""
-    logits_bsV = F.linear(h_bsH, weight_VH)
+def full_logits_cross_entropy(h_bsH, weight_VH, labels_bs, softcap: float | None = None):
+    """Per-token fp32 cross-entropy ``[b, s]`` through the full logits ``[b, s, V]`` (soft-capped by ``softcap``
+    in their dtype, as transformers' Gemma-2 caps them, when given)."""
+    logits_bsV = softcapped(F.linear(h_bsH, weight_VH), softcap)
     loss = F.cross_entropy(logits_bsV.float().flatten(0, 1), labels_bs.flatten(), reduction="none")
     return loss.view_as(labels_bs)

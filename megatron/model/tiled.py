@@ -108,14 +108,33 @@ def tiled_mlp(run: Callable, x_bsH: torch.Tensor, shards: int | None, params: li
 
 
 # ----------------------------------------------------------------------------- tiled logits + loss
-def _chunk_dlogits(h_cH, w_VH, y_c, g_c):
-    """d(sum_i g_i * CE(h_i W^T, y_i)) / d(logits) for one chunk, in fp32 then the input dtype (eager)."""
-    p_cV = torch.softmax(F.linear(h_cH, w_VH).float(), dim=-1)
+def softcapped(logits, softcap: float | None):
+    """Gemma-2's final-logit soft-cap ``c * tanh(logits / c)`` in the logits' dtype (None: the logits as they are)."""
+    return logits if softcap is None else softcap * torch.tanh(logits / softcap)
+
+
+def _chunk_dlogits(h_cH, w_VH, y_c, g_c, softcap=None):
+    """d(sum_i g_i * CE(cap(h_i W^T), y_i)) / d(h_i W^T) for one chunk, in fp32 then the input dtype (eager);
+    with a soft-cap c the softmax gradient is times its derivative 1 - tanh^2(z / c)."""
+    z_cV = F.linear(h_cH, w_VH)
+    p_cV = torch.softmax(softcapped(z_cV, softcap).float(), dim=-1)
     valid = y_c != IGNORE_INDEX
     rows = torch.arange(y_c.shape[0], device=y_c.device)
     p_cV[rows, y_c.clamp(min=0)] -= valid.to(p_cV.dtype)
     p_cV.mul_((g_c.float() * valid)[:, None])
+    if softcap is not None:
+        p_cV.mul_(1 - torch.tanh(z_cV.float() / softcap).square())
     return p_cV.to(h_cH.dtype)
+
+
+def _fused_chunk_dlogits(h_cH, w_VH, y_c, lse_c, g_c, softcap=None):
+    """_chunk_dlogits through the Triton kernel (the logits' gradient in place, in the input dtype); a soft-cap's
+    derivative 1 - tanh^2(z / c) is applied in place on the uncapped logits z, in their dtype."""
+    z_cV = F.linear(h_cH, w_VH)
+    if softcap is None:
+        return _kernels().row_grad_(z_cV, y_c, lse_c, g_c, IGNORE_INDEX)
+    d_cV = _kernels().row_grad_(softcapped(z_cV, softcap), y_c, lse_c, g_c, IGNORE_INDEX)
+    return d_cV.mul_(z_cV.div_(softcap).tanh_().square_().neg_().add_(1))
 
 
 def _kernels():
@@ -159,21 +178,25 @@ def _chunk_grads_liger(h_cH, w_VH, y_c, g_c):
 
 
 class TiledLogitsLoss(torch.autograd.Function):
-    """Per-token fp32 cross-entropy of ``h W^T`` over token chunks; backward recomputes each chunk."""
+    """Per-token fp32 cross-entropy of ``cap(h W^T)`` over token chunks (``softcap``: None or Gemma-2's final-logit
+    soft-cap); backward recomputes each chunk."""
 
     @staticmethod
-    def forward(ctx, h_bsH, w_VH, labels_bs, chunk: int, use_liger: bool, fused: bool):
-        ctx.chunk, ctx.use_liger, ctx.fused = chunk, use_liger, fused
+    def forward(ctx, h_bsH, w_VH, labels_bs, chunk: int, use_liger: bool, fused: bool, softcap=None):
+        if use_liger and softcap is not None:
+            raise ValueError("liger-kernel's fused loss has no final-logit soft-cap; drop use_liger")
+        ctx.chunk, ctx.use_liger, ctx.fused, ctx.softcap = chunk, use_liger, fused, softcap
         h_nH, y_n = h_bsH.reshape(-1, h_bsH.shape[-1]), labels_bs.reshape(-1)
         loss_n = torch.empty(y_n.shape, dtype=torch.float32, device=h_bsH.device)
         lse_n = torch.empty(y_n.shape if fused else (0,), dtype=torch.float32, device=h_bsH.device)
         with torch.no_grad():
             for a in range(0, y_n.shape[0], chunk):
                 sl = slice(a, a + chunk)
+                logits_cV = softcapped(F.linear(h_nH[sl], w_VH), softcap)
                 if fused:  # logits stay in the input dtype; the kernel reads them once
-                    loss_n[sl], lse_n[sl] = _kernels().row_loss(F.linear(h_nH[sl], w_VH), y_n[sl], IGNORE_INDEX)
+                    loss_n[sl], lse_n[sl] = _kernels().row_loss(logits_cV, y_n[sl], IGNORE_INDEX)
                 else:
-                    loss_n[sl] = F.cross_entropy(F.linear(h_nH[sl], w_VH).float(), y_n[sl], reduction="none")
+                    loss_n[sl] = F.cross_entropy(logits_cV.float(), y_n[sl], reduction="none")
         ctx.save_for_backward(h_bsH, w_VH, labels_bs, lse_n)
         return loss_n.view(labels_bs.shape)
 
@@ -191,14 +214,14 @@ class TiledLogitsLoss(torch.autograd.Function):
                 dw_VH += dw
                 continue
             if ctx.fused:
-                d_cV = _kernels().row_grad_(F.linear(h_nH[sl], w_VH), y_n[sl], lse_n[sl], g_n[sl], IGNORE_INDEX)
+                d_cV = _fused_chunk_dlogits(h_nH[sl], w_VH, y_n[sl], lse_n[sl], g_n[sl], ctx.softcap)
             else:
-                d_cV = _chunk_dlogits(h_nH[sl], w_VH, y_n[sl], g_n[sl])
+                d_cV = _chunk_dlogits(h_nH[sl], w_VH, y_n[sl], g_n[sl], ctx.softcap)
             torch.mm(d_cV, w_VH, out=dh_nH[sl])
             _add_weight_grad_(dw_VH, d_cV, h_nH[sl])
         dh = dh_nH.view_as(h_bsH) if ctx.needs_input_grad[0] else None
         dw = dw_VH.to(w_VH.dtype) if ctx.needs_input_grad[1] else None
-        return dh, dw, None, None, None, None
+        return dh, dw, None, None, None, None, None
 
 
 def fused_loss_available(device: torch.device) -> bool:
@@ -213,16 +236,18 @@ def tiled_cross_entropy(
     chunk: int | None = None,
     use_liger=False,
     fused: bool | None = None,
+    softcap: float | None = None,
 ) -> torch.Tensor:
-    """``F.cross_entropy(h @ W^T, labels, reduction='none')`` as fp32 ``[b, s]``, never holding all logits.
+    """``F.cross_entropy(cap(h @ W^T), labels, reduction='none')`` as fp32 ``[b, s]``, never holding all logits.
 
     ``chunk`` tokens at a time (default: ``default_chunk``); the weight gradient is accumulated
     in fp32 over chunks and returned once. ``fused`` (default: on CUDA when Triton is present) runs
     each chunk's softmax and gradient as the kernels of ``megatron.kernels.cross_entropy``
-    instead of the eager fp32 ops.
+    instead of the eager fp32 ops. ``softcap`` (Gemma-2's final-logit soft-cap c): the logits are
+    c * tanh(logits / c), as ``GPTModel``'s full-logits loss caps them; not with ``use_liger``.
     """
     if fused is None:
         fused = fused_loss_available(h_bsH.device)
     if chunk is None:
         chunk = default_chunk(w_VH.shape[0], fused)
-    return TiledLogitsLoss.apply(h_bsH, w_VH, labels_bs, chunk, use_liger, fused)
+    return TiledLogitsLoss.apply(h_bsH, w_VH, labels_bs, chunk, use_liger, fused, softcap)

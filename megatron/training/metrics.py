@@ -74,7 +74,7 @@ def model_flops_per_token(cfg: ModelConfig, seq_length: int) -> float:
     pairs it attends (``attended_pairs``), about S x W instead of S^2 / 2."""
     h, L, f = cfg.hidden_size, cfg.num_layers, cfg.ffn_hidden_size
     q, kv = cfg.num_attention_heads * cfg.head_dim, cfg.num_key_value_heads * cfg.head_dim
-    per_layer = h * (q + 2 * kv) + q * h + h * f * (3 if cfg.swiglu else 2)
+    per_layer = h * (q + 2 * kv) + q * h + h * f * (3 if cfg.gated_mlp else 2)
     matmul_params = L * per_layer + cfg.padded_vocab_size * h
     windowed = _windowed(cfg, seq_length)
     # 2 matmuls x 2 FLOP/MAC x heads x d per (query, key) pair, x3 fwd+bwd; causal pairs taken as S^2 / 2

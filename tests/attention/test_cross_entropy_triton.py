@@ -83,8 +83,10 @@ def test_fused_tiled_loss_matches_fp64(dtype, tol):
         assert err < tol, f"{name}: norm-relative error {err:.2e}"
 
 
-def test_fused_and_eager_tiled_loss_agree():
-    """Same chunking, kernels against the eager fp32 ops (the path CPU training takes)."""
+@pytest.mark.parametrize("softcap", [None, 2.0], ids=["plain", "softcap"])
+def test_fused_and_eager_tiled_loss_agree(softcap):
+    """Same chunking, kernels against the eager fp32 ops (the path CPU training takes); also with Gemma-2's
+    final-logit soft-cap (the kernels see the capped logits, the cap's derivative is applied around them)."""
     gen = torch.Generator().manual_seed(3)
     h = torch.randn(1, 24, 32, generator=gen, requires_grad=True)
     w = torch.randn(300, 32, generator=gen, requires_grad=True)
@@ -92,7 +94,7 @@ def test_fused_and_eager_tiled_loss_agree():
     out = {}
     for fused in (True, False):
         h.grad = w.grad = None
-        loss = tiled_cross_entropy(h, w, y, chunk=7, fused=fused)
+        loss = tiled_cross_entropy(h, w, y, chunk=7, fused=fused, softcap=softcap)
         loss.mean().backward()
         out[fused] = (loss.detach(), h.grad.clone(), w.grad.clone())
     for a, b in zip(out[True], out[False]):

@@ -58,8 +58,20 @@ def test_bf16_close_to_fp64():
 
 
 def test_unsupported_head_dim_is_reported():
-    assert not rope.supported(torch.empty(1, 1, 1, 24))  # half = 12 is not a power of two
+    assert not rope.supported(torch.empty(1, 1, 1, 25))  # an odd head dim has no rotate-half pairs
     assert rope.supported(torch.empty(1, 1, 1, 128))
+
+
+def test_head_dim_whose_half_is_not_a_power_of_two_matches_eager():
+    """The halves are masked power-of-two blocks: head dim 24 (half 12) and Phi-3-mini's 96 (half 48) run fused."""
+    for d in (24, 96):
+        _, q, k = _packed(1, 6, 4, 2, d, torch.float32, seed=5)
+        pos = (torch.arange(6) + 300).expand(1, 6)
+        assert rope.supported(q)
+        qf, kf = apply_rotary(q, k, pos, 10000.0, fused=True)
+        qr, kr = apply_rotary(q.double(), k.double(), pos, 10000.0, fused=False)
+        torch.testing.assert_close(qf.double(), qr, rtol=0, atol=2e-5)
+        torch.testing.assert_close(kf.double(), kr, rtol=0, atol=2e-5)
 
 
 

@@ -118,7 +118,7 @@ def test_rope_flags_change_a_loaded_checkpoint_and_say_so(tmp_path, capsys):
 @pytest.mark.parametrize(
     "fields,match",
     [
-        (dict(rope_scaling_type="longrope"), "longrope .* not supported"),
+        (dict(rope_scaling_type="longrope", rope_original_max_position_embeddings=32), "needs --rope-short-factor"),
         (dict(rope_scaling_type="yarn", rope_scaling_factor=4.0), "needs --rope-original-max-position-embeddings"),
         (dict(rope_scaling_type="dynamic", rope_original_max_position_embeddings=32), "scales from"),
         (dict(sliding_window=8, layer_types=["sliding_attention"]), "names 1 layers"),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -61,6 +63,20 @@ FAMILIES = {
         max_position_embeddings=32, head_dim=16, use_sliding_window=True, sliding_window=16,
         layer_types=["sliding_attention", "full_attention"],
         rope_parameters={"rope_type": "dynamic", "rope_theta": 1e6, "factor": 2.0})),
+    # Gemma: embeddings x sqrt(H), (1 + w) RMSNorm, GeGLU, head dim 16, tied
+    "gemma": ("GemmaConfig", "GemmaForCausalLM", dict(
+        max_position_embeddings=128, head_dim=16, attn_implementation="eager")),
+    # Gemma-2: sandwich norms, query_pre_attn_scalar 24, both soft-caps, windows on the even layers, untied
+    "gemma2": ("Gemma2Config", "Gemma2ForCausalLM", dict(
+        max_position_embeddings=128, head_dim=16, query_pre_attn_scalar=24, sliding_window=16,
+        attn_logit_softcapping=5.0, final_logit_softcapping=3.0, tie_word_embeddings=False,
+        attn_implementation="eager")),
+    # Gemma-3: (1 + w) q/k norms, a local RoPE base on the windowed layer, linear x8 on the full one
+    "gemma3": ("Gemma3TextConfig", "Gemma3ForCausalLM", dict(
+        max_position_embeddings=128, head_dim=16, query_pre_attn_scalar=24, sliding_window=16,
+        layer_types=["sliding_attention", "full_attention"], attn_implementation="eager",
+        rope_parameters={"full_attention": {"rope_type": "linear", "factor": 8.0, "rope_theta": 1e6},
+                         "sliding_attention": {"rope_type": "default", "rope_theta": 1e4}})),
 }  # fmt: skip
 
 
@@ -109,3 +125,38 @@ def hf_loss(model, tokens: torch.Tensor) -> float:
     """Mean next-token cross-entropy over the batch, as the trainer defines it."""
     logits = model(tokens[:, :-1]).logits
     return torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), tokens[:, 1:].flatten()).item()
+
+
+def random_tokens(seq: int = FAMILY_SEQ, seed: int = 1, batch: int = 2) -> torch.Tensor:
+    """[batch, seq] token ids from a seeded generator."""
+    return torch.randint(0, VOCAB, (batch, seq), generator=torch.Generator().manual_seed(seed))
+
+
+@torch.no_grad()
+def logits_of(model, input_ids: torch.Tensor) -> torch.Tensor:
+    """Logits of a transformers model or of ours (which returns the tensor itself)."""
+    out = model(input_ids)
+    return out.logits if hasattr(out, "logits") else out
+
+
+def safetensors_of(path, with_shard: bool = False) -> dict:
+    """Every tensor of a safetensors checkpoint directory by name (with its shard's file name if asked)."""
+    from safetensors import safe_open
+
+    out = {}
+    for name in sorted(f for f in os.listdir(path) if f.endswith(".safetensors")):
+        with safe_open(os.path.join(path, name), framework="pt") as f:
+            out.update({k: (name, f.get_tensor(k)) if with_shard else f.get_tensor(k) for k in f.keys()})
+    return out
+
+
+def kernel_device() -> torch.device:
+    """Where the fused RoPE kernel runs: the GPU, else the CPU in Triton's interpreter (else the test is skipped)."""
+    from megatron.kernels import rope
+    from megatron.kernels.env import interpreting
+
+    if rope.HAVE_TRITON and torch.cuda.is_available() and not interpreting():
+        return torch.device("cuda")
+    if not rope.HAVE_TRITON or not interpreting():
+        pytest.skip("needs Triton (on CPU: its interpreter, TRITON_INTERPRET=1 before the kernel is imported)")
+    return torch.device("cpu")

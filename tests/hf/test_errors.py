@@ -1,5 +1,5 @@
 """One-line errors with a non-zero exit: unsupported architectures and features (mixture of experts,
-multimodal, longrope, activations), models without a Hugging Face family, missing shards, tokenizer
+multimodal, partial rotary on Llama, activations), models without a Hugging Face family, missing shards, tokenizer
 and shape mismatches; and greedy generation equals an argmax loop over transformers' logits."""
 
 import json
@@ -32,11 +32,10 @@ def test_unsupported_architecture_is_one_line_error(tmp_path, capsys):
 def test_unsupported_llama_variant_is_one_line_error(tmp_path, capsys):
     make_llama(tmp_path, tied=True)
     cfg = json.loads((tmp_path / "config.json").read_text())
-    cfg["rope_parameters"] = {"rope_type": "longrope", "rope_theta": 1e4, "short_factor": [1.0] * 4,
-                              "long_factor": [2.0] * 4, "original_max_position_embeddings": 64}  # fmt: skip
-    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    cfg["rope_parameters"] = {"rope_type": "default", "rope_theta": 1e4, "partial_rotary_factor": 0.5}
+    (tmp_path / "config.json").write_text(json.dumps(cfg))  # transformers' Llama rotates whole heads
     rc = convert(["hf-to-megatron", "--input", str(tmp_path), "--output", str(tmp_path / "out")])
-    _one_line_error(capsys, rc, "longrope")
+    _one_line_error(capsys, rc, "partial_rotary_factor=0.5")
 
 
 def test_missing_shard_is_one_line_error(tmp_path, capsys):

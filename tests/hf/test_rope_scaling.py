@@ -77,12 +77,11 @@ def test_dynamic_ntk_past_the_context_equals_transformers():
 @pytest.mark.parametrize(
     "rope,words",
     [
-        ({"rope_type": "longrope", "short_factor": [1.0] * 8, "long_factor": [2.0] * 8,
-          "original_max_position_embeddings": 64}, "longrope"),
+        ({"rope_type": "proportional", "factor": 2.0}, "rope type 'proportional'"),
         ({"rope_type": "default", "partial_rotary_factor": 0.5}, "partial_rotary_factor"),
         ({"rope_type": "default", "mrope_section": [2, 3, 3]}, "mrope_section"),
     ],
-    ids=["longrope", "partial-rotary", "mrope"],
+    ids=["other-type", "partial-rotary", "mrope"],
 )  # fmt: skip
 def test_unsupported_rope_is_refused_by_name(rope, words):
     config = {**_llama_config({"rope_type": "linear", "factor": 2.0}).to_dict(), "rope_parameters": rope}

@@ -1,23 +1,14 @@
 """HF -> ours -> HF reproduces every tensor of the safetensors bit for bit (names, dtypes, shards) and the
-config.json, for every family and both RoPE layouts; a config we generate loads in transformers."""
+config.json, for every family (Gemma-1/2/3 included) and both RoPE layouts; a config we generate loads in
+transformers."""
 
 import json
-import os
 
 import pytest
 import torch
-from safetensors import safe_open
 
-from tests.hf.conftest import FAMILIES, FAMILY_SEQ, VOCAB, make_family, make_gpt2, make_llama
+from tests.hf.conftest import FAMILIES, FAMILY_SEQ, VOCAB, make_family, make_gpt2, make_llama, safetensors_of
 from tools.convert_checkpoint import main as convert
-
-
-def _tensors(path) -> dict:
-    out = {}
-    for name in sorted(f for f in os.listdir(path) if f.endswith(".safetensors")):
-        with safe_open(os.path.join(path, name), framework="pt") as f:
-            out.update({k: (name, f.get_tensor(k)) for k in f.keys()})
-    return out
 
 
 @pytest.mark.parametrize(
@@ -35,7 +26,7 @@ def test_hf_to_megatron_to_hf_is_bit_exact(tmp_path, make):
     assert convert(["hf-to-megatron", "--input", str(src), "--output", str(mid)]) == 0
     assert (mid / "model_args.json").is_file() and (mid / "model_args.txt").is_file()
     assert convert(["megatron-to-hf", "--input", str(mid), "--output", str(back)]) == 0
-    ref, got = _tensors(src), _tensors(back)
+    ref, got = safetensors_of(src, with_shard=True), safetensors_of(back, with_shard=True)
     assert sorted(ref) == sorted(got)
     for key, (shard, tensor) in ref.items():
         assert got[key][0] == shard, key
@@ -57,12 +48,15 @@ def test_family_round_trip_is_bit_exact(tmp_path, family, layout):
     if layout == "v4":
         config = json.loads((src / "config.json").read_text())
         params = dict(config.pop("rope_parameters"))
+        if "full_attention" in params:  # Gemma-3's RoPE per layer type: 4.x has rope_local_base_freq for the local one
+            config["rope_local_base_freq"] = params["sliding_attention"]["rope_theta"]
+            params = dict(params["full_attention"])
         config["rope_theta"] = params.pop("rope_theta")
         config["rope_scaling"] = params if params["rope_type"] != "default" else None
         (src / "config.json").write_text(json.dumps(config))
     assert convert(["hf-to-megatron", "--input", str(src), "--output", str(mid)]) == 0
     assert convert(["megatron-to-hf", "--input", str(mid), "--output", str(back)]) == 0
-    ref, got = _tensors(src), _tensors(back)
+    ref, got = safetensors_of(src, with_shard=True), safetensors_of(back, with_shard=True)
     assert sorted(ref) == sorted(got)
     assert all(torch.equal(got[k][1], t) and got[k][1].dtype == t.dtype for k, (_, t) in ref.items())
     assert json.loads((src / "config.json").read_text()) == json.loads((back / "config.json").read_text())

@@ -1,7 +1,10 @@
 """A converted model trains under SP=2 starting from HF's loss, and its checkpoint converts
 back to an HF model that computes what the trained model computes: a GQA Llama, a Qwen2 (q/k/v
 biases, a windowed layer, yarn) and a Qwen3 (q/k norms, head dim 16, interleaved windows,
-dynamic NTK past its context) under ZeRO-3, and a GPT-2 under ZeRO-1.
+dynamic NTK past its context), a Gemma-2 (sandwich norms, both soft-caps: the final one in the tiled
+loss SP=2 uses, the attention one on the classic backend), a Gemma-3 (local RoPE base, scaled global RoPE), a
+Phi-4-mini-shaped Phi-3 (fused qkv / gate_up, longrope in its long regime, partial rotary, tied) and a Pythia
+(parallel residual, partial rotary, fused per-head qkv) under ZeRO-3, and a GPT-2 under ZeRO-1.
 
 One 2-process run per model serves all tests: it starts from the converted weights (the shape
 flags come from model_args.json), logs the first loss, evaluates after the last step and saves
@@ -14,6 +17,8 @@ import pytest
 import torch
 
 from tests.hf.conftest import hf_loss, make_family, make_gpt2, make_llama, mock_batch
+from tests.hf.test_neox import make_neox
+from tests.hf.test_phi3 import make_phi3
 from tests.launch import torchrun
 from tools.convert_checkpoint import main as convert
 
@@ -30,7 +35,12 @@ MODELS = {
     "qwen2-zero3": (lambda p: make_family("qwen2", p), "3", "Qwen2ForCausalLM"),
     "qwen3-zero3": (lambda p: make_family("qwen3", p), "3", "Qwen3ForCausalLM"),
     "gpt2-zero1": (make_gpt2, "1", "GPT2LMHeadModel"),
+    "gemma2-zero3": (lambda p: make_family("gemma2", p), "3", "Gemma2ForCausalLM"),
+    "gemma3-zero3": (lambda p: make_family("gemma3", p), "3", "Gemma3ForCausalLM"),
+    "phi3-zero3": (lambda p: make_phi3("partial", p), "3", "Phi3ForCausalLM"),
+    "neox-zero3": (lambda p: make_neox("pythia", p), "3", "GPTNeoXForCausalLM"),
 }
+EXTRA = {"gemma2-zero3": ["--attention-backend", "classic"]}  # its attention soft-cap: classic only
 
 
 @pytest.fixture(scope="module", params=list(MODELS))
@@ -42,6 +52,7 @@ def trained(request, tmp_path_factory):
     metrics = tmp / "metrics.jsonl"
     # saving into the converted directory: from then on, its `latest` checkpoint is what it holds
     args = RUN + ["--zero-stage", zero, "--load", str(tmp / "init"), "--save", str(tmp / "init")]
+    args += EXTRA.get(request.param, [])
     proc = torchrun(2, args, metrics)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "loaded model weights" in proc.stdout
