@@ -1,10 +1,12 @@
-"""Llama-3 and Qwen tokenizers through tokenizer.json (HFTokenizer): the ids transformers' tokenizer gives,
-BOS and end of document as each family has them, preprocessing and a short training run on the result.
+"""Llama-3, Qwen and Gemma tokenizers through tokenizer.json (HFTokenizer): the ids transformers' tokenizer
+gives, BOS and end of document as each family has them, preprocessing and a short training run on the result.
 
-Both are built here with the ``tokenizers`` library from a small corpus (no downloads), with the
-families' special tokens, pre-tokenizer patterns and post-processors: Llama 3 prepends
-``<|begin_of_text|>`` and ends documents with ``<|end_of_text|>``; Qwen has no BOS and ends
-documents with ``<|endoftext|>``.
+All are built here with the ``tokenizers`` library from a small corpus (no downloads), with the families'
+special tokens, pre-tokenizer patterns and post-processors: Llama 3 (byte-level BPE) prepends
+``<|begin_of_text|>`` and ends documents with ``<|end_of_text|>``; Qwen (byte-level BPE) has no BOS and ends
+documents with ``<|endoftext|>``; Gemma's is a SentencePiece model in tokenizer.json form (``▁`` for spaces,
+byte fallback to ``<0xNN>`` pieces for unseen characters, ``<pad>`` ``<eos>`` ``<bos>`` ``<unk>`` as ids 0-3)
+that prepends ``<bos>`` and ends documents with ``<eos>``.
 """
 
 from __future__ import annotations
@@ -38,7 +40,32 @@ FAMILIES = {
         config={"bos_token": None, "eos_token": "<|endoftext|>", "pad_token": "<|endoftext|>"}, bos=None,
         eod="<|endoftext|>",
     ),
+    "gemma": dict(
+        sentencepiece=True, special=["<pad>", "<eos>", "<bos>", "<unk>"],
+        config={"tokenizer_class": "GemmaTokenizer", "bos_token": "<bos>", "eos_token": "<eos>", "pad_token": "<pad>",
+                "unk_token": "<unk>", "add_bos_token": True, "add_eos_token": False}, bos="<bos>", eod="<eos>",
+    ),
 }  # fmt: skip
+
+
+def _sentencepiece_bpe(texts: list, special: list):
+    """A SentencePiece-style BPE: spaces become ``▁``, no pre-tokenizer, 256 ``<0xNN>`` byte pieces after the
+    special tokens for byte fallback, decoding back through them."""
+    from tokenizers import decoders, models, normalizers, trainers
+
+    draft = tokenizers.Tokenizer(models.BPE(unk_token="<unk>"))
+    draft.normalizer = normalizers.Replace(" ", "\u2581")
+    draft.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=500, special_tokens=special, show_progress=False))
+    trained = json.loads(draft.to_str())["model"]
+    pieces = sorted(trained["vocab"], key=trained["vocab"].get)
+    pieces = pieces[: len(special)] + [f"<0x{b:02X}>" for b in range(256)] + pieces[len(special) :]
+    merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in trained["merges"]]
+    tok = tokenizers.Tokenizer(models.BPE({p: i for i, p in enumerate(pieces)}, merges, unk_token="<unk>",
+                                          byte_fallback=True, fuse_unk=True))  # fmt: skip
+    tok.add_special_tokens(special)
+    tok.normalizer = normalizers.Replace(" ", "\u2581")
+    tok.decoder = decoders.Sequence([decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse()])
+    return tok
 
 
 def build_family_tokenizer(family: str, folder, texts: list) -> str:
@@ -46,6 +73,12 @@ def build_family_tokenizer(family: str, folder, texts: list) -> str:
     from tokenizers import Regex, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
     spec = FAMILIES[family]
+    if spec.get("sentencepiece"):
+        tok = _sentencepiece_bpe(texts, spec["special"])
+        bos = (spec["bos"], tok.token_to_id(spec["bos"]))
+        tok.post_processor = processors.TemplateProcessing(single=f"{bos[0]} $A", pair=f"{bos[0]} $A {bos[0]} $B",
+                                                           special_tokens=[bos])  # fmt: skip
+        return _save(tok, folder, spec)
     tok = tokenizers.Tokenizer(models.BPE())
     if spec["normalizer"]:
         tok.normalizer = normalizers.NFC()
@@ -65,6 +98,10 @@ def build_family_tokenizer(family: str, folder, texts: list) -> str:
         tok.post_processor = processors.Sequence([byte_level, template])
     else:
         tok.post_processor = byte_level
+    return _save(tok, folder, spec)
+
+
+def _save(tok, folder, spec) -> str:
     folder.mkdir(parents=True, exist_ok=True)
     tok.save(str(folder / "tokenizer.json"))
     config = {"tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": 131072, **spec["config"]}
@@ -97,6 +134,10 @@ def test_ids_equal_transformers_tokenizer_with_the_family_bos_and_eod(family_tok
     else:
         assert ours.bos is None and ref.bos_token_id is None
         assert ours.detokenize(ours.tokenize(TEXTS[1])) == TEXTS[1]
+    if spec.get("sentencepiece"):  # characters the corpus lacks fall back to their UTF-8 bytes, and decode back
+        pieces = [ours.hf.id_to_token(i) for i in ours.tokenize("日本語")[1:]]
+        assert len(pieces) == 9 and all(p.startswith("<0x") for p in pieces), pieces
+        assert ours.detokenize(ours.tokenize("日本語 unseen")[1:]) == "日本語 unseen"
 
 
 def test_preprocess_writes_documents_as_the_family_delimits_them(family_tokenizer, tmp_path, write_jsonl):
@@ -114,7 +155,7 @@ def test_preprocess_writes_documents_as_the_family_delimits_them(family_tokenize
         ids = tok.hf.encode(text, add_special_tokens=False).ids
         expected = ([tok.bos] if tok.bos is not None else []) + ids + [tok.eod]
         assert ds[i].tolist() == expected
-    assert (ds[0][0] == tok.bos) == (family == "llama3")
+    assert (ds[0][0] == tok.bos) == (FAMILIES[family]["bos"] is not None)
 
 
 def test_trains_on_the_preprocessed_corpus(family_tokenizer, tmp_path, write_jsonl, corpus_texts):
