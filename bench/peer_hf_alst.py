@@ -48,7 +48,7 @@ import time
 import types
 
 import torch
-from report import versions  # bench/, this script's directory
+from report import iteration_record, versions, write_iteration  # bench/, this script's directory
 
 IGNORE_INDEX = -100
 LOSS_SHARD_BYTES = 2**30  # ArcticTraining's tiled-loss shard: about 1 GiB of fp32 logits
@@ -366,18 +366,9 @@ def main(argv=None) -> int:
                 torch.cuda.synchronize(device)
             now = time.perf_counter()
             dt, t_prev = now - t_prev, now
-            rec = {
-                "iteration": it, "lm_loss": mean_loss, "step_time_s": dt, "tokens_per_sec": dp * S / dt,
-                "tokens_per_sec_per_gpu": dp * S / dt / world, "tflops": flops_md / dt / world / 1e12,
-                "model_tflops": flops_model / dt / world / 1e12,
-                "mfu": flops_model / dt / world / peak if peak else None, "mem_gb": metrics.peak_memory_gb(device),
-                "grad_norm": None if grad_norm is None else float(grad_norm),
-            }  # fmt: skip
-            if out:
-                out.write(json.dumps(rec) + "\n")
-                out.flush()
-                print(f" peer iteration {it}/{args.iters} | loss {mean_loss:.4f} | step {1000 * dt:.1f} ms | "
-                      f"tokens/s/GPU {rec['tokens_per_sec_per_gpu']:.0f} | mem {rec['mem_gb']:.2f} GB", flush=True)  # fmt: skip
+            rec = iteration_record(it, mean_loss, dt, dp * S, world, flops_md, flops_model, peak,
+                                   metrics.peak_memory_gb(device), grad_norm)  # fmt: skip
+            write_iteration(out, rec, "peer", args.iters)
     dist.barrier()
     dist.destroy_process_group()
     return 0

@@ -162,3 +162,27 @@ def write_json(path, report: dict) -> None:
 
 if __name__ == "__main__":  # the devices and versions of this environment (report_head_from_child reads them)
     print(json.dumps({"devices": devices(), "versions": versions(*sys.argv[1:])}))
+
+
+def iteration_record(it: int, loss: float, dt: float, tokens: int, world: int, flops_md: float, flops_model: float,
+                     peak: float | None, mem_gb: float | None, grad_norm) -> dict:
+    """One iteration of a peer's metrics file, in the fields of ours: ``tokens`` trained by all ranks in ``dt``
+    seconds, ``flops_md`` / ``flops_model`` the iteration's hardware / model FLOPs over all ranks."""
+    return {
+        "iteration": it, "lm_loss": loss, "step_time_s": dt, "tokens_per_sec": tokens / dt,
+        "tokens_per_sec_per_gpu": tokens / dt / world, "tflops": flops_md / dt / world / 1e12,
+        "model_tflops": flops_model / dt / world / 1e12, "mfu": flops_model / dt / world / peak if peak else None,
+        "mem_gb": mem_gb, "grad_norm": None if grad_norm is None else float(grad_norm),
+    }  # fmt: skip
+
+
+def write_iteration(out, rec: dict, label: str, iters: int) -> None:
+    """Append ``rec`` to an open metrics JSONL (None: not rank 0, nothing written) and print its summary line."""
+    if out is None:
+        return
+    out.write(json.dumps(rec) + "\n")
+    out.flush()
+    mem = "n/a" if rec["mem_gb"] is None else f"{rec['mem_gb']:.2f}"
+    print(f" {label} iteration {rec['iteration']}/{iters} | loss {rec['lm_loss']:.4f} | "
+          f"step {1000 * rec['step_time_s']:.1f} ms | tokens/s/GPU {rec['tokens_per_sec_per_gpu']:.0f} | "
+          f"mem {mem} GB", flush=True)  # fmt: skip

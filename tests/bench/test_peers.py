@@ -86,3 +86,25 @@ def test_torchtitan_builds_the_shapes_swiglu_width(shape):
     ffn = model.layers["0"].feed_forward
     assert ffn.w1.out_features == ffn.w3.out_features == throughput.SHAPES[shape].peer_ffn
     assert model.output.out_features == -(-throughput.SHAPES[shape].vocab // 128) * 128
+
+
+def test_iteration_record_and_writer_give_our_metrics_fields(tmp_path, capsys):
+    import report  # bench/
+
+    rec = report.iteration_record(3, 2.5, 0.5, 4096, 2, 4e12, 2e12, 1e15, 1.25, torch_scalar(7.0))
+    assert rec["tokens_per_sec"] == 8192 and rec["tokens_per_sec_per_gpu"] == 4096
+    assert rec["tflops"] == 4.0 and rec["model_tflops"] == 2.0 and rec["mfu"] == 2e12 / 1e15
+    assert rec["grad_norm"] == 7.0 and isinstance(rec["grad_norm"], float)
+    assert report.iteration_record(1, 1.0, 1.0, 1, 1, 1.0, 1.0, None, None, None)["mfu"] is None
+    path = tmp_path / "m.jsonl"
+    with open(path, "w") as out:
+        report.write_iteration(out, rec, "arctic", 8)
+    report.write_iteration(None, rec, "arctic", 8)  # not rank 0: nothing written, nothing printed
+    assert [json.loads(x) for x in path.read_text().splitlines()] == [rec]
+    assert capsys.readouterr().out.count("arctic iteration 3/8 | loss 2.5000") == 1
+
+
+def torch_scalar(v):
+    import torch
+
+    return torch.tensor(v)
