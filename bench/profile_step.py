@@ -29,7 +29,9 @@ from report import report_head, write_json  # bench/, this script's directory
 ROOT = Path(__file__).resolve().parents[1]
 
 CATEGORIES = [
-    ("attention", ("flash", "fmha", "attn", "attention", "cudnn_generated", "sdpa", "_attn_fwd", "_attn_bwd")),
+    # our Triton kernels' names (_fwd_kernel, _bwd_dkdv_kernel, ...) before "rope" could claim them: theirs are _rope_*
+    ("attention", ("flash", "fmha", "attn", "attention", "cudnn_generated", "sdpa", "_fwd_kernel", "_bwd_delta_kernel",
+                   "_bwd_dkdv_kernel", "_bwd_dq_kernel")),
     ("matmul", ("gemm", "cutlass", "sm90_xmma", "nvjet", "cublas", "matmul", "wgmma")),
     ("communication", ("nccl",)),
     ("copies", ("memcpy", "memset", "copy", "transpose", "cat", "contiguous")),

@@ -710,6 +710,49 @@ def peers_one_gpu(facts: dict) -> str:
     ])  # fmt: skip
 
 
+def _peer_setting(c: dict) -> str:
+    """How a peer case ran: torchtitan's activation-checkpoint mode, hf_alst's recomputation."""
+    if c.get("peer_name") == "torchtitan":
+        modes = [a["ac_mode"] for a in c.get("peer_attempts") or [] if a.get("outcome") == "ok"]
+        return f"AC {modes[-1]}" if modes else "AC ?"
+    return "full recomputation" if c.get("checkpoint_activations") else "no recomputation"
+
+
+def planner_vs_peers(facts: dict) -> str:
+    """Ours with its defaults (the recomputation planner) against each peer at the peer's fastest setting."""
+    folder = latest("planner_vs_peers")
+    cases = [c for c in _folder_cases(folder) if c.get("outcome") == "ok"]
+    peers = sorted({c["peer_name"] for c in cases if c["kind"] == "peer"})
+    rows, facts["planner_peers"] = [], []
+    for shape, seq in sorted({(c["shape"], c["seq_len"]) for c in cases}):
+        here = [c for c in cases if (c["shape"], c["seq_len"]) == (shape, seq)]
+        ours = max((c for c in here if c["kind"] == "ours"), key=lambda c: c["tokens_per_sec_per_gpu"], default=None)
+        if ours is None:
+            continue
+        row = [shape_name(shape), seq_label(seq), _tokens_cell(ours)]
+        for name in peers:
+            runs = [c for c in here if c["kind"] == "peer" and c["peer_name"] == name]
+            best = max(runs, key=lambda c: c["tokens_per_sec_per_gpu"], default=None)
+            if best is None:
+                row.append("not run")
+                continue
+            r = ours["tokens_per_sec_per_gpu"] / best["tokens_per_sec_per_gpu"]
+            row.append(f"{_tokens_cell(best)}, {_peer_setting(best)}; ours {ratio(r)}")
+            facts["planner_peers"].append(dict(shape=shape, seq=seq, peer=name, ratio=r))
+        rows.append(row)
+    return "\n".join([
+        "## Ours with its defaults against torchtitan and HF + DeepSpeed ALST, 1 x H200\n\n"
+        "`bench/throughput.py`, one H200, SP=1, bf16, micro batch 1, each case a fresh process, ours and the peers of "
+        "a length back to back. Ours with its defaults: `--recompute auto` (each length's plan is in the folder's "
+        "README), ZeRO-3, tiled loss, our kernels; tiled MLP at 128k. Each peer at its "
+        "fastest setting that fits: torchtitan tries activation checkpointing none, op, full (FSDP2 off on one GPU, "
+        "`torch.compile` on); HF + DeepSpeed ALST with full recomputation and, at 8k, also without (the faster is "
+        "shown). Tokens/s per GPU (MFU, peak memory):\n",
+        table(["shape", "length", "ours", *peers], rows, right_from=9),
+        "\n" + source(folder),
+    ])  # fmt: skip
+
+
 def recompute_planner(facts: dict) -> str:
     """``--recompute auto`` against full recomputation, per length."""
     folder = latest("recompute_planner")
@@ -747,7 +790,8 @@ def short_sequence_zero(facts: dict) -> str:
     ])  # fmt: skip
 
 
-SECTIONS = (attention_kernels, packed_documents, sliding_window, throughput_vs_peer, peers_one_gpu, recompute_planner,
+SECTIONS = (attention_kernels, packed_documents, sliding_window, throughput_vs_peer, planner_vs_peers, peers_one_gpu,
+            recompute_planner,
             short_sequence_zero, settings_32k, max_seqlen, tiled_loss, switches, profile, gpt30b, checks, pointwise,
             data_pipeline)  # fmt: skip
 
@@ -790,12 +834,13 @@ def build() -> tuple:
     rows.append(["Recomputation planner (`--recompute auto`) against full recomputation: GPT-1.3B, 1 x H200",
                  ", ".join(f"{ratio(g)} at {seq_label(q)}" for q, g in sorted(facts["planner"].items())),
                  "[planner](docs/results.md#recomputation-planner)"])  # fmt: skip
-    for name in sorted({p["peer"] for p in facts["peers"]}):
+    planner_title = "Ours with its defaults against torchtitan and HF + DeepSpeed ALST, 1 x H200"
+    for name in sorted({p["peer"] for p in facts["planner_peers"]}):
         cells = ", ".join(f"{ratio(p['ratio'])} ({shape_name(p['shape'])}, {seq_label(p['seq'])})"
-                          for p in facts["peers"] if p["peer"] == name)
+                          for p in facts["planner_peers"] if p["peer"] == name)
         title = {"hf_alst": "HF + DeepSpeed ALST"}.get(name, name)
-        rows.append([f"Tokens/s against {title}, 1 x H200, SP=1 (ours with full recomputation)", cells,
-                     "[against torchtitan](docs/results.md#against-torchtitan-and-hf--deepspeed-alst-1-x-h200)"])  # fmt: skip
+        rows.append([f"Tokens/s against {title} at its fastest setting, 1 x H200, SP=1 (ours with its defaults)", cells,
+                     f"[against the peers](docs/results.md#{anchor(planner_title)})"])  # fmt: skip
     for _, m in sorted(mx.items()):
         proj = f"; GPU memory projected to last to ~{num(m['projected'])} with `{m['projected_rung']}`" if m["projected"] else ""
         rows.append([f"Longest trained sequence: {m['title']}", f"{num(m['longest'])} tokens (`{m['rung']}`){proj}",

@@ -18,3 +18,14 @@ def test_launched_by_sums_device_time_per_caller_path():
     ]
     assert got["add_kernel"] == [{"path": "aten::add < TransformerLayer", "ms": 0.25}]
     assert got["missing"] == []
+
+
+def test_our_attention_kernels_count_as_attention_and_rope_does_not():
+    from profile_step import category
+
+    for name in ("_fwd_kernel", "_bwd_dkdv_kernel", "_bwd_dq_kernel", "_bwd_delta_kernel", "_attn_bwd_kernel",
+                 "_attn_fwd_kernel", "cudnn_generated_fort_native_sdpa_sm90_flash_fprop"):
+        assert category(name) == "attention", name
+    for name, cat in (("_rope_kernel", "elementwise/norm/other"), ("nvjet_sm90_tst_128x256", "matmul"),
+                      ("_loss_kernel", "elementwise/norm/other")):
+        assert category(name) == cat, name
