@@ -76,26 +76,26 @@ _NOTED: set = set()
 WINDOW_REASON = "sliding window (the Gluon kernels have none)"
 
 
-def _gluon_forward_unsupported(q, k, causal: bool, forward: str = "auto", window=None):
-    """None when the Gluon forward runs for these inputs and `forward`, else why the Triton forward runs.
-    forward="gluon" where the Gluon forward cannot run raises, saying why."""
-    if forward == "triton":
-        return "forward='triton'"
-    reason = WINDOW_REASON if window is not None else gluon_fwd.unsupported_reason(q, k, causal)
-    if reason is not None and forward == "gluon":
-        raise ValueError(f"forward='gluon' cannot run here: {reason}; use forward='auto' or 'triton'")
+def _gluon_unsupported(module, direction: str, choice: str, fallback: str, q, k, causal: bool, window=None):
+    """None when ``module``'s Gluon kernel runs for these inputs and the ``direction`` argument's ``choice``, else
+    why the ``fallback`` kernels run. ``choice`` naming the Gluon kernel where it cannot run raises, saying why."""
+    forced = {"forward": "gluon", "backward": "fused"}[direction]
+    if choice == fallback:
+        return f"{direction}='{fallback}'"
+    reason = WINDOW_REASON if window is not None else module.unsupported_reason(q, k, causal)
+    if reason is not None and choice == forced:
+        raise ValueError(f"{direction}='{forced}' cannot run here: {reason}; use {direction}='auto' or '{fallback}'")
     return reason
+
+
+def _gluon_forward_unsupported(q, k, causal: bool, forward: str = "auto", window=None):
+    """None when the Gluon forward runs (forward "auto" / "gluon"), else why the Triton forward runs."""
+    return _gluon_unsupported(gluon_fwd, "forward", forward, "triton", q, k, causal, window)
 
 
 def _fused_backward_unsupported(q, k, causal: bool, backward: str = "auto", window=None):
-    """None when the fused backward runs for these inputs and `backward`, else why the split kernels run.
-    backward="fused" where the fused backward cannot run raises, saying why."""
-    if backward == "split":
-        return "backward='split'"
-    reason = WINDOW_REASON if window is not None else gluon_bwd.unsupported_reason(q, k, causal)
-    if reason is not None and backward == "fused":
-        raise ValueError(f"backward='fused' cannot run here: {reason}; use backward='auto' or 'split'")
-    return reason
+    """None when the fused Gluon backward runs (backward "auto" / "fused"), else why the split kernels run."""
+    return _gluon_unsupported(gluon_bwd, "backward", backward, "split", q, k, causal, window)
 
 
 def _note(direction: str, msg: str) -> None:
