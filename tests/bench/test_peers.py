@@ -108,3 +108,40 @@ def torch_scalar(v):
     import torch
 
     return torch.tensor(v)
+
+
+# ---------------------------------------------------------------------------------------------- ArcticTraining
+@pytest.mark.parametrize("shape", ["gpt-1.3b", "llama-1b", "tiny"])
+def test_arctic_llama_config_has_our_model_flops(shape):
+    import peer_arctic
+
+    hf = peer_arctic.llama_config_dict(shape, 8192)
+    assert hf["vocab_size"] % 128 == 0 and hf["intermediate_size"] == throughput.SHAPES[shape].peer_ffn
+    ours = parse_args(throughput.SHAPES[shape].megatron_flags()).model
+    for seq in (8192, 131072):
+        ratio = (metrics.model_flops_per_token(peer_arctic.megatron_model_config(hf, seq), seq)
+                 / metrics.model_flops_per_token(ours, seq))  # fmt: skip
+        assert abs(ratio - 1) < 0.01, (shape, seq, ratio)
+
+
+def test_arctic_config_is_the_alst_recipe_and_records_it(tmp_path):
+    import peer_arctic
+
+    def cfg(seq, world, *flags):
+        args = peer_arctic.parse_args(["--shape", "tiny", "--seq-length", str(seq), "--bf16", *flags])
+        return peer_arctic.trainer_config(args, world, tmp_path / "model", tmp_path / "out")
+
+    short, long_ = cfg(32768, 1), cfg(131072, 2)
+    assert short["sequence_parallel_size"] == 1 and long_["sequence_parallel_size"] == 2
+    # CPU offload of the checkpoints from 64K tokens per GPU on: 128K over 2 GPUs is 64K each
+    assert not short["activation_checkpoint_cpu_offload"] and long_["activation_checkpoint_cpu_offload"]
+    assert not cfg(131072, 4)["activation_checkpoint_cpu_offload"]
+    assert cfg(32768, 1, "--ac-offload", "on")["activation_checkpoint_cpu_offload"]
+    s = peer_arctic.settings(long_)
+    assert s["tiled_mlp_compute"] and s["tiled_loss"] and s["activation_checkpointing"] and s["zero_stage"] == 3
+    assert not peer_arctic.settings(short)["tiled_loss"]  # at SP 1 ArcticTraining uses transformers' loss
+    off = peer_arctic.settings(cfg(8192, 1, "--no-checkpointing", "--no-tiled-mlp"))
+    assert not off["activation_checkpointing"] and not off["tiled_mlp_compute"]
+    assert not off["activation_checkpoint_cpu_offload"]
+    with pytest.raises(SystemExit, match="not a multiple of the SP size 3"):
+        cfg(8192, 3)
