@@ -160,3 +160,20 @@ def kernel_device() -> torch.device:
     if not rope.HAVE_TRITON or not interpreting():
         pytest.skip("needs Triton (on CPU: its interpreter, TRITON_INTERPRET=1 before the kernel is imported)")
     return torch.device("cpu")
+
+
+def assert_conversion_refused(path, capsys, change: dict, *words) -> None:
+    """``change`` merged into ``path``/config.json makes hf-to-megatron exit 2 with one ``error:`` line naming
+    every one of ``words``."""
+    import json
+
+    from tools.convert_checkpoint import main as convert
+
+    config = {**json.loads((path / "config.json").read_text()), **change}
+    (path / "config.json").write_text(json.dumps(config))
+    capsys.readouterr()
+    rc = convert(["hf-to-megatron", "--input", str(path), "--output", str(path / "out")])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and err.startswith("error: ") and "\n" not in err, err
+    for w in words:
+        assert w in err, err

@@ -29,6 +29,7 @@ from tests.hf.conftest import (
     FAMILIES,
     FAMILY_SEQ,
     _perturb_norms,
+    assert_conversion_refused,
     logits_of,
     random_tokens,
     transformers,
@@ -281,13 +282,6 @@ def test_sp2_zero3_equals_sp1_with_every_gemma_feature(tmp_path):
 
 
 # ---------------------------------------------------------------- refusals
-def _one_line_error(capsys, rc, *words):
-    err = capsys.readouterr().err.strip()
-    assert rc == 2 and err.startswith("error: ") and "\n" not in err, err
-    for w in words:
-        assert w in err, err
-
-
 @pytest.mark.parametrize(
     "family,change,words",
     [
@@ -307,10 +301,7 @@ def _one_line_error(capsys, rc, *words):
 )  # fmt: skip
 def test_unsupported_gemma_variant_is_one_line_error(tmp_path, capsys, family, change, words):
     _make(family, tmp_path)
-    config = {**json.loads((tmp_path / "config.json").read_text()), **change}
-    (tmp_path / "config.json").write_text(json.dumps(config))
-    rc = convert(["hf-to-megatron", "--input", str(tmp_path), "--output", str(tmp_path / "out")])
-    _one_line_error(capsys, rc, "not supported", *words)
+    assert_conversion_refused(tmp_path, capsys, change, "not supported", *words)
 
 
 def test_gemma_shapes_without_a_hf_family_are_refused_on_export():
