@@ -17,7 +17,7 @@ ArcticTraining's registry (subclasses of its factories are registered by name wh
 * model factory ``bench-random-init``: its Hugging Face factory, but ``from_config`` (random init) from a local
   directory holding only ``config.json`` (the shape's ``LlamaConfig``, vocabulary padded to a multiple of 128 as
   ours), so nothing is downloaded; activation checkpointing through the factory
-  (``gradient_checkpointing_enable``) unless ``--no-checkpointing``;
+  (``gradient_checkpointing_enable``) unless ``--ac-mode none``;
 * data factory ``bench-synthetic``: our ``--mock-data`` token stream (``megatron.data.mock``) as
   ``input_ids`` / ``labels`` samples of exactly the bench length, in a torch ``DataLoader`` (no Hugging Face
   datasets, no tokenizer: tokenizer factory ``bench-none``); at SP > 1 ArcticTraining wraps it in DeepSpeed's
@@ -27,8 +27,8 @@ ArcticTraining's registry (subclasses of its factories are registered by name wh
 
 The ALST settings (ArcticTraining's documented long-sequence recipe): ``sequence_parallel_size`` = the GPU
 count (DeepSpeed Ulysses, ``UlyssesSPAttentionHF`` over SDPA), ``tiled_mlp_compute: true``, activation
-checkpointing, ``activation_checkpoint_cpu_offload`` at ``--ac-offload`` (``auto``: from 64K tokens per GPU
-on, where ArcticTraining's notes say it starts to pay), ZeRO-3, bf16, micro batch 1. The settings used are in
+checkpointing with ``activation_checkpoint_cpu_offload`` (``--ac-mode auto``: offload from 64K tokens per GPU
+on, where ArcticTraining's notes say it starts to pay; ``none``, ``full``, ``offload`` force one), ZeRO-3, bf16, micro batch 1. The settings used are in
 the ``{"peer": ...}`` line; rank 0 then writes one record per iteration with the fields of our metrics file,
 model FLOPs from ``megatron.training.metrics.model_flops_per_token`` on the peer's Llama shape.
 """
@@ -45,21 +45,27 @@ from pathlib import Path
 import torch
 from report import iteration_record, versions, write_iteration  # bench/, this script's directory
 
-AC_OFFLOAD = ("auto", "on", "off")
+AC_MODES = ("auto", "none", "full", "offload")  # activation checkpointing; auto: full, offloaded from 64K tokens/GPU
 OFFLOAD_FROM_TOKENS_PER_GPU = 65536
 
 
-def llama_config_dict(shape_name: str, seq_length: int, pad_vocab: int = 128) -> dict:
-    """The shape's ``config.json`` for a ``LlamaForCausalLM`` (transformers 4.x keys)."""
+def llama_config_dict(shape_name: str, seq_length: int, pad_vocab: int = 128, sp: int = 1) -> dict:
+    """The shape's ``config.json`` for a ``LlamaForCausalLM`` (transformers 4.x keys).
+
+    At SP > 1 the output layer is untied from the embeddings: under ZeRO-3, ArcticTraining 0.8's tiled loss and
+    the embedding both reduce the shared weight's gradient, which DeepSpeed refuses (an ``AssertionError`` in
+    stage 3's gradient bucket). The model FLOPs are the same; the extra parameters are recorded.
+    """
     from throughput import SHAPES
 
     kw = dict(SHAPES[shape_name].hf_llama_kwargs())
+    kw["tie_word_embeddings"] = kw.get("tie_word_embeddings", True) and sp == 1
     kw["vocab_size"] = -(-kw["vocab_size"] // pad_vocab) * pad_vocab
     rope = kw.pop("rope_parameters", None)
     if rope is not None and "rope_theta" not in kw:
         kw["rope_theta"] = rope.get("rope_theta", SHAPES[shape_name].rope_base)
     return {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "max_position_embeddings": seq_length,
-            "tie_word_embeddings": False, "use_cache": False, **kw}  # fmt: skip
+            "use_cache": False, **kw}  # fmt: skip
 
 
 def write_model_dir(path: Path, config: dict) -> Path:
@@ -69,21 +75,23 @@ def write_model_dir(path: Path, config: dict) -> Path:
     return path
 
 
-def cpu_offload(mode: str, seq_length: int, sp: int) -> bool:
+def ac_mode(mode: str, seq_length: int, sp: int) -> str:
+    """The activation-checkpointing mode a run uses: ``none``, ``full`` or ``offload`` (full, kept on the CPU)."""
     if mode == "auto":
-        return seq_length // sp >= OFFLOAD_FROM_TOKENS_PER_GPU
-    return mode == "on"
+        return "offload" if seq_length // sp >= OFFLOAD_FROM_TOKENS_PER_GPU else "full"
+    return mode
 
 
 def trainer_config(args, world: int, model_dir: Path, out_dir: Path) -> dict:
     """The ArcticTraining ``TrainerConfig`` dictionary of this run (built without importing ArcticTraining)."""
     sp = world
+    mode = ac_mode(args.ac_mode, args.seq_length, sp)
     if args.seq_length % sp:
         raise SystemExit(f"error: --seq-length {args.seq_length} is not a multiple of the SP size {sp}; pick one")
     return {
         "type": "bench-causal",
         "model": {"type": "bench-random-init", "name_or_path": str(model_dir), "attn_implementation": "sdpa",
-                  "dtype": "bf16" if args.bf16 else "fp32", "disable_activation_checkpoint": args.no_checkpointing},
+                  "dtype": "bf16" if args.bf16 else "fp32", "disable_activation_checkpoint": mode == "none"},
         "tokenizer": {"type": "bench-none"},
         "data": {"type": "bench-synthetic", "sources": [], "max_length": args.seq_length, "seed": args.seed,
                  "dl_num_workers": 0},
@@ -93,8 +101,7 @@ def trainer_config(args, world: int, model_dir: Path, out_dir: Path) -> dict:
                       "bfloat16": {"enabled": bool(args.bf16)}, "steps_per_print": 10**9},
         "micro_batch_size": 1, "gradient_accumulation_steps": 1, "train_iters": args.iters, "epochs": 1,
         "sequence_parallel_size": sp, "tiled_mlp_compute": not args.no_tiled_mlp,
-        "activation_checkpoint_cpu_offload": (not args.no_checkpointing)
-        and cpu_offload(args.ac_offload, args.seq_length, sp),
+        "activation_checkpoint_cpu_offload": mode == "offload",
         "train_log_iter_interval": 0, "loss_log_interval": 0, "seed": args.seed, "checkpoint": [],
         "logger": {"output_dir": str(out_dir), "level": "WARNING"},
         "train_log_metrics_path": str(out_dir / "arctic-train-log.jsonl"),
@@ -104,7 +111,10 @@ def trainer_config(args, world: int, model_dir: Path, out_dir: Path) -> dict:
 
 def settings(cfg: dict) -> dict:
     """What the ``{"peer": ...}`` line records of the ArcticTraining configuration."""
-    return {"sequence_parallel_size": cfg["sequence_parallel_size"], "tiled_mlp_compute": cfg["tiled_mlp_compute"],
+    checkpointing = not cfg["model"]["disable_activation_checkpoint"]
+    offload = cfg["activation_checkpoint_cpu_offload"]
+    return {"ac_mode": ("offload" if offload else "full") if checkpointing else "none",
+            "sequence_parallel_size": cfg["sequence_parallel_size"], "tiled_mlp_compute": cfg["tiled_mlp_compute"],
             "tiled_loss": cfg["sequence_parallel_size"] > 1,
             "activation_checkpointing": not cfg["model"]["disable_activation_checkpoint"],
             "activation_checkpoint_cpu_offload": cfg["activation_checkpoint_cpu_offload"],
@@ -162,8 +172,9 @@ def register(timer: Timer):
 
         def create_model(self, model_config):
             dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.config.dtype.value, torch.float32)
-            return AutoModelForCausalLM.from_config(model_config, attn_implementation=self.config.attn_implementation,
-                                                    torch_dtype=dtype)  # fmt: skip
+            model = AutoModelForCausalLM.from_config(model_config, attn_implementation=self.config.attn_implementation,
+                                                     torch_dtype=dtype)  # fmt: skip
+            return hf_init(model)
 
     class NoTokenizerFactory(TokenizerFactory):
         name = "bench-none"
@@ -221,9 +232,27 @@ def register(timer: Timer):
     return BenchTrainer
 
 
+def hf_init(model):
+    """Apply the model's own ``_init_weights`` (normal(0, initializer_range), norms at 1) to every module.
+
+    Under ZeRO-3 transformers builds the model inside ``deepspeed.zero.Init``, where each parameter is
+    partitioned as it is created and its ``_init_weights`` writes into empty tensors: the weights keep
+    torch's default init (embeddings N(0, 1)), a loss of about 10 x log(vocab) at step 0 with tied embeddings.
+    Each module's parameters are gathered, initialized on rank 0 and scattered back.
+    """
+    import deepspeed
+
+    for module in model.modules():
+        params = list(module.parameters(recurse=False))
+        if params:
+            with deepspeed.zero.GatheredParameters(params, modifier_rank=0):
+                model._init_weights(module)
+    return model
+
+
 class SyntheticTokens(torch.utils.data.Dataset):
     """Our mock token stream as causal-LM samples: input_ids = tokens[:S], labels = tokens[:S] (transformers
-    shifts), ``len`` = the samples the run needs."""
+    shifts), position_ids 0..S-1, ``len`` = the samples the run needs."""
 
     def __init__(self, seq_length: int, model_dir, seed: int, n: int):
         from megatron.data.mock import MockGPTDataset
@@ -236,7 +265,8 @@ class SyntheticTokens(torch.utils.data.Dataset):
 
     def __getitem__(self, i):
         tokens = torch.from_numpy(self.ds[i]["tokens"][: self.S]).long()
-        return {"input_ids": tokens, "labels": tokens.clone(), "attention_mask": torch.ones_like(tokens)}
+        return {"input_ids": tokens, "labels": tokens.clone(), "attention_mask": torch.ones_like(tokens),
+                "position_ids": torch.arange(self.S)}  # Ulysses SP shards by position: one document per sample
 
 
 def parse_args(argv=None):
@@ -247,9 +277,9 @@ def parse_args(argv=None):
     p.add_argument("--seq-length", type=int, required=True)
     p.add_argument("--iters", type=int, default=8)
     p.add_argument("--bf16", action="store_true", help="bf16 (else fp32, e.g. on CPU)")
-    p.add_argument("--ac-offload", choices=AC_OFFLOAD, default="auto",
-                   help=f"activation checkpoint CPU offload (auto: from {OFFLOAD_FROM_TOKENS_PER_GPU} tokens per GPU)")
-    p.add_argument("--no-checkpointing", action="store_true", help="no activation checkpointing")
+    p.add_argument("--ac-mode", choices=AC_MODES, default="auto",
+                   help="activation checkpointing: none, full, offload (full, checkpoints on the CPU); auto (the "
+                        f"recipe): full, offloaded from {OFFLOAD_FROM_TOKENS_PER_GPU} tokens per GPU")
     p.add_argument("--no-tiled-mlp", action="store_true", help="ArcticTraining's tiled MLP compute off")
     p.add_argument("--pad-vocab", type=int, default=128, help="vocabulary rounded up to a multiple of this (ours: 128)")
     p.add_argument("--lr", type=float, default=1e-4)
@@ -280,7 +310,7 @@ def main(argv=None) -> int:
     device = torch.device("cuda", torch.cuda.current_device()) if cuda else torch.device("cpu")
     S = args.seq_length
     work = Path(args.work_dir) / f"{args.shape}_{S}_{world}"
-    hf = llama_config_dict(args.shape, S, args.pad_vocab)
+    hf = llama_config_dict(args.shape, S, args.pad_vocab, world)
     if rank == 0:
         write_model_dir(work / "model", {**hf, "bench_vocab": SHAPES[args.shape].vocab})
     dist.barrier()
@@ -293,7 +323,8 @@ def main(argv=None) -> int:
     mcfg = megatron_model_config(hf, S)
     flops_token = metrics.model_flops_per_token(mcfg, S)
     flops_model = flops_token * S  # one sequence per iteration, spread over the SP group
-    flops_md = metrics.megatron_deepspeed_flops_per_iteration(mcfg, 1, S, not args.no_checkpointing)
+    recompute = not cfg_dict["model"]["disable_activation_checkpoint"]
+    flops_md = metrics.megatron_deepspeed_flops_per_iteration(mcfg, 1, S, recompute)
     peak = metrics.peak_flops(torch.cuda.get_device_name(device)) if cuda else None
     model = trainer.model_unwrapped
     meta = {

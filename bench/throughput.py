@@ -1,11 +1,19 @@
-"""End-to-end training throughput of our trainer, and of a Hugging Face + DeepSpeed-ALST peer.
+"""End-to-end training throughput of our trainer and of the trainers a user would pick instead (``--peers``).
 
 Every case is a fresh ``torchrun`` of the real trainer (``pretrain_gpt.py``: ZeRO-3, micro batch 1,
-activation checkpointing, tiled logits loss, mock data, one attention backend) or of the peer
-(``bench/peer_hf_alst.py``: ``transformers`` Llama with DeepSpeed's Ulysses attention, data-loader
-adapter and TiledFusedLogitsLoss), at the same length, GPU count, SP size and precision; ``--tiled-mlp``
-switches the tiled MLP on for both. Both write one JSON record per iteration; the first ``--warmup``
-iterations are dropped and the median of the rest is reported.
+activation checkpointing, tiled logits loss, mock data, one attention backend) or of a peer, at the same
+length, GPU count, SP size and precision, model FLOPs within 1%, random init and synthetic tokens:
+
+* ``hf_alst`` (``bench/peer_hf_alst.py``): ``transformers`` Llama with DeepSpeed's Ulysses attention, data-loader
+  adapter and TiledFusedLogitsLoss, wired here;
+* ``torchtitan`` (``bench/peer_torchtitan.py``): its Llama 3 with FSDP2 and ``torch.compile``, the fastest of its
+  activation-checkpoint modes that fits (none, op, full);
+* ``arctic`` (``bench/peer_arctic.py``): ArcticTraining's own trainer with its ALST recipe, the fastest of
+  no checkpointing, full and CPU-offloaded checkpoints that fits; it runs in its own environment
+  (``--arctic-pythonpath`` / ``--arctic-python``, transformers 4.x).
+
+``--tiled-mlp`` switches the tiled MLP on for ours and the peers that have one. Every system writes one JSON
+record per iteration; the first ``--warmup`` iterations are dropped and the median of the rest is reported.
 
     python bench/throughput.py --shape gpt-1.3b --seq-lens 8192,32768 --nproc 1 --sp 1 \\
         --backends sdpa,flash_triton --peer     # writes benchmarks/results/<date>_throughput_<gpu>/
@@ -15,8 +23,8 @@ The output JSON holds the command line of every case, the devices, package versi
 tokens/s/GPU, TFLOPS/GPU (Megatron-DeepSpeed formula), model TFLOPS/GPU, MFU (model FLOPs against
 the dense bf16 peak, 989 TFLOP/s on H100/H200), peak memory, the losses and an outcome (``ok``,
 ``oom``, ``timeout``, ``failed`` with the last error line, ``skipped`` after a smaller length ran
-out of memory). ``comparisons`` gives ``ratio_tokens_per_sec`` = best backend of ours / peer for each
-(shape, seq_len, nproc, sp) where both ran. ``bench/plot_throughput.py`` turns it into plots and a table.
+out of memory). ``comparisons`` gives ``ratio_tokens_per_sec`` = best backend of ours / each peer for each
+(shape, seq_len, nproc, sp) where both ran, with the settings the peer ran at. ``bench/plot_throughput.py`` turns it into plots and a table.
 """
 
 from __future__ import annotations
@@ -42,9 +50,13 @@ PEER_BACKEND = "hf-sdpa"  # the peer's attention: transformers' SDPA under DeepS
 PEERS = {
     "hf_alst": (PEER_SCRIPT, PEER_BACKEND),
     "torchtitan": (Path(__file__).resolve().parent / "peer_torchtitan.py", "torchtitan-sdpa"),
+    "arctic": (Path(__file__).resolve().parent / "peer_arctic.py", "arctic-sdpa"),
 }
 PEER_OF_BACKEND = {backend: name for name, (_, backend) in PEERS.items()}
-TORCHTITAN_AC_ORDER = ("none", "op", "full")  # fastest first: the first one that fits is recorded
+# a peer's activation-checkpointing modes, fastest first: unless its extra flags name --ac-mode, the modes are
+# tried in this order and the first that fits is recorded (the peer at its fastest setting)
+PEER_AC_ORDER = {"torchtitan": ("none", "op", "full"), "arctic": ("none", "full", "offload")}
+PEER_VERSION_KEY = {"torchtitan": "torchtitan", "arctic": "arctic_training"}  # else deepspeed (hf_alst)
 
 
 @dataclass(frozen=True)
@@ -171,6 +183,15 @@ def torchtitan_flags(case: Case, iters: int, metrics_file: Path, extra: list) ->
     return flags + extra
 
 
+def arctic_flags(case: Case, iters: int, metrics_file: Path, extra: list) -> list:
+    """bench/peer_arctic.py flags (Ulysses SP = the GPU count; the tiled MLP as in ours)."""
+    flags = ["--shape", case.shape, "--seq-length", str(case.seq_len), "--iters", str(iters),
+             "--metrics-file", str(metrics_file), "--work-dir", str(metrics_file.parent / "arctic")]  # fmt: skip
+    flags += ["--bf16"] if case.bf16 else []
+    flags += [] if case.tiled_mlp else ["--no-tiled-mlp"]
+    return flags + extra
+
+
 def peer_name(case) -> str | None:
     """The peer a case (or case record) runs, None for ours."""
     kind = case["kind"] if isinstance(case, dict) else case.kind
@@ -178,7 +199,7 @@ def peer_name(case) -> str | None:
     return None if kind == "ours" else PEER_OF_BACKEND.get(backend, "hf_alst")
 
 
-def case_command(case: Case, iters: int, metrics_file: Path, extra: list) -> list:
+def case_command(case: Case, iters: int, metrics_file: Path, extra: list, python: str = sys.executable) -> list:
     name = peer_name(case)
     if case.shape == "tiny" and name in (None, "hf_alst"):
         extra = (TINY_OURS_FLAGS if case.kind == "ours" else TINY_PEER_FLAGS) + extra
@@ -186,9 +207,11 @@ def case_command(case: Case, iters: int, metrics_file: Path, extra: list) -> lis
         script, flags = ROOT / "pretrain_gpt.py", ours_flags(case, iters, metrics_file, extra)
     elif name == "torchtitan":
         script, flags = PEERS[name][0], torchtitan_flags(case, iters, metrics_file, extra)
+    elif name == "arctic":
+        script, flags = PEERS[name][0], arctic_flags(case, iters, metrics_file, extra)
     else:
         script, flags = PEER_SCRIPT, peer_flags(case, iters, metrics_file, extra)
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={case.nproc}",
+    return [python, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={case.nproc}",
             str(script), *flags]  # fmt: skip
 
 
@@ -288,29 +311,38 @@ def run_case(case: Case, args, log_dir: Path) -> dict:
     metrics_file = log_dir / f"{case.name}.jsonl"
     log_file = log_dir / f"{case.name}.log"
     metrics_file.unlink(missing_ok=True)
-    extra = args.extra if case.kind == "ours" else args.peer_extra
-    if peer_name(case) == "torchtitan":
-        extra = list(args.torchtitan_extra)
-        if "--ac-mode" not in extra:  # its best setting that fits: try the modes fastest first
-            attempts = []
-            for mode in TORCHTITAN_AC_ORDER:
-                res = _run_once(case, args, log_dir, metrics_file, log_file, extra + ["--ac-mode", mode])
-                attempts.append({"ac_mode": mode, "outcome": res["outcome"], "error": res["error"]})
-                if res["outcome"] != "oom":
-                    break
-            res["peer_attempts"] = attempts
-            return res
+    name = peer_name(case)
+    extra = case_extra(case, args)
+    if name in PEER_AC_ORDER and not any(a.startswith("--ac-mode") for a in extra):
+        attempts = []  # its best setting that fits: try the modes fastest first
+        for mode in PEER_AC_ORDER[name]:
+            res = _run_once(case, args, log_dir, metrics_file, log_file, extra + ["--ac-mode", mode])
+            attempts.append({"ac_mode": mode, "outcome": res["outcome"], "error": res["error"]})
+            if res["outcome"] != "oom":
+                break
+        res["peer_attempts"] = attempts
+        return res
     return _run_once(case, args, log_dir, metrics_file, log_file, extra)
 
 
-def _run_once(case: Case, args, log_dir: Path, metrics_file: Path, log_file: Path, extra: list) -> dict:
-    metrics_file.unlink(missing_ok=True)
-    cmd = case_command(case, args.iters, metrics_file, extra)
+def case_env(case: Case, args) -> dict:
+    """The environment of a case's processes."""
     env = dict(os.environ, PYTHONUNBUFFERED="1")  # the workers import what this process imports (installed package)
+    if peer_name(case) == "arctic":  # its own environment (transformers 4.x) first, then this repository (megatron.*)
+        paths = [args.arctic_pythonpath, str(ROOT), env.get("PYTHONPATH")]
+        env["PYTHONPATH"] = os.pathsep.join(p for p in paths if p)
     env.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
     if not case.bf16:  # CPU smoke runs: one thread per process on small machines, and DeepSpeed's
         env.setdefault("OMP_NUM_THREADS", "1")  # CPU comm op built once per Python environment, not per launch
         env.setdefault("TORCH_EXTENSIONS_DIR", str(cpu_extensions_dir()))
+    return env
+
+
+def _run_once(case: Case, args, log_dir: Path, metrics_file: Path, log_file: Path, extra: list) -> dict:
+    metrics_file.unlink(missing_ok=True)
+    python = args.arctic_python if peer_name(case) == "arctic" else sys.executable
+    cmd = case_command(case, args.iters, metrics_file, extra, python)
+    env = case_env(case, args)
     t0 = time.time()
     returncode, timed_out = run_logged(cmd, ROOT, env, log_file, args.case_timeout)
     log = log_file.read_text(errors="replace")
@@ -386,11 +418,23 @@ def _peer_settings(peer: dict) -> dict:
     """What a peer case ran with (its version, and for torchtitan the activation-checkpoint mode and compile)."""
     meta = peer.get("peer") or {}
     name = peer_name(peer)
-    out = {"version": (meta.get("versions") or {}).get("torchtitan" if name == "torchtitan" else "deepspeed")}
+    out = {"version": (meta.get("versions") or {}).get(PEER_VERSION_KEY.get(name, "deepspeed"))}
     for key in ("ac_mode", "compile", "fsdp", "mixed_precision"):
         if key in meta:
             out[key] = meta[key]
+    settings = meta.get("settings") or {}  # arctic: its configuration
+    for key in ("ac_mode", "tiled_mlp_compute", "tiled_loss", "sequence_parallel_size"):
+        if key in settings:
+            out[key] = settings[key]
     return out
+
+
+def case_extra(case: Case, args) -> list:
+    """The extra flags of a case's runner: after ``--`` for ours, ``--<peer>-arg`` for a peer."""
+    name = peer_name(case)
+    if name is None:
+        return list(args.extra)
+    return list({"torchtitan": args.torchtitan_extra, "arctic": args.arctic_extra}.get(name, args.peer_extra))
 
 
 def write_report(path: Path, report: dict) -> None:
@@ -432,6 +476,14 @@ def parse_args(argv=None):
     p.add_argument("--torchtitan-arg", action="append", default=[], dest="torchtitan_extra",
                    help="extra flag for bench/peer_torchtitan.py (e.g. --ac-mode=op; default: the fastest mode that "
                         "fits, trying none, op, full)")
+    p.add_argument("--arctic-arg", action="append", default=[], dest="arctic_extra",
+                   help="extra flag for bench/peer_arctic.py (e.g. --ac-mode=full; default: the fastest mode that "
+                        "fits, trying none, full, offload)")
+    p.add_argument("--arctic-python", default=os.environ.get("ARCTIC_PYTHON", sys.executable),
+                   help="the interpreter of ArcticTraining's cases (default $ARCTIC_PYTHON, else this one)")
+    p.add_argument("--arctic-pythonpath", default=os.environ.get("ARCTIC_PYTHONPATH"),
+                   help="put first on PYTHONPATH of ArcticTraining's cases: its environment, transformers 4.x "
+                        "(default $ARCTIC_PYTHONPATH; bench/peer_wheels.sh builds it)")
     p.add_argument("--iters", type=int, help="training iterations per case (default 8; tiny 4)")
     p.add_argument("--warmup", type=int, help="iterations left out of the medians (default 3; tiny 2)")
     p.add_argument(
@@ -487,6 +539,8 @@ def parse_args(argv=None):
     bad = [x for x in args.peers if x not in PEERS]
     if bad:
         p.error(f"unknown peer(s) {bad}; choose from {', '.join(PEERS)}")
+    if "arctic" in args.peers and args.sp != args.nproc:
+        p.error(f"the arctic peer runs Ulysses SP = the GPU count; pass --sp {args.nproc} or leave arctic out")
     args.tiled_mlp = args.tiled_mlp or ("on" if t else "off")
     args.warmup = args.warmup if args.warmup is not None else (2 if t else 3)
     from megatron.config import ATTENTION_BACKENDS, ULYSSES_EXCHANGES
@@ -525,8 +579,9 @@ def main(argv=None) -> int:
     cases = plan(args)
     if args.dry_run:
         for case in cases:
-            extra = {None: args.extra, "torchtitan": args.torchtitan_extra}.get(peer_name(case), args.peer_extra)
-            print(" ".join(case_command(case, args.iters, args.log_dir / f"{case.name}.jsonl", extra)))
+            python = args.arctic_python if peer_name(case) == "arctic" else sys.executable
+            print(" ".join(case_command(case, args.iters, args.log_dir / f"{case.name}.jsonl", case_extra(case, args),
+                                        python)))  # fmt: skip
         return 0
     args.log_dir.mkdir(parents=True, exist_ok=True)
     report = None

@@ -1,6 +1,8 @@
-"""The optional peers of bench/throughput.py: torchtitan's runner (skipped where torchtitan is not installed)."""
+"""The optional peers of bench/throughput.py: torchtitan's and ArcticTraining's runners (their runs are skipped
+where the peer is not installed: torchtitan importable here, ArcticTraining in ``$ARCTIC_PYTHON``'s environment)."""
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -136,12 +138,62 @@ def test_arctic_config_is_the_alst_recipe_and_records_it(tmp_path):
     # CPU offload of the checkpoints from 64K tokens per GPU on: 128K over 2 GPUs is 64K each
     assert not short["activation_checkpoint_cpu_offload"] and long_["activation_checkpoint_cpu_offload"]
     assert not cfg(131072, 4)["activation_checkpoint_cpu_offload"]
-    assert cfg(32768, 1, "--ac-offload", "on")["activation_checkpoint_cpu_offload"]
+    assert cfg(32768, 1, "--ac-mode", "offload")["activation_checkpoint_cpu_offload"]
     s = peer_arctic.settings(long_)
     assert s["tiled_mlp_compute"] and s["tiled_loss"] and s["activation_checkpointing"] and s["zero_stage"] == 3
     assert not peer_arctic.settings(short)["tiled_loss"]  # at SP 1 ArcticTraining uses transformers' loss
-    off = peer_arctic.settings(cfg(8192, 1, "--no-checkpointing", "--no-tiled-mlp"))
+    off = peer_arctic.settings(cfg(8192, 1, "--ac-mode", "none", "--no-tiled-mlp"))
     assert not off["activation_checkpointing"] and not off["tiled_mlp_compute"]
     assert not off["activation_checkpoint_cpu_offload"]
+    full = peer_arctic.settings(cfg(131072, 1, "--ac-mode", "full"))
+    assert full["activation_checkpointing"] and not full["activation_checkpoint_cpu_offload"]
     with pytest.raises(SystemExit, match="not a multiple of the SP size 3"):
         cfg(8192, 3)
+
+
+def test_arctic_peer_is_planned_launched_in_its_environment_and_compared(tmp_path, monkeypatch):
+    monkeypatch.setenv("ARCTIC_PYTHONPATH", "/opt/arctic_site")
+    args = throughput.parse_args(["--seq-lens", "8192,131072", "--backends", "flash_triton", "--peers", "arctic",
+                                  "--tiled-mlp", "auto", "--arctic-python", "/opt/arctic/bin/python"])  # fmt: skip
+    cases = [c for c in throughput.plan(args) if c.kind == "peer"]
+    assert [c.backend for c in cases] == ["arctic-sdpa", "arctic-sdpa"] and throughput.peer_name(cases[0]) == "arctic"
+    short, long_ = (throughput.case_command(c, 5, tmp_path / "m.jsonl", throughput.case_extra(c, args),
+                                            args.arctic_python) for c in cases)  # fmt: skip
+    assert short[0] == "/opt/arctic/bin/python" and short[5].endswith("peer_arctic.py")
+    assert "--bf16" in short and "--no-tiled-mlp" in short and "--no-tiled-mlp" not in long_  # the tiling of ours
+    path = throughput.case_env(cases[0], args)["PYTHONPATH"].split(os.pathsep)
+    assert path[:2] == ["/opt/arctic_site", str(ROOT)]  # its transformers 4.x before anything else
+    assert "/opt/arctic_site" not in throughput.case_env(throughput.plan(args)[0], args).get("PYTHONPATH", "")
+    with pytest.raises(SystemExit):  # it runs SP = the GPU count
+        throughput.parse_args(["--peers", "arctic", "--nproc", "2", "--sp", "1"])
+    rec = {"kind": "peer", "backend": "arctic-sdpa", "peer": {"versions": {"arctic_training": "0.8.0"}, "settings": {
+        "ac_mode": "offload", "tiled_mlp_compute": True, "tiled_loss": False, "sequence_parallel_size": 1}}}
+    assert throughput._peer_settings(rec) == {"version": "0.8.0", "ac_mode": "offload", "tiled_mlp_compute": True,
+                                              "tiled_loss": False, "sequence_parallel_size": 1}  # fmt: skip
+
+
+def _arctic_python():
+    """An interpreter that imports ArcticTraining: ``$ARCTIC_PYTHON`` (with ``$ARCTIC_PYTHONPATH``), else this one."""
+    python = os.environ.get("ARCTIC_PYTHON", sys.executable)
+    run_env = dict(os.environ, PYTHONPATH=os.environ.get("ARCTIC_PYTHONPATH", ""))
+    probe = subprocess.run([python, "-c", "import arctic_training"], env=run_env, capture_output=True, check=False)
+    if probe.returncode:
+        pytest.skip("ArcticTraining is not installed (set ARCTIC_PYTHON / ARCTIC_PYTHONPATH to its environment)")
+    return python
+
+
+def test_arctic_runner_trains_the_tiny_shape_at_sp2_on_cpu(tmp_path):
+    python = _arctic_python()
+    out = tmp_path / "t.json"
+    assert throughput.main(["--tiny", "--peer-only", "--peers", "arctic", "--arctic-python", python,
+                            "--arctic-arg=--ac-mode=full", "--out", str(out), "--log-dir", str(tmp_path)]) == 0  # fmt: skip
+    (case,) = json.loads(out.read_text())["cases"]
+    assert case["outcome"] == "ok", case["error"]
+    meta = case["peer"]
+    ours = metrics.model_flops_per_token(parse_args(throughput.SHAPES["tiny"].megatron_flags()).model, 128)
+    assert abs(meta["model_flops_per_token"] / ours - 1) < 0.01 and meta["sp"] == 2
+    assert meta["settings"]["ac_mode"] == "full" and meta["settings"]["tiled_mlp_compute"]
+    assert meta["settings"]["tiled_loss"] and not meta["model_config"]["tie_word_embeddings"]  # untied at SP 2
+    # the model's own init (std 0.02) is applied under ZeRO-3: the first loss is that of uniform logits
+    assert abs(case["losses"][0] - math.log(512)) < 0.1, case["losses"]
+    assert case["tokens_per_sec_per_gpu"] > 0 and all(g > 0 for g in case["grad_norms"])
