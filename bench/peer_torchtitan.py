@@ -115,6 +115,23 @@ def mock_batches(seq_length: int, vocab: int, seed: int, rank: int, world: int, 
         i += world
 
 
+def profiler_activities() -> list:
+    acts = [torch.profiler.ProfilerActivity.CPU]
+    return acts + ([torch.profiler.ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
+
+
+def write_profile(args, prof, wall_s: float, meta: dict) -> None:
+    """bench/profile_step.py's summary of the profiled iterations, with the peer's settings."""
+    from profile_step import summarize
+    from report import report_head, write_json
+
+    head = report_head(__file__, device="cuda" if torch.cuda.is_available() else "cpu")
+    summary = {**head, "argv": sys.argv, "peer": meta, "warmup": args.iters - args.profile_steps,
+               "steps": args.profile_steps, **summarize(prof, args.profile_steps, wall_s)}  # fmt: skip
+    write_json(args.profile_out, summary)
+    print(f"wrote {args.profile_out}: {summary.get('step_wall_ms')} ms per step", flush=True)
+
+
 def parse_args(argv=None):
     from throughput import SHAPES
 
@@ -131,7 +148,13 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=int, default=1234)
     p.add_argument("--dump-folder", default="/tmp/torchtitan_peer", help="torchtitan's job.dump_folder")
     p.add_argument("--metrics-file", help="JSONL written by rank 0")
-    return p.parse_args(argv)
+    p.add_argument("--profile-out", help="profile the last --profile-steps iterations: bench/profile_step.py's "
+                   "JSON summary (time per kernel category, top kernels), rank 0")  # fmt: skip
+    p.add_argument("--profile-steps", type=int, default=2)
+    args = p.parse_args(argv)
+    if args.profile_out and not 0 < args.profile_steps < args.iters:
+        p.error(f"--profile-steps {args.profile_steps} must be between 1 and --iters {args.iters} - 1 (warm-up first)")
+    return args
 
 
 def main(argv=None) -> int:
@@ -201,7 +224,11 @@ def main(argv=None) -> int:
             torch.cuda.synchronize(device)
             torch.cuda.reset_peak_memory_stats(device)
         t_prev = time.perf_counter()
+        profiling = contextlib.ExitStack()
         for it in range(1, args.iters + 1):
+            if args.profile_out and it == args.iters - args.profile_steps + 1:
+                prof = profiling.enter_context(torch.profiler.profile(activities=profiler_activities()))
+                t_prof = time.perf_counter()
             inputs, labels = next(loader)
             optimizers.zero_grad()
             n_tokens = torch.tensor(float(labels.numel() * world), device=device)  # no padding in mock samples
@@ -227,6 +254,9 @@ def main(argv=None) -> int:
             rec = iteration_record(it, mean_loss, dt, world * S, world, flops_md, flops_model, peak,
                                    metrics.peak_memory_gb(device), grad_norm)  # fmt: skip
             write_iteration(out, rec, "torchtitan", args.iters)
+        profiling.close()
+    if args.profile_out and rank == 0:
+        write_profile(args, prof, time.perf_counter() - t_prof, meta)
     dist.barrier()
     dist.destroy_process_group()
     return 0

@@ -59,7 +59,8 @@ def test_torchtitan_runner_trains_the_tiny_shape_on_cpu(tmp_path):
     out = tmp_path / "tt.jsonl"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=1",
            str(ROOT / "bench" / "peer_torchtitan.py"), "--shape", "tiny", "--seq-length", "128", "--iters", "3",
-           "--no-compile", "--ac-mode", "op", "--dump-folder", str(tmp_path), "--metrics-file", str(out)]  # fmt: skip
+           "--no-compile", "--ac-mode", "op", "--dump-folder", str(tmp_path), "--metrics-file", str(out),
+           "--profile-out", str(tmp_path / "profile.json"), "--profile-steps", "1"]  # fmt: skip
     site = str(Path(torchtitan.__file__).parents[1])  # where it is installed (a --target directory, say)
     run_env = env()
     run_env.update(OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join(filter(None, [run_env.get("PYTHONPATH"), site])))
@@ -73,6 +74,9 @@ def test_torchtitan_runner_trains_the_tiny_shape_on_cpu(tmp_path):
     assert abs(meta["model_flops_per_token"] / ours - 1) < 0.01
     assert len(recs) == 3 and all(r["tokens_per_sec_per_gpu"] > 0 and r["grad_norm"] > 0 for r in recs)
     assert recs[-1]["lm_loss"] < recs[0]["lm_loss"] + 0.5
+    profile = json.loads((tmp_path / "profile.json").read_text())  # the last iteration, profiled
+    assert profile["steps"] == 1 and profile["peer"]["ac_mode"] == "op" and profile["step_wall_ms"] > 0
+    assert profile["top_cpu_ops_ms_per_step"]  # on CPU: host ops only
 
 
 @pytest.mark.parametrize("shape", ["gpt-1.3b", "llama-1b"])
