@@ -7,6 +7,7 @@ import os
 import re
 import signal
 import subprocess
+import threading
 from pathlib import Path
 
 
@@ -24,10 +25,25 @@ def kill_group(proc: subprocess.Popen) -> None:
             continue
 
 
+def _terminated(signum, frame):
+    raise SystemExit(128 + signum)
+
+
 def run_logged(cmd: list, cwd: Path, env: dict, log_file: Path, timeout: float) -> tuple:
     """Run ``cmd`` with stdout and stderr in ``log_file`` (the command on its first line), killing
-    its whole process group after ``timeout`` seconds or on any interruption (so that no worker
-    keeps holding a GPU). Returns (returncode or None, timed_out)."""
+    its whole process group after ``timeout`` seconds or on any interruption, Ctrl-C or a SIGTERM
+    (``timeout`` around the benchmark, a job scheduler), so that no worker keeps holding a GPU.
+    Returns (returncode or None, timed_out)."""
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _terminated) if main else None
+    try:
+        return _run_logged(cmd, cwd, env, log_file, timeout)
+    finally:
+        if main:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _run_logged(cmd: list, cwd: Path, env: dict, log_file: Path, timeout: float) -> tuple:
     with open(log_file, "w") as log_f:
         log_f.write(" ".join(map(str, cmd)) + "\n")
         log_f.flush()

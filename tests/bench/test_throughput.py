@@ -2,8 +2,11 @@
 
 import json
 import math
+import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import plot_throughput  # bench/, on pytest's pythonpath (pyproject.toml)
@@ -272,6 +275,36 @@ def test_case_timeout_kills_the_whole_job(tmp_path):
         except OSError:
             continue
     assert not survivors  # torchrun and both workers are gone
+
+
+def test_a_terminated_benchmark_takes_its_running_case_down_with_it(tmp_path):
+    # `timeout 300 python bench/throughput.py ...` sends SIGTERM: the running case's workers must not outlive it
+    marker = f"procgroup-marker-{os.getpid()}-{time.time_ns()}"
+    grandchild = f"import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)', '{marker}']); time.sleep(120)"
+    parent = (f"import sys; sys.path.insert(0, {str(ROOT / 'bench')!r}); from procgroup import run_logged; "
+              f"run_logged([sys.executable, '-c', {grandchild!r}, '{marker}'], '.', None, {str(tmp_path / 'log')!r}, 120)")  # fmt: skip
+    proc = subprocess.Popen([sys.executable, "-c", parent], cwd=tmp_path)
+
+    def running():
+        out = []
+        for p in Path("/proc").glob("[0-9]*"):
+            try:
+                if marker.encode() in (p / "cmdline").read_bytes() and int(p.name) != proc.pid:
+                    out.append(p.name)
+            except OSError:
+                continue
+        return out
+
+    deadline = time.time() + 60
+    while len(running()) < 2 and time.time() < deadline:  # the case and its own child
+        time.sleep(0.2)
+    assert len(running()) >= 2
+    proc.terminate()
+    assert proc.wait(timeout=60) == 128 + signal.SIGTERM
+    deadline = time.time() + 30
+    while running() and time.time() < deadline:
+        time.sleep(0.2)
+    assert not running()
 
 
 def test_exchanges_are_cases_of_ours_compared_as_one_system():
