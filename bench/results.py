@@ -711,21 +711,26 @@ def peers_one_gpu(facts: dict) -> str:
 
 
 def _peer_setting(c: dict) -> str:
-    """How a peer case ran: torchtitan's activation-checkpoint mode, hf_alst's recomputation."""
-    if c.get("peer_name") == "torchtitan":
-        modes = [a["ac_mode"] for a in c.get("peer_attempts") or [] if a.get("outcome") == "ok"]
-        return f"AC {modes[-1]}" if modes else "AC ?"
+    """How a peer case ran: its activation-checkpoint mode (torchtitan, ArcticTraining), hf_alst's recomputation."""
+    meta = c.get("peer") or {}
+    if c.get("peer_name") in ("torchtitan", "arctic"):
+        mode = meta.get("ac_mode") or (meta.get("settings") or {}).get("ac_mode")
+        return f"AC {mode or '?'}"
     return "full recomputation" if c.get("checkpoint_activations") else "no recomputation"
+
+
+PEER_TITLES = {"hf_alst": "HF + DeepSpeed ALST", "arctic": "ArcticTraining", "torchtitan": "torchtitan"}
 
 
 def planner_vs_peers(facts: dict) -> str:
     """Ours with its defaults (the recomputation planner) against each peer at the peer's fastest setting."""
-    folder = latest("planner_vs_peers")
-    cases = [c for c in _folder_cases(folder) if c.get("outcome") == "ok"]
+    folder = latest("all_peers")
+    cases = _folder_cases(folder)
+    ok = [c for c in cases if c.get("outcome") == "ok"]
     peers = sorted({c["peer_name"] for c in cases if c["kind"] == "peer"})
     rows, facts["planner_peers"] = [], []
-    for shape, seq in sorted({(c["shape"], c["seq_len"]) for c in cases}):
-        here = [c for c in cases if (c["shape"], c["seq_len"]) == (shape, seq)]
+    for shape, seq in sorted({(c["shape"], c["seq_len"]) for c in ok}):
+        here = [c for c in ok if (c["shape"], c["seq_len"]) == (shape, seq)]
         ours = max((c for c in here if c["kind"] == "ours"), key=lambda c: c["tokens_per_sec_per_gpu"], default=None)
         if ours is None:
             continue
@@ -734,21 +739,24 @@ def planner_vs_peers(facts: dict) -> str:
             runs = [c for c in here if c["kind"] == "peer" and c["peer_name"] == name]
             best = max(runs, key=lambda c: c["tokens_per_sec_per_gpu"], default=None)
             if best is None:
-                row.append("not run")
+                oom = [c for c in cases if (c["shape"], c["seq_len"], c.get("peer_name")) == (shape, seq, name)
+                       and c.get("outcome") == "oom"]  # fmt: skip
+                row.append(f"out of memory ({_peer_setting(oom[0])})" if oom else "not run")
                 continue
             r = ours["tokens_per_sec_per_gpu"] / best["tokens_per_sec_per_gpu"]
             row.append(f"{_tokens_cell(best)}, {_peer_setting(best)}; ours {ratio(r)}")
             facts["planner_peers"].append(dict(shape=shape, seq=seq, peer=name, ratio=r))
         rows.append(row)
     return "\n".join([
-        "## Ours with its defaults against torchtitan and HF + DeepSpeed ALST, 1 x H200\n\n"
+        "## Ours with its defaults against torchtitan, ArcticTraining and HF + DeepSpeed ALST, 1 x H200\n\n"
         "`bench/throughput.py`, one H200, SP=1, bf16, micro batch 1, each case a fresh process, ours and the peers of "
         "a length back to back. Ours with its defaults: `--recompute auto` (each length's plan is in the folder's "
-        "README), ZeRO-3, tiled loss, our kernels; tiled MLP at 128k. Each peer at its "
+        "README), ZeRO-3, tiled loss, our kernels; tiled MLP at 128k (every system). Each peer at its "
         "fastest setting that fits: torchtitan tries activation checkpointing none, op, full (FSDP2 off on one GPU, "
-        "`torch.compile` on); HF + DeepSpeed ALST with full recomputation and, at 8k, also without (the faster is "
-        "shown). Tokens/s per GPU (MFU, peak memory):\n",
-        table(["shape", "length", "ours", *peers], rows, right_from=9),
+        "`torch.compile` on); ArcticTraining (its own trainer and ALST recipe) none, full, CPU-offloaded; at 128k "
+        "both start from the mode that fit there before (full; offload). HF + DeepSpeed ALST with full "
+        "recomputation and, at 8k, also without (the faster is shown). Tokens/s per GPU (MFU, peak memory):\n",
+        table(["shape", "length", "ours", *(PEER_TITLES.get(p, p) for p in peers)], rows, right_from=9),
         "\n" + source(folder),
     ])  # fmt: skip
 
@@ -834,11 +842,11 @@ def build() -> tuple:
     rows.append(["Recomputation planner (`--recompute auto`) against full recomputation: GPT-1.3B, 1 x H200",
                  ", ".join(f"{ratio(g)} at {seq_label(q)}" for q, g in sorted(facts["planner"].items())),
                  "[planner](docs/results.md#recomputation-planner)"])  # fmt: skip
-    planner_title = "Ours with its defaults against torchtitan and HF + DeepSpeed ALST, 1 x H200"
+    planner_title = "Ours with its defaults against torchtitan, ArcticTraining and HF + DeepSpeed ALST, 1 x H200"
     for name in sorted({p["peer"] for p in facts["planner_peers"]}):
         cells = ", ".join(f"{ratio(p['ratio'])} ({shape_name(p['shape'])}, {seq_label(p['seq'])})"
                           for p in facts["planner_peers"] if p["peer"] == name)
-        title = {"hf_alst": "HF + DeepSpeed ALST"}.get(name, name)
+        title = PEER_TITLES.get(name, name)
         rows.append([f"Tokens/s against {title} at its fastest setting, 1 x H200, SP=1 (ours with its defaults)", cells,
                      f"[against the peers](docs/results.md#{anchor(planner_title)})"])  # fmt: skip
     for _, m in sorted(mx.items()):
