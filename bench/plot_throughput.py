@@ -41,8 +41,9 @@ def system_label(case: dict) -> str:
     what = case["backend"] + ("" if case.get("checkpoint_activations", True) else ", no recompute")
     what += ", attention kept" if case.get("checkpoint_keep_attention") else ""
     what += f", {case['ulysses_exchange']} exchange" if case.get("ulysses_exchange") not in (None, "deepspeed") else ""
-    what += ", leaf layers" if case.get("zero3_leaf_layers") and case["backend"] != "torchtitan-sdpa" else ""
-    ac_mode = (case.get("peer") or {}).get("ac_mode")  # torchtitan: the activation-checkpoint mode it ran
+    what += ", leaf layers" if case.get("zero3_leaf_layers") and case["backend"] not in ("torchtitan-sdpa", "arctic-sdpa") else ""
+    meta = case.get("peer") or {}  # torchtitan, ArcticTraining: the activation-checkpoint mode it ran
+    ac_mode = meta.get("ac_mode") or (meta.get("settings") or {}).get("ac_mode")
     what = f"{case['backend']}, AC {ac_mode}" if ac_mode else what
     return f"peer ({what})" if case["kind"] == "peer" else f"ours ({what})"
 
@@ -97,7 +98,8 @@ def markdown_table(report: dict) -> str:
             "",
             (
                 "Ours (fastest backend) against each peer (hf_alst: Hugging Face Llama + DeepSpeed ALST, same "
-                "recomputation as ours; torchtitan: its fastest activation-checkpoint mode that fits), same length, "
+                "recomputation as ours; torchtitan and arctic, ArcticTraining's own trainer: their fastest "
+                "activation-checkpoint mode that fits), same length, "
                 "GPUs and SP:"
             ),
             "",

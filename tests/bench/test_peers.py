@@ -174,6 +174,9 @@ def test_arctic_peer_is_planned_launched_in_its_environment_and_compared(tmp_pat
         "ac_mode": "offload", "tiled_mlp_compute": True, "tiled_loss": False, "sequence_parallel_size": 1}}}
     assert throughput._peer_settings(rec) == {"version": "0.8.0", "ac_mode": "offload", "tiled_mlp_compute": True,
                                               "tiled_loss": False, "sequence_parallel_size": 1}  # fmt: skip
+    import plot_throughput  # bench/
+
+    assert plot_throughput.system_label(rec) == "peer (arctic-sdpa, AC offload)"
 
 
 def _arctic_python():

@@ -17,7 +17,8 @@ inst /tmp/arctic_site .whl/peers/arctic/*.whl
 export PYTHONPATH=/tmp/site:/tmp/tt_site:$PWD ARCTIC_PYTHONPATH=/tmp/arctic_site
 export PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True PYTHONUNBUFFERED=1
 PYTHONPATH=/tmp/arctic_site:$PYTHONPATH python3 -c "import arctic_training, transformers, deepspeed
-print('arctic env: arctic_training', arctic_training.__version__, 'transformers', transformers.__version__)"
+from importlib.metadata import version
+print('arctic env: arctic_training', version('arctic_training'), 'transformers', transformers.__version__)"
 O=${OUT:-/tmp/out}; mkdir -p "$O/logs"
 SHAPE=${SHAPE:-llama-1b}
 common=(--shape $SHAPE --nproc 1 --sp 1 --backends flash_triton --iters ${ITERS:-5} --warmup ${WARMUP:-2}
