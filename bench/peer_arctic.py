@@ -34,8 +34,6 @@ model FLOPs from ``megatron.training.metrics.model_flops_per_token`` on the peer
 """
 
 
-import argparse
-import contextlib
 import json
 import os
 import sys
@@ -43,7 +41,13 @@ import time
 from pathlib import Path
 
 import torch
-from report import iteration_record, versions, write_iteration  # bench/, this script's directory
+from report import (  # bench/, this script's directory
+    iteration_record,
+    peer_arg_parser,
+    peer_metrics,
+    versions,
+    write_iteration,
+)
 
 AC_MODES = ("auto", "none", "full", "offload")  # activation checkpointing; auto: full, offloaded from 64K tokens/GPU
 OFFLOAD_FROM_TOKENS_PER_GPU = 65536
@@ -270,22 +274,12 @@ class SyntheticTokens(torch.utils.data.Dataset):
 
 
 def parse_args(argv=None):
-    from throughput import SHAPES
-
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--shape", choices=list(SHAPES), required=True)
-    p.add_argument("--seq-length", type=int, required=True)
-    p.add_argument("--iters", type=int, default=8)
-    p.add_argument("--bf16", action="store_true", help="bf16 (else fp32, e.g. on CPU)")
+    p = peer_arg_parser(__doc__.split("\n")[0])
     p.add_argument("--ac-mode", choices=AC_MODES, default="auto",
                    help="activation checkpointing: none, full, offload (full, checkpoints on the CPU); auto (the "
                         f"recipe): full, offloaded from {OFFLOAD_FROM_TOKENS_PER_GPU} tokens per GPU")
     p.add_argument("--no-tiled-mlp", action="store_true", help="ArcticTraining's tiled MLP compute off")
-    p.add_argument("--pad-vocab", type=int, default=128, help="vocabulary rounded up to a multiple of this (ours: 128)")
-    p.add_argument("--lr", type=float, default=1e-4)
-    p.add_argument("--seed", type=int, default=1234)
     p.add_argument("--work-dir", default="/tmp/arctic_peer", help="model config.json and ArcticTraining's logs")
-    p.add_argument("--metrics-file", help="JSONL written by rank 0")
     return p.parse_args(argv)
 
 
@@ -335,11 +329,7 @@ def main(argv=None) -> int:
         "settings": settings(cfg_dict), "precision": "bf16" if args.bf16 else "fp32",
         "versions": versions("arctic_training", "torch"),
     }  # fmt: skip
-    write = rank == 0 and args.metrics_file
-    with open(args.metrics_file, "w") if write else contextlib.nullcontext() as out:
-        if out:
-            out.write(json.dumps({"peer": meta}) + "\n")
-            out.flush()
+    with peer_metrics(args.metrics_file, rank, meta) as out:
         if cuda:
             torch.cuda.reset_peak_memory_stats(device)
         trainer.train()

@@ -39,8 +39,6 @@ peer's own Llama config, so MFU means the same thing for both systems.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import json
 import math
 import os
 import sys
@@ -48,7 +46,7 @@ import time
 import types
 
 import torch
-from report import iteration_record, versions, write_iteration  # bench/, this script's directory
+from report import iteration_record, peer_metrics, versions, write_iteration  # bench/, this script's directory
 
 IGNORE_INDEX = -100
 LOSS_SHARD_BYTES = 2**30  # ArcticTraining's tiled-loss shard: about 1 GiB of fp32 logits
@@ -337,11 +335,7 @@ def main(argv=None) -> int:
         "zero_optimization": ds_config["zero_optimization"],
         "versions": versions(),
     }  # fmt: skip
-    write = rank == 0 and args.metrics_file
-    with open(args.metrics_file, "w") if write else contextlib.nullcontext() as out:
-        if out:
-            out.write(json.dumps({"peer": meta}) + "\n")
-            out.flush()
+    with peer_metrics(args.metrics_file, rank, meta) as out:
         if cuda:
             torch.cuda.synchronize(device)
             torch.cuda.reset_peak_memory_stats(device)  # the model was built unpartitioned: count training only

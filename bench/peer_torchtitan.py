@@ -29,15 +29,19 @@ file; model FLOPs come from ``megatron.training.metrics.model_flops_per_token`` 
 
 from __future__ import annotations
 
-import argparse
 import contextlib
-import json
 import os
 import sys
 import time
 
 import torch
-from report import iteration_record, versions, write_iteration  # bench/, this script's directory
+from report import (  # bench/, this script's directory
+    iteration_record,
+    peer_arg_parser,
+    peer_metrics,
+    versions,
+    write_iteration,
+)
 
 AC_MODES = ("none", "op", "layer", "full")
 MULTIPLE_OF = 64
@@ -133,21 +137,11 @@ def write_profile(args, prof, wall_s: float, meta: dict) -> None:
 
 
 def parse_args(argv=None):
-    from throughput import SHAPES
-
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--shape", choices=list(SHAPES), required=True)
-    p.add_argument("--seq-length", type=int, required=True)
-    p.add_argument("--iters", type=int, default=8)
-    p.add_argument("--bf16", action="store_true", help="bf16 mixed precision (else fp32, e.g. on CPU)")
+    p = peer_arg_parser(__doc__.split("\n")[0])
     p.add_argument("--ac-mode", choices=AC_MODES, default="op",
                    help="activation checkpointing: none, op (selective per-op), layer (every 2nd layer), full")
     p.add_argument("--no-compile", action="store_true", help="eager (CPU smoke runs)")
-    p.add_argument("--pad-vocab", type=int, default=128, help="vocabulary rounded up to a multiple of this (ours: 128)")
-    p.add_argument("--lr", type=float, default=1e-4)
-    p.add_argument("--seed", type=int, default=1234)
     p.add_argument("--dump-folder", default="/tmp/torchtitan_peer", help="torchtitan's job.dump_folder")
-    p.add_argument("--metrics-file", help="JSONL written by rank 0")
     p.add_argument("--profile-out", help="profile the last --profile-steps iterations: bench/profile_step.py's "
                    "JSON summary (time per kernel category, top kernels), rank 0")  # fmt: skip
     p.add_argument("--profile-steps", type=int, default=2)
@@ -215,11 +209,7 @@ def main(argv=None) -> int:
         "mixed_precision": "FSDP2 MixedPrecisionPolicy" if pdims.fsdp_enabled else "torch.autocast",
         "versions": versions("torchtitan"),
     }  # fmt: skip
-    write = rank == 0 and args.metrics_file
-    with open(args.metrics_file, "w") if write else contextlib.nullcontext() as out:
-        if out:
-            out.write(json.dumps({"peer": meta}) + "\n")
-            out.flush()
+    with peer_metrics(args.metrics_file, rank, meta) as out:
         if cuda:
             torch.cuda.synchronize(device)
             torch.cuda.reset_peak_memory_stats(device)

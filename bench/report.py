@@ -19,6 +19,7 @@ folder per measurement that ``bench/results.py`` builds docs/results.md from.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.metadata
 import importlib.util
@@ -186,3 +187,34 @@ def write_iteration(out, rec: dict, label: str, iters: int) -> None:
     print(f" {label} iteration {rec['iteration']}/{iters} | loss {rec['lm_loss']:.4f} | "
           f"step {1000 * rec['step_time_s']:.1f} ms | tokens/s/GPU {rec['tokens_per_sec_per_gpu']:.0f} | "
           f"mem {mem} GB", flush=True)  # fmt: skip
+
+
+def peer_arg_parser(description: str):
+    """The flags every peer runner of ``bench/throughput.py`` shares: the bench shape and length, iterations,
+    precision, the vocabulary padding of ours, learning rate, seed and the metrics file."""
+    import argparse
+
+    from throughput import SHAPES
+
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--shape", choices=list(SHAPES), required=True)
+    p.add_argument("--seq-length", type=int, required=True)
+    p.add_argument("--iters", type=int, default=8)
+    p.add_argument("--bf16", action="store_true", help="bf16 mixed precision (else fp32, e.g. on CPU)")
+    p.add_argument("--pad-vocab", type=int, default=128, help="vocabulary rounded up to a multiple of this (ours: 128)")
+    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--seed", type=int, default=1234)
+    p.add_argument("--metrics-file", help="JSONL written by rank 0")
+    return p
+
+
+@contextlib.contextmanager
+def peer_metrics(path: str | None, rank: int, meta: dict):
+    """The metrics JSONL of a peer run, opened on rank 0 (None elsewhere) with its ``{"peer": meta}`` line first."""
+    if rank != 0 or not path:
+        yield None
+        return
+    with open(path, "w") as out:
+        out.write(json.dumps({"peer": meta}) + "\n")
+        out.flush()
+        yield out
