@@ -399,12 +399,15 @@ class MemoryConfig:
     """ZeRO-3: keep partitioned parameters in pinned CPU memory (DeepSpeed offload_param)."""
     offload_optimizer: bool = False
     """ZeRO 1-3: keep optimizer states (and the step) on the CPU (DeepSpeed offload_optimizer)."""
-    recompute: str = opt("auto", choices=("auto", "none", "attention_output", "keep_attention", "full", "offload"))
+    recompute: str = opt("auto", choices=("auto", "none", "attention_output", "attention_output_offload", "keep_attention",
+                                          "full", "offload"))
     """Recomputation per decoder layer. auto: on GPUs (or with --activation-memory-budget) a planner picks per layer
     the fastest of none > attention_output > keep_attention > full > offload whose planned activation peak fits the
     budget, and logs the plan in one line; on CPU without a budget, what the other flags say (no recomputation
     unless --checkpoint-activations). --checkpoint-activations (with --checkpoint-keep-attention /
-    --checkpoint-in-cpu) forces full (keep_attention / offload) on every layer; any other value forces that policy."""
+    --checkpoint-in-cpu) forces full (keep_attention / offload) on every layer; any other value forces that policy
+    (attention_output_offload: attention_output with what it keeps in pinned host memory; forced only, the planner
+    does not choose it)."""
     activation_memory_budget: float | None = None
     """GB of GPU memory for activations under --recompute auto, instead of the measured free memory less the
     optimizer states still to come and a margin (lets the planner run on CPU)."""

@@ -27,7 +27,7 @@ from megatron.model.attention import ParallelAttention, log_once
 from megatron.model.gpt import GPTModel, TransformerLayer
 from megatron.model.tiled import tiled_cross_entropy, tiled_mlp
 
-CHECKPOINT_POLICIES = ("none", "attention_output", "keep_attention", "full")
+CHECKPOINT_POLICIES = ("none", "attention_output", "attention_output_offload", "keep_attention", "full")
 
 
 def _layers(model: nn.Module) -> list:
@@ -128,8 +128,8 @@ class _KeepAttention:
     projection + MLP, are recomputed in backward; the Ulysses exchange and the core attention run
     once and keep what their backward needs (q, k, v, the output and its softmax statistics)."""
 
-    def __init__(self, layer: TransformerLayer):
-        self.layer, self.run = layer, type(layer).forward.__get__(layer)
+    def __init__(self, layer: TransformerLayer, offload: bool = False):
+        self.layer, self.run, self.offload = layer, type(layer).forward.__get__(layer), offload
 
     def __call__(self, x_bsH, position_ids_bs, document_ids_bS=None):
         layer = self.layer
@@ -178,10 +178,13 @@ class _AttentionOutputFunction(torch.autograd.Function):
     way one exchange of it is needed in backward (here back to the local layout for the recompute; the other way
     it would be to the heads layout for the attention's backward), so the one kept is the one the attention's
     backward reads as it is. The backward runs the fused exchanges whatever --ulysses-exchange is (the same data
-    movement as DeepSpeed's and the overlapped one). What is kept stays on the device (no host offload)."""
+    movement as DeepSpeed's and the overlapped one). ``offload``: what is kept waits in pinned host memory
+    (``megatron.training.memory.OffloadTape``: copied on a side stream in forward; in backward the output is
+    brought back first while the input and LSE follow on the side stream), so the layer keeps nothing on the
+    device between its forward and its backward."""
 
     @staticmethod
-    def forward(ctx, layer, x_bsH, position_ids_bs, document_ids_bS, _anchor):
+    def forward(ctx, layer, x_bsH, position_ids_bs, document_ids_bS, _anchor, offload=False):
         from megatron.model.ulysses import heads_to_seq, seq_to_heads
 
         core, group = _core_and_group(layer.attention)
@@ -196,16 +199,27 @@ class _AttentionOutputFunction(torch.autograd.Function):
             y_bsH = layer.after_attention(out_bshd, x_bsH)
         ctx.layer, ctx.core, ctx.group = layer, core, group
         ctx.position_ids, ctx.document_ids = position_ids_bs, document_ids_bS
-        ctx.save_for_backward(x_bsH, out_bShd, lse)
+        ctx.x_needs_grad, ctx.tape = x_bsH.requires_grad, None
+        if offload:
+            from megatron.training.memory import OffloadTape
+
+            ctx.tape, ctx.device = OffloadTape(), x_bsH.device
+            ctx.slots = [ctx.tape.push(t) for t in (lse, x_bsH, out_bShd)]  # taken back in reverse
+        else:
+            ctx.save_for_backward(x_bsH, out_bShd, lse)
         return y_bsH
 
     @staticmethod
     def backward(ctx, dy_bsH):
         from megatron.model.ulysses import heads_to_seq, seq_to_heads
 
-        x_bsH, out_bShd, lse = ctx.saved_tensors
+        if ctx.tape is not None:
+            out_bShd, x_bsH, lse = (ctx.tape.take(slot, ctx.device) for slot in reversed(ctx.slots))
+            ctx.tape = None
+        else:
+            x_bsH, out_bShd, lse = ctx.saved_tensors
         layer, core, group = ctx.layer, ctx.core, ctx.group
-        x = x_bsH.detach().requires_grad_(x_bsH.requires_grad)
+        x = x_bsH.detach().requires_grad_(ctx.x_needs_grad)
         with torch.no_grad():
             out_bshd = heads_to_seq([out_bShd], group)[0] if group is not None else out_bShd
         out_bshd = out_bshd.detach().requires_grad_(True)
@@ -228,7 +242,7 @@ class _AttentionOutputFunction(torch.autograd.Function):
             if group is not None:
                 grads = heads_to_seq(list(grads), group)
         torch.autograd.backward((q, k, v), tuple(grads))
-        return None, x.grad if x_bsH.requires_grad else None, None, None, None
+        return None, x.grad if ctx.x_needs_grad else None, None, None, None, None
 
 
 class _AttentionOutput:
@@ -236,8 +250,8 @@ class _AttentionOutput:
     training; as it is otherwise. About 2 x hidden values a token kept (input and attention output) against
     keep-attention's 6 (input, q, k, v, output) and full recomputation's 1."""
 
-    def __init__(self, layer: TransformerLayer):
-        self.layer, self.run = layer, type(layer).forward.__get__(layer)
+    def __init__(self, layer: TransformerLayer, offload: bool = False):
+        self.layer, self.run, self.offload = layer, type(layer).forward.__get__(layer), offload
         self.anchor = torch.empty(0, requires_grad=True)  # backward runs even if the input needs no gradient
 
     def __call__(self, x_bsH, position_ids_bs, document_ids_bS=None):
@@ -250,7 +264,7 @@ class _AttentionOutput:
             log_once("attention-output checkpointing exchanges Q/K/V and the output un-pipelined (as "
                      "--ulysses-exchange fused does); --ulysses-exchange overlap applies to the other layers")  # fmt: skip
         _check_lse_backend(layer)
-        return _AttentionOutputFunction.apply(layer, x_bsH, position_ids_bs, document_ids_bS, self.anchor)
+        return _AttentionOutputFunction.apply(layer, x_bsH, position_ids_bs, document_ids_bS, self.anchor, self.offload)
 
 
 class _OffloadedCheckpoint:
@@ -296,7 +310,8 @@ def apply_checkpointing(model: nn.Module, policy="full", in_cpu: bool = False) -
     input waits in host memory), through ``GPTModel.run_layer``; ``keep_attention``: everything but the exchange
     and core attention, which run once; ``attention_output``: the layer keeps its input, the core attention's
     output and log-sum-exp, recomputes the rest and runs the attention's backward from them (its forward runs
-    once; flash_triton and classic backends); ``none``: nothing. The last two and keep_attention change each
+    once; flash_triton and classic backends); ``attention_output_offload``: the same with what it keeps in pinned
+    host memory; ``none``: nothing. All but full change each
     layer's forward, so they also apply to a bare layer. Outputs and gradients equal the plain layer's
     (``tests/alst``).
     """
@@ -310,9 +325,9 @@ def apply_checkpointing(model: nn.Module, policy="full", in_cpu: bool = False) -
     for layer, name in zip(_layers(model), names):
         if name == "keep_attention":
             layer.forward = _KeepAttention(layer)
-        elif name == "attention_output":
+        elif name in ("attention_output", "attention_output_offload"):
             _check_lse_backend(layer)
-            layer.forward = _AttentionOutput(layer)
+            layer.forward = _AttentionOutput(layer, offload=name == "attention_output_offload")
         elif name == "full":
             full.add(id(layer))
     if not full:

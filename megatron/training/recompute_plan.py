@@ -9,6 +9,9 @@ Before the first step, each decoder layer gets one policy, fastest first as the 
   full              keeps the layer input; recomputes the whole layer, attention included
   offload           full, with the kept input in host memory (two inputs on the GPU at a time)
 
+``attention_output_offload`` (attention_output with what it keeps in pinned host memory) is costed here but
+only runs when forced (``--recompute attention_output_offload``): the planner does not choose it.
+
 The plan is the cheapest mix (estimated recompute FLOPs) whose planned peak fits the budget:
 static states are outside the budget, the peak is the kept activations of all layers plus the
 larger of one layer's working set during its recompute/backward and the loss head's peak. With
@@ -101,7 +104,7 @@ def layer_bytes_per_token(shape: LayerShape, policy: str, dtype_bytes: int = 2, 
         return H * b + qkv + rope_qk + out_lse
     if policy == "full":
         return H * b
-    if policy == "offload":
+    if policy in ("offload", "attention_output_offload"):
         return 0
     raise ConfigError(f"--recompute {policy!r} is unknown; use one of auto, {', '.join(POLICY_ORDER)}")
 
@@ -132,19 +135,23 @@ def _recompute_flops_per_token(shape: LayerShape, policy: str, seq: int) -> floa
     linear = 2 * H * (shape.heads + 2 * shape.kv_heads) * d + 2 * shape.heads * d * H
     linear += 2 * H * shape.ffn * (3 if shape.gated else 2)
     attention = 2 * shape.heads * d * seq  # causal: half of 4 * s * heads * d
-    cost = {"none": 0.0, "attention_output": linear, "keep_attention": linear, "full": linear + attention}
+    cost = {"none": 0.0, "attention_output": linear, "attention_output_offload": linear * 1.05,
+            "keep_attention": linear, "full": linear + attention}  # fmt: skip
     return cost.get(policy, (linear + attention) * 1.05)  # offload: full + the copies
 
 
 def planned_peak(shape: LayerShape, policies: list, tokens: int, dtype_bytes: int = 2, tiled_mlp: bool = False,
                  tiled_loss: bool = False, chunk: int | None = None) -> int:  # fmt: skip
     """Activation peak of a plan: kept bytes of every layer + max(one layer's working set, the head's peak),
-    + two layer inputs on the GPU when any layer offloads."""
+    + two layer inputs on the GPU when any layer offloads (one layer's input, output and LSE for
+    attention_output_offload)."""
     kept = (sum(layer_bytes_per_token(shape, p, dtype_bytes, tiled_mlp) for p in policies) + 16) * tokens  # + ids
     transient = transient_bytes_per_token(shape, dtype_bytes, tiled_mlp) * tokens
     peak = kept + max(transient, head_bytes(shape, tokens, dtype_bytes, tiled_loss, chunk))
     if "offload" in policies:
         peak += 2 * shape.hidden * dtype_bytes * tokens
+    if "attention_output_offload" in policies:
+        peak += layer_bytes_per_token(shape, "attention_output", dtype_bytes) * tokens
     return int(peak)
 
 

@@ -64,9 +64,44 @@ def _assert_same(ref, got, **tol):
 def test_classic_equals_full_and_no_recomputation(documents, kv_heads):
     batch = _batch(documents=documents)
     runs = {p: _loss_and_grads(_model(num_key_value_heads=kv_heads), batch, p)
-            for p in ("none", "full", "attention_output")}  # fmt: skip
+            for p in ("none", "full", "attention_output", "attention_output_offload")}  # fmt: skip
     _assert_same(runs["none"], runs["attention_output"], rtol=1e-10, atol=1e-12)
     _assert_same(runs["full"], runs["attention_output"], rtol=1e-10, atol=1e-12)
+    _assert_same(runs["attention_output"], runs["attention_output_offload"], rtol=0, atol=0)
+
+
+def test_offload_keeps_nothing_for_autograd():
+    """attention_output_offload saves none of the layer's tensors for autograd (they wait on its host tape):
+    attention_output saves each layer's input, output and LSE."""
+    counts = {}
+    for policy in ("attention_output", "attention_output_offload"):
+        model, saved = _model(num_layers=3), []
+        with torch.autograd.graph.saved_tensors_hooks(lambda t, saved=saved: saved.append(t.shape) or t, lambda t: t):
+            _loss_and_grads(model, _batch(), policy)
+        counts[policy] = len(saved)
+    assert counts["attention_output"] - counts["attention_output_offload"] == 3 * 3
+
+
+@pytest.mark.gpu
+def test_offload_on_cuda_equals_attention_output_with_less_memory():
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    batch = [t.cuda() if t is not None else None for t in _batch(S=2048, b=1)]
+    peaks, runs = {}, {}
+    for policy in ("attention_output", "attention_output_offload"):
+        model = _model(backend="flash_triton", dtype=torch.bfloat16, num_layers=4, hidden_size=512,
+                       num_attention_heads=4, num_key_value_heads=4, hidden_dropout=0.0).cuda()  # fmt: skip
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        ids, pos, labels, docs = batch
+        apply_checkpointing(model, policy)
+        loss = model(ids, pos, labels, docs).sum()
+        peaks[policy] = torch.cuda.max_memory_allocated() - base
+        loss.backward()
+        runs[policy] = (loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()})
+    _assert_same(runs["attention_output"], runs["attention_output_offload"], rtol=0, atol=0)
+    assert peaks["attention_output_offload"] < peaks["attention_output"]
 
 
 def test_window_and_tiled_mlp():
@@ -100,9 +135,9 @@ def test_classic_backward_from_lse_equals_autograd_with_softcap_scale_window():
 
 def test_per_layer_policy_list_mixing_every_policy():
     batch = _batch(documents=True)
-    ref = _loss_and_grads(_model(num_layers=4), batch, "none")
-    mixed = list(reversed(CHECKPOINT_POLICIES))  # full, keep_attention, attention_output, none
-    _assert_same(ref, _loss_and_grads(_model(num_layers=4), batch, mixed), rtol=1e-10, atol=1e-12)
+    ref = _loss_and_grads(_model(num_layers=5), batch, "none")
+    mixed = list(reversed(CHECKPOINT_POLICIES))  # full, keep_attention, attention_output(_offload), none
+    _assert_same(ref, _loss_and_grads(_model(num_layers=5), batch, mixed), rtol=1e-10, atol=1e-12)
     with pytest.raises(ConfigError, match="needs 4 names"):
         apply_checkpointing(_model(num_layers=4), ["full", "none"])
     with pytest.raises(ConfigError, match="'keep' is unknown"):

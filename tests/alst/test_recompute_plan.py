@@ -127,7 +127,7 @@ def _saved_bytes_per_token(policy, gated, tiled, norm, s=16, b=2):
     return sum(store.values()) / (b * s), LayerShape.of(cfg)
 
 
-@pytest.mark.parametrize("policy", ["none", "attention_output", "keep_attention", "full"])
+@pytest.mark.parametrize("policy", ["none", "attention_output", "attention_output_offload", "keep_attention", "full"])
 @pytest.mark.parametrize("gated,tiled,norm", [(True, False, "RMSNorm"), (False, False, "LayerNorm"),
                                               (True, True, "RMSNorm")])  # fmt: skip
 def test_memory_model_matches_saved_tensors(policy, gated, tiled, norm):
@@ -153,5 +153,5 @@ def test_plan_line_and_losses_equal_full(tmp_path):
     lines = [ln for ln in out.splitlines() if "recompute:" in ln]
     assert lines, out[-2000:]
     assert "1 layers none, 1 attention_output (budget" in lines[0] and "planned peak" in lines[0]
-    for policy in ("keep_attention", "offload"):
+    for policy in ("keep_attention", "offload", "attention_output_offload"):
         assert_close_records(ref, train_records(tmp_path, policy, 1, args + ["--recompute", policy]), what=policy)
