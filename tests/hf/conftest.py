@@ -173,6 +173,11 @@ def assert_conversion_refused(path, capsys, change: dict, *words) -> None:
     (path / "config.json").write_text(json.dumps(config))
     capsys.readouterr()
     rc = convert(["hf-to-megatron", "--input", str(path), "--output", str(path / "out")])
+    assert_one_line_error(capsys, rc, *words)
+
+
+def assert_one_line_error(capsys, rc: int, *words) -> None:
+    """The command exited 2 with one ``error:`` line on stderr naming every one of ``words``."""
     err = capsys.readouterr().err.strip()
     assert rc == 2 and err.startswith("error: ") and "\n" not in err, err
     for w in words:

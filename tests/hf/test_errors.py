@@ -10,57 +10,50 @@ import sys
 import pytest
 import torch
 
-from tests.hf.conftest import VOCAB, make_gpt2, make_llama
+from tests.hf.conftest import VOCAB, assert_one_line_error, make_gpt2, make_llama
 from tests.launch import ROOT, env
 from tools.convert_checkpoint import main as convert
 from tools.generate import main as generate
 
 
-def _one_line_error(capsys, rc, *words):
-    err = capsys.readouterr().err.strip()
-    assert rc == 2 and err.startswith("error: ") and "\n" not in err, err
-    for w in words:
-        assert w in err, err
-
-
-def test_unsupported_architecture_is_one_line_error(tmp_path, capsys):
+def test_unsupported_architecture_isassert_one_line_error(tmp_path, capsys):
     (tmp_path / "config.json").write_text(json.dumps({"architectures": ["BertForMaskedLM"], "model_type": "bert"}))
     rc = convert(["hf-to-megatron", "--input", str(tmp_path), "--output", str(tmp_path / "out")])
-    _one_line_error(capsys, rc, "BertForMaskedLM", "not supported")
+    assert_one_line_error(capsys, rc, "BertForMaskedLM", "not supported")
 
 
-def test_unsupported_llama_variant_is_one_line_error(tmp_path, capsys):
+def test_unsupported_llama_variant_isassert_one_line_error(tmp_path, capsys):
     make_llama(tmp_path, tied=True)
     cfg = json.loads((tmp_path / "config.json").read_text())
     cfg["rope_parameters"] = {"rope_type": "default", "rope_theta": 1e4, "partial_rotary_factor": 0.5}
     (tmp_path / "config.json").write_text(json.dumps(cfg))  # transformers' Llama rotates whole heads
     rc = convert(["hf-to-megatron", "--input", str(tmp_path), "--output", str(tmp_path / "out")])
-    _one_line_error(capsys, rc, "partial_rotary_factor=0.5")
+    assert_one_line_error(capsys, rc, "partial_rotary_factor=0.5")
 
 
-def test_missing_shard_is_one_line_error(tmp_path, capsys):
+def test_missing_shard_isassert_one_line_error(tmp_path, capsys):
     make_llama(tmp_path, tied=False, max_shard_size="60KB")
     os.remove(tmp_path / "model-00002-of-00006.safetensors")
     rc = convert(["hf-to-megatron", "--input", str(tmp_path), "--output", str(tmp_path / "out")])
-    _one_line_error(capsys, rc, "model-00002-of-00006.safetensors", "missing")
+    assert_one_line_error(capsys, rc, "model-00002-of-00006.safetensors", "missing")
 
 
-def test_missing_zero_shards_is_one_line_error(tmp_path, capsys):
+def test_missing_zero_shards_isassert_one_line_error(tmp_path, capsys):
     ckpt = tmp_path / "ckpt"
     (ckpt / "iter_0000001").mkdir(parents=True)
     (ckpt / "latest").write_text("iter_0000001")
     rc = convert(["megatron-to-hf", "--input", str(ckpt), "--output", str(tmp_path / "out")])
-    _one_line_error(capsys, rc, "missing")
+    assert_one_line_error(capsys, rc, "missing")
 
 
-def test_hf_tokenizer_larger_than_the_embedding_is_one_line_error(tmp_path, capsys):
+def test_hf_tokenizer_larger_than_the_embedding_isassert_one_line_error(tmp_path, capsys):
     from tokenizers import Tokenizer, models
 
     make_gpt2(tmp_path)
     vocab = {"<|endoftext|>": 0, **{f"w{i}": i for i in range(1, VOCAB + 20)}}
     Tokenizer(models.WordLevel(vocab, unk_token="<|endoftext|>")).save(str(tmp_path / "tokenizer.json"))
     rc = convert(["hf-to-megatron", "--input", str(tmp_path), "--output", str(tmp_path / "out")])
-    _one_line_error(capsys, rc, f"has {VOCAB + 20} tokens", f"{VOCAB} rows")
+    assert_one_line_error(capsys, rc, f"has {VOCAB + 20} tokens", f"{VOCAB} rows")
 
 
 def test_generate_rejects_a_larger_tokenizer(tmp_path, capsys):
@@ -68,10 +61,10 @@ def test_generate_rejects_a_larger_tokenizer(tmp_path, capsys):
     rc = generate(
         ["--load", str(tmp_path), "--prompt", "1 2", "--tokenizer-type", "NullTokenizer", "--vocab-size", "300"]
     )
-    _one_line_error(capsys, rc, "tokenizer has 301 tokens", f"vocabulary is {VOCAB}")
+    assert_one_line_error(capsys, rc, "tokenizer has 301 tokens", f"vocabulary is {VOCAB}")
 
 
-def test_shape_flag_disagreeing_with_model_args_is_one_line_error(tmp_path):
+def test_shape_flag_disagreeing_with_model_args_isassert_one_line_error(tmp_path):
     make_llama(tmp_path / "hf", tied=True)
     assert convert(["hf-to-megatron", "--input", str(tmp_path / "hf"), "--output", str(tmp_path / "init")]) == 0
     proc = subprocess.run(
@@ -138,10 +131,10 @@ def test_top_p_sampling_is_seeded(tmp_path, capsys):
 def test_unsupported_feature_is_one_line_error_naming_it(tmp_path, capsys, config, words):
     (tmp_path / "config.json").write_text(json.dumps(config))
     rc = convert(["hf-to-megatron", "--input", str(tmp_path), "--output", str(tmp_path / "out")])
-    _one_line_error(capsys, rc, "not supported", *words)
+    assert_one_line_error(capsys, rc, "not supported", *words)
 
 
-def test_model_without_a_hf_family_is_one_line_error(tmp_path, capsys):
+def test_model_without_a_hf_family_isassert_one_line_error(tmp_path, capsys):
     """Interleaved windows need Qwen2's q/k/v biases or Qwen3's q/k norms to export."""
     from megatron.config import ConfigError, ModelConfig
     from megatron.hf import hf_config_from_model
