@@ -680,36 +680,6 @@ def _tokens_cell(c: dict) -> str:
     return f"{num(c['tokens_per_sec_per_gpu'])} ({pct(c['mfu'])}, {c['peak_mem_gb']:.1f} GB)"
 
 
-def peers_one_gpu(facts: dict) -> str:
-    """Ours (today's bench defaults) against each peer on one GPU, per shape and length."""
-    folder = latest("peers")
-    cases = [c for c in _folder_cases(folder) if c.get("outcome") == "ok"]
-    peers = sorted({c["peer_name"] for c in cases if c["kind"] == "peer"})
-    rows, facts["peers"] = [], []
-    for shape, seq in sorted({(c["shape"], c["seq_len"]) for c in cases}):
-        here = [c for c in cases if (c["shape"], c["seq_len"]) == (shape, seq)]
-        ours = max((c for c in here if c["kind"] == "ours"), key=lambda c: c["tokens_per_sec_per_gpu"], default=None)
-        if ours is None:
-            continue
-        row = [shape_name(shape), seq_label(seq), f"{_tokens_cell(ours)}, `{ours['backend']}`"]
-        for name in peers:
-            peer = next((c for c in here if c["kind"] == "peer" and c["peer_name"] == name), None)
-            row.append("not run" if peer is None else
-                       f"{_tokens_cell(peer)}; ours {ratio(ours['tokens_per_sec_per_gpu'] / peer['tokens_per_sec_per_gpu'])}")
-            if peer is not None:
-                facts["peers"].append(dict(shape=shape, seq=seq, peer=name,
-                                           ratio=ours["tokens_per_sec_per_gpu"] / peer["tokens_per_sec_per_gpu"]))
-        rows.append(row)
-    return "\n".join([
-        "## Against torchtitan and HF + DeepSpeed ALST, 1 x H200\n\n`bench/throughput.py --peers hf_alst,torchtitan`, "
-        "one H200, SP=1, bf16, micro batch 1, each case a fresh process. Ours with the benchmark's settings of that "
-        "day (ZeRO-3, full recomputation, tiled loss); torchtitan with its first activation-checkpoint mode that fits "
-        "(none at 8k: it keeps every activation), FSDP2 and `torch.compile`. Tokens/s per GPU (MFU, peak memory):\n",
-        table(["shape", "length", "ours", *peers], rows, right_from=9),
-        "\n" + source(folder),
-    ])  # fmt: skip
-
-
 def _peer_setting(c: dict) -> str:
     """How a peer case ran: its activation-checkpoint mode (torchtitan, ArcticTraining), hf_alst's recomputation."""
     meta = c.get("peer") or {}
@@ -798,7 +768,7 @@ def short_sequence_zero(facts: dict) -> str:
     ])  # fmt: skip
 
 
-SECTIONS = (attention_kernels, packed_documents, sliding_window, throughput_vs_peer, planner_vs_peers, peers_one_gpu,
+SECTIONS = (attention_kernels, packed_documents, sliding_window, throughput_vs_peer, planner_vs_peers,
             recompute_planner,
             short_sequence_zero, settings_32k, max_seqlen, tiled_loss, switches, profile, gpt30b, checks, pointwise,
             data_pipeline)  # fmt: skip
