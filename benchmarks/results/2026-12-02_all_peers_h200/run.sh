@@ -8,6 +8,7 @@
 # instead of retrying the ones that ran out of memory.
 #   SHAPE=llama-1b LENGTHS="8192 32768" bash benchmarks/results/2026-12-02_all_peers_h200/run.sh
 #   (repository root; .whl: DeepSpeed wheels, .whl/peers: bench/peer_wheels.sh)
+#   ARCTIC_ONLY=1 ...: only ArcticTraining and hf_alst (ours and torchtitan measured in an earlier call)
 #   PROFILE=32768 ...: also one profiled torchtitan step at that length (its fastest mode there: none)
 set -u
 inst() { [[ -d $1 ]] || python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$1" "${@:2}"; }
@@ -25,8 +26,13 @@ common=(--shape $SHAPE --nproc 1 --sp 1 --backends flash_triton --iters ${ITERS:
         --case-timeout ${CASE_TIMEOUT:-200} --out "$O/throughput_${SHAPE}.json" --append)
 for seq in ${LENGTHS:-8192 32768 131072}; do
   long=(); [[ $seq -ge 131072 ]] && long=(--tiled-mlp on --torchtitan-arg=--ac-mode=full --arctic-arg=--ac-mode=offload)
-  python3 bench/throughput.py "${common[@]}" --seq-lens $seq "${long[@]}" --no-recompute --peers torchtitan,arctic \
-    --log-dir "$O/logs/${SHAPE}_${seq}_a" -- --recompute auto > "$O/logs/${SHAPE}_${seq}_a.out" 2>&1
+  if [[ -n ${ARCTIC_ONLY:-} ]]; then  # ArcticTraining alone (then hf_alst), when ours and torchtitan ran before
+    python3 bench/throughput.py "${common[@]}" --seq-lens $seq "${long[@]:0:2}" "${long[@]:3}" --peer-only --peers arctic \
+      --log-dir "$O/logs/${SHAPE}_${seq}_a" > "$O/logs/${SHAPE}_${seq}_a.out" 2>&1
+  else
+    python3 bench/throughput.py "${common[@]}" --seq-lens $seq "${long[@]}" --no-recompute --peers torchtitan,arctic \
+      --log-dir "$O/logs/${SHAPE}_${seq}_a" -- --recompute auto > "$O/logs/${SHAPE}_${seq}_a.out" 2>&1
+  fi
   echo "$SHAPE $seq ours+torchtitan+arctic rc=$? plan: $(grep -rh '> recompute:' "$O/logs/${SHAPE}_${seq}_a" | head -1)"
   python3 bench/throughput.py "${common[@]}" --seq-lens $seq "${long[@]:0:2}" --peer-only --peers hf_alst \
     --log-dir "$O/logs/${SHAPE}_${seq}_b" > "$O/logs/${SHAPE}_${seq}_b.out" 2>&1
