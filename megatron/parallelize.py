@@ -141,7 +141,7 @@ class _KeepAttention:
 
 
 LSE_REFUSAL = ("attention-output checkpointing needs a backend that returns its log-sum-exp (--attention-backend "
-               "{name} does not); use --attention-backend flash_triton or classic")  # fmt: skip
+               "{name} does not); use --attention-backend flash_triton, sdpa or classic")  # fmt: skip
 
 
 def _core_and_group(attention: ParallelAttention):

@@ -20,7 +20,8 @@ nothing to carry them.
 Backends (``AttentionConfig.backend``):
   classic       explicit fp32 softmax(QK^T)V; the reference, always available; window, scale and soft-cap.
   sdpa          torch scaled_dot_product_attention (cuDNN, then flash, then the rest on CUDA); a window or
-                documents are a dense boolean mask.
+                documents are a dense boolean mask. Its log-sum-exp (attention-output checkpointing) comes from
+                cuDNN's SDPA kernel on CUDA and the flash kernel on the CPU.
   flash         the flash_attn package when installed (else SDPA, said once); window as its window_size.
   flash_triton  our Triton/Gluon FlashAttention kernels (``megatron.kernels``); blocks outside the window or the
                 document are skipped.
@@ -258,11 +259,68 @@ class ClassicAttention(CoreAttention):
         )  # fmt: skip
 
 
+def _sdpa_lse_inputs(q_bShd, k_bSgd, v_bSgd, document_ids_bS, window):
+    """q, k, v as [b, h, S, d] views (K and V repeated to the query heads) and the additive mask (0 / -inf, q's
+    dtype, [b or 1, 1, S, S]) of documents or a window shorter than the sequence, else None (plain causal)."""
+    S, rep = q_bShd.shape[1], q_bShd.shape[2] // k_bSgd.shape[2]
+    if rep > 1:
+        k_bSgd, v_bSgd = (t.repeat_interleave(rep, dim=2) for t in (k_bSgd, v_bSgd))
+    bias = None
+    if document_ids_bS is not None or (window is not None and window < S):
+        keep = _attention_mask(S, q_bShd.device, document_ids_bS, window)
+        bias = torch.zeros(keep.shape, dtype=q_bShd.dtype, device=q_bShd.device).masked_fill_(~keep, float("-inf"))
+    return q_bShd.transpose(1, 2), k_bSgd.transpose(1, 2), v_bSgd.transpose(1, 2), bias, rep
+
+
+def sdpa_attention_lse(q, k, v, document_ids=None, *, window=None, softmax_scale=None):
+    """sdpa_attention without dropout, through the SDPA kernel that returns its log-sum-exp: cuDNN on CUDA, the
+    flash kernel on the CPU. Returns (out_bShd, lse): lse fp32 [b, h, S] (the kernel's own layout, natural log)."""
+    q, k, v, bias, _ = _sdpa_lse_inputs(q, k, v, document_ids, window)
+    if q.device.type == "cuda":
+        out, lse = torch.ops.aten._scaled_dot_product_cudnn_attention(
+            q, k, v, bias, True, 0.0, bias is None, False, scale=softmax_scale)[:2]  # fmt: skip
+    else:
+        out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
+            q, k, v, 0.0, bias is None, attn_mask=bias, scale=softmax_scale)  # fmt: skip
+    return out.transpose(1, 2), lse
+
+
+def sdpa_attention_backward(q, k, v, out, lse, dout, document_ids=None, *, window=None, softmax_scale=None):
+    """dq, dk, dv of sdpa_attention_lse from its out and lse (the same kernel family's backward, no forward)."""
+    g = k.shape[2]
+    q, k, v, bias, rep = _sdpa_lse_inputs(q, k, v, document_ids, window)
+    out, dout = (t.contiguous().transpose(1, 2) for t in (out, dout))  # equal strides, as the kernels want them
+    if q.device.type == "cuda":
+        S, none = q.shape[2], torch.empty(0, device=q.device)
+        dq, dk, dv = torch.ops.aten._scaled_dot_product_cudnn_attention_backward(
+            dout, q, k, v, out, lse, none, none, bias if bias is not None else none, none, none, S, S, 0.0,
+            bias is None, scale=softmax_scale)  # fmt: skip
+    else:
+        dq, dk, dv = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward(
+            dout, q, k, v, out, lse, 0.0, bias is None, attn_mask=bias, scale=softmax_scale)  # fmt: skip
+    dq, dk, dv = (t.transpose(1, 2) for t in (dq, dk, dv))
+    if rep > 1:  # the repeated heads' gradients summed over each group
+        dk, dv = (t.unflatten(2, (g, rep)).sum(3) for t in (dk, dv))
+    return dq, dk, dv
+
+
 class SDPAAttention(CoreAttention):
     name = "sdpa"
 
     def describe(self, device):
         return _sdpa_description(device)
+
+    returns_lse = True  # through cuDNN's SDPA kernel on CUDA and the flash kernel on the CPU (sdpa_attention_lse)
+
+    @torch.no_grad()
+    def forward_lse(self, q_bShd, k_bSgd, v_bSgd, document_ids_bS=None):
+        return sdpa_attention_lse(q_bShd, k_bSgd, v_bSgd, document_ids_bS, window=self.window,
+                                  softmax_scale=self.softmax_scale)  # fmt: skip
+
+    @torch.no_grad()
+    def backward_lse(self, q_bShd, k_bSgd, v_bSgd, out_bShd, lse, dout_bShd, document_ids_bS=None):
+        return sdpa_attention_backward(q_bShd, k_bSgd, v_bSgd, out_bShd, lse, dout_bShd, document_ids_bS,
+                                       window=self.window, softmax_scale=self.softmax_scale)  # fmt: skip
 
     def forward(self, q_bShd, k_bSgd, v_bSgd, document_ids_bS=None):
         return sdpa_attention(

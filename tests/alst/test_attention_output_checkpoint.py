@@ -162,10 +162,19 @@ def test_attention_forward_runs_once_per_layer_per_step():
 
 
 def test_backend_without_lse_is_refused_in_one_line():
+    from megatron.model.attention import CoreAttention
+
+    class NoLSE(CoreAttention):  # as the flash_attn package's backend: no log-sum-exp
+        name = "flash"
+
+    model = _model()
+    for layer in model.layers:
+        layer.attention.core_attention = NoLSE()
     with pytest.raises(ConfigError) as e:
-        apply_checkpointing(_model(backend="sdpa"), "attention_output")
+        apply_checkpointing(model, "attention_output")
     assert str(e.value) == ("attention-output checkpointing needs a backend that returns its log-sum-exp "
-                            "(--attention-backend sdpa does not); use --attention-backend flash_triton or classic")
+                            "(--attention-backend flash does not); use --attention-backend flash_triton, sdpa or "
+                            "classic")
 
 
 def test_checkpoint_policy_reads_recompute():
