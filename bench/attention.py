@@ -7,6 +7,7 @@
     python bench/attention.py --dry-run               # print the plan, touch no GPU
     python bench/attention.py --doc-len 2048 --impls triton,sdpa --out /tmp/docs.json   # packed documents
     python bench/attention.py --window 4096           # sliding window; seq 32k,64k,128k
+    python bench/attention.py --heads 32 --kv-heads 8 --head-dim 64 --impls triton_gqa_native,triton_gqa_expand,sdpa_cudnn
 
 Causal, bf16, head dim 128, layout [b, s, h, d]. FLOPs count only the unmasked half:
 fwd = 4*b*h*s*s*d / 2, fwd+bwd = 3.5 * fwd. Times are triton.testing.do_bench medians (ms).
@@ -39,7 +40,11 @@ from megatron.kernels import interface
 # backward wherever they apply); triton_fused: the Triton forward with the fused backward;
 # triton_split: the default forward with the split backward; triton_plain: the Triton kernels only (Triton
 # forward, split backward).
+# triton_gqa_expand / triton_gqa_native: the default kernels with grouped-query attention's fused backward forced on
+# K/V repeated to the query heads / on the grouped kernel (--kv-heads below --heads). sdpa_lse: the sdpa backend's
+# log-sum-exp path (cuDNN's SDPA kernels called directly), as attention-output checkpointing runs it.
 IMPLS = ("triton", "triton_fused", "triton_split", "triton_plain", "sdpa_flash", "sdpa_cudnn", "flash_attn")
+EXTRA_IMPLS = ("triton_gqa_expand", "triton_gqa_native", "sdpa_lse")
 TRITON_IMPLS = {  # impl -> flash_attention's forward=, backward=
     "triton": ("auto", "auto"),
     "triton_fused": ("triton", "auto"),
@@ -101,6 +106,25 @@ def make_attention(impl, document_ids=None, window=None):
             )
 
         return triton_attn
+    if impl in ("triton_gqa_expand", "triton_gqa_native"):
+        expand = impl == "triton_gqa_expand"
+        return lambda q, k, v: interface.flash_attention(q, k, v, causal=True, document_ids=document_ids,
+                                                         window=window, gqa_expand=expand)  # fmt: skip
+    if impl == "sdpa_lse":
+        from megatron.model.attention import sdpa_attention_backward, sdpa_attention_lse
+
+        class SDPALSE(torch.autograd.Function):
+            @staticmethod
+            def forward(ctx, q, k, v):
+                out, lse = sdpa_attention_lse(q, k, v, document_ids, window=window)
+                ctx.save_for_backward(q, k, v, out, lse)
+                return out
+
+            @staticmethod
+            def backward(ctx, dout):
+                return sdpa_attention_backward(*ctx.saved_tensors, dout, document_ids, window=window)
+
+        return SDPALSE.apply
     if impl == "sdpa":
         from megatron.model.attention import sdpa_attention
 
@@ -115,6 +139,9 @@ def make_attention(impl, document_ids=None, window=None):
         backend = SDPBackend.FLASH_ATTENTION if impl == "sdpa_flash" else SDPBackend.CUDNN_ATTENTION
 
         def sdpa(q, k, v):
+            rep = q.shape[2] // k.shape[2]  # grouped-query attention: K/V repeated to the query heads (timed)
+            if rep > 1:
+                k, v = k.repeat_interleave(rep, dim=2), v.repeat_interleave(rep, dim=2)
             with sdpa_kernel(backend):
                 out = torch.nn.functional.scaled_dot_product_attention(
                     q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=True
@@ -127,13 +154,14 @@ def make_attention(impl, document_ids=None, window=None):
 
         size = (window - 1, 0) if window is not None else (-1, -1)
         return lambda q, k, v: flash_attn_func(q, k, v, causal=True, window_size=size)
-    raise ValueError(f"unknown impl {impl!r}; choose from {IMPLS + ('sdpa', 'triton_full')}")
+    raise ValueError(f"unknown impl {impl!r}; choose from {IMPLS + EXTRA_IMPLS + ('sdpa', 'triton_full')}")
 
 
-def make_inputs(bsz, seq, heads, head_dim, seed=0):
+def make_inputs(bsz, seq, heads, head_dim, seed=0, kv_heads=None):
     gen = torch.Generator(device="cuda").manual_seed(seed)
-    shape = (bsz, seq, heads, head_dim)
-    q, k, v, dout = (torch.randn(shape, device="cuda", dtype=torch.bfloat16, generator=gen) for _ in range(4))
+    q_shape, kv_shape = (bsz, seq, heads, head_dim), (bsz, seq, kv_heads or heads, head_dim)
+    q, k, v, dout = (torch.randn(shape, device="cuda", dtype=torch.bfloat16, generator=gen)
+                     for shape in (q_shape, kv_shape, kv_shape, q_shape))  # fmt: skip
     for t in (q, k, v):
         t.requires_grad_()
     return q, k, v, dout
@@ -226,7 +254,7 @@ def profile_kernels(impls, seq, args, log):
     from torch.profiler import ProfilerActivity, profile
 
     bsz = batch_for(seq, args.tokens)
-    q, k, v, dout = make_inputs(bsz, seq, args.heads, args.head_dim)
+    q, k, v, dout = make_inputs(bsz, seq, args.heads, args.head_dim, kv_heads=args.kv_heads)
     report = {}
     for impl in impls:
         try:
@@ -258,6 +286,7 @@ def main(argv=None):
     p.add_argument("--seqs", default=None, help=f"default 4096,16384,65536,131072; with --window {WINDOW_SEQS}")
     p.add_argument("--heads", type=int, default=16)
     p.add_argument("--head-dim", type=int, default=128)
+    p.add_argument("--kv-heads", type=int, default=0, help="key/value heads (grouped-query attention); 0: --heads")
     p.add_argument("--tokens", type=int, default=16384, help="batch = max(1, tokens // seq)")
     p.add_argument("--impls", default=None, help=f"default {','.join(IMPLS)}; with --doc-len {','.join(DOC_IMPLS)}; "
                    f"with --window {','.join(WINDOW_IMPLS)}")  # fmt: skip
@@ -273,6 +302,8 @@ def main(argv=None):
         sys.exit(f"--doc-len must be >= 0, got {args.doc_len}")
     if args.window < 0:
         sys.exit(f"--window must be >= 0 (0: full causal), got {args.window}")
+    if args.kv_heads < 0 or (args.kv_heads and args.heads % args.kv_heads):
+        sys.exit(f"--kv-heads must divide --heads ({args.heads}), got {args.kv_heads}")
     seqs = [int(s) for s in (args.seqs or (WINDOW_SEQS if args.window else "4096,16384,65536,131072")).split(",")]
     default_impls = WINDOW_IMPLS if args.window else DOC_IMPLS if args.doc_len else IMPLS
     impls = (args.impls or ",".join(default_impls)).split(",")
@@ -303,6 +334,7 @@ def main(argv=None):
         "causal": True,
         "head_dim": args.head_dim,
         "heads": args.heads,
+        "kv_heads": args.kv_heads or args.heads,
         "doc_len": args.doc_len,
         "window": args.window or None,
         "flops": "fwd = 4*b*h*s*s*d/2 (causal half; with doc_len, s*s is the sum of squared document lengths; "
@@ -320,14 +352,15 @@ def main(argv=None):
     rows = record["results"] = []
     for seq in seqs:
         bsz = batch_for(seq, args.tokens)
-        q, k, v, dout = make_inputs(bsz, seq, args.heads, args.head_dim, seed=seq)
+        q, k, v, dout = make_inputs(bsz, seq, args.heads, args.head_dim, seed=seq, kv_heads=args.kv_heads)
         document_ids = document_ids_for(bsz, seq, args.doc_len)
         reference_out = {}  # per window: the first impl's output
         for impl in impls:
             window = impl_window(impl, args.window)
             flops_fwd, flops_fwd_bwd = (causal_flops(bsz, args.heads, seq, args.head_dim, b, args.doc_len, window)
                                         for b in (0, 1))  # fmt: skip
-            row = {"impl": impl, "seq": seq, "batch": bsz, "heads": args.heads, "head_dim": args.head_dim}
+            row = {"impl": impl, "seq": seq, "batch": bsz, "heads": args.heads, "kv_heads": args.kv_heads or args.heads,
+                   "head_dim": args.head_dim}  # fmt: skip
             if args.doc_len:
                 row["doc_len"] = args.doc_len
             if args.window:
