@@ -7,7 +7,7 @@
     python bench/attention.py --dry-run               # print the plan, touch no GPU
     python bench/attention.py --doc-len 2048 --impls triton,sdpa --out /tmp/docs.json   # packed documents
     python bench/attention.py --window 4096           # sliding window; seq 32k,64k,128k
-    python bench/attention.py --heads 32 --kv-heads 8 --head-dim 64 --impls triton_gqa_native,triton_gqa_expand,sdpa_cudnn
+    python bench/attention.py --heads 32 --kv-heads 8 --head-dim 64 --impls triton,sdpa_cudnn,sdpa_lse
 
 Causal, bf16, head dim 128, layout [b, s, h, d]. FLOPs count only the unmasked half:
 fwd = 4*b*h*s*s*d / 2, fwd+bwd = 3.5 * fwd. Times are triton.testing.do_bench medians (ms).
@@ -40,11 +40,10 @@ from megatron.kernels import interface
 # backward wherever they apply); triton_fused: the Triton forward with the fused backward;
 # triton_split: the default forward with the split backward; triton_plain: the Triton kernels only (Triton
 # forward, split backward).
-# triton_gqa_expand / triton_gqa_native: the default kernels with grouped-query attention's fused backward forced on
-# K/V repeated to the query heads / on the grouped kernel (--kv-heads below --heads). sdpa_lse: the sdpa backend's
-# log-sum-exp path (cuDNN's SDPA kernels called directly), as attention-output checkpointing runs it.
+# sdpa_lse: the sdpa backend's log-sum-exp path (cuDNN's SDPA kernels called directly), as attention-output
+# checkpointing runs it. With --kv-heads below --heads, sdpa_* repeat K/V to the query heads inside the timed call.
 IMPLS = ("triton", "triton_fused", "triton_split", "triton_plain", "sdpa_flash", "sdpa_cudnn", "flash_attn")
-EXTRA_IMPLS = ("triton_gqa_expand", "triton_gqa_native", "sdpa_lse")
+EXTRA_IMPLS = ("sdpa_lse",)
 TRITON_IMPLS = {  # impl -> flash_attention's forward=, backward=
     "triton": ("auto", "auto"),
     "triton_fused": ("triton", "auto"),
@@ -106,10 +105,6 @@ def make_attention(impl, document_ids=None, window=None):
             )
 
         return triton_attn
-    if impl in ("triton_gqa_expand", "triton_gqa_native"):
-        expand = impl == "triton_gqa_expand"
-        return lambda q, k, v: interface.flash_attention(q, k, v, causal=True, document_ids=document_ids,
-                                                         window=window, gqa_expand=expand)  # fmt: skip
     if impl == "sdpa_lse":
         from megatron.model.attention import sdpa_attention_backward, sdpa_attention_lse
 

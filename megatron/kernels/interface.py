@@ -121,41 +121,14 @@ def _forward(q, k, v, causal, softmax_scale, runs, window, forward):
     return out, lse
 
 
-# Grouped-query attention in the fused backward. One program per (128-key block, kv head, batch) sums dK and dV
-# over its group's query heads; with few such programs the GPU's SMs idle while the longest ones (the first key
-# blocks, which see every later query of each head of the group) finish. Below GQA_EXPAND_BELOW_PROGRAMS programs
-# the backward runs on K and V repeated to the query heads (a program per query head: group-times more, shorter
-# programs) and sums dK and dV over each group afterwards (in fp32, then rounded once).
-GQA_EXPAND_BELOW_PROGRAMS = 0
-GQA_EXPAND = (None, True, False)  # flash_attention's gqa_expand: None the rule above, True / False forced
-
-
-def _gqa_expanded(q, k, gqa_expand) -> bool:
-    """Whether the fused backward runs on K, V repeated to the query heads (see GQA_EXPAND_BELOW_PROGRAMS)."""
-    bsz, seq, heads, _ = q.shape
-    if heads == k.shape[2]:
-        return False
-    if gqa_expand is not None:
-        return bool(gqa_expand)
-    return bsz * k.shape[2] * (seq // gluon_bwd.BLOCK_N) < GQA_EXPAND_BELOW_PROGRAMS
-
-
-def _backward(q, k, v, out, lse, dout, causal, softmax_scale, runs, window, split_reason, gqa_expand=None):
+def _backward(q, k, v, out, lse, dout, causal, softmax_scale, runs, window, split_reason):
     """dq, dk, dv from the forward's out and lse; split_reason None runs the fused Gluon kernel."""
     dout = _last_dim_contiguous(dout)
     delta = attention_triton.row_delta(out, dout)
-    expand = split_reason is None and _gqa_expanded(q, k, gqa_expand)
-    _note("backward", ("fused Gluon kernel (5 GEMM units" + (", K/V repeated to the query heads)" if expand else ")"))
-          if split_reason is None else f"split kernels ({split_reason})")  # fmt: skip
+    _note("backward", "fused Gluon kernel (5 GEMM units)" if split_reason is None else f"split kernels ({split_reason})")
     if split_reason is None:
         documents = runs[1:] if runs is not None else None
-        if expand:
-            g, rep = k.shape[2], q.shape[2] // k.shape[2]
-            k_rep, v_rep = (t.repeat_interleave(rep, dim=2) for t in (k, v))
-            dq, dk, dv = gluon_bwd.backward(q, k_rep, v_rep, dout, lse, delta, softmax_scale, documents=documents)
-            dk, dv = (t.unflatten(2, (g, rep)).sum(3, dtype=torch.float32).to(k.dtype) for t in (dk, dv))
-        else:
-            dq, dk, dv = gluon_bwd.backward(q, k, v, dout, lse, delta, softmax_scale, documents=documents)
+        dq, dk, dv = gluon_bwd.backward(q, k, v, dout, lse, delta, softmax_scale, documents=documents)
         LAST_COMPILED["bwd_fused"] = gluon_bwd.LAST_COMPILED["ws"]
     else:
         dq, dk, dv = attention_triton.backward(q, k, v, dout, lse, delta, causal, softmax_scale, runs, window)
@@ -166,11 +139,10 @@ def _backward(q, k, v, out, lse, dout, causal, softmax_scale, runs, window, spli
 
 class _FlashAttention(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q, k, v, causal, softmax_scale, document_ids, window, forward, backward, gqa_expand):
+    def forward(ctx, q, k, v, causal, softmax_scale, document_ids, window, forward, backward):
         q, k, v = (_last_dim_contiguous(t) for t in (q, k, v))
         runs = document_runs(document_ids) if document_ids is not None else None
         ctx.split_reason = _fused_backward_unsupported(q, k, causal, backward, window)  # why not fused; None: fused
-        ctx.gqa_expand = gqa_expand
         out, lse = _forward(q, k, v, causal, softmax_scale, runs, window, forward)
         ctx.save_for_backward(q, k, v, out, lse, *(runs or ()))
         ctx.causal, ctx.softmax_scale, ctx.has_doc, ctx.window = causal, softmax_scale, runs is not None, window
@@ -181,8 +153,8 @@ class _FlashAttention(torch.autograd.Function):
         q, k, v, out, lse, *runs = ctx.saved_tensors
         runs = tuple(runs) if ctx.has_doc else None
         dq, dk, dv = _backward(q, k, v, out, lse, dout, ctx.causal, ctx.softmax_scale, runs, ctx.window,
-                               ctx.split_reason, ctx.gqa_expand)  # fmt: skip
-        return dq, dk, dv, None, None, None, None, None, None, None
+                               ctx.split_reason)  # fmt: skip
+        return dq, dk, dv, None, None, None, None, None, None
 
 
 def _checked(q, k, v, causal, softmax_scale, document_ids, window, forward, backward):
@@ -234,21 +206,16 @@ def flash_attention(
     window: int | None = None,
     forward: str = "auto",
     backward: str = "auto",
-    gqa_expand: bool | None = None,
 ) -> torch.Tensor:
     """Exact attention, softmax(q k^T * scale [masked]) v, without materializing scores.
 
     q_bshd [b, s, h, d]; k_bsgd, v_bsgd [b, s, g, d] with h % g == 0; document_ids_bs
     [b, s] int (contiguous runs = documents) or None. Returns [b, s, h, d] in q's dtype.
     softmax_scale: None is 1/sqrt(d). window: None (full causal) or W >= 1 with causal: query i sees key j iff
-    0 <= i - j < W. forward in FORWARDS, backward in BACKWARDS: which kernels run (module docstring). gqa_expand:
-    whether the fused backward of grouped-query attention runs on K, V repeated to the query heads (None: the rule
-    of GQA_EXPAND_BELOW_PROGRAMS; True / False forced; no effect elsewhere).
+    0 <= i - j < W. forward in FORWARDS, backward in BACKWARDS: which kernels run (module docstring).
     """
     scale, window = _checked(q, k, v, causal, softmax_scale, document_ids, window, forward, backward)
-    if gqa_expand not in GQA_EXPAND:
-        raise ValueError(f"gqa_expand={gqa_expand!r}; choose one of {GQA_EXPAND}")
-    return _FlashAttention.apply(q, k, v, bool(causal), scale, document_ids, window, forward, backward, gqa_expand)
+    return _FlashAttention.apply(q, k, v, bool(causal), scale, document_ids, window, forward, backward)
 
 
 @torch.no_grad()
@@ -265,7 +232,7 @@ def flash_attention_forward(q, k, v, *, causal=True, softmax_scale=None, documen
 
 @torch.no_grad()
 def flash_attention_backward(q, k, v, out, lse, dout, *, causal=True, softmax_scale=None, document_ids=None,
-                             window=None, backward="auto", gqa_expand=None) -> tuple:  # fmt: skip
+                             window=None, backward="auto") -> tuple:  # fmt: skip
     """``(dq, dk, dv)`` of attention from a forward's ``out`` and ``lse`` (``flash_attention_forward``) and the
     output's gradient ``dout``, without running the forward again; equal to the autograd backward of
     ``flash_attention`` with the same arguments. dk, dv have k's kv heads (GQA sums over each group)."""
@@ -278,7 +245,5 @@ def flash_attention_backward(q, k, v, out, lse, dout, *, causal=True, softmax_sc
         raise ValueError(f"lse must be fp32 [b, h, s] = {(b, h, s)}, got {lse.dtype} {tuple(lse.shape)}")
     runs = document_runs(document_ids) if document_ids is not None else None
     split_reason = _fused_backward_unsupported(q, k, bool(causal), backward, window)
-    if gqa_expand not in GQA_EXPAND:
-        raise ValueError(f"gqa_expand={gqa_expand!r}; choose one of {GQA_EXPAND}")
     return _backward(q, k, v, _last_dim_contiguous(out), lse.contiguous(), dout, bool(causal), scale, runs, window,
-                     split_reason, gqa_expand)  # fmt: skip
+                     split_reason)  # fmt: skip

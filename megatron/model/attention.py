@@ -269,7 +269,10 @@ def _sdpa_lse_inputs(q_bShd, k_bSgd, v_bSgd, document_ids_bS, window):
     if document_ids_bS is not None or (window is not None and window < S):
         keep = _attention_mask(S, q_bShd.device, document_ids_bS, window)
         bias = torch.zeros(keep.shape, dtype=q_bShd.dtype, device=q_bShd.device).masked_fill_(~keep, float("-inf"))
-    return q_bShd.transpose(1, 2), k_bSgd.transpose(1, 2), v_bSgd.transpose(1, 2), bias, rep
+    q, k, v = (t.transpose(1, 2) for t in (q_bShd, k_bSgd, v_bSgd))
+    if bias is not None and q.device.type == "cuda":  # cuDNN takes a bias with [b, h, S, d]-contiguous inputs only
+        q, k, v = (t.contiguous() for t in (q, k, v))
+    return q, k, v, bias, rep
 
 
 def sdpa_attention_lse(q, k, v, document_ids=None, *, window=None, softmax_scale=None):
@@ -289,12 +292,13 @@ def sdpa_attention_backward(q, k, v, out, lse, dout, document_ids=None, *, windo
     """dq, dk, dv of sdpa_attention_lse from its out and lse (the same kernel family's backward, no forward)."""
     g = k.shape[2]
     q, k, v, bias, rep = _sdpa_lse_inputs(q, k, v, document_ids, window)
-    out, dout = (t.contiguous().transpose(1, 2) for t in (out, dout))  # equal strides, as the kernels want them
-    if q.device.type == "cuda":
-        S, none = q.shape[2], torch.empty(0, device=q.device)
+    out, dout = (t.transpose(1, 2) for t in (out, dout))
+    layout = torch.contiguous_format if q.is_contiguous() else None  # out and dout in q's layout, as the kernels want
+    out, dout = (t.contiguous() if layout else t.transpose(1, 2).contiguous().transpose(1, 2) for t in (out, dout))
+    if q.device.type == "cuda":  # None: an undefined tensor (no bias; no dropout seeds; not nested)
+        S = q.shape[2]
         dq, dk, dv = torch.ops.aten._scaled_dot_product_cudnn_attention_backward(
-            dout, q, k, v, out, lse, none, none, bias if bias is not None else none, none, none, S, S, 0.0,
-            bias is None, scale=softmax_scale)  # fmt: skip
+            dout, q, k, v, out, lse, None, None, bias, None, None, S, S, 0.0, bias is None, scale=softmax_scale)  # fmt: skip
     else:
         dq, dk, dv = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward(
             dout, q, k, v, out, lse, 0.0, bias is None, attn_mask=bias, scale=softmax_scale)  # fmt: skip

@@ -380,43 +380,6 @@ def test_gpu_fused_backward_matches_reference(bsz, seq, heads, kv_heads, head_di
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-@pytest.mark.parametrize("head_dim", [128, 64])
-@pytest.mark.parametrize("documents", [False, True], ids=["causal", "documents"])
-def test_gpu_fused_backward_gqa_expanded_matches_native_and_reference(head_dim, documents):
-    """Grouped-query attention's fused backward on K/V repeated to the query heads (gqa_expand=True) against the
-    native grouped kernel and fp32 SDPA."""
-    from megatron.kernels import attention_gluon_bwd_sm90 as fag
-
-    torch.manual_seed(head_dim)
-    bsz, seq, heads, kv_heads = 2, 1024, 8, 2
-    q, dout = (torch.randn(bsz, seq, heads, head_dim, device="cuda", dtype=torch.bfloat16) for _ in range(2))
-    k, v = (torch.randn(bsz, seq, kv_heads, head_dim, device="cuda", dtype=torch.bfloat16) for _ in range(2))
-    if reason := fag.unsupported_reason(q, k, True):
-        pytest.skip(f"fused backward not available: {reason}")
-    docs = (torch.arange(seq, device="cuda") // 300).expand(bsz, seq).contiguous() if documents else None
-    q, k, v = (t.requires_grad_() for t in (q, k, v))
-    grads = {e: torch.autograd.grad(flash_attention(q, k, v, document_ids=docs, gqa_expand=e), (q, k, v), dout)
-             for e in (True, False)}  # fmt: skip
-    q32, k32, v32 = (t.detach().float().requires_grad_() for t in (q, k, v))
-    group = heads // kv_heads
-    mask = None
-    if documents:
-        mask = (docs[:, :, None] == docs[:, None, :]) & torch.ones(seq, seq, dtype=torch.bool, device="cuda").tril()
-        mask = mask[:, None]
-    ref_out = torch.nn.functional.scaled_dot_product_attention(
-        q32.transpose(1, 2), k32.repeat_interleave(group, 2).transpose(1, 2),
-        v32.repeat_interleave(group, 2).transpose(1, 2), attn_mask=mask, is_causal=mask is None,
-    ).transpose(1, 2)  # fmt: skip
-    ref = torch.autograd.grad(ref_out, (q32, k32, v32), dout.float())
-    for name, got, native, want in zip(("dq", "dk", "dv"), grads[True], grads[False], ref):
-        err = ((got.float() - want).norm() / want.norm()).item()
-        err_native = ((native.float() - want).norm() / want.norm()).item()
-        assert got.shape == native.shape == want.shape
-        assert err < 1e-2 and err < 2 * err_native + 1e-3, f"{name}: expanded {err:.2e}, native {err_native:.2e}"
-
-
-@pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("docs", [True, (1000, 2048, 1048), (128, 640, 3328), (4096,)])
 @pytest.mark.parametrize("head_dim", [128, 64])
 def test_gpu_fused_backward_with_documents(docs, head_dim):

@@ -100,21 +100,3 @@ def test_the_choice_is_printed_once(monkeypatch, capsys):
         "> attention: FlashAttention-Triton forward: Triton kernel (torch.float32 (bf16 only))",
         "> attention: FlashAttention-Triton backward: split kernels (torch.float32 (bf16 only))",
     ]
-
-
-def test_gqa_expansion_rule(monkeypatch):
-    """The fused backward repeats K/V to the query heads below GQA_EXPAND_BELOW_PROGRAMS programs (batch x kv heads
-    x 128-key blocks) of grouped-query attention only; gqa_expand forces it either way; anything else is refused."""
-    monkeypatch.setattr(fat, "GQA_EXPAND_BELOW_PROGRAMS", 16)
-    q, k = _qk(b=1, s=1024, h=8, g=2)  # 2 x 8 = 16 programs
-    assert not fat._gqa_expanded(q, k, None)
-    q, k = _qk(b=1, s=896, h=8, g=2)  # 14 programs
-    assert fat._gqa_expanded(q, k, None)
-    assert not fat._gqa_expanded(q, k, False)
-    q, k = _qk(b=1, s=1024, h=8, g=2)
-    assert fat._gqa_expanded(q, k, True)
-    q, k = _qk(b=1, s=128, h=4, g=4)  # not grouped: nothing to repeat, whatever is asked
-    assert not fat._gqa_expanded(q, k, True)
-    q, k = (torch.randn(1, 40, 2, 16) for _ in range(2))
-    with pytest.raises(ValueError, match="gqa_expand='yes'; choose one of"):
-        fat.flash_attention(q, k, k, gqa_expand="yes")

@@ -76,3 +76,24 @@ def test_window_impls_are_the_masks_the_model_applies():
     torch.testing.assert_close(bench.make_attention("sdpa", window=5)(q, k, v), classic_attention(q, k, v, window=5))
     with pytest.raises(ValueError, match="sdpa_flash takes no window mask"):
         bench.make_attention("sdpa_flash", window=5)
+
+
+def test_sdpa_lse_impl_equals_sdpa_with_grouped_query_attention():
+    """The sdpa_lse impl (the sdpa backend's log-sum-exp forward and backward under autograd) gives SDPA's output
+    and gradients, here on the CPU's flash kernel with 4 query heads per K/V head."""
+    bench = _bench()
+    torch.manual_seed(0)
+    q = torch.randn(1, 32, 8, 16, dtype=torch.float64, requires_grad=True)
+    k, v = (torch.randn(1, 32, 2, 16, dtype=torch.float64, requires_grad=True) for _ in range(2))
+    dout = torch.randn(1, 32, 8, 16, dtype=torch.float64)
+    got = bench.make_attention("sdpa_lse")(q, k, v)
+    got_grads = torch.autograd.grad(got, (q, k, v), dout)
+    want = bench.make_attention("sdpa")(q, k, v)
+    torch.testing.assert_close(got, want)
+    for a, b in zip(got_grads, torch.autograd.grad(want, (q, k, v), dout)):
+        torch.testing.assert_close(a, b)
+
+
+def test_kv_heads_must_divide_heads():
+    with pytest.raises(SystemExit, match="--kv-heads must divide --heads"):
+        _bench().main(["--heads", "32", "--kv-heads", "5", "--dry-run"])
