@@ -6,6 +6,7 @@
   attention_gluon_bwd_sm90.py  fused FlashAttention backward, Gluon, Hopper
   gluon_sm90.py                what the two Gluon kernels share: their input / environment check, layouts
   rope.py                      fused rotary embedding (megatron.model.rotary)
+  swiglu.py                    fused SwiGLU gate, silu(gate) * up, forward and backward (megatron.model.gpt's MLP)
   cross_entropy.py             cross-entropy rows of the tiled loss (megatron.model.tiled)
   env.py                       whether Triton and Gluon import here, and interpreter mode
 

@@ -36,6 +36,7 @@ class MLP(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.swiglu, self.gated = cfg.swiglu, cfg.gated_mlp
+        self.fused_swiglu = cfg.swiglu and cfg.fused_swiglu
         self.gelu_approximate = "tanh" if cfg.activation == "gelu_tanh" else "none"
         out = 2 * cfg.ffn_hidden_size if cfg.gated_mlp else cfg.ffn_hidden_size
         self.fc1 = nn.Linear(cfg.hidden_size, out, bias=cfg.add_bias_linear)
@@ -46,6 +47,11 @@ class MLP(nn.Module):
         y = self.fc1(x_bsH)
         if not self.gated:
             return self.fc2(F.gelu(y, approximate=self.gelu_approximate))
+        if self.fused_swiglu:
+            from megatron.kernels import swiglu
+
+            if swiglu.supported(y):
+                return self.fc2(swiglu.swiglu(y))
         gate, up = y.chunk(2, dim=-1)
         act = F.silu(gate) if self.swiglu else F.gelu(gate, approximate=self.gelu_approximate)
         return self.fc2(act * up)
