@@ -157,9 +157,10 @@ class ModelConfig:
     """Standard deviation of the normal initialization."""
     hidden_dropout: float = 0.0
     """Dropout on the residual branches."""
-    fused_swiglu: bool = True
+    fused_swiglu: bool = False
     """On CUDA, SwiGLU's silu(gate) * up and its backward as one Triton kernel each (megatron.kernels.swiglu), which
-    also keeps only fc1's output for the backward; the eager ops elsewhere."""
+    also keeps only fc1's output for the backward; the eager ops elsewhere. Off by default until its speed on a GPU
+    is measured (bench/swiglu.py)."""
 
     def __post_init__(self):
         if self.num_key_value_heads is None:
