@@ -296,6 +296,10 @@ def main(argv=None) -> int:
     from megatron.training import metrics
 
     cuda = torch.cuda.is_available()
+    if not cuda:  # as ours: DeepSpeed's CPU shared-memory op serves only its inference all-reduce, not training
+        from megatron.training.jit_ops import skip_cpu_comm_build
+
+        skip_cpu_comm_build()
     deepspeed.init_distributed(dist_backend="nccl" if cuda else "gloo", verbose=False)
     rank, world = dist.get_rank(), dist.get_world_size()
     device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0"))) if cuda else torch.device("cpu")

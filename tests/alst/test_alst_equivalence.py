@@ -33,12 +33,8 @@ RUNS = [
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("ref")
-    return {
-        name: train_records(tmp, f"{name}_ref", 1, shape + TRAIN + ["--zero-stage", "1"])
-        for name, shape in SHAPES.items()
-    }
+def reference(sp1_reference):
+    return sp1_reference  # tests/conftest.py: SP=1 ZeRO-1, shared with the SP equivalence tests
 
 
 @pytest.fixture(scope="module")

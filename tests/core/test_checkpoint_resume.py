@@ -1,13 +1,28 @@
 """Stop-and-resume reproduces an uninterrupted run; a save killed half way leaves `latest` alone."""
 
+import pytest
+
 from tests.launch import FAULTY_PRETRAIN, TINY_LLAMA, TRAIN, assert_close_records, torchrun, train_records
 
 ARGS = TINY_LLAMA + TRAIN + ["--ds-sequence-parallel-size", "2", "--train-iters", "8"]
 
 
-def test_resume_gives_same_losses(tmp_path):
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    """The uninterrupted 8-step SP=2 run per ZeRO stage, trained on first use; the resumed runs compare with it."""
+    runs = {}
+
+    def get(zero: str):
+        if zero not in runs:
+            runs[zero] = train_records(tmp_path_factory.mktemp(f"full_z{zero}"), "full", 2, ARGS + ["--zero-stage", zero])
+        return runs[zero]
+
+    return get
+
+
+def test_resume_gives_same_losses(uninterrupted, tmp_path):
     for zero in ("1", "3"):
-        full = train_records(tmp_path, f"full_z{zero}", 2, ARGS + ["--zero-stage", zero])
+        full = uninterrupted(zero)
         ckpt = tmp_path / f"ckpt_z{zero}"
         first = train_records(
             tmp_path, f"first_z{zero}", 2, ARGS + ["--zero-stage", zero, "--save", str(ckpt), "--exit-interval", "4"]
@@ -22,7 +37,7 @@ def test_resume_gives_same_losses(tmp_path):
         assert_close_records(full[4:], second, rtol=1e-6, what=f"ZeRO-{zero} resumed half")
 
 
-def test_killed_save_keeps_previous_checkpoint(tmp_path):
+def test_killed_save_keeps_previous_checkpoint(uninterrupted, tmp_path):
     ckpt = tmp_path / "ckpt"
     args = ARGS + ["--zero-stage", "1", "--save", str(ckpt), "--save-interval", "2"]
     faults = ["--inject-die-before-latest", "4:1"]  # the last rank dies mid-save, before `latest` moves
@@ -30,7 +45,7 @@ def test_killed_save_keeps_previous_checkpoint(tmp_path):
     assert proc.returncode != 0
     assert (ckpt / "iter_0000004").is_dir(), "the dying save had started writing"
     assert (ckpt / "latest").read_text() == "iter_0000002", "latest must still name the last complete save"
-    full = train_records(tmp_path, "full", 2, ARGS + ["--zero-stage", "1"])
+    full = uninterrupted("1")
     resumed = train_records(tmp_path, "resumed", 2, ARGS + ["--zero-stage", "1", "--load", str(ckpt)])
     assert [r["iteration"] for r in resumed] == list(range(3, 9))
     assert_close_records(full[2:], resumed, rtol=1e-6, what="resume after killed save")

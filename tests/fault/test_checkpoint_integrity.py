@@ -4,6 +4,7 @@ resumes on another layout (SP=2 -> SP=4, 2 -> 4 processes, ZeRO-3 <-> ZeRO-1) wi
 of an uninterrupted run."""
 
 import json
+import shutil
 
 import pytest
 
@@ -34,12 +35,36 @@ def test_shard_cut_short_while_saving_keeps_previous_latest(tmp_path):
                                       "zero_pp_rank_1_mp_rank_00_optim_states.pt"}  # fmt: skip
 
 
-@pytest.mark.parametrize("damage", ["truncate", "delete", "garble"])
-def test_damaged_checkpoint_is_named_on_load(tmp_path, damage):
+@pytest.fixture(scope="module")
+def saved_runs(tmp_path_factory):
+    """Per saved ZeRO stage (SP=2 on 2 processes): an uninterrupted 5-step run, and a 3-step run that
+    saved its checkpoint. Built on first use; each test loads from its own copy of the checkpoint
+    (a load on another layout writes the universal conversion next to it)."""
+    runs = {}
+
+    def get(saved_zero: str):
+        if saved_zero not in runs:
+            tmp = tmp_path_factory.mktemp(f"saved_z{saved_zero}")
+            saved = ARGS + SP2 + ["--zero-stage", saved_zero]
+            full = train_records(tmp, "full", 2, saved + ["--train-iters", "5"])
+            train_records(tmp, "first", 2, saved + ["--train-iters", "3", "--save", str(tmp / "ckpt")])
+            runs[saved_zero] = (full, tmp / "ckpt")
+        return runs[saved_zero]
+
+    return get
+
+
+def _copy_checkpoint(saved_runs, saved_zero, tmp_path):
     ckpt = tmp_path / "ckpt"
+    shutil.copytree(saved_runs(saved_zero)[1], ckpt)
+    return ckpt
+
+
+@pytest.mark.parametrize("damage", ["truncate", "delete", "garble"])
+def test_damaged_checkpoint_is_named_on_load(saved_runs, tmp_path, damage):
+    ckpt = _copy_checkpoint(saved_runs, "1", tmp_path)  # ZeRO-1, SP=2, saved at iteration 3
     args = ARGS + SP2 + ["--zero-stage", "1"]
-    train_records(tmp_path, "save", 2, args + ["--train-iters", "2", "--save", str(ckpt)])
-    shard = ckpt / "iter_0000002" / "zero_pp_rank_1_mp_rank_00_optim_states.pt"
+    shard = ckpt / "iter_0000003" / "zero_pp_rank_1_mp_rank_00_optim_states.pt"
     if damage == "truncate":
         data = shard.read_bytes()
         shard.write_bytes(data[: len(data) // 2])
@@ -49,12 +74,12 @@ def test_damaged_checkpoint_is_named_on_load(tmp_path, damage):
         shard.write_bytes(bytes(data))
     else:
         shard.unlink()
-    proc = torchrun(2, args + ["--train-iters", "4", "--load", str(ckpt)])
+    proc = torchrun(2, args + ["--train-iters", "5", "--load", str(ckpt)])
     assert proc.returncode != 0, proc.stdout[-2000:] + proc.stderr[-2000:]  # the ranks exit 2; torchrun says 1
     err = _error_lines(proc)
     assert len(err) == 1, proc.stderr[-2000:]
     what = {"truncate": "is truncated", "delete": "is missing", "garble": "is unreadable or damaged (Bad CRC-32"}[damage]
-    assert f"{ckpt / 'iter_0000002'} is damaged: zero_pp_rank_1_mp_rank_00_optim_states.pt {what}" in err[0]
+    assert f"{ckpt / 'iter_0000003'} is damaged: zero_pp_rank_1_mp_rank_00_optim_states.pt {what}" in err[0]
 
 
 @pytest.mark.parametrize(
@@ -66,11 +91,9 @@ def test_damaged_checkpoint_is_named_on_load(tmp_path, damage):
         ("1", 4, 2, "3"),  # ZeRO-1 -> ZeRO-3 on 4 processes
     ],
 )
-def test_resume_on_another_layout_continues_the_loss(tmp_path, saved_zero, nproc, sp, zero):
-    ckpt = tmp_path / "ckpt"
-    saved = ARGS + SP2 + ["--zero-stage", saved_zero]
-    full = train_records(tmp_path, "full", 2, saved + ["--train-iters", "5"])
-    train_records(tmp_path, "first", 2, saved + ["--train-iters", "3", "--save", str(ckpt)])
+def test_resume_on_another_layout_continues_the_loss(saved_runs, tmp_path, saved_zero, nproc, sp, zero):
+    full = saved_runs(saved_zero)[0]
+    ckpt = _copy_checkpoint(saved_runs, saved_zero, tmp_path)
     resumed_args = ARGS + ["--ds-sequence-parallel-size", str(sp), "--zero-stage", zero]
     proc = torchrun(nproc, resumed_args + ["--train-iters", "5", "--load", str(ckpt)], tmp_path / "resumed.jsonl")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -81,10 +104,9 @@ def test_resume_on_another_layout_continues_the_loss(tmp_path, saved_zero, nproc
     assert_close_records(full[3:], resumed, rtol=1e-5, grad_rtol=1e-4, what=what)
 
 
-def test_zero0_stage_change_is_refused_with_the_fix(tmp_path):
-    ckpt = tmp_path / "ckpt"
-    train_records(tmp_path, "save", 2, ARGS + SP2 + ["--zero-stage", "1", "--train-iters", "1", "--save", str(ckpt)])
-    proc = torchrun(2, ARGS + SP2 + ["--zero-stage", "0", "--train-iters", "2", "--load", str(ckpt)])
+def test_zero0_stage_change_is_refused_with_the_fix(saved_runs, tmp_path):
+    ckpt = _copy_checkpoint(saved_runs, "1", tmp_path)  # written with ZeRO-1
+    proc = torchrun(2, ARGS + SP2 + ["--zero-stage", "0", "--train-iters", "5", "--load", str(ckpt)])
     assert proc.returncode != 0
     err = _error_lines(proc)
     assert len(err) == 1 and "written with ZeRO-1 and this run uses ZeRO-0" in err[0] and "--zero-stage 1" in err[0]
