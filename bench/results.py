@@ -775,16 +775,18 @@ def fused_swiglu(facts: dict) -> str:
     rows = [[x["impl"], num(x["rows"]), f"{x['fwd_ms']:.3f}", f"{x['fwd_bwd_ms']:.3f}", f"{x['saved_bytes'] / 2**20:.0f} MiB",
              f"{x['dy_rel_err']:.4f}"] for x in micro["results"]]  # fmt: skip
     e2e = []
-    for c in sorted(_folder_cases(folder), key=lambda c: (c["seq_len"], c["file"])):
+    for c in sorted(_folder_cases(folder), key=lambda c: (c["seq_len"], c["file"])):  # run1/, run2/: the two recipes
         name = c["file"].rsplit("_", 1)[-1].removesuffix(".json")
-        e2e.append([seq_label(c["seq_len"]), name, _tokens_cell(c), f"{c['final_loss']:.3f}" if c.get("final_loss") else "-"])
+        e2e.append([seq_label(c["seq_len"]), f"`{c['file'].split('/')[0]}.sh`", name, _tokens_cell(c),
+                    f"{c['final_loss']:.3f}" if c.get("final_loss") else "-"])  # fmt: skip
     return "\n".join([
         "## Fused SwiGLU\n\n`bench/swiglu.py`, one H200, bf16, y [rows, 2 x 8,192] -> silu(gate) * up, median ms, the "
         "memory autograd keeps for the backward, and dy's error against fp64 (norm-relative):\n",
         table(["gate", "rows", "forward", "forward + backward", "kept", "dy error"], rows),
         "\nLlama-1B, one H200, SP=1, ours with its defaults (`--recompute auto`; `fused`/`defaults`: the fused gate, "
-        "`eager`: `--no-fused-swiglu`), one JSON per case, tokens/s (MFU, peak memory):\n",
-        table(["length", "case", "tokens/s", "last loss"], e2e),
+        "`eager`: `--no-fused-swiglu`) and torchtitan at its fastest setting, one JSON per case (the recipe that "
+        "ran it: one device call each), tokens/s (MFU, peak memory):\n",
+        table(["length", "call", "case", "tokens/s", "last loss"], e2e),
         "\n" + source(folder),
     ])  # fmt: skip
 

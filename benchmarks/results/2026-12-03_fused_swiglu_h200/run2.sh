@@ -7,18 +7,18 @@ set -u
 [[ -d /tmp/site ]] || python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl
 [[ -d /tmp/tt_site ]] || python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/tt_site .whl/peers/torchtitan/*.whl
 export PYTHONPATH=/tmp/site:/tmp/tt_site:$PWD PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True PYTHONUNBUFFERED=1
-O=${OUT:-/tmp/out}; mkdir -p "$O/logs"
+O=${OUT:-/tmp/out}; mkdir -p "$O/logs" "$O/run2"
 for seq in ${LENGTHS:-8192 32768}; do
   common=(--shape llama-1b --nproc 1 --sp 1 --backends flash_triton --seq-lens $seq --iters 6 --warmup 2
           --case-timeout 150 --no-recompute)
   for variant in defaults eager; do
     extra=(); [[ $variant == eager ]] && extra=(--no-fused-swiglu)
-    python3 bench/throughput.py "${common[@]}" --out "$O/throughput_llama-1b_${seq}_$variant.json" \
+    python3 bench/throughput.py "${common[@]}" --out "$O/run2/throughput_llama-1b_${seq}_$variant.json" \
       --log-dir "$O/logs/${seq}_$variant" -- --recompute auto "${extra[@]}" > "$O/logs/${seq}_$variant.out" 2>&1
     echo "$seq $variant rc=$?"; grep -h "^  " "$O/logs/${seq}_$variant.out" | cut -c1-200
   done
   python3 bench/throughput.py "${common[@]}" --peer-only --peers torchtitan \
-    --out "$O/throughput_llama-1b_${seq}_torchtitan.json" --log-dir "$O/logs/${seq}_torchtitan" \
+    --out "$O/run2/throughput_llama-1b_${seq}_torchtitan.json" --log-dir "$O/logs/${seq}_torchtitan" \
     > "$O/logs/${seq}_torchtitan.out" 2>&1
   echo "$seq torchtitan rc=$?"; grep -h "^  " "$O/logs/${seq}_torchtitan.out" | cut -c1-200
 done
