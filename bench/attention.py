@@ -290,6 +290,11 @@ def main(argv=None):
     p.add_argument("--sweep", action="store_true", help="tune Triton block configs first")
     p.add_argument("--sweep-seq", type=int, default=16384)
     p.add_argument("--profile-seq", type=int, default=0, help="also profile kernels per impl at this seq")
+    p.add_argument("--bwd-block-m", type=int, default=0, choices=(0, 64, 128),
+                   help="queries per step of the fused Gluon backward at --head-dim (0: the kernel's default)")
+    p.add_argument("--bwd-order", default="", choices=("", "interleaved", "per-head"),
+                   help="launch order of the fused Gluon backward at --head-dim: every head's heaviest key block first "
+                   "(interleaved) or one head after another (per-head); empty: the kernel's default (at head dim 64 by shape)")
     p.add_argument("--out", default=None, help="JSON path (default benchmarks/results/<date>_attention_<gpu>/attention_<gpu>.json)")
     p.add_argument("--dry-run", action="store_true")
     args = p.parse_args(argv)
@@ -339,6 +344,14 @@ def main(argv=None):
     if args.sweep:
         record["sweep_seq"] = args.sweep_seq
         record["sweep"] = sweep(args, log)
+    from megatron.kernels import attention_gluon_bwd_sm90 as gluon_bwd
+
+    if args.bwd_block_m:
+        gluon_bwd.BLOCK_M_BY_HEAD_DIM[args.head_dim] = args.bwd_block_m
+    if args.bwd_order:
+        gluon_bwd.INTERLEAVED_BY_HEAD_DIM[args.head_dim] = args.bwd_order == "interleaved"
+    record["fused_backward_block_m"] = gluon_bwd.BLOCK_M_BY_HEAD_DIM.get(args.head_dim)
+    record["fused_backward_interleaved"] = gluon_bwd.INTERLEAVED_BY_HEAD_DIM.get(args.head_dim)
     record["triton_configs"] = {k: {str(d): list(c) for d, c in v.items()} for k, v in fat.GPU_CONFIGS.items()}
     log(f"triton configs {record['triton_configs']}")
     if args.profile_seq:

@@ -142,6 +142,8 @@ def compile_report(
     block_m, block_n, warps, stages = config
     constexprs = {"BLOCK_M": block_m, "BLOCK_N": block_n, "HEAD_DIM": head_dim, "CAUSAL": causal, "HAS_DOC": docs,
                   "WINDOW": window}  # fmt: skip
+    if "INTERLEAVED" in fn.arg_names:  # the forward's launch order, as the launcher chooses it
+        constexprs["INTERLEAVED"] = head_dim in fat.FWD_INTERLEAVED_HEAD_DIMS
     if "GROUP" in fn.arg_names:
         constexprs["GROUP"] = 1  # Triton turns an int argument equal to 1 into a constant
     signature = {n: "constexpr" if n in constexprs else _arg_type(n) for n in fn.arg_names}

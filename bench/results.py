@@ -791,8 +791,79 @@ def fused_swiglu(facts: dict) -> str:
     ])  # fmt: skip
 
 
+def _attention_tflops(path: Path, impl: str = "triton") -> dict:
+    """seq -> forward + backward TFLOP/s of one impl in a bench/attention.py JSON."""
+    return {r["seq"]: r["fwd_bwd_tflops"] for r in load(path)["results"] if r["impl"] == impl and "fwd_bwd_tflops" in r}
+
+
+def attention_launch_order(facts: dict) -> str:
+    """The kernels' launch order and the head-dim-64 backward's query block: kernels alone, in a step, end to end."""
+    folder = latest("attention_launch_order")
+    run = folder / "run2"
+    variants = {  # label -> (file stem, impl)
+        "gqa": [("the kernels before (64, one head after another)", "hd64_gqa_old", "triton"),
+                ("64, one head after another", "hd64_gqa_bm64_perhead", "triton"),
+                ("64, every head first", "hd64_gqa_bm64_interleaved", "triton"),
+                ("128, one head after another", "hd64_gqa_bm128_perhead", "triton"),
+                ("128, every head first", "hd64_gqa_bm128_interleaved", "triton"),
+                ("SDPA cuDNN (K/V repeated)", "hd64_gqa_bm128_interleaved", "sdpa_cudnn")],
+        "mha": [("64, one head after another", "hd64_mha_bm64_perhead", "triton"),
+                ("128, one head after another", "hd64_mha_bm128_perhead", "triton"),
+                ("128, every head first", "hd64_mha_bm128_interleaved", "triton"),
+                ("SDPA cuDNN", "hd64_mha_bm128_interleaved", "sdpa_cudnn")],
+        "hd128": [("Triton kernels, one head after another (kept)", "hd128_old", "triton_plain"),
+                  ("Triton kernels, every head first", "hd128_new", "triton_plain"),
+                  ("default (Gluon forward, fused backward, one head after another)", "hd128_old", "triton"),
+                  ("SDPA cuDNN", "hd128_new", "sdpa_cudnn")]}
+    tables = {}
+    for key, rows_spec in variants.items():
+        rows, seqs = [], None
+        for label, stem, impl in rows_spec:
+            tf = _attention_tflops(run / f"attention_{stem}.json", impl)
+            seqs = seqs or sorted(tf)
+            rows.append([label, *(f"{tf[q]:.0f}" for q in seqs)])
+        tables[key] = table(["", *(seq_label(q) for q in seqs)], rows)
+    prof = {name: load(folder / "run3" / f"profile_8k_{name}.json") for name in ("old", "new")}
+    prof_rows = []
+    for kernel in ("_attn_bwd_kernel", "_fwd_kernel"):
+        ms = {n: next(k["ms"] for k in p["top_kernels_ms_per_step"] if k["kernel"] == kernel) for n, p in prof.items()}
+        prof_rows.append([f"`{kernel}`", f"{ms['old']:.1f}", f"{ms['new']:.1f}"])
+    prof_rows.append(["all kernels", *(f"{prof[n]['kernel_ms_per_step']:.1f}" for n in ("old", "new"))])
+    prof_rows.append(["step, profiled", *(f"{prof[n]['step_wall_ms']:.1f}" for n in ("old", "new"))])
+    e2e = []
+    for c in sorted(_folder_cases(folder), key=lambda c: (c["seq_len"], c["file"])):
+        if c["file"].startswith("run1/"):  # a first version of the kernels (the folder's README)
+            continue
+        name = c["file"].split("/")[-1].removesuffix(".json").rsplit("_", 1)[-1]
+        e2e.append([seq_label(c["seq_len"]), f"`{c['file'].split('/')[0]}.sh`", name, _tokens_cell(c),
+                    f"{c['final_loss']:.3f}" if c.get("final_loss") else "-"])  # fmt: skip
+    return "\n".join([
+        "## Attention launch order and the head-dim-64 backward\n\n`bench/attention.py`, one H200, causal, bf16, "
+        "forward + backward TFLOP/s, batch 2 at 4k and 1 above, all in one device call (`run2.sh`). The fused Gluon "
+        "backward's queries per step (64 or 128) and launch order (every head's heaviest key block first, or one "
+        "head's blocks after another's). The default at head dim 64 is 128 queries, every head first where that "
+        "balances the SMs at least 3% better by the per-program work (here 4k and 8k) and one head after another "
+        "elsewhere (`interleaved_order`); at head dim 128, 64 queries one head after another. Llama-1B's attention, "
+        "32 heads of 64, 8 KV heads:\n",
+        tables["gqa"],
+        "\nHead dim 64, 16 heads (GPT-2's shape of head):\n",
+        tables["mha"],
+        "\nHead dim 128, 16 heads: the Triton forward and split backward (the kernels off Hopper and with a sliding "
+        "window) in either launch order, and the default kernels:\n",
+        tables["hd128"],
+        "\nIn the model (`bench/profile_step.py`, Llama-1B at 8k, one profiled step, `run3.sh`), ms per step, the "
+        "kernels before and now:\n",
+        table(["", "before", "now"], prof_rows),
+        "\nEnd to end, Llama-1B, one H200, SP=1, ours (`new`: 128 queries, every head first at both lengths; `old`: the "
+        "kernels before; `perhead`: 128 queries one head after another) and torchtitan at its fastest setting, "
+        "tokens/s (MFU, peak memory):\n",
+        table(["length", "call", "case", "tokens/s", "last loss"], e2e),
+        "\n" + source(folder),
+    ])  # fmt: skip
+
+
 SECTIONS = (attention_kernels, packed_documents, sliding_window, throughput_vs_peer, planner_vs_peers,
-            recompute_planner, fused_swiglu,
+            recompute_planner, fused_swiglu, attention_launch_order,
             short_sequence_zero, settings_32k, max_seqlen, tiled_loss, switches, profile, gpt30b, checks, pointwise,
             data_pipeline)  # fmt: skip
 

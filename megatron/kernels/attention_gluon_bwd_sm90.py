@@ -4,9 +4,19 @@ when `unsupported_reason` is None (causal, bf16, head dim 64 or 128, grouped-que
 documents or not, sequence a multiple of 128, an sm_90 GPU, Triton 3.6: the check shared with the Gluon
 forward, gluon_sm90.py); everything else takes the split backward.
 
-One program per (key block of BLOCK_N = 128 keys, kv head, batch). dK and dV accumulate in registers
-over the query blocks (BLOCK_M = 64) from the causal diagonal to the end, of each query head of the kv
-head's group in turn. Per query block, 5 wgmma GEMMs:
+One program per (key block of BLOCK_N = 128 keys, kv head, batch); the kernel keeps one program per SM and CUDA
+starts programs in grid order. Two launch orders, both starting each head's heaviest causal key block (the first:
+it sees the most queries) before its lighter ones:
+  per-head     grid (s / 128, b * kv heads): one head's key blocks after another's. Programs that run together read
+               the same few heads' Q and dO (L2 hits), but the last heads' heavy blocks start late: at 8k with 8 kv
+               heads in groups of 4 the busiest SM ends 24% after the ideal balance.
+  interleaved  grid (b * kv heads, s / 128): every head's key block 0, then every head's key block 1, ...: balanced,
+               with less L2 reuse.
+`backward` chooses by head dim and shape (`interleaved_order`): at head dim 64 the interleaved order where it
+balances the SMs at least 3% better by the per-program work (short sequences, few heads), per-head elsewhere; at
+head dim 128 per-head (faster on the H200 at every length measured). dK and dV accumulate in registers over the
+query blocks (BLOCK_M queries per step: BLOCK_M_BY_HEAD_DIM, 128 at head dim 64) from the causal diagonal to the
+end, of each query head of the kv head's group in turn. Per query block, 5 wgmma GEMMs (shapes at head dim 128, BLOCK_M 64):
 
     S^T  = K Q^T        [128 x 64],  A = K (smem),      B = Q^T   (smem view)
     dP^T = V dO^T       [128 x 64],  A = V (smem),      B = dO^T  (smem view)
@@ -31,6 +41,9 @@ The Q/dO ring is 3 deep: with 2 stages the gradients were wrong on the H200 once
 """
 
 # ruff: noqa: RUF059  (each partition unpacks the shared descriptor / buffer / barrier tuples whole)
+import functools
+import heapq
+
 import torch
 
 from megatron.kernels import gluon_sm90
@@ -51,6 +64,13 @@ from megatron.kernels.env import (
 
 VARIANTS = ("ws", "plain")
 BLOCK_M = 64  # queries per step
+# Queries per step by head dim (the default of `backward`'s block_m): 128 at head dim 64 gives its small GEMMs
+# twice the width (S^T, dP^T [128 x 128]); head dim 128 has the registers for 64 only.
+BLOCK_M_BY_HEAD_DIM = {64: 128, 128: 64}
+# Launch order by head dim (the default of `backward`'s interleaved; module docstring): None chooses by shape
+# (`interleaved_order`), False is always per-head.
+INTERLEAVED_BY_HEAD_DIM = {64: None, 128: False}
+INTERLEAVE_GAIN = 1.03  # interleave where the per-head order's busiest SM ends this much later, by the work model
 BLOCK_N = 128  # keys per program (gluon_sm90.SEQ_MULTIPLE)
 STAGES = 3  # depth of the Q / dO / lse / delta ring
 WS_WORKER_REGS = 24
@@ -157,11 +177,20 @@ if HAVE_GLUON:
         return dk, dv, dq
 
     @gluon.jit
-    def _store_dkdv(dk, dv, DK, DV, S, KV_H, sm_scale, BN: gl.constexpr, D: gl.constexpr):
+    def _program_ids(INTERLEAVED: gl.constexpr):
+        """(key block, batch * kv heads + kv head) of this program: grid (b * kv heads, key blocks) when INTERLEAVED
+        (every head's key block 0 first), else (key blocks, b * kv heads) (one head's blocks after another's)."""
+        if INTERLEAVED:
+            return gl.program_id(1), gl.program_id(0)
+        return gl.program_id(0), gl.program_id(1)
+
+    @gluon.jit
+    def _store_dkdv(dk, dv, DK, DV, S, KV_H, sm_scale, BN: gl.constexpr, D: gl.constexpr, INTERLEAVED: gl.constexpr):
         # Program ids re-read here rather than kept live across the loop.
-        n0 = gl.program_id(0) * BN
-        g = gl.program_id(1)  # kv head
-        b = gl.program_id(2)
+        pid_n, pid_bg = _program_ids(INTERLEAVED)
+        n0 = pid_n * BN
+        g = pid_bg % KV_H  # kv head
+        b = pid_bg // KV_H
         mma_kv: gl.constexpr = mma_layout([8, 1], D)
         offs_n = n0 + gl.arange(0, BN, layout=gl.SliceLayout(1, mma_kv))
         offs_d = gl.arange(0, D, layout=gl.SliceLayout(0, mma_kv))
@@ -175,7 +204,7 @@ if HAVE_GLUON:
     @gluon.jit
     def _ws_compute(descs, smem, bars, DK, DV, n0, S, KV_H, n_iter, full_hi, seg_base, qk_scale, sm_scale,
                     BM: gl.constexpr, BN: gl.constexpr, D: gl.constexpr, STAGES: gl.constexpr, GROUP: gl.constexpr,
-                    HAS_DOC: gl.constexpr):
+                    HAS_DOC: gl.constexpr, INTERLEAVED: gl.constexpr):
         """Default partition (8 warps): the GEMMs and the elementwise math; dQ partials to dq_s."""
         k_s, v_s, q_bufs, do_bufs, lse_bufs, delta_bufs, ds_s, dq_s = smem
         kv_bar, q_ready, do_ready, stage_empty, dq_ready, dq_empty = bars
@@ -192,7 +221,7 @@ if HAVE_GLUON:
             # One arrive (Triton puts a bar.sync of the 256 threads before it): dq_s is written and this block's
             # GEMMs are done with its Q / dO stage, which the dq writer then hands back to the loader.
             mbarrier.arrive(dq_ready, count=1)
-        _store_dkdv(dk, dv, DK, DV, S, KV_H, sm_scale, BN, D)
+        _store_dkdv(dk, dv, DK, DV, S, KV_H, sm_scale, BN, D, INTERLEAVED)
 
     @gluon.jit
     def _ws_loader(descs, smem, bars, b, g, n0, S, H, n_iter,
@@ -231,7 +260,7 @@ if HAVE_GLUON:
     @gluon.jit
     def _plain_body(descs, smem, bars, DK, DV, b, g, n0, S, H, KV_H, n_iter, full_hi, seg_base, qk_scale, sm_scale,
                     BM: gl.constexpr, BN: gl.constexpr, D: gl.constexpr, STAGES: gl.constexpr, GROUP: gl.constexpr,
-                    HAS_DOC: gl.constexpr):
+                    HAS_DOC: gl.constexpr, INTERLEAVED: gl.constexpr):
         q_desc, k_desc, v_desc, do_desc, dq_desc, lse_desc, delta_desc = descs
         k_s, v_s, q_bufs, do_bufs, lse_bufs, delta_bufs, ds_s, dq_s = smem
         kv_bar, q_ready, do_ready, stage_empty, dq_ready, dq_empty = bars
@@ -260,7 +289,7 @@ if HAVE_GLUON:
             h = g * GROUP + j // n_iter
             _issue_q_do_loads(descs, smem, bars, t % STAGES, b, h, n0 + (j % n_iter) * BM, S, H, j < n_total, D)
         tma.store_wait(0)
-        _store_dkdv(dk, dv, DK, DV, S, KV_H, sm_scale, BN, D)
+        _store_dkdv(dk, dv, DK, DV, S, KV_H, sm_scale, BN, D, INTERLEAVED)
 
     # ---------------------------------------------------------------------------------------------------------
     # The kernel: one program per (key block, head, batch)
@@ -269,10 +298,11 @@ if HAVE_GLUON:
     def _attn_bwd_kernel(q_desc, k_desc, v_desc, do_desc, dq_desc, lse_desc, delta_desc, DK, DV,
                          RUN_START, RUN_END, S, H, KV_H, qk_scale, sm_scale,
                          BM: gl.constexpr, BN: gl.constexpr, D: gl.constexpr, STAGES: gl.constexpr,
-                         WS: gl.constexpr, WORKER_REGS: gl.constexpr, GROUP: gl.constexpr, HAS_DOC: gl.constexpr):
-        pid_n = gl.program_id(0)  # key block 0 has the most query blocks: launched first
-        g = gl.program_id(1)  # kv head: its GROUP query heads are g * GROUP ...
-        b = gl.program_id(2)
+                         WS: gl.constexpr, WORKER_REGS: gl.constexpr, GROUP: gl.constexpr, HAS_DOC: gl.constexpr,
+                         INTERLEAVED: gl.constexpr):
+        pid_n, pid_bg = _program_ids(INTERLEAVED)  # key block 0 has the most query blocks
+        g = pid_bg % KV_H  # kv head: its GROUP query heads are g * GROUP ...
+        b = pid_bg // KV_H
         n0 = pid_n * BN
         n_iter = (S - n0) // BM  # query blocks from the diagonal to the end
         full_hi = S  # query blocks from n0 + BN up to full_hi need no mask
@@ -317,34 +347,54 @@ if HAVE_GLUON:
         if WS:
             gl.warp_specialize([
                 (_ws_compute, (descs, smem, bars, DK, DV, n0, S, KV_H, n_iter, full_hi, seg_base, qk_scale,
-                               sm_scale, BM, BN, D, STAGES, GROUP, HAS_DOC)),
+                               sm_scale, BM, BN, D, STAGES, GROUP, HAS_DOC, INTERLEAVED)),
                 (_ws_loader, (descs, smem, bars, b, g, n0, S, H, n_iter, BM, BN, D, STAGES, GROUP)),
                 (_ws_dq_writer, (descs, smem, bars, b, g, n0, S, n_iter, BM, BN, D, STAGES, GROUP)),
             ], [1, 1], [WORKER_REGS, WORKER_REGS])
         else:
             _plain_body(descs, smem, bars, DK, DV, b, g, n0, S, H, KV_H, n_iter, full_hi, seg_base, qk_scale,
-                        sm_scale, BM, BN, D, STAGES, GROUP, HAS_DOC)
+                        sm_scale, BM, BN, D, STAGES, GROUP, HAS_DOC, INTERLEAVED)
 
 # fmt: on
 
 
-def _descriptors(q, k, v, dout, dq_acc, lse, delta):
+def _descriptors(q, k, v, dout, dq_acc, lse, delta, block_m):
     bsz, seq, heads, dim = q.shape
     bf16 = gl.bfloat16
-    lay_m = gl.NVMMASharedLayout.get_default_for([BLOCK_M, dim], bf16)
+    lay_m = gl.NVMMASharedLayout.get_default_for([block_m, dim], bf16)
     lay_n = gl.NVMMASharedLayout.get_default_for([BLOCK_N, dim], bf16)
-    lay_dq = gl.NVMMASharedLayout.get_default_for([BLOCK_M, dim], gl.float32)
-    lay_vec = gl.NVMMASharedLayout.get_default_for([BLOCK_M], gl.float32)
+    lay_dq = gl.NVMMASharedLayout.get_default_for([block_m, dim], gl.float32)
+    lay_vec = gl.NVMMASharedLayout.get_default_for([block_m], gl.float32)
     two_d = lambda t: t.view(bsz * seq, t.shape[2] * dim)  # [b*s, heads*d]: a block is rows of one head
     return (
-        TensorDescriptor.from_tensor(two_d(q), [BLOCK_M, dim], lay_m),
+        TensorDescriptor.from_tensor(two_d(q), [block_m, dim], lay_m),
         TensorDescriptor.from_tensor(two_d(k), [BLOCK_N, dim], lay_n),
         TensorDescriptor.from_tensor(two_d(v), [BLOCK_N, dim], lay_n),
-        TensorDescriptor.from_tensor(two_d(dout), [BLOCK_M, dim], lay_m),
-        TensorDescriptor.from_tensor(two_d(dq_acc), [BLOCK_M, dim], lay_dq),
-        TensorDescriptor.from_tensor(lse.view(-1), [BLOCK_M], lay_vec),
-        TensorDescriptor.from_tensor(delta.view(-1), [BLOCK_M], lay_vec),
+        TensorDescriptor.from_tensor(two_d(dout), [block_m, dim], lay_m),
+        TensorDescriptor.from_tensor(two_d(dq_acc), [block_m, dim], lay_dq),
+        TensorDescriptor.from_tensor(lse.view(-1), [block_m], lay_vec),
+        TensorDescriptor.from_tensor(delta.view(-1), [block_m], lay_vec),
     )
+
+
+def _makespan(work, sms: int) -> float:
+    """When the last of `sms` SMs finishes, each taking the next program (in launch order) as soon as it is free."""
+    free = [0.0] * sms
+    for w in work:
+        heapq.heappush(free, heapq.heappop(free) + w)
+    return max(free)
+
+
+@functools.lru_cache(maxsize=256)
+def interleaved_order(units: int, blocks: int, group: int, sms: int) -> bool:
+    """True where the interleaved launch order balances `sms` SMs INTERLEAVE_GAIN better than the per-head order
+    for `units` (batch x kv heads) of `blocks` causal key blocks: key block n does group * (blocks - n) query steps
+    (any query block size). Long sequences balance either way and keep the per-head order (its L2 reuse)."""
+    if units * blocks > 64 * sms:  # every SM runs many programs of each head: both orders balance
+        return False
+    per_head = [group * (blocks - n) for _ in range(units) for n in range(blocks)]
+    interleaved = [group * (blocks - n) for n in range(blocks) for _ in range(units)]
+    return _makespan(per_head, sms) > INTERLEAVE_GAIN * _makespan(interleaved, sms)
 
 
 def _launch_options(variant):
@@ -362,26 +412,37 @@ def unsupported_reason(q, k, causal: bool):
     return gluon_sm90.unsupported_reason(q, k, causal)
 
 
-def backward(q, k, v, dout, lse, delta, softmax_scale, variant="ws", stages=STAGES, documents=None):
+def backward(q, k, v, dout, lse, delta, softmax_scale, variant="ws", stages=STAGES, documents=None, block_m=None,
+             interleaved=None):
     """dq, dk, dv of causal attention. q, dout [b, s, h, d], k, v [b, s, g, d] (g divides h: grouped-query
     attention; a program's dK and dV sum over its group's query heads) bf16; lse [b, h, s] fp32 in log2 units
     (the forward's); delta = rowsum(out * dout) [b, h, s] fp32. documents: None, or int32 [b, s] tensors
     (run_start, run_end): each token's document's start and end (exclusive), as interface.document_runs
-    gives them. Check `unsupported_reason` first."""
+    gives them. block_m: queries per step, 64 or 128 (None: BLOCK_M_BY_HEAD_DIM); interleaved: the launch order
+    (None: INTERLEAVED_BY_HEAD_DIM). Check `unsupported_reason` first."""
     bsz, seq, heads, dim = q.shape
+    block_m = block_m or BLOCK_M_BY_HEAD_DIM[dim]
+    if block_m not in (64, 128):
+        raise ValueError(f"block_m {block_m}: 64 or 128")
     kv_heads = k.shape[2]
     q, k, v, dout, lse, delta = (t.contiguous() for t in (q, k, v, dout, lse, delta))
     dq_acc = torch.zeros(bsz, seq, heads, dim, dtype=torch.float32, device=q.device)
     dk = torch.empty_like(k)
     dv = torch.empty_like(v)
-    descs = _descriptors(q, k, v, dout, dq_acc, lse, delta)
-    grid = (seq // BLOCK_N, kv_heads, bsz)
+    descs = _descriptors(q, k, v, dout, dq_acc, lse, delta, block_m)
+    if interleaved is None:
+        interleaved = INTERLEAVED_BY_HEAD_DIM[dim]
+    if interleaved is None:
+        sms = torch.cuda.get_device_properties(q.device).multi_processor_count
+        interleaved = interleaved_order(bsz * kv_heads, seq // BLOCK_N, heads // kv_heads, sms)
+    units, blocks = bsz * kv_heads, seq // BLOCK_N
+    grid = (units, blocks) if interleaved else (blocks, units)  # launch order: the module docstring
     has_doc = documents is not None
     if not has_doc:
         documents = (torch.empty(1, dtype=torch.int32, device=q.device),) * 2
     LAST_COMPILED[variant] = _attn_bwd_kernel[grid](
         *descs, dk, dv, *documents, seq, heads, kv_heads, softmax_scale * LOG2E, softmax_scale,
-        BLOCK_M, BLOCK_N, dim, stages, variant == "ws", WS_WORKER_REGS, heads // kv_heads, has_doc,
+        block_m, BLOCK_N, dim, stages, variant == "ws", WS_WORKER_REGS, heads // kv_heads, has_doc, interleaved,
         **_launch_options(variant),
     )  # fmt: skip
     return dq_acc.to(q.dtype), dk, dv

@@ -380,6 +380,48 @@ def test_gpu_fused_backward_matches_reference(bsz, seq, heads, kv_heads, head_di
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("interleaved", [True, False])
+@pytest.mark.parametrize("block_m", [64, 128])
+@pytest.mark.parametrize(
+    "bsz,seq,heads,kv_heads,head_dim,docs",
+    [
+        (2, 1280, 8, 2, 64, None),  # grouped-query attention, batch 2, the ring wraps
+        (1, 2048, 4, 4, 64, None),
+        (2, 1024, 8, 2, 64, (100, 1, 27, 500, 396)),  # document edges off blocks, a 1-token document
+        (1, 1024, 4, 1, 64, (256, 384, 384)),  # edges on blocks, multi-query
+        (2, 1024, 8, 2, 128, None),
+    ],
+)
+def test_gpu_fused_backward_tiles_and_order(interleaved, block_m, bsz, seq, heads, kv_heads, head_dim, docs):
+    """Either query-block size of the fused Gluon backward (64, or 128 where the head dim leaves the registers for
+    it) and either launch order (each program finds its key block and head from the grid) against the fp32
+    reference: dq, dk, dv from the forward's out and lse."""
+    from megatron.kernels import attention_gluon_bwd_sm90 as fag
+    from megatron.kernels import attention_triton
+    from megatron.kernels import interface as fat
+
+    if block_m == 128 and head_dim == 128:
+        pytest.skip("block_m 128 is for head dim 64")
+    q, k, v, dout = _gpu_inputs(bsz, seq, heads, kv_heads, head_dim, seed=seq + block_m)
+    if reason := fag.unsupported_reason(q, k, True):
+        pytest.skip(f"fused backward not available: {reason}")
+    ids = document_ids_of_lengths(docs, bsz).cuda() if docs else None
+    runs = fat.document_runs(ids) if ids is not None else None
+    scale = 1 / head_dim**0.5
+    out, lse = attention_triton.forward(q, k, v, True, scale, runs)
+    delta = attention_triton.row_delta(out, dout)
+    got = fag.backward(q, k, v, dout, lse, delta, scale, documents=runs[1:] if runs else None, block_m=block_m,
+                       interleaved=interleaved)
+    q32, k32, v32 = (t.float().requires_grad_() for t in (q, k, v))
+    ref_out = reference_attention(q32, k32, v32, True, scale, ids)
+    want = torch.autograd.grad(ref_out, (q32, k32, v32), dout.float())
+    for name, g, w in zip(("dq", "dk", "dv"), got, want):
+        err = ((g.float() - w).norm() / w.norm()).item()
+        assert err < 1e-2, f"{name}: block_m {block_m}, interleaved {interleaved}: rel err {err:.2e}"
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("docs", [True, (1000, 2048, 1048), (128, 640, 3328), (4096,)])
 @pytest.mark.parametrize("head_dim", [128, 64])
 def test_gpu_fused_backward_with_documents(docs, head_dim):

@@ -100,3 +100,28 @@ def test_the_choice_is_printed_once(monkeypatch, capsys):
         "> attention: FlashAttention-Triton forward: Triton kernel (torch.float32 (bf16 only))",
         "> attention: FlashAttention-Triton backward: split kernels (torch.float32 (bf16 only))",
     ]
+
+
+def test_makespan_is_greedy_list_scheduling():
+    """Each program goes to the SM that frees first: a heavy program last leaves the others idle."""
+    assert fag._makespan([4, 1, 1, 1, 1], sms=2) == 4
+    assert fag._makespan([1, 1, 1, 1, 4], sms=2) == 6
+    assert fag._makespan([3, 3, 3], sms=4) == 3
+
+
+@pytest.mark.parametrize(
+    "units,blocks,group,want",
+    [
+        (8, 64, 4, True),  # Llama-1B at 8k: per-head leaves the last heads' heavy blocks for the end
+        (16, 32, 4, True),  # batch 2 at 4k
+        (16, 64, 1, True),  # 16 heads of 64 at 8k
+        (8, 128, 4, False),  # 16k: both orders balance within INTERLEAVE_GAIN; per-head keeps its L2 reuse
+        (8, 256, 4, False),  # 32k
+        (8, 2048, 4, False),  # 256k: not simulated (both balance)
+    ],
+)
+def test_launch_order_by_shape(units, blocks, group, want):
+    """The fused backward's launch order at head dim 64 (chosen by shape; fixed per-head at head dim 128), on an
+    H200's 132 SMs, at the shapes the order was measured on."""
+    assert fag.INTERLEAVED_BY_HEAD_DIM[64] is None and fag.INTERLEAVED_BY_HEAD_DIM[128] is False
+    assert fag.interleaved_order(units, blocks, group, 132) is want
