@@ -179,7 +179,10 @@ def attention_kernels(facts: dict) -> str:
                          num(by64[("sdpa_flash", s)]["fwd_bwd_tflops"]), num(cudnn), f"{100 * default / cudnn:.0f}%"])  # fmt: skip
         out += [
             f"\nHead dim 64 ({hd64['heads']} heads, as Llama-1B), forward + backward, TFLOP/s. At head dim 64 the "
-            "default runs the Triton forward with the fused backward; the Gluon forward measured slower there.\n",
+            "default runs the Triton forward with the fused backward; the Gluon forward measured slower there. These "
+            "are the kernels of this table's date: the fused backward's 128-query blocks and launch order since then, "
+            "against cuDNN with grouped-query attention, are in [the launch-order section]"
+            "(#attention-launch-order-and-the-head-dim-64-backward).\n",
             table(["sequence", "ours (default)", "ours, Gluon forward", "SDPA FlashAttention-2", "SDPA cuDNN",
                    "ours / cuDNN"], rows),  # fmt: skip
         ]
