@@ -14,9 +14,9 @@ it sees the most queries) before its lighter ones:
                with less L2 reuse.
 `backward` chooses by head dim and shape (`interleaved_order`): at head dim 64 the interleaved order where it
 balances the SMs at least 3% better by the per-program work (short sequences, few heads), per-head elsewhere; at
-head dim 128 per-head (faster on the H200 at every length measured). dK and dV accumulate in registers over the
-query blocks (BLOCK_M queries per step: BLOCK_M_BY_HEAD_DIM, 128 at head dim 64) from the causal diagonal to the
-end, of each query head of the kv head's group in turn. Per query block, 5 wgmma GEMMs (shapes at head dim 128, BLOCK_M 64):
+head dim 128 per-head (on the H200 faster at 4k, 16k and 32k, level at 8k). dK and dV accumulate in registers over the
+query blocks (of BLOCK_M_BY_HEAD_DIM queries: 64 at head dim 128, 128 at 64) from the causal diagonal to the end,
+of each query head of the kv head's group in turn. Per query block, 5 wgmma GEMMs (shapes at head dim 128):
 
     S^T  = K Q^T        [128 x 64],  A = K (smem),      B = Q^T   (smem view)
     dP^T = V dO^T       [128 x 64],  A = V (smem),      B = dO^T  (smem view)
@@ -63,7 +63,6 @@ from megatron.kernels.env import (
 )
 
 VARIANTS = ("ws", "plain")
-BLOCK_M = 64  # queries per step
 # Queries per step by head dim (the default of `backward`'s block_m): 128 at head dim 64 gives its small GEMMs
 # twice the width (S^T, dP^T [128 x 128]); head dim 128 has the registers for 64 only.
 BLOCK_M_BY_HEAD_DIM = {64: 128, 128: 64}
