@@ -764,9 +764,9 @@ def short_sequence_zero(facts: dict) -> str:
         rows.append([setting, c["file"].split("/")[0], _tokens_cell(c)])
     return "\n".join([
         "## Short sequences: ZeRO stage and DeepCompile\n\nGPT-1.3B at 8k, one H200, SP=1, bf16, no "
-        "recomputation, our kernels. Tokens/s (MFU, peak memory) of each call; why DeepCompile fails with this model: "
+        "recomputation, our kernels. Tokens/s (MFU, peak memory) of each run; why DeepCompile fails with this model: "
         "the folder's README.\n",
-        table(["setting", "call", "tokens/s"], rows),
+        table(["setting", "run", "tokens/s"], rows),
         "\n" + source(folder),
     ])  # fmt: skip
 
@@ -788,8 +788,8 @@ def fused_swiglu(facts: dict) -> str:
         table(["gate", "rows", "forward", "forward + backward", "kept", "dy error"], rows),
         "\nLlama-1B, one H200, SP=1, ours with its defaults (`--recompute auto`; `fused`/`defaults`: the fused gate, "
         "`eager`: `--no-fused-swiglu`) and torchtitan at its fastest setting, one JSON per case (the recipe that "
-        "ran it: one device call each), tokens/s (MFU, peak memory):\n",
-        table(["length", "call", "case", "tokens/s", "last loss"], e2e),
+        "ran it, each run on its own machine), tokens/s (MFU, peak memory):\n",
+        table(["length", "recipe", "case", "tokens/s", "last loss"], e2e),
         "\n" + source(folder),
     ])  # fmt: skip
 
@@ -803,7 +803,7 @@ def attention_launch_order(facts: dict) -> str:
     """The kernels' launch order and the head-dim-64 backward's query block: kernels alone, in a step, end to end."""
     folder = latest("attention_launch_order")
     run = folder / "run2"
-    variants = {  # label -> (file stem, impl)
+    variants = {  # table -> rows of (label, JSON file stem, impl)
         "gqa": [("the kernels before (64, one head after another)", "hd64_gqa_old", "triton"),
                 ("64, one head after another", "hd64_gqa_bm64_perhead", "triton"),
                 ("64, every head first", "hd64_gqa_bm64_interleaved", "triton"),
@@ -842,7 +842,7 @@ def attention_launch_order(facts: dict) -> str:
                     f"{c['final_loss']:.3f}" if c.get("final_loss") else "-"])  # fmt: skip
     return "\n".join([
         "## Attention launch order and the head-dim-64 backward\n\n`bench/attention.py`, one H200, causal, bf16, "
-        "forward + backward TFLOP/s, batch 2 at 4k and 1 above, all in one device call (`run2.sh`). The fused Gluon "
+        "forward + backward TFLOP/s, batch 2 at 4k and 1 above, all from one run of `run2.sh`. The fused Gluon "
         "backward's queries per step (64 or 128) and launch order (every head's heaviest key block first, or one "
         "head's blocks after another's). The default at head dim 64 is 128 queries, every head first where that "
         "balances the SMs at least 3% better by the per-program work (here 4k and 8k) and one head after another "
@@ -860,7 +860,7 @@ def attention_launch_order(facts: dict) -> str:
         "\nEnd to end, Llama-1B, one H200, SP=1, ours (`new`: 128 queries, every head first at both lengths; `old`: the "
         "kernels before; `perhead`: 128 queries one head after another) and torchtitan at its fastest setting, "
         "tokens/s (MFU, peak memory):\n",
-        table(["length", "call", "case", "tokens/s", "last loss"], e2e),
+        table(["length", "recipe", "case", "tokens/s", "last loss"], e2e),
         "\n" + source(folder),
     ])  # fmt: skip
 

@@ -429,12 +429,12 @@ def backward(q, k, v, dout, lse, delta, softmax_scale, variant="ws", stages=STAG
     dk = torch.empty_like(k)
     dv = torch.empty_like(v)
     descs = _descriptors(q, k, v, dout, dq_acc, lse, delta, block_m)
+    units, blocks = bsz * kv_heads, seq // BLOCK_N
     if interleaved is None:
         interleaved = INTERLEAVED_BY_HEAD_DIM[dim]
     if interleaved is None:
         sms = torch.cuda.get_device_properties(q.device).multi_processor_count
-        interleaved = interleaved_order(bsz * kv_heads, seq // BLOCK_N, heads // kv_heads, sms)
-    units, blocks = bsz * kv_heads, seq // BLOCK_N
+        interleaved = interleaved_order(units, blocks, heads // kv_heads, sms)
     grid = (units, blocks) if interleaved else (blocks, units)  # launch order: the module docstring
     has_doc = documents is not None
     if not has_doc:

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Attention launch order on one H200: the kernels with every head's heaviest causal blocks first (this tree) against
 # the same kernels launched head after head (.old/: the tree before, `git archive <commit> megatron bench
-# pretrain_gpt.py pyproject.toml`), in one call: the GPU attention tests, bench/attention.py at Llama-1B's attention
+# pretrain_gpt.py pyproject.toml`), back to back: the GPU attention tests, bench/attention.py at Llama-1B's attention
 # (32 heads of 64, 8 kv heads) and GPT-1.3B's (16 heads of 128), the fused backward with 128-query blocks at head
 # dim 64, and Llama-1B at 8k end to end (old, new, old, new).
 #   bash benchmarks/results/2026-12-03_attention_launch_order_h200/run1.sh   (repository root; .whl: DeepSpeed wheels)
