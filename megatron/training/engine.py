@@ -154,6 +154,7 @@ def build_engine(cfg: Config, device: torch.device) -> EngineSetup:
     and, when written with another layout, converted before the engine is built)."""
     import deepspeed
 
+    from megatron.training.optimizer_step import streamline
     from megatron.training.weights import load_weights, starts_from_weights
 
     world = dist.get_world_size()
@@ -174,6 +175,8 @@ def build_engine(cfg: Config, device: torch.device) -> EngineSetup:
         print_rank0(f"> loaded model weights from {cfg.checkpoint.load} (iteration 0, fresh optimizer)")
     optimizer = build_optimizer(cfg, model, device)
     engine, optimizer, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_config, mpu=ps)
+    if cfg.parallel.lean_optimizer_step:
+        streamline(optimizer)  # fp32 norm, unscale/clip in the fused AdamW (no-op where it does not apply)
     if cfg.parallel.deepcompile:
         numeric_arch_list(say=print_rank0)  # DeepCompile JIT-builds its ops
         engine.compile()  # DeepCompile: the first steps trace and compile the model

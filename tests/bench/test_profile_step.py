@@ -27,5 +27,19 @@ def test_our_attention_kernels_count_as_attention_and_rope_does_not():
                  "_attn_fwd_kernel", "cudnn_generated_fort_native_sdpa_sm90_flash_fprop"):
         assert category(name) == "attention", name
     for name, cat in (("_rope_kernel", "elementwise/norm/other"), ("nvjet_sm90_tst_128x256", "matmul"),
+                      ("_swiglu_fwd_kernel", "elementwise/norm/other"), ("_swiglu_bwd_kernel", "elementwise/norm/other"),
                       ("_loss_kernel", "elementwise/norm/other")):
         assert category(name) == cat, name
+
+
+def test_gpu_user_annotations_are_not_kernels():
+    """``Optimizer.step#AdamW.step`` shows on the GPU timeline as a span over the kernels it launched: counted, it
+    would add the optimizer's time twice."""
+    def evt(key, us, annotation=False):
+        return NS(key=key, self_device_time_total=us, device_type=NS(name="CUDA"), is_user_annotation=annotation,
+                  self_cpu_time_total=0, count=1, name=key, time_range=NS(start=0, end=us), kernels=[], cpu_parent=None)
+    events = [evt("multi_tensor_apply_kernel", 10000.0), evt("Optimizer.step#AdamW.step", 10100.0, annotation=True)]
+    prof = NS(key_averages=lambda: events, events=lambda: events)
+    got = profile_step.summarize(prof, steps=1, wall_s=0.02)
+    assert got["kernel_ms_per_step"] == 10.0
+    assert got["compute_busy_ms_per_step"] == 10.0
