@@ -6,6 +6,8 @@ Takes the same flags as ``pretrain_gpt.py`` (launch it the same way, with torchr
     --profile-steps N    steps profiled (default 2)
     --profile-out FILE   JSON summary (rank 0): time per kernel category and the top kernels
     --profile-trace FILE optional Chrome trace of rank 0 (large)
+    --profile-stacks     record Python stacks: the JSON then says where each host-device synchronisation
+                         (``cudaStreamSynchronize``, ...) is called from (slower to profile)
 
     torchrun --nproc_per_node 1 bench/profile_step.py --num-layers 24 --hidden-size 2048 \\
         --num-attention-heads 16 --seq-length 32768 --mock-data --bf16 --zero-stage 3 \\
@@ -115,6 +117,24 @@ def launched_by(prof, kernels: set, steps: int, depth: int = 3, top: int = 3) ->
             for k, ps in paths.items()}  # fmt: skip
 
 
+SYNC_OPS = ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize")
+
+
+def synchronizations(prof, steps: int, frames: int = 3, top: int = 12) -> list:
+    """Host waits on the device, by the Python frames that called them (innermost first, outside torch and the
+    profiler): ms and calls per step. Needs a profile recorded with ``with_stack=True``; empty otherwise."""
+    by_site = {}
+    for evt in prof.events():
+        if evt.name not in SYNC_OPS or not getattr(evt, "stack", None):
+            continue
+        site = [f for f in evt.stack if "/torch/" not in f and "profile_step.py" not in f][:frames]
+        key = " < ".join(site) or evt.stack[0]
+        ms, n = by_site.get(key, (0.0, 0))
+        by_site[key] = (ms + evt.cpu_time_total / 1e3 / steps, n + 1)
+    ranked = sorted(by_site.items(), key=lambda kv: -kv[1][0])[:top]
+    return [{"site": k[:400], "ms": round(ms, 3), "calls": n / steps} for k, (ms, n) in ranked]
+
+
 def _union_ms(prof, with_communication: bool) -> float:
     """Length of the union of GPU kernel intervals (ms), NCCL kernels included or not."""
     spans = []
@@ -141,6 +161,8 @@ def main() -> int:
     steps = _pop(argv, "--profile-steps", 2, int)
     out = _pop(argv, "--profile-out", None)
     trace = _pop(argv, "--profile-trace", None)
+    stacks = "--profile-stacks" in argv
+    argv = [a for a in argv if a != "--profile-stacks"]
     import torch
     import torch.distributed as dist
 
@@ -161,7 +183,7 @@ def main() -> int:
     if torch.cuda.is_available():
         torch.cuda.synchronize()
     t0 = time.perf_counter()
-    with torch.profiler.profile(activities=acts) as prof:
+    with torch.profiler.profile(activities=acts, with_stack=stacks) as prof:
         trainer.train()
         if torch.cuda.is_available():
             torch.cuda.synchronize()
@@ -169,6 +191,8 @@ def main() -> int:
     if dist.get_rank() == 0:
         head = report_head(__file__, device="cuda" if torch.cuda.is_available() else "cpu")
         summary = {**head, "argv": argv, "warmup": warmup, "steps": steps, **summarize(prof, steps, wall)}
+        if stacks:
+            summary["synchronizations_per_step"] = synchronizations(prof, steps)
         print(json.dumps(summary, indent=1))
         if out:
             write_json(out, summary)

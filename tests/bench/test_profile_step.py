@@ -43,3 +43,14 @@ def test_gpu_user_annotations_are_not_kernels():
     got = profile_step.summarize(prof, steps=1, wall_s=0.02)
     assert got["kernel_ms_per_step"] == 10.0
     assert got["compute_busy_ms_per_step"] == 10.0
+
+
+def test_synchronizations_grouped_by_calling_frames():
+    def sync(stack, us):
+        return NS(name="cudaStreamSynchronize", stack=stack, cpu_time_total=us)
+    a = ["/x/deepspeed/runtime/zero/stage3.py(1414): independent_gradient_partition_epilogue", "/x/engine.py(9): f"]
+    b = ["/x/torch/_tensor.py(1): item", "/w/megatron/training/step.py(80): __call__"]
+    prof = NS(events=lambda: [sync(a, 4000.0), sync(b, 1000.0), sync(a, 2000.0), NS(name="aten::mm", stack=a)])
+    got = profile_step.synchronizations(prof, steps=2)
+    assert got == [{"site": " < ".join(a), "ms": 3.0, "calls": 1.0},
+                   {"site": "/w/megatron/training/step.py(80): __call__", "ms": 0.5, "calls": 0.5}]
