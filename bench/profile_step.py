@@ -120,15 +120,27 @@ def launched_by(prof, kernels: set, steps: int, depth: int = 3, top: int = 3) ->
 SYNC_OPS = ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize")
 
 
+def _is_own_frame(name: str) -> bool:
+    """A Python frame event (``path.py(line): function``) outside torch and this script."""
+    return ".py(" in name and "): " in name and "torch/" not in name and "profile_step.py" not in name
+
+
 def synchronizations(prof, steps: int, frames: int = 3, top: int = 12) -> list:
-    """Host waits on the device, by the Python frames that called them (innermost first, outside torch and the
-    profiler): ms and calls per step. Needs a profile recorded with ``with_stack=True``; empty otherwise."""
+    """Host waits on the device, by the op and the Python frames that called them (innermost first, outside torch):
+    ms and calls per step. Needs a profile recorded with ``with_stack=True`` (Python frames then enclose the ops);
+    without, each site is the op alone."""
     by_site = {}
     for evt in prof.events():
-        if evt.name not in SYNC_OPS or not getattr(evt, "stack", None):
+        if evt.name not in SYNC_OPS:
             continue
-        site = [f for f in evt.stack if "/torch/" not in f and "profile_step.py" not in f][:frames]
-        key = " < ".join(site) or evt.stack[0]
+        op, site, node = None, [], getattr(evt, "cpu_parent", None)
+        while node is not None and len(site) < frames:
+            if op is None and node.name.startswith("aten::"):
+                op = node.name
+            elif _is_own_frame(node.name):
+                site.append(node.name)
+            node = getattr(node, "cpu_parent", None)
+        key = " < ".join(([op] if op else []) + site) or evt.name
         ms, n = by_site.get(key, (0.0, 0))
         by_site[key] = (ms + evt.cpu_time_total / 1e3 / steps, n + 1)
     ranked = sorted(by_site.items(), key=lambda kv: -kv[1][0])[:top]

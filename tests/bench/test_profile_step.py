@@ -46,11 +46,26 @@ def test_gpu_user_annotations_are_not_kernels():
 
 
 def test_synchronizations_grouped_by_calling_frames():
-    def sync(stack, us):
-        return NS(name="cudaStreamSynchronize", stack=stack, cpu_time_total=us)
-    a = ["/x/deepspeed/runtime/zero/stage3.py(1414): independent_gradient_partition_epilogue", "/x/engine.py(9): f"]
-    b = ["/x/torch/_tensor.py(1): item", "/w/megatron/training/step.py(80): __call__"]
-    prof = NS(events=lambda: [sync(a, 4000.0), sync(b, 1000.0), sync(a, 2000.0), NS(name="aten::mm", stack=a)])
+    """With ``with_stack=True`` the profiler's Python frames are events enclosing the ops; a sync is attributed to
+    its nearest aten op and the innermost frames outside torch."""
+    def node(name, parent=None):
+        return NS(name=name, cpu_parent=parent)
+
+    def sync(parent, us):
+        return NS(name="cudaStreamSynchronize", cpu_parent=parent, cpu_time_total=us)
+
+    engine = node("/x/deepspeed/runtime/engine.py(2400): step", node("/w/megatron/training/step.py(90): __call__"))
+    epilogue = node("/x/deepspeed/runtime/zero/stage3.py(1414): independent_gradient_partition_epilogue", engine)
+    call = node("/w/megatron/training/step.py(95): __call__", node("bench/profile_step.py(160): main"))
+    item = node("aten::_local_scalar_dense", node("aten::item", node("<built-in method item>",
+                node("/x/torch/_tensor.py(10): wrapper", call))))  # fmt: skip
+    prof = NS(events=lambda: [sync(epilogue, 4000.0), sync(item, 1000.0), sync(epilogue, 2000.0), sync(None, 500.0),
+                              NS(name="aten::mm", cpu_parent=call)])  # fmt: skip
     got = profile_step.synchronizations(prof, steps=2)
-    assert got == [{"site": " < ".join(a), "ms": 3.0, "calls": 1.0},
-                   {"site": "/w/megatron/training/step.py(80): __call__", "ms": 0.5, "calls": 0.5}]
+    assert got == [
+        {"site": "/x/deepspeed/runtime/zero/stage3.py(1414): independent_gradient_partition_epilogue < "
+                 "/x/deepspeed/runtime/engine.py(2400): step < /w/megatron/training/step.py(90): __call__",
+         "ms": 3.0, "calls": 1.0},
+        {"site": "aten::_local_scalar_dense < /w/megatron/training/step.py(95): __call__", "ms": 0.5, "calls": 0.5},
+        {"site": "cudaStreamSynchronize", "ms": 0.25, "calls": 0.5},
+    ]
