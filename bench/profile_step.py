@@ -125,21 +125,38 @@ def _is_own_frame(name: str) -> bool:
     return ".py(" in name and "): " in name and "torch/" not in name and "profile_step.py" not in name
 
 
+def _enclosing(evt, events) -> list:
+    """The events around ``evt``, innermost first: its parents in the profiler's tree, or, for runtime calls the
+    tree leaves out (CUDA runtime events have no parent on GPUs), the host events of its thread whose time spans it."""
+    chain, node = [], getattr(evt, "cpu_parent", None)
+    while node is not None:
+        chain.append(node)
+        node = getattr(node, "cpu_parent", None)
+    if chain or not hasattr(evt, "time_range"):
+        return chain
+    a, b, thread = evt.time_range.start, evt.time_range.end, getattr(evt, "thread", None)
+    around = [e for e in events if e is not evt and e.name not in SYNC_OPS and getattr(e, "thread", None) == thread
+              and hasattr(e, "time_range") and e.time_range.start <= a and e.time_range.end >= b]  # fmt: skip
+    return sorted(around, key=lambda e: e.time_range.end - e.time_range.start)
+
+
 def synchronizations(prof, steps: int, frames: int = 3, top: int = 12) -> list:
     """Host waits on the device, by the op and the Python frames that called them (innermost first, outside torch):
     ms and calls per step. Needs a profile recorded with ``with_stack=True`` (Python frames then enclose the ops);
     without, each site is the op alone."""
+    events = list(prof.events())
     by_site = {}
-    for evt in prof.events():
+    for evt in events:
         if evt.name not in SYNC_OPS:
             continue
-        op, site, node = None, [], getattr(evt, "cpu_parent", None)
-        while node is not None and len(site) < frames:
+        op, site = None, []
+        for node in _enclosing(evt, events):
+            if len(site) >= frames:
+                break
             if op is None and node.name.startswith("aten::"):
                 op = node.name
             elif _is_own_frame(node.name):
                 site.append(node.name)
-            node = getattr(node, "cpu_parent", None)
         key = " < ".join(([op] if op else []) + site) or evt.name
         ms, n = by_site.get(key, (0.0, 0))
         by_site[key] = (ms + evt.cpu_time_total / 1e3 / steps, n + 1)

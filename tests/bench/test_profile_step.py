@@ -69,3 +69,20 @@ def test_synchronizations_grouped_by_calling_frames():
         {"site": "aten::_local_scalar_dense < /w/megatron/training/step.py(95): __call__", "ms": 0.5, "calls": 0.5},
         {"site": "cudaStreamSynchronize", "ms": 0.25, "calls": 0.5},
     ]
+
+
+def test_synchronizations_found_by_time_when_the_tree_leaves_them_out():
+    """On GPUs the profiler gives CUDA runtime calls no parent: the host events of the same thread spanning the
+    call's time say where it was made."""
+    def evt(name, start, end, thread=1, parent=None):
+        return NS(name=name, time_range=NS(start=start, end=end), thread=thread, cpu_parent=parent,
+                  cpu_time_total=end - start)
+
+    outer = evt("/w/megatron/training/step.py(95): __call__", 0, 100)
+    inner = evt("aten::item", 40, 60)
+    other_thread = evt("/w/megatron/data/loader.py(3): next", 0, 100, thread=2)
+    later = evt("/w/megatron/training/logger.py(94): end_window", 70, 90)
+    sync = evt("cudaStreamSynchronize", 45, 55)
+    prof = NS(events=lambda: [outer, inner, other_thread, later, sync])
+    got = profile_step.synchronizations(prof, steps=1)
+    assert got == [{"site": "aten::item < /w/megatron/training/step.py(95): __call__", "ms": 0.01, "calls": 1.0}]
