@@ -1,23 +1,24 @@
-"""The ZeRO optimizer step without two extra passes over the fp32 gradients.
+"""The ZeRO optimizer step without three extra passes over the gradients.
 
-DeepSpeed's ZeRO optimizers (stages 1-3) end each step with work that reads all fp32 gradients
-beyond what AdamW itself reads:
+DeepSpeed's ZeRO optimizers (stages 1-3) end each step with work that reads every gradient beyond
+what AdamW itself reads:
 
-* the gradient norm (for clipping) converts every fp32 gradient partition to fp64 first: a copy
-  of 12 bytes per parameter, then an fp64 reduction;
+* the gradient norm (for clipping) first converts each gradient partition to fp64 (``.to``: a
+  full copy, 2 + 8 bytes per parameter from bf16), then reduces it;
 * unscaling and clipping multiply every fp32 gradient in place by ``1 / (loss scale x clip)``
   before AdamW reads them, even when that factor is 1 (bf16 with a norm under ``--clip-grad``:
   the factor is a device tensor, so its value is unknown without a host sync).
 
-On one H200 these were 3.8 + 2.9 ms and 4.4 ms of a Llama-1B step at 8k. ``streamline`` takes the
-norm in fp32 (torch's own ``clip_grad_norm_`` accumulates in fp32; the squares of bf16-range
-gradients are far from fp32's range) and hands the combined factor to torch's fused AdamW as its
-``grad_scale`` (the tensor ``torch.amp.GradScaler`` uses): the kernel divides each gradient as it
-reads it. Same update up to rounding (a division instead of a multiplication by the reciprocal).
+On one H200 these were 5.4 + 2.9 ms and 4.3 ms of a Llama-1B step at 8k (ZeRO-3). ``streamline``
+hands DeepSpeed's norm the per-tensor norms instead of the gradients (``torch._foreach_norm``,
+accumulated in fp32 straight from the gradients' dtype, as torch's ``clip_grad_norm_`` does;
+DeepSpeed then combines them, over its groups, in its own dtype), and hands the combined factor to
+torch's fused AdamW as its ``grad_scale`` (the tensor ``torch.amp.GradScaler`` uses): the kernel
+divides each gradient as it reads it. Same update up to rounding.
 
 Applied from outside to the optimizer ``deepspeed.initialize`` returned; anything it does not
-recognise (ZeRO-0, CPU-offloaded or non-fused optimizers, DeepSpeed's torch-autocast grad scaler)
-keeps DeepSpeed's own step. ``--no-lean-optimizer-step`` turns it off.
+recognise (ZeRO-0, CPU-offloaded or non-fused optimizers, Muon, DeepSpeed's torch-autocast grad
+scaler) keeps DeepSpeed's own step. ``--no-lean-optimizer-step`` turns it off.
 """
 
 from __future__ import annotations
@@ -26,23 +27,17 @@ import types
 
 import torch
 
-_NORM_MODULES = ("deepspeed.runtime.zero.stage3", "deepspeed.runtime.zero.stage_1_and_2")
-_ORIGINAL_NORM_DTYPE: dict = {}  # module name -> DeepSpeed's get_norm_dtype
 
-
-def _fp32_norm_dtype() -> torch.dtype:
-    return torch.float32
-
-
-def set_fp32_grad_norm(on: bool) -> None:
-    """Make DeepSpeed's ZeRO modules take gradient norms in fp32 (``on``) or in their own dtype
-    (fp64 where the device has it). Process-wide: both ZeRO modules look the dtype up at each step."""
-    import importlib
-
-    for name in _NORM_MODULES:
-        mod = importlib.import_module(name)
-        original = _ORIGINAL_NORM_DTYPE.setdefault(name, mod.get_norm_dtype)
-        mod.get_norm_dtype = _fp32_norm_dtype if on else original
+def tensor_norms(gradients: list, norm_type: float) -> list:
+    """Each gradient's ``norm_type``-norm as a 0-d fp32 tensor (fp32 accumulation, no copy of the gradient);
+    DeepSpeed's padding partitions (``_zero_padding``) are left out, as DeepSpeed's own norm leaves them out."""
+    kept = [g for g in gradients if not getattr(g, "_zero_padding", False)]
+    if not kept:
+        return []
+    try:
+        return list(torch._foreach_norm(kept, norm_type, dtype=torch.float32))
+    except (RuntimeError, TypeError):  # a dtype or device the foreach kernel lacks
+        return [torch.linalg.vector_norm(g, norm_type, dtype=torch.float32) for g in kept]
 
 
 def combined_scale(loss_scale, clip_grad: float, total_norm):
@@ -63,6 +58,7 @@ def can_streamline(zero_optimizer) -> bool:
     Muon or DeepSpeed's autocast grad scaler."""
     return (
         hasattr(zero_optimizer, "unscale_and_clip_grads")
+        and hasattr(zero_optimizer, "get_grad_norm_direct")
         and _fused_adamw(getattr(zero_optimizer, "optimizer", None))
         and not getattr(zero_optimizer, "cpu_offload", False)
         and not getattr(zero_optimizer, "offload_optimizer", False)
@@ -72,12 +68,16 @@ def can_streamline(zero_optimizer) -> bool:
 
 
 def streamline(zero_optimizer) -> bool:
-    """Norm in fp32 and unscale/clip inside the fused AdamW for ``zero_optimizer``; returns whether
+    """Per-tensor fp32 norms and unscale/clip inside the fused AdamW for ``zero_optimizer``; returns whether
     it applied (see ``can_streamline``; otherwise DeepSpeed's step is left as it is)."""
     if not can_streamline(zero_optimizer):
         return False
-    set_fp32_grad_norm(True)
     adamw = zero_optimizer.optimizer
+    deepspeed_norm = zero_optimizer.get_grad_norm_direct
+
+    def get_grad_norm_direct(self, gradients, params, norm_type=2):
+        # DeepSpeed's norm of the per-tensor norms is the norm of the gradients (for any p, and for inf)
+        return deepspeed_norm(tensor_norms(gradients, float(norm_type)) or gradients, params, norm_type)
 
     def unscale_and_clip_grads(self, _group, total_norm):  # stage 3: sub-group id; stages 1-2: flat gradients
         scale = combined_scale(self.loss_scale, self.clip_grad, total_norm)
@@ -85,5 +85,6 @@ def streamline(zero_optimizer) -> bool:
             scale = torch.tensor(float(scale), device=self.device)
         adamw.grad_scale = None if scale is None else scale.to(torch.float32).reshape(())
 
+    zero_optimizer.get_grad_norm_direct = types.MethodType(get_grad_norm_direct, zero_optimizer)
     zero_optimizer.unscale_and_clip_grads = types.MethodType(unscale_and_clip_grads, zero_optimizer)
     return True

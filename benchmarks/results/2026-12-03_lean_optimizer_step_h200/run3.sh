@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
-# run2.sh again with the synchronisations found by time (run2's profiles could not place them) and GPT-1.3B's end
-# to end pairs with 20 iterations (6 warm-up) each.
+# The final lean step (per-tensor fp32 norms handed to DeepSpeed's norm; unscale/clip inside the fused AdamW) against
+# DeepSpeed's own (--no-lean-optimizer-step), Llama-1B at 8k on one H200, SP=1, ours with its defaults otherwise:
+# profiled steps under ZeRO-3 and ZeRO-1, end to end under both (ZeRO-3 twice each, alternating), and one ZeRO-3 step
+# profiled with Python stacks (where the host waits on the GPU).
 #   bash benchmarks/results/2026-12-03_lean_optimizer_step_h200/run3.sh   (repository root; .whl: DeepSpeed
 #   wheels, .whl/peers from bench/peer_wheels.sh)
 set -u
 [[ -d /tmp/site ]] || python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl
 [[ -d /tmp/tt_site ]] || python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/tt_site .whl/peers/torchtitan/*.whl
 export PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True PYTHONUNBUFFERED=1
-ITERS=12 WARM=4; O=${OUT:-/tmp/out}; R=run3; mkdir -p "$O/logs" "$O/$R"
+O=${OUT:-/tmp/out}; R=run3; mkdir -p "$O/logs" "$O/$R"
 pack() { (cd "$O" && tar czf $R.tgz $R logs); }
 shape=(--num-layers 16 --hidden-size 2048 --num-attention-heads 32 --num-key-value-heads 8 --ffn-hidden-size 8192
        --vocab-size 128256 --use-rotary-position-embeddings --rotary-base 500000 --normalization RMSNorm --swiglu
@@ -28,17 +30,21 @@ for s in r.get('synchronizations_per_step', []): print(s)" "$O/$R/profile_8k_$na
 }
 e2e() {  # name, seq, extra trainer flags...
   local name=$1 seq=$2; shift 2
-  PYTHONPATH=/tmp/site:$PWD python3 bench/throughput.py --shape "$SHAPE" --nproc 1 --sp 1 --backends flash_triton \
-    --seq-lens "$seq" --iters $ITERS --warmup $WARM --case-timeout 150 --no-recompute \
-    --out "$O/$R/throughput_${SHAPE}_${name}.json" --log-dir "$O/logs/e2e_$name" -- --recompute auto "$@" \
+  PYTHONPATH=/tmp/site:$PWD python3 bench/throughput.py --shape llama-1b --nproc 1 --sp 1 --backends flash_triton \
+    --seq-lens "$seq" --iters 12 --warmup 4 --case-timeout 150 --no-recompute \
+    --out "$O/$R/throughput_llama-1b_${name}.json" --log-dir "$O/logs/e2e_$name" -- --recompute auto "$@" \
     > "$O/logs/throughput_$name.out" 2>&1
   echo "e2e $name rc=$?"; grep -h "^  " "$O/logs/throughput_$name.out" | cut -c1-220; pack
 }
-prof zero3_stacks --zero-stage 3 --profile-warmup 3 --profile-steps 1 --profile-stacks
-prof zero1_stacks --zero-stage 1 --profile-warmup 3 --profile-steps 1 --profile-stacks
-SHAPE=gpt-1.3b ITERS=20 WARM=6
+prof zero3_lean --zero-stage 3 --profile-warmup 3 --profile-steps 2
+prof zero3_deepspeed --zero-stage 3 --profile-warmup 3 --profile-steps 2 --no-lean-optimizer-step
+prof zero1_lean --zero-stage 1 --profile-warmup 3 --profile-steps 2
+prof zero1_deepspeed --zero-stage 1 --profile-warmup 3 --profile-steps 2 --no-lean-optimizer-step
 e2e 8k_zero3_lean_a 8192
 e2e 8k_zero3_deepspeed_a 8192 --no-lean-optimizer-step
 e2e 8k_zero3_lean_b 8192
 e2e 8k_zero3_deepspeed_b 8192 --no-lean-optimizer-step
+e2e 8k_zero1_lean 8192 --zero-stage 1
+e2e 8k_zero1_deepspeed 8192 --zero-stage 1 --no-lean-optimizer-step
+prof zero3_lean_stacks --zero-stage 3 --profile-warmup 3 --profile-steps 1 --profile-stacks
 rm -rf "$O/$R" "$O/logs"
