@@ -4,10 +4,9 @@
 # profiled steps under ZeRO-3 and ZeRO-1, end to end under both (ZeRO-3 twice each, alternating), and one ZeRO-3 step
 # profiled with Python stacks (where the host waits on the GPU).
 #   bash benchmarks/results/2026-12-03_lean_optimizer_step_h200/run3.sh   (repository root; .whl: DeepSpeed
-#   wheels, .whl/peers from bench/peer_wheels.sh)
+#   wheels)
 set -u
 [[ -d /tmp/site ]] || python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl
-[[ -d /tmp/tt_site ]] || python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/tt_site .whl/peers/torchtitan/*.whl
 export PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True PYTHONUNBUFFERED=1
 O=${OUT:-/tmp/out}; R=run3; mkdir -p "$O/logs" "$O/$R"
 pack() { (cd "$O" && tar czf $R.tgz $R logs); }
