@@ -6,8 +6,6 @@ Takes the same flags as ``pretrain_gpt.py`` (launch it the same way, with torchr
     --profile-steps N    steps profiled (default 2)
     --profile-out FILE   JSON summary (rank 0): time per kernel category and the top kernels
     --profile-trace FILE optional Chrome trace of rank 0 (large)
-    --profile-stacks     record Python stacks: the JSON then says where each host-device synchronisation
-                         (``cudaStreamSynchronize``, ...) is called from (slower to profile)
 
     torchrun --nproc_per_node 1 bench/profile_step.py --num-layers 24 --hidden-size 2048 \\
         --num-attention-heads 16 --seq-length 32768 --mock-data --bf16 --zero-stage 3 \\
@@ -117,53 +115,6 @@ def launched_by(prof, kernels: set, steps: int, depth: int = 3, top: int = 3) ->
             for k, ps in paths.items()}  # fmt: skip
 
 
-SYNC_OPS = ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize")
-
-
-def _is_own_frame(name: str) -> bool:
-    """A Python frame event (``path.py(line): function``) outside torch and this script."""
-    return ".py(" in name and "): " in name and "torch/" not in name and "profile_step.py" not in name
-
-
-def _enclosing(evt, events) -> list:
-    """The events around ``evt``, innermost first: its parents in the profiler's tree, or, for runtime calls the
-    tree leaves out (CUDA runtime events have no parent on GPUs), the host events of its thread whose time spans it."""
-    chain, node = [], getattr(evt, "cpu_parent", None)
-    while node is not None:
-        chain.append(node)
-        node = getattr(node, "cpu_parent", None)
-    if chain or not hasattr(evt, "time_range"):
-        return chain
-    a, b, thread = evt.time_range.start, evt.time_range.end, getattr(evt, "thread", None)
-    around = [e for e in events if e is not evt and e.name not in SYNC_OPS and getattr(e, "thread", None) == thread
-              and hasattr(e, "time_range") and e.time_range.start <= a and e.time_range.end >= b]  # fmt: skip
-    return sorted(around, key=lambda e: e.time_range.end - e.time_range.start)
-
-
-def synchronizations(prof, steps: int, frames: int = 3, top: int = 12) -> list:
-    """Host waits on the device, by the op and the Python frames that called them (innermost first, outside torch):
-    ms and calls per step. Needs a profile recorded with ``with_stack=True`` (Python frames then enclose the ops);
-    without, each site is the op alone."""
-    events = list(prof.events())
-    by_site = {}
-    for evt in events:
-        if evt.name not in SYNC_OPS:
-            continue
-        op, site = None, []
-        for node in _enclosing(evt, events):
-            if len(site) >= frames:
-                break
-            if op is None and node.name.startswith("aten::"):
-                op = node.name
-            elif _is_own_frame(node.name):
-                site.append(node.name)
-        key = " < ".join(([op] if op else []) + site) or evt.name
-        ms, n = by_site.get(key, (0.0, 0))
-        by_site[key] = (ms + evt.cpu_time_total / 1e3 / steps, n + 1)
-    ranked = sorted(by_site.items(), key=lambda kv: -kv[1][0])[:top]
-    return [{"site": k[:400], "ms": round(ms, 3), "calls": n / steps} for k, (ms, n) in ranked]
-
-
 def _union_ms(prof, with_communication: bool) -> float:
     """Length of the union of GPU kernel intervals (ms), NCCL kernels included or not."""
     spans = []
@@ -190,8 +141,6 @@ def main() -> int:
     steps = _pop(argv, "--profile-steps", 2, int)
     out = _pop(argv, "--profile-out", None)
     trace = _pop(argv, "--profile-trace", None)
-    stacks = "--profile-stacks" in argv
-    argv = [a for a in argv if a != "--profile-stacks"]
     import torch
     import torch.distributed as dist
 
@@ -212,7 +161,7 @@ def main() -> int:
     if torch.cuda.is_available():
         torch.cuda.synchronize()
     t0 = time.perf_counter()
-    with torch.profiler.profile(activities=acts, with_stack=stacks) as prof:
+    with torch.profiler.profile(activities=acts) as prof:
         trainer.train()
         if torch.cuda.is_available():
             torch.cuda.synchronize()
@@ -220,8 +169,6 @@ def main() -> int:
     if dist.get_rank() == 0:
         head = report_head(__file__, device="cuda" if torch.cuda.is_available() else "cpu")
         summary = {**head, "argv": argv, "warmup": warmup, "steps": steps, **summarize(prof, steps, wall)}
-        if stacks:
-            summary["synchronizations_per_step"] = synchronizations(prof, steps)
         print(json.dumps(summary, indent=1))
         if out:
             write_json(out, summary)
