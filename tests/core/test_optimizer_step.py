@@ -1,6 +1,6 @@
 """megatron.training.optimizer_step: DeepSpeed's ZeRO-1/3 step with per-tensor fp32 norms and the unscale/clip inside torch's
-fused AdamW gives the same parameters and gradient norms as DeepSpeed's own step (CPU, gloo, one rank; clipping active
-on every step), and it leaves optimizers it does not recognise alone."""
+fused AdamW gives the same parameters and gradient norms as DeepSpeed's own step (CPU, gloo, one and two ranks, a partition with
+padding; clipping active on every step), and it leaves optimizers it does not recognise alone."""
 
 import json
 import subprocess
@@ -20,17 +20,20 @@ import deepspeed.comm as dist
 from megatron.training import optimizer_step
 
 stage, lean, clip = int(sys.argv[1]), sys.argv[2] == "1", float(sys.argv[3])
-os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=sys.argv[4], RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
+if "RANK" not in os.environ:  # one process without torchrun
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=sys.argv[4], RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
 deepspeed.init_distributed(dist_backend="gloo", verbose=False)
+rank, world = dist.get_rank(), dist.get_world_size()
 torch.manual_seed(0)
-model = torch.nn.Sequential(torch.nn.Linear(32, 64), torch.nn.GELU(), torch.nn.Linear(64, 8))
+# 2,591 parameters: not a multiple of the partition alignment, so the last ZeRO-1 partition is padded
+model = torch.nn.Sequential(torch.nn.Linear(32, 63), torch.nn.GELU(), torch.nn.Linear(63, 8))
 opt = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.1, eps=1e-2, fused=True)
 # eps above the clipped gradients' size: the update follows their scale, so a wrong or missing unscale shows
-cfg = {"train_batch_size": 4, "gradient_clipping": clip, "zero_optimization": {"stage": stage},
+cfg = {"train_batch_size": 4 * world, "train_micro_batch_size_per_gpu": 4, "gradient_clipping": clip, "zero_optimization": {"stage": stage},
        "steps_per_print": 10**9}
 engine, zopt, _, _ = deepspeed.initialize(model=model, optimizer=opt, config=cfg)
 applied = optimizer_step.streamline(zopt) if lean else False
-g = torch.Generator().manual_seed(1)
+g = torch.Generator().manual_seed(1 + rank)  # each rank its own data
 norms, scales = [], []
 for _ in range(4):
     x, y = torch.randn(4, 32, generator=g), torch.randn(4, 8, generator=g)
@@ -45,15 +48,18 @@ if stage == 3:
         params = [p.detach().clone().reshape(-1).tolist() for p in model.parameters()]
 else:
     params = [p.detach().reshape(-1).tolist() for p in model.parameters()]
-print("RESULT " + json.dumps({"applied": applied, "norms": norms, "scales": scales, "params": params,
-                              "own_norm": "tensor_norms" in zopt.get_grad_norm_direct.__code__.co_names}))
+if rank == 0:
+    print("RESULT " + json.dumps({"applied": applied, "norms": norms, "scales": scales, "params": params,
+                                  "own_norm": "tensor_norms" in zopt.get_grad_norm_direct.__code__.co_names}))
 """
 
 
-def _run(tmp_path, stage: int, lean: bool, clip: float, port: int) -> dict:
+def _run(tmp_path, stage: int, lean: bool, clip: float, port: int, nproc: int) -> dict:
     script = tmp_path / "worker.py"
     script.write_text(WORKER)
-    proc = subprocess.run([sys.executable, str(script), str(stage), "1" if lean else "0", str(clip), str(port)],
+    launch = [sys.executable] if nproc == 1 else [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                                                  f"--nproc_per_node={nproc}"]  # fmt: skip
+    proc = subprocess.run([*launch, str(script), str(stage), "1" if lean else "0", str(clip), str(port)],
                           env={**env(), "CUDA_VISIBLE_DEVICES": ""}, cwd=ROOT, capture_output=True, text=True,
                           timeout=300)  # fmt: skip
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
@@ -61,11 +67,11 @@ def _run(tmp_path, stage: int, lean: bool, clip: float, port: int) -> dict:
     return json.loads(lines[-1][len("RESULT "):])
 
 
-@pytest.mark.parametrize("stage", [1, 3])
-def test_streamlined_step_matches_deepspeeds(tmp_path, stage):
+@pytest.mark.parametrize("stage,nproc", [(1, 1), (3, 1), (1, 2), (3, 2)])
+def test_streamlined_step_matches_deepspeeds(tmp_path, stage, nproc):
     clip = 0.05  # below every step's norm: the clip factor is > 1 each step
-    ref = _run(tmp_path, stage, False, clip, 29611 + stage)
-    got = _run(tmp_path, stage, True, clip, 29621 + stage)
+    ref = _run(tmp_path, stage, False, clip, 29611 + stage, nproc)
+    got = _run(tmp_path, stage, True, clip, 29621 + stage, nproc)
     assert got["applied"] and not ref["applied"]
     assert got["own_norm"] and not ref["own_norm"]
     assert all(n > clip * 2 for n in ref["norms"]), ref["norms"]  # clipping acted
@@ -76,7 +82,7 @@ def test_streamlined_step_matches_deepspeeds(tmp_path, stage):
     assert got["scales"][-1] == pytest.approx(got["norms"][-1] / clip, rel=1e-5)
     # and the step changed the parameters (a comparison of untouched weights would pass trivially)
     torch.manual_seed(0)
-    first = torch.nn.Linear(32, 64).weight.reshape(-1)
+    first = torch.nn.Linear(32, 63).weight.reshape(-1)
     assert not torch.allclose(first, torch.tensor(got["params"][0]), atol=1e-3)
 
 
