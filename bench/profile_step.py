@@ -7,6 +7,11 @@ Takes the same flags as ``pretrain_gpt.py`` (launch it the same way, with torchr
     --profile-out FILE   JSON summary (rank 0): time per kernel category and the top kernels
     --profile-trace FILE optional Chrome trace of rank 0 (large)
 
+The trainer's phases (data, forward, backward, DeepSpeed's step and its parts, logging) run inside
+``record_function("phase: ...")`` scopes during the profile, so the summary can say what the host was
+doing while the GPU had nothing to run: ``idle_by_phase_ms_per_step`` (innermost phase) and
+``idle_by_host_op_ms_per_step`` (innermost host op) split each gap between GPU kernels.
+
     torchrun --nproc_per_node 1 bench/profile_step.py --num-layers 24 --hidden-size 2048 \\
         --num-attention-heads 16 --seq-length 32768 --mock-data --bf16 --zero-stage 3 \\
         --checkpoint-activations --micro-batch-size 1 --global-batch-size 1 --profile-out prof.json
@@ -57,6 +62,113 @@ def _pop(argv: list, flag: str, default, typ=str):
     return default
 
 
+# the trainer's phases, wrapped from outside for the profile: (path from the trainer, methods)
+PHASES = (
+    ("batches", ("of_step",)),
+    ("step", ("_global_token_count",)),
+    ("log", ("end_window",)),
+    ("exit_policy", ("reason",)),
+    ("engine", ("forward", "backward", "step")),
+    ("engine.optimizer", ("step", "has_overflow", "check_overflow", "scaled_global_norm", "_get_norm_groups",
+                          "independent_gradient_partition_epilogue", "_optimizer_step", "unscale_and_clip_grads",
+                          "reduce_ipg_grads", "_post_step", "_pre_step", "_prepare_fp32_grad_for_sub_group",
+                          "_reassign_or_swap_out_partitioned_parameters", "_overflow_check_and_loss_scale_update")),
+)
+
+
+def annotate_phases(trainer) -> list:
+    """Wrap the trainer's phases (``PHASES``) in ``record_function("phase: <path>.<method>")``, per instance;
+    returns the names wrapped."""
+    import functools
+
+    import torch
+
+    wrapped = []
+    for path, methods in PHASES:
+        obj = trainer
+        for part in path.split("."):
+            obj = getattr(obj, part, None)
+        if obj is None:
+            continue
+        for name in methods:
+            fn = getattr(obj, name, None)
+            if not callable(fn):
+                continue
+            label = f"phase: {path}.{name}"
+
+            def run(*args, __fn=fn, __label=label, **kwargs):
+                with torch.profiler.record_function(__label):
+                    return __fn(*args, **kwargs)
+
+            setattr(obj, name, functools.wraps(fn)(run))
+            wrapped.append(label[len("phase: ") :])
+    return wrapped
+
+
+def _gaps(spans: list) -> list:
+    """The gaps between the union of ``spans`` ((start, end) pairs)."""
+    gaps, end = [], None
+    for a, b in sorted(spans):
+        if end is not None and a > end:
+            gaps.append((end, a))
+        end = b if end is None else max(end, b)
+    return gaps
+
+
+def _innermost_during(gaps: list, scopes: list) -> dict:
+    """Split ``gaps`` ((start, end), sorted, disjoint) by the innermost of ``scopes`` ((start, end, name), nested as
+    one thread's are) active meanwhile; ``(none)`` where none is. One sweep: {name: total length}."""
+    scopes = sorted(scopes, key=lambda s: (s[0], -s[1]))
+    points = sorted({p for g in gaps for p in g} | {p for s in scopes for p in s[:2] if gaps[0][0] <= p <= gaps[-1][1]})
+    out, stack, nxt, gi = {}, [], 0, 0
+    for lo, hi in zip(points, points[1:]):
+        while nxt < len(scopes) and scopes[nxt][0] <= lo:
+            stack.append(scopes[nxt])
+            nxt += 1
+        while stack and stack[-1][1] <= lo:
+            stack.pop()
+        while gi < len(gaps) and gaps[gi][1] <= lo:
+            gi += 1
+        if gi == len(gaps):
+            break
+        if gaps[gi][0] <= lo and hi <= gaps[gi][1]:
+            # a scope below the top that ended already (not nested) is skipped
+            name = next((s[2] for s in reversed(stack) if s[1] >= hi), "(none)")
+            out[name] = out.get(name, 0.0) + hi - lo
+    return out
+
+
+def idle_by_host(prof, steps: int) -> tuple:
+    """Split each gap between GPU kernels (all streams) by what the main host thread was inside during it:
+    the innermost ``phase: `` scope, and the innermost host op (``(none)``: Python outside any op). Returns two
+    ``{name: ms per step}`` dicts, largest first."""
+    gpu, host = [], []
+    for evt in prof.events():
+        start, end = evt.time_range.start, evt.time_range.end
+        if end <= start:
+            continue
+        if evt.device_type.name == "CUDA":
+            if not getattr(evt, "is_user_annotation", False):
+                gpu.append((start, end))
+        else:
+            host.append(evt)
+    gaps = _gaps(gpu)
+    if not gaps or not host:
+        return {}, {}
+    count = {}
+    for e in host:
+        count[e.thread] = count.get(e.thread, 0) + e.name.startswith("phase: ")
+    main = max(count, key=count.get)  # the thread the trainer's phases ran on
+    host = [e for e in host if e.thread == main]
+    phases = [(e.time_range.start, e.time_range.end, e.name[len("phase: ") :]) for e in host if e.name.startswith("phase: ")]
+    ops = [(e.time_range.start, e.time_range.end, e.name) for e in host if not e.name.startswith("phase: ")]
+
+    def order(d):
+        return dict(sorted(((k, round(v / 1e3 / steps, 3)) for k, v in d.items()), key=lambda kv: -kv[1]))
+
+    return order(_innermost_during(gaps, phases)), order(_innermost_during(gaps, ops))
+
+
 def summarize(prof, steps: int, wall_s: float) -> dict:
     """Per-category and top-kernel device time (ms per step) from a finished profiler."""
     kernels = {}
@@ -79,6 +191,7 @@ def summarize(prof, steps: int, wall_s: float) -> dict:
     top = sorted(kernels.items(), key=lambda kv: -kv[1])[:25]
     compute_ms, any_ms = (_union_ms(prof, comm) / steps for comm in (False, True))
     sources = launched_by(prof, {k for k, _ in top}, steps)
+    idle_phase, idle_op = idle_by_host(prof, steps)
     return {
         "step_wall_ms": 1e3 * wall_s / steps,
         "kernel_ms_per_step": total,
@@ -93,6 +206,9 @@ def summarize(prof, steps: int, wall_s: float) -> dict:
         ],
         # host side: where the Python/C++ time of a step goes (self time, calls per step)
         "top_cpu_ops_ms_per_step": [{"op": k[:160], "ms": v, "calls": n} for k, (v, n) in top_cpu],
+        # gaps between GPU kernels, by what the host's main thread was inside meanwhile
+        "idle_by_phase_ms_per_step": idle_phase,
+        "idle_by_host_op_ms_per_step": dict(list(idle_op.items())[:30]),
     }
 
 
@@ -157,6 +273,7 @@ def main() -> int:
     train_ds, valid_ds, eod = build_datasets(cfg, tokenizer)
     trainer = Trainer(cfg, train_ds, valid_ds, eod_token=eod, device=device)
     trainer.train(until=warmup)  # warm-up steps
+    phases = annotate_phases(trainer)
     acts = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
     if torch.cuda.is_available():
         torch.cuda.synchronize()
@@ -168,7 +285,7 @@ def main() -> int:
     wall = time.perf_counter() - t0
     if dist.get_rank() == 0:
         head = report_head(__file__, device="cuda" if torch.cuda.is_available() else "cpu")
-        summary = {**head, "argv": argv, "warmup": warmup, "steps": steps, **summarize(prof, steps, wall)}
+        summary = {**head, "argv": argv, "warmup": warmup, "steps": steps, "phases": phases, **summarize(prof, steps, wall)}
         print(json.dumps(summary, indent=1))
         if out:
             write_json(out, summary)

@@ -44,3 +44,42 @@ def test_gpu_user_annotations_are_not_kernels():
     assert got["kernel_ms_per_step"] == 10.0
     assert got["compute_busy_ms_per_step"] == 10.0
 
+
+
+def _evt(name, start, end, device="CPU", thread=1):
+    return NS(name=name, time_range=NS(start=start, end=end), device_type=NS(name=device), thread=thread,
+              is_user_annotation=False)  # fmt: skip
+
+
+def test_gpu_idle_is_split_by_the_innermost_host_phase_and_op():
+    """Kernels 0-10, 20-30, 50-60 ms (in us) leave gaps 10-20 and 30-50: each piece goes to what the trainer's thread
+    was inside meanwhile; another thread's ops do not count."""
+    ms = 1000
+    events = [_evt(f"k{i}", a * ms, b * ms, device="CUDA") for i, (a, b) in enumerate(((0, 10), (20, 30), (50, 60)))]
+    events += [
+        _evt("phase: engine.step", 5 * ms, 45 * ms),
+        _evt("phase: engine.optimizer.has_overflow", 12 * ms, 18 * ms),
+        _evt("aten::item", 12 * ms, 16 * ms),
+        _evt("cudaStreamSynchronize", 13 * ms, 15 * ms),
+        _evt("aten::other_thread", 0, 60 * ms, thread=2),
+    ]
+    by_phase, by_op = profile_step.idle_by_host(NS(events=lambda: events), steps=2)
+    assert by_phase == {"engine.step": 9.5, "engine.optimizer.has_overflow": 3.0, "(none)": 2.5}
+    assert by_op == {"(none)": 13.0, "cudaStreamSynchronize": 1.0, "aten::item": 1.0}
+
+
+def test_phases_are_wrapped_from_outside_and_keep_their_results():
+    import torch
+
+    class Batches:
+        def of_step(self, ds, step, gas):
+            return [ds, step, gas]
+
+    trainer = NS(batches=Batches(), engine=NS(forward=lambda x: x + 1))
+    wrapped = profile_step.annotate_phases(trainer)
+    assert wrapped == ["batches.of_step", "engine.forward"]
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        assert trainer.batches.of_step("ds", 3, 1) == ["ds", 3, 1]
+        assert trainer.engine.forward(1) == 2
+    names = {e.name for e in prof.events()}
+    assert {"phase: batches.of_step", "phase: engine.forward"} <= names

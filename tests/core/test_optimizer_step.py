@@ -54,9 +54,56 @@ if rank == 0:
 """
 
 
-def _run(tmp_path, stage: int, lean: bool, clip: float, port: int, nproc: int) -> dict:
+NONFINITE_WORKER = r"""
+import json, os, sys
+import torch
+import deepspeed
+import deepspeed.comm as dist
+from deepspeed.runtime.zero import stage_1_and_2
+from megatron.training import optimizer_step
+
+stage, lean = int(sys.argv[1]), sys.argv[2] == "1"
+if "RANK" not in os.environ:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=sys.argv[4], RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
+deepspeed.init_distributed(dist_backend="gloo", verbose=False)
+rank, world = dist.get_rank(), dist.get_world_size()
+scans, scan = [0], stage_1_and_2.has_inf_or_nan  # DeepSpeed's per-gradient NaN/inf scan, counted
+def counted(x):
+    scans[0] += 1
+    return scan(x)
+stage_1_and_2.has_inf_or_nan = counted
+torch.manual_seed(0)
+model = torch.nn.Sequential(torch.nn.Linear(32, 63), torch.nn.GELU(), torch.nn.Linear(63, 8))
+opt = torch.optim.AdamW(model.parameters(), lr=1e-2, fused=True)
+cfg = {"train_batch_size": 4 * world, "train_micro_batch_size_per_gpu": 4, "gradient_clipping": 1.0,
+       "zero_optimization": {"stage": stage}, "bf16": {"enabled": True}, "steps_per_print": 10**9}
+engine, zopt, _, _ = deepspeed.initialize(model=model, optimizer=opt, config=cfg)
+applied = optimizer_step.streamline(zopt) if lean else False
+poison = [False]
+def hook(g):  # one NaN in one gradient, on the last rank only
+    if poison[0] and rank == world - 1:
+        g = g.clone()
+        g.view(-1)[5] = float("nan")
+    return g
+model[2].weight.register_hook(hook)
+g = torch.Generator().manual_seed(1 + rank)
+steps = []
+for i in range(3):
+    poison[0] = i == 1
+    x, y = torch.randn(4, 32, generator=g).bfloat16(), torch.randn(4, 8, generator=g)
+    engine.backward(torch.nn.functional.mse_loss(engine(x).float(), y))
+    engine.step()
+    steps.append({"skipped": engine.skipped_steps, "norm": float(engine.get_global_grad_norm())})
+    if stage != 3:
+        steps[-1]["param"] = float(model[0].weight.detach().float().sum())
+if rank == 0:
+    print("RESULT " + json.dumps({"applied": applied, "steps": steps, "scans": scans[0]}))
+"""
+
+
+def _run(tmp_path, stage: int, lean: bool, clip: float, port: int, nproc: int, worker: str = WORKER) -> dict:
     script = tmp_path / "worker.py"
-    script.write_text(WORKER)
+    script.write_text(worker)
     launch = [sys.executable] if nproc == 1 else [sys.executable, "-m", "torch.distributed.run", "--standalone",
                                                   f"--nproc_per_node={nproc}"]  # fmt: skip
     proc = subprocess.run([*launch, str(script), str(stage), "1" if lean else "0", str(clip), str(port)],
@@ -84,6 +131,25 @@ def test_streamlined_step_matches_deepspeeds(tmp_path, stage, nproc):
     torch.manual_seed(0)
     first = torch.nn.Linear(32, 63).weight.reshape(-1)
     assert not torch.allclose(first, torch.tensor(got["params"][0]), atol=1e-3)
+
+
+@pytest.mark.parametrize("stage,nproc", [(1, 2), (3, 1)])
+def test_non_finite_gradients_skip_the_step_without_deepspeeds_scan(tmp_path, stage, nproc):
+    """bf16: a NaN in one gradient on one rank skips the step on every rank, as DeepSpeed's own step does; under
+    ZeRO-1 the lean step finds it through the norm, without DeepSpeed's per-gradient scan."""
+    ref = _run(tmp_path, stage, False, 1.0, 29631 + stage, nproc, NONFINITE_WORKER)
+    got = _run(tmp_path, stage, True, 1.0, 29641 + stage, nproc, NONFINITE_WORKER)
+    assert got["applied"]
+    assert [s["skipped"] for s in got["steps"]] == [s["skipped"] for s in ref["steps"]] == [0, 1, 1]
+    assert got["steps"][1]["norm"] == ref["steps"][1]["norm"] == float("inf")
+    for a, b in zip(got["steps"], ref["steps"]):
+        if "param" in b:
+            assert a["param"] == pytest.approx(b["param"], rel=1e-3)  # bf16 parameters
+        if a["norm"] != float("inf"):
+            assert a["norm"] == pytest.approx(b["norm"], rel=1e-3)
+    if stage == 1:
+        assert ref["scans"] > 0 and got["scans"] == 0
+        assert ref["steps"][1]["param"] == ref["steps"][0]["param"] and ref["steps"][2]["param"] != ref["steps"][1]["param"]
 
 
 def test_combined_scale_is_deepspeeds_factor():
