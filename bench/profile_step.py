@@ -65,7 +65,7 @@ def _pop(argv: list, flag: str, default, typ=str):
 # the trainer's phases, wrapped from outside for the profile: (path from the trainer, methods)
 PHASES = (
     ("batches", ("of_step",)),
-    ("step", ("_global_token_count",)),
+    ("step", ("count_tokens",)),
     ("log", ("end_window",)),
     ("exit_policy", ("reason",)),
     ("engine", ("forward", "backward", "step")),

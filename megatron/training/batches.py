@@ -90,7 +90,12 @@ class BatchBuilder:
         S = input_ids.shape[1]
         s = S // self.sp
         sl = slice(self.sp_rank * s, (self.sp_rank + 1) * s)
-        to = lambda x: x.to(self.device, non_blocking=True)
+        # pinned: the copy is queued behind the device's work instead of waiting for it (a batch is prepared
+        # while the previous step still runs)
+        if self.device.type == "cuda":
+            to = lambda x: x.pin_memory().to(self.device, non_blocking=True)  # noqa: E731
+        else:
+            to = lambda x: x.to(self.device)  # noqa: E731
         return Batch(
             to(input_ids[:, sl].contiguous()),
             to(labels[:, sl].contiguous()),

@@ -14,9 +14,9 @@ sync and an all-reduce) before the norm, although the step checks the norm for t
 a non-finite gradient makes the norm non-finite on every rank, and the step is skipped.
 
 On one H200 these were 5.4 + 2.9 ms and 4.3 ms of a Llama-1B step at 8k (ZeRO-3). ``streamline``
-hands DeepSpeed's norm the per-tensor norms instead of the gradients (``torch._foreach_norm``,
-accumulated in fp32 straight from the gradients' dtype, as torch's ``clip_grad_norm_`` does;
-DeepSpeed then combines them, over its groups, in its own dtype), and hands the combined factor to
+hands DeepSpeed's norm the norm of the per-tensor norms instead of the gradients (``torch._foreach_norm``,
+accumulated in fp32 straight from the gradients' dtype, as torch's ``clip_grad_norm_`` does; DeepSpeed then
+combines it over its groups and ranks in its own dtype: one tensor, not a few kernel launches per gradient), and hands the combined factor to
 torch's fused AdamW as its ``grad_scale`` (the tensor ``torch.amp.GradScaler`` uses): the kernel
 divides each gradient as it reads it. Same update up to rounding. Under ZeRO-1/2 it leaves the skip of
 non-finite steps to the norm check (where DeepSpeed computes the norm; the scan stays where it does not).
@@ -56,6 +56,14 @@ def combined_scale(loss_scale, clip_grad: float, total_norm):
     return clip * loss_scale
 
 
+def every_gradient_counts(zero_optimizer, params) -> bool:
+    """Whether DeepSpeed's norm counts the gradient of each of ``params`` on this rank: no tensor-parallel rank
+    other than the first (which leaves out the replicated parameters) and no pipeline-replicated parameter."""
+    return getattr(zero_optimizer, "model_parallel_rank", 0) == 0 and not any(
+        getattr(p, "ds_pipe_replicated", False) for p in params
+    )
+
+
 def _fused_adamw(opt) -> bool:
     return isinstance(opt, torch.optim.AdamW) and bool(opt.defaults.get("fused"))
 
@@ -84,7 +92,11 @@ def streamline(zero_optimizer) -> bool:
 
     def get_grad_norm_direct(self, gradients, params, norm_type=2):
         # DeepSpeed's norm of the per-tensor norms is the norm of the gradients (for any p, and for inf)
-        return deepspeed_norm(tensor_norms(gradients, float(norm_type)) or gradients, params, norm_type)
+        norms = tensor_norms(gradients, float(norm_type))
+        if norms and every_gradient_counts(self, params):
+            # one tensor, their norm: DeepSpeed's loop over the gradients launches a few kernels per tensor
+            norms = [torch.linalg.vector_norm(torch.stack(norms), float(norm_type))]
+        return deepspeed_norm(norms or gradients, params, norm_type)
 
     def unscale_and_clip_grads(self, _group, total_norm):  # stage 3: sub-group id; stages 1-2: flat gradients
         scale = combined_scale(self.loss_scale, self.clip_grad, total_norm)

@@ -54,13 +54,15 @@ class TrainStep:
         # plain fp32 without ZeRO steps torch's optimizer directly, which has no overflow check
         self.needs_finite_guard = cfg.parallel.zero_stage == 0 and not (cfg.train.bf16 or cfg.train.fp16)
 
-    def __call__(self, batches: list, iteration: int) -> dict:
+    def __call__(self, batches: list, iteration: int, tokens: torch.Tensor | None = None, meanwhile=None) -> dict:
         """Step over ``batches`` after ``iteration`` steps; returns lm_loss (the global batch's
-        token-weighted mean), grad_norm (inf when skipped), lr and skipped."""
+        token-weighted mean), grad_norm (inf when skipped), lr and skipped. ``tokens``: their
+        ``count_tokens``, when already counted; ``meanwhile()`` runs once the step's work is queued on
+        the device, before waiting for its loss (the trainer prepares the next step's batches there)."""
         lr = lr_at(iteration, self.cfg.train)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        n_global = self._global_token_count(batches)
+        n_global = self.count_tokens(batches) if tokens is None else tokens
         scale = self.grad_divisor * self.gas / n_global.clamp(min=1.0)
         loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
         skipped_before = self.engine.skipped_steps
@@ -83,6 +85,8 @@ class TrainStep:
                 self.engine.step()
             loss_sum += local_sum.detach().to(torch.float64)
         dist.all_reduce(loss_sum, group=ps.get_sequence_data_parallel_group())
+        if meanwhile is not None:
+            meanwhile()
         skipped = guard_skipped or self.engine.skipped_steps > skipped_before
         grad_norm = self.engine.get_global_grad_norm() if own_norm is None else own_norm
         return {
@@ -92,7 +96,9 @@ class TrainStep:
             "skipped": skipped,
         }
 
-    def _global_token_count(self, batches: list) -> torch.Tensor:
+    def count_tokens(self, batches: list) -> torch.Tensor:
+        """The loss tokens of the global batch whose micro batches on this rank are ``batches`` (a device
+        tensor; collective over the SP x DP group)."""
         n = torch.stack([b.loss_mask.sum() for b in batches]).sum().to(torch.float64)
         dist.all_reduce(n, group=ps.get_sequence_data_parallel_group())
         return n

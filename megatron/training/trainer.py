@@ -71,10 +71,16 @@ class Trainer:
         last = t.train_iters if until is None else min(until, t.train_iters)
         self.log.start()
         self.engine.train()
+        ahead = {}  # the next step's batches and token count, prepared while the device runs this step
+
+        def prepare_next():
+            if self.iteration + 1 < last:
+                ahead["next"] = self._batches_of(self.consumed_samples // t.global_batch_size + 1)
+
         try:
             while self.iteration < last:
-                batches = self.batches.of_step(self.train_ds, self.consumed_samples // t.global_batch_size, self.gas)
-                out = self.step(batches, self.iteration)
+                batches, tokens = ahead.pop("next", None) or self._batches_of(self.consumed_samples // t.global_batch_size)
+                out = self.step(batches, self.iteration, tokens, meanwhile=prepare_next)
                 out["square_sum"] = sum(b.square_sum for b in batches)  # this DP rank's, for the model FLOPs
                 out["window_pairs"] = {w: sum(b.window_pairs[w] for b in batches) for w in batches[0].window_pairs}
                 self.iteration += 1
@@ -101,6 +107,11 @@ class Trainer:
         finally:
             self.log.close()
         return self.log.records
+
+    def _batches_of(self, step: int) -> tuple:
+        """Training step ``step``'s micro batches on this rank, and their global loss-token count."""
+        batches = self.batches.of_step(self.train_ds, step, self.gas)
+        return batches, self.step.count_tokens(batches)
 
     @torch.no_grad()
     def evaluate(self) -> float:
