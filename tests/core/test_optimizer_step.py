@@ -97,7 +97,9 @@ for i in range(3):
     if stage != 3:
         steps[-1]["param"] = float(model[0].weight.detach().float().sum())
 if rank == 0:
-    print("RESULT " + json.dumps({"applied": applied, "steps": steps, "scans": scans[0]}))
+    print("RESULT " + json.dumps({"applied": applied, "steps": steps, "scans": scans[0]}), flush=True)
+dist.barrier()
+torch.distributed.destroy_process_group()
 """
 
 
