@@ -895,8 +895,56 @@ def lean_optimizer_step(facts: dict) -> str:
     ])  # fmt: skip
 
 
+def host_idle(facts: dict) -> str:
+    """GPU idle time of a short-sequence step by host phase, before and after the host-side changes; end to end."""
+    folder = latest("host_idle")
+    prof = {(z, r): load(folder / r / f"profile_8k_zero{z}.json") for z in (1, 3) for r in ("run1", "run2")}
+    cols = [(z, r) for z in (1, 3) for r in ("run1", "run2")]
+    phases = {"batches.of_step": "the next batches (`batches.of_step`)", "step.count_tokens": "their token count",
+              "norm": "DeepSpeed's gradient norm", "engine.forward": "forward", "engine.optimizer.step": "the rest of "
+              "DeepSpeed's step", "(none)": "Python outside any phase"}  # fmt: skip
+
+    def phase_ms(p: dict, key: str) -> float:
+        idle = p["idle_by_phase_ms_per_step"]
+        if key == "norm":
+            return idle.get("engine.optimizer.scaled_global_norm", 0.0) + idle.get("engine.optimizer._get_norm_groups", 0.0)
+        if key == "step.count_tokens":  # its name in run1's tree
+            return idle.get(key, 0.0) + idle.get("step._global_token_count", 0.0)
+        return idle.get(key, 0.0)
+
+    rows = [["step, profiled", *(f"{prof[c]['step_wall_ms']:.1f}" for c in cols)],
+            ["all kernels", *(f"{prof[c]['kernel_ms_per_step']:.1f}" for c in cols)],
+            ["GPU idle between kernels", *(f"{sum(prof[c]['idle_by_phase_ms_per_step'].values()):.1f}" for c in cols)]]
+    rows += [[f"... host in {label}", *(f"{phase_ms(prof[c], key):.1f}" for c in cols)] for key, label in phases.items()]
+    e2e = []
+    for c in sorted(_folder_cases(folder), key=lambda c: (c["seq_len"], c["file"])):
+        if c["file"].startswith("run1/"):  # run1's own end-to-end cases did not start (the folder's README)
+            if c.get("peer_name") != "torchtitan":
+                continue
+        stem = c["file"].split("/")[-1].removesuffix(".json")
+        case = "torchtitan 0.2.2, " + _peer_setting(c) if c.get("peer_name") else stem.split("_", 3)[-1]
+        e2e.append([seq_label(c["seq_len"]), f"`{c['file'].split('/')[0]}.sh`",
+                    case.replace("_", " ").replace("zero", "ZeRO-") if not c.get("peer_name") else case,
+                    _tokens_cell(c), f"{1e3 * c['step_time_s']:.1f}" if c.get("step_time_s") else "-",
+                    f"{c['final_loss']:.3f}" if c.get("final_loss") else "-"])  # fmt: skip
+    return "\n".join([
+        "## Host idle at short sequences\n\nWhere the GPU waits on the host, Llama-1B at 8k on one H200, SP=1, ours "
+        "with its defaults: `bench/profile_step.py` (two steps after three) splits each gap between GPU kernels by the "
+        "trainer phase the host was in meanwhile (`idle_by_phase_ms_per_step`; the profiler slows the host, so the "
+        "profiled steps are longer than real ones). `run1` before, `run2` after the next step's batches are prepared "
+        "(and their tokens counted) while the device runs the step and DeepSpeed's norm is given one tensor; ms per "
+        "step:\n",
+        table(["", "ZeRO-1, run1", "ZeRO-1, run2", "ZeRO-3, run1", "ZeRO-3, run2"], rows),
+        "\nEnd to end, tokens/s (MFU, peak memory), the median step: `new` is this tree, `a6cc256` the tree before "
+        "these changes and before the lean step dropped DeepSpeed's NaN/inf scan under ZeRO-1/2, the cases "
+        "alternating in one call:\n",
+        table(["length", "recipe", "case", "tokens/s", "step ms", "last loss"], e2e),
+        "\n" + source(folder),
+    ])  # fmt: skip
+
+
 SECTIONS = (attention_kernels, packed_documents, sliding_window, throughput_vs_peer, planner_vs_peers,
-            recompute_planner, fused_swiglu, attention_launch_order, lean_optimizer_step,
+            recompute_planner, fused_swiglu, attention_launch_order, lean_optimizer_step, host_idle,
             short_sequence_zero, settings_32k, max_seqlen, tiled_loss, switches, profile, gpt30b, checks, pointwise,
             data_pipeline)  # fmt: skip
 
