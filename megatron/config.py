@@ -451,7 +451,8 @@ class ParallelConfig:
     lean_optimizer_step: bool = True
     """ZeRO-1/2/3 with torch's fused AdamW on GPUs: the gradient norm from per-tensor norms accumulated in fp32 and
     the unscale/clip inside the AdamW kernel, instead of DeepSpeed's fp64 copy of the gradients for the norm and its
-    separate multiply; same update up to rounding. --no-lean-optimizer-step runs DeepSpeed's own step."""
+    separate multiply, and under ZeRO-1/2 no separate NaN/inf scan of the gradients (the norm check skips the same
+    steps); same update up to rounding. --no-lean-optimizer-step runs DeepSpeed's own step."""
     zero3_leaf_layers: bool | None = None
     """ZeRO-3: gather each transformer layer's parameters at once (DeepSpeed leaf modules); default on with
     ZeRO-3 (1.7x tokens/s at 8k on two H200s, equal at 32k: benchmarks/results/2026-11-30_zero3_leaf_layers_h200)."""

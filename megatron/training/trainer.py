@@ -63,6 +63,7 @@ class Trainer:
         )
         print_run(cfg, self.world, self.dp, self.gas, device)
         self.log = TrainingLog(cfg, device, self.world, self.dp)
+        self._ahead = None  # (step, its batches, their token count), prepared during the step before
 
     def train(self, until: int | None = None) -> list:
         """Train up to iteration ``until`` (default ``--train-iters``) or an exit; returns the records
@@ -71,15 +72,17 @@ class Trainer:
         last = t.train_iters if until is None else min(until, t.train_iters)
         self.log.start()
         self.engine.train()
-        ahead = {}  # the next step's batches and token count, prepared while the device runs this step
 
-        def prepare_next():
-            if self.iteration + 1 < last:
-                ahead["next"] = self._batches_of(self.consumed_samples // t.global_batch_size + 1)
+        def prepare_next():  # the next step's batches and token count, while the device runs this step
+            if self.iteration + 1 < t.train_iters:
+                n = self.consumed_samples // t.global_batch_size + 1
+                self._ahead = (n, *self._batches_of(n))
 
         try:
             while self.iteration < last:
-                batches, tokens = ahead.pop("next", None) or self._batches_of(self.consumed_samples // t.global_batch_size)
+                n = self.consumed_samples // t.global_batch_size
+                ahead, self._ahead = self._ahead, None
+                batches, tokens = ahead[1:] if ahead and ahead[0] == n else self._batches_of(n)
                 out = self.step(batches, self.iteration, tokens, meanwhile=prepare_next)
                 out["square_sum"] = sum(b.square_sum for b in batches)  # this DP rank's, for the model FLOPs
                 out["window_pairs"] = {w: sum(b.window_pairs[w] for b in batches) for w in batches[0].window_pairs}

@@ -34,7 +34,7 @@ class LoggedStep:
         return out
 
 trainer.batches.of_step, trainer.step = logged_of_step, LoggedStep()
-records = trainer.train()
+records = trainer.train(until=1) + trainer.train()  # as bench/profile_step.py: warm-up steps, then the rest
 print("EVENTS " + json.dumps({"events": events, "losses": [r["lm_loss"] for r in records]}))
 """
 
@@ -47,7 +47,8 @@ def test_next_batches_are_prepared_before_the_step_waits(tmp_path):
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("EVENTS ")]
     assert proc.returncode == 0 and lines, proc.stderr[-3000:]
     got = json.loads(lines[-1][len("EVENTS ") :])
-    # each step's batches once, in order, the next one before the current step returns; none past the last step
+    # each step's batches once, in order, the next one before the current step returns (also across the two calls);
+    # none past the last step
     assert got["events"] == [["batches", 0], ["batches", 1], ["step done", 0], ["batches", 2], ["step done", 1],
                              ["step done", 2]]  # fmt: skip
     assert len(got["losses"]) == 3
