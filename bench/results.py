@@ -943,7 +943,30 @@ def host_idle(facts: dict) -> str:
     ])  # fmt: skip
 
 
-SECTIONS = (attention_kernels, packed_documents, sliding_window, throughput_vs_peer, planner_vs_peers,
+def defaults_vs_torchtitan(facts: dict) -> str:
+    """Ours with its defaults (ZeRO-1) against torchtitan at its fastest setting, one invocation per shape and length."""
+    folder = latest("defaults_vs_torchtitan")
+    rows = []
+    for path in sorted(folder.glob("throughput_*.json"), key=lambda p: (p.name.split("_")[1], int(p.stem.rsplit("_", 1)[-1]))):
+        cases = load(path)["cases"]
+        ours = next(c for c in cases if c.get("kind") == "ours")
+        peer = next(c for c in cases if c.get("peer_name") == "torchtitan")
+        ratio = ours["tokens_per_sec_per_gpu"] / peer["tokens_per_sec_per_gpu"]
+        rows.append([shape_name(ours["shape"]), seq_label(ours["seq_len"]), _tokens_cell(ours),
+                     f"{_tokens_cell(peer)}, {_peer_setting(peer)}", f"{ratio:.2f}x"])  # fmt: skip
+    return "\n".join([
+        "## Ours with its defaults against torchtitan, 1 x H200, 2026-12-04\n\n`bench/throughput.py`, one H200, "
+        "SP=1, bf16, micro batch 1, ten steps (median after three), ours and torchtitan 0.2.2 of a shape and length "
+        "back to back in one invocation. Ours with its defaults: ZeRO-1, `--recompute auto`, our kernels, tiled loss, fused SwiGLU, the lean optimizer step. torchtitan at its fastest "
+        "setting that fits (activation checkpointing none here, `torch.compile` on). Tokens/s per GPU (MFU, peak "
+        "memory):\n",
+        table(["shape", "length", "ours", "torchtitan", "ours / torchtitan"], rows),
+        "\n" + source(folder),
+    ])  # fmt: skip
+
+
+SECTIONS = (attention_kernels, packed_documents, sliding_window, throughput_vs_peer, defaults_vs_torchtitan,
+            planner_vs_peers,
             recompute_planner, fused_swiglu, attention_launch_order, lean_optimizer_step, host_idle,
             short_sequence_zero, settings_32k, max_seqlen, tiled_loss, switches, profile, gpt30b, checks, pointwise,
             data_pipeline)  # fmt: skip
