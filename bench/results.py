@@ -952,6 +952,7 @@ def defaults_vs_torchtitan(facts: dict) -> str:
         ours = next(c for c in cases if c.get("kind") == "ours")
         peer = next(c for c in cases if c.get("peer_name") == "torchtitan")
         ratio = ours["tokens_per_sec_per_gpu"] / peer["tokens_per_sec_per_gpu"]
+        facts.setdefault("torchtitan_now", []).append(dict(shape=ours["shape"], seq=ours["seq_len"], ratio=ratio))
         rows.append([shape_name(ours["shape"]), seq_label(ours["seq_len"]), _tokens_cell(ours),
                      f"{_tokens_cell(peer)}, {_peer_setting(peer)}", f"{ratio:.2f}x"])  # fmt: skip
     return "\n".join([
@@ -1015,8 +1016,13 @@ def build() -> tuple:
         cells = ", ".join(f"{ratio(p['ratio'])} ({shape_name(p['shape'])}, {seq_label(p['seq'])})"
                           for p in facts["planner_peers"] if p["peer"] == name)
         title = PEER_TITLES.get(name, name)
-        rows.append([f"Tokens/s against {title} at its fastest setting, 1 x H200, SP=1 (ours with its defaults)", cells,
-                     f"[against the peers](docs/results.md#{anchor(planner_title)})"])  # fmt: skip
+        rows.append([f"Tokens/s against {title} at its fastest setting, 1 x H200, SP=1 (ours with its defaults, 2026-12-02)",
+                     cells, f"[against the peers](docs/results.md#{anchor(planner_title)})"])  # fmt: skip
+    now_title = "Ours with its defaults against torchtitan, 1 x H200, 2026-12-04"
+    rows.append(["Tokens/s against torchtitan at its fastest setting, 1 x H200, SP=1 (ours with its defaults, 2026-12-04)",
+                 ", ".join(f"{ratio(p['ratio'])} ({shape_name(p['shape'])}, {seq_label(p['seq'])})"
+                           for p in facts["torchtitan_now"]),
+                 f"[against torchtitan](docs/results.md#{anchor(now_title)})"])  # fmt: skip
     for _, m in sorted(mx.items()):
         proj = f"; GPU memory projected to last to ~{num(m['projected'])} with `{m['projected_rung']}`" if m["projected"] else ""
         rows.append([f"Longest trained sequence: {m['title']}", f"{num(m['longest'])} tokens (`{m['rung']}`){proj}",
