@@ -63,6 +63,7 @@ def _pop(argv: list, flag: str, default, typ=str):
 
 
 # the trainer's phases, wrapped from outside for the profile: (path from the trainer, methods)
+PHASE = "phase: "  # the record_function names of the wrapped phases start with it
 PHASES = (
     ("batches", ("of_step",)),
     ("step", ("count_tokens",)),
@@ -94,25 +95,21 @@ def annotate_phases(trainer) -> list:
             fn = getattr(obj, name, None)
             if not callable(fn):
                 continue
-            label = f"phase: {path}.{name}"
+            label = f"{PHASE}{path}.{name}"
 
             def run(*args, __fn=fn, __label=label, **kwargs):
                 with torch.profiler.record_function(__label):
                     return __fn(*args, **kwargs)
 
             setattr(obj, name, functools.wraps(fn)(run))
-            wrapped.append(label[len("phase: ") :])
+            wrapped.append(label[len(PHASE) :])
     return wrapped
 
 
 def _gaps(spans: list) -> list:
     """The gaps between the union of ``spans`` ((start, end) pairs)."""
-    gaps, end = [], None
-    for a, b in sorted(spans):
-        if end is not None and a > end:
-            gaps.append((end, a))
-        end = b if end is None else max(end, b)
-    return gaps
+    merged = _merged(spans)
+    return [(merged[i][1], merged[i + 1][0]) for i in range(len(merged) - 1)]
 
 
 def _innermost_during(gaps: list, scopes: list) -> dict:
@@ -142,26 +139,17 @@ def idle_by_host(prof, steps: int) -> tuple:
     """Split each gap between GPU kernels (all streams) by what the main host thread was inside during it:
     the innermost ``phase: `` scope, and the innermost host op (``(none)``: Python outside any op). Returns two
     ``{name: ms per step}`` dicts, largest first."""
-    gpu, host = [], []
-    for evt in prof.events():
-        start, end = evt.time_range.start, evt.time_range.end
-        if end <= start:
-            continue
-        if evt.device_type.name == "CUDA":
-            if not getattr(evt, "is_user_annotation", False):
-                gpu.append((start, end))
-        else:
-            host.append(evt)
-    gaps = _gaps(gpu)
+    host = [e for e in prof.events() if e.device_type.name != "CUDA" and e.time_range.end > e.time_range.start]
+    gaps = _gaps(_kernel_spans(prof))
     if not gaps or not host:
         return {}, {}
     count = {}
     for e in host:
-        count[e.thread] = count.get(e.thread, 0) + e.name.startswith("phase: ")
+        count[e.thread] = count.get(e.thread, 0) + e.name.startswith(PHASE)
     main = max(count, key=count.get)  # the thread the trainer's phases ran on
     host = [e for e in host if e.thread == main]
-    phases = [(e.time_range.start, e.time_range.end, e.name[len("phase: ") :]) for e in host if e.name.startswith("phase: ")]
-    ops = [(e.time_range.start, e.time_range.end, e.name) for e in host if not e.name.startswith("phase: ")]
+    phases = [(e.time_range.start, e.time_range.end, e.name[len(PHASE) :]) for e in host if e.name.startswith(PHASE)]
+    ops = [(e.time_range.start, e.time_range.end, e.name) for e in host if not e.name.startswith(PHASE)]
 
     def order(d):
         return dict(sorted(((k, round(v / 1e3 / steps, 3)) for k, v in d.items()), key=lambda kv: -kv[1]))
@@ -231,8 +219,8 @@ def launched_by(prof, kernels: set, steps: int, depth: int = 3, top: int = 3) ->
             for k, ps in paths.items()}  # fmt: skip
 
 
-def _union_ms(prof, with_communication: bool) -> float:
-    """Length of the union of GPU kernel intervals (ms), NCCL kernels included or not."""
+def _kernel_spans(prof, with_communication: bool = True) -> list:
+    """(start, end) of every GPU kernel (us), user annotations left out, NCCL kernels included or not."""
     spans = []
     for evt in prof.events():
         if evt.device_type.name != "CUDA" or evt.time_range.end <= evt.time_range.start:
@@ -242,13 +230,23 @@ def _union_ms(prof, with_communication: bool) -> float:
         if not with_communication and category(evt.name) == "communication":
             continue
         spans.append((evt.time_range.start, evt.time_range.end))
-    spans.sort()
-    total, end = 0.0, float("-inf")
-    for a, b in spans:
-        if b > end:
-            total += b - max(a, end)
-            end = b
-    return total / 1e3
+    return spans
+
+
+def _merged(spans: list) -> list:
+    """The union of ``spans`` ((start, end) pairs) as sorted, disjoint intervals."""
+    out = []
+    for a, b in sorted(spans):
+        if out and a <= out[-1][1]:
+            out[-1][1] = max(out[-1][1], b)
+        else:
+            out.append([a, b])
+    return out
+
+
+def _union_ms(prof, with_communication: bool) -> float:
+    """Length of the union of GPU kernel intervals (ms), NCCL kernels included or not."""
+    return sum(b - a for a, b in _merged(_kernel_spans(prof, with_communication))) / 1e3
 
 
 def main() -> int:

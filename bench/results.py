@@ -683,6 +683,14 @@ def _tokens_cell(c: dict) -> str:
     return f"{num(c['tokens_per_sec_per_gpu'])} ({pct(c['mfu'])}, {c['peak_mem_gb']:.1f} GB)"
 
 
+def _step_ms_cell(c: dict) -> str:
+    return f"{1e3 * c['step_time_s']:.1f}" if c.get("step_time_s") else "-"
+
+
+def _loss_cell(c: dict) -> str:
+    return f"{c['final_loss']:.3f}" if c.get("final_loss") else "-"
+
+
 def _peer_setting(c: dict) -> str:
     """How a peer case ran: its activation-checkpoint mode (torchtitan, ArcticTraining), hf_alst's recomputation."""
     meta = c.get("peer") or {}
@@ -781,7 +789,7 @@ def fused_swiglu(facts: dict) -> str:
     for c in sorted(_folder_cases(folder), key=lambda c: (c["seq_len"], c["file"])):  # run1/, run2/: the two recipes
         name = c["file"].rsplit("_", 1)[-1].removesuffix(".json")
         e2e.append([seq_label(c["seq_len"]), f"`{c['file'].split('/')[0]}.sh`", name, _tokens_cell(c),
-                    f"{c['final_loss']:.3f}" if c.get("final_loss") else "-"])  # fmt: skip
+                    _loss_cell(c)])  # fmt: skip
     return "\n".join([
         "## Fused SwiGLU\n\n`bench/swiglu.py`, one H200, bf16, y [rows, 2 x 8,192] -> silu(gate) * up, median ms, the "
         "memory autograd keeps for the backward, and dy's error against fp64 (norm-relative):\n",
@@ -839,7 +847,7 @@ def attention_launch_order(facts: dict) -> str:
             continue
         name = c["file"].split("/")[-1].removesuffix(".json").rsplit("_", 1)[-1]
         e2e.append([seq_label(c["seq_len"]), f"`{c['file'].split('/')[0]}.sh`", name, _tokens_cell(c),
-                    f"{c['final_loss']:.3f}" if c.get("final_loss") else "-"])  # fmt: skip
+                    _loss_cell(c)])  # fmt: skip
     return "\n".join([
         "## Attention launch order and the head-dim-64 backward\n\n`bench/attention.py`, one H200, causal, bf16, "
         "forward + backward TFLOP/s, batch 2 at 4k and 1 above, all from one run of `run2.sh`. The fused Gluon "
@@ -880,8 +888,7 @@ def lean_optimizer_step(facts: dict) -> str:
             continue
         case = c["file"].split("/")[-1].removesuffix(".json").split("_", 3)[-1]  # e.g. zero3_lean_a
         e2e.append([shape_name(c["shape"]), seq_label(c["seq_len"]), case.replace("_", " ").replace("zero", "ZeRO-"),
-                    _tokens_cell(c), f"{1e3 * c['step_time_s']:.1f}" if c.get("step_time_s") else "-",
-                    f"{c['final_loss']:.3f}" if c.get("final_loss") else "-"])  # fmt: skip
+                    _tokens_cell(c), _step_ms_cell(c), _loss_cell(c)])  # fmt: skip
     return "\n".join([
         "## Optimizer step\n\nDeepSpeed's ZeRO step (`deepspeed`, `--no-lean-optimizer-step`) against the default "
         "(`lean`: DeepSpeed's norm gets per-tensor norms accumulated in fp32 instead of an fp64 copy of the "
@@ -925,8 +932,7 @@ def host_idle(facts: dict) -> str:
         case = "torchtitan 0.2.2, " + _peer_setting(c) if c.get("peer_name") else stem.split("_", 3)[-1]
         e2e.append([seq_label(c["seq_len"]), f"`{c['file'].split('/')[0]}.sh`",
                     case.replace("_", " ").replace("zero", "ZeRO-") if not c.get("peer_name") else case,
-                    _tokens_cell(c), f"{1e3 * c['step_time_s']:.1f}" if c.get("step_time_s") else "-",
-                    f"{c['final_loss']:.3f}" if c.get("final_loss") else "-"])  # fmt: skip
+                    _tokens_cell(c), _step_ms_cell(c), _loss_cell(c)])  # fmt: skip
     return "\n".join([
         "## Host idle at short sequences\n\nWhere the GPU waits on the host, Llama-1B at 8k on one H200, SP=1, ours "
         "with its defaults: `bench/profile_step.py` (two steps after three) splits each gap between GPU kernels by the "

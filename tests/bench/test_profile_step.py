@@ -45,7 +45,6 @@ def test_gpu_user_annotations_are_not_kernels():
     assert got["compute_busy_ms_per_step"] == 10.0
 
 
-
 def _evt(name, start, end, device="CPU", thread=1):
     return NS(name=name, time_range=NS(start=start, end=end), device_type=NS(name=device), thread=thread,
               is_user_annotation=False)  # fmt: skip
