@@ -16,8 +16,8 @@ a non-finite gradient makes the norm non-finite on every rank, and the step is s
 On one H200 these were 5.4 + 2.9 ms and 4.3 ms of a Llama-1B step at 8k (ZeRO-3). ``streamline``
 hands DeepSpeed's norm the norm of the per-tensor norms instead of the gradients (``torch._foreach_norm``,
 accumulated in fp32 straight from the gradients' dtype, as torch's ``clip_grad_norm_`` does; DeepSpeed then
-combines it over its groups and ranks in its own dtype: one tensor, not a few kernel launches per gradient), and hands the combined factor to
-torch's fused AdamW as its ``grad_scale`` (the tensor ``torch.amp.GradScaler`` uses): the kernel
+combines it over its groups and ranks in its own dtype: one tensor, not a few kernel launches per
+gradient), and hands the combined factor to torch's fused AdamW as its ``grad_scale`` (the tensor ``torch.amp.GradScaler`` uses): the kernel
 divides each gradient as it reads it. Same update up to rounding. Under ZeRO-1/2 it leaves the skip of
 non-finite steps to the norm check (where DeepSpeed computes the norm; the scan stays where it does not).
 One difference: bf16 gradients so large (beyond about 1e19) that their squares overflow fp32 give an
